@@ -1,0 +1,60 @@
+//! `nnmend cut MODEL -o OUT.onnx [--at TENSOR]`: writes the feature extractor.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use super::{load_model, print_json, save_model, warn, EngineArgs};
+
+/// Arguments of `nnmend cut`.
+#[derive(Debug, Args)]
+pub struct CutArgs {
+    /// The ONNX classifier.
+    model: PathBuf,
+    /// Where to write the extractor.
+    #[arg(short, long, value_name = "OUT.onnx")]
+    output: PathBuf,
+    /// Cut at this tensor instead of the last pooling output.
+    #[arg(long, value_name = "TENSOR")]
+    at: Option<String>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Runs `nnmend cut`.
+pub fn cut(args: CutArgs) -> Result<ExitCode> {
+    let model = load_model(&args.model)?;
+    let engine = args.engine.engine()?;
+    let info = nnmend::inspect::inspect(&model, engine.as_ref(), args.at.as_deref())
+        .with_context(|| format!("cutting {}", args.model.display()))?;
+    if let Some(w) = &info.cut.warning {
+        warn(w);
+    }
+    let cut = nnmend::onnx::find_cut(&model, args.at.as_deref())?;
+    let extractor = nnmend::onnx::surgery::extractor(&model, &cut, Some(info.cut.feature_dim))?;
+    save_model(&extractor, &args.output, &[&args.model])?;
+    if args.json {
+        print_json(&json!({
+            "output": args.output,
+            "cut": info.cut,
+            "input": info.input,
+        }))?;
+    } else {
+        writeln!(
+            std::io::stdout().lock(),
+            "wrote {}: {} -> features [N, {}] (cut at {})",
+            args.output.display(),
+            info.input.name,
+            info.cut.feature_dim,
+            info.cut.tensor
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

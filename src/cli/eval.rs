@@ -1,0 +1,75 @@
+//! `nnmend eval MODEL... --data DATA`: accuracy of each model, in argument order.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use nnmend::data::Split;
+use nnmend::hybrid::evaluate;
+
+use super::{load_model, print_json, DataArgs, EngineArgs, EXIT_GATE};
+
+/// Arguments of `nnmend eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The ONNX models to evaluate.
+    #[arg(required = true)]
+    models: Vec<PathBuf>,
+    /// Data to evaluate on (IDX folder, CIFAR binary folder, image folder or .npz).
+    #[arg(long, value_name = "DATA")]
+    data: PathBuf,
+    /// Fail with exit code 3 when any model's accuracy is below this fraction.
+    #[arg(long, value_name = "FRACTION")]
+    min_accuracy: Option<f64>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data_args: DataArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Runs `nnmend eval`.
+pub fn eval(args: EvalArgs) -> Result<ExitCode> {
+    let ds = args.data_args.load(&args.data, Split::Test)?;
+    let engine = args.engine.engine()?;
+    let feed = args.data_args.feed(&args.engine);
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for path in &args.models {
+        let model = load_model(path)?;
+        let (acc, _) =
+            evaluate(&model, &ds, engine.as_ref(), &feed).with_context(|| format!("evaluating {}", path.display()))?;
+        if args.min_accuracy.is_some_and(|min| acc.accuracy < min) {
+            failed.push(path.display().to_string());
+        }
+        rows.push((path.clone(), acc));
+    }
+    if args.json {
+        print_json(&json!({
+            "models": rows.iter().map(|(p, a)| json!({"path": p, "n": a.n, "correct": a.correct, "accuracy": a.accuracy})).collect::<Vec<_>>(),
+            "min_accuracy": args.min_accuracy,
+            "passed": failed.is_empty(),
+        }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for (p, a) in &rows {
+            writeln!(out, "{:.4}  {}/{}  {}", a.accuracy, a.correct, a.n, p.display())?;
+        }
+    }
+    if !failed.is_empty() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "gate failed: accuracy below {} for {}",
+            args.min_accuracy.unwrap_or_default(),
+            failed.join(", ")
+        );
+        return Ok(ExitCode::from(EXIT_GATE));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,155 @@
+//! Command-line arguments (clap derive, doc comments as help) and dispatch. Each
+//! subcommand lives in its own file, resolves its arguments, calls one library
+//! function and prints the result: JSON on stdout with `--json`, text otherwise;
+//! progress and warnings on stderr.
+
+mod cut;
+mod eval;
+mod fit;
+mod inspect;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use nnmend::data::{self, Dataset, LoadOptions, Split};
+use nnmend::engine::{self, Backend, Engine};
+use nnmend::features::Feed;
+use nnmend::onnx::{self, ModelProto};
+
+/// Exit code of a runtime error.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code of a gate (such as `--min-accuracy`) that failed.
+pub const EXIT_GATE: u8 = 3;
+
+/// Repair convolutional neural networks delivered as ONNX files.
+#[derive(Debug, Parser)]
+#[command(name = "nnmend", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Summarise a model: input, detected cut, feature shape, head.
+    Inspect(inspect::InspectArgs),
+    /// Write the feature extractor: the graph up to the cut, with output `features` [N, D].
+    Cut(cut::CutArgs),
+    /// Fit a linear SVM head on the extractor's features and write the hybrid model.
+    Fit(fit::FitArgs),
+    /// Measure the accuracy of one or more models on a data set.
+    Eval(eval::EvalArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Inspect(a) => inspect::inspect(a),
+        Command::Cut(a) => cut::cut(a),
+        Command::Fit(a) => fit::fit(a),
+        Command::Eval(a) => eval::eval(a),
+    }
+}
+
+/// Which half of a data set to read.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    Test,
+}
+
+/// Options for reading and feeding data, shared by the commands that take data.
+#[derive(Debug, Args)]
+struct DataArgs {
+    /// Which half of an IDX, CIFAR-binary or train/test image-folder set to read
+    /// [default: train for --train, test for --data/--test].
+    #[arg(long, value_enum)]
+    split: Option<SplitArg>,
+    /// Use only the first N images.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Per-channel mean subtracted after scaling pixels to [0, 1] (comma-separated).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    mean: Vec<f32>,
+    /// Per-channel standard deviation divided by after the mean (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    std: Vec<f32>,
+}
+
+/// Options for the inference engine.
+#[derive(Debug, Args)]
+struct EngineArgs {
+    /// Inference engine.
+    #[arg(long, value_enum, default_value_t = Backend::Tract)]
+    backend: Backend,
+    /// Images per engine run.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+}
+
+impl EngineArgs {
+    fn engine(&self) -> Result<Box<dyn Engine>> {
+        Ok(engine::engine(self.backend)?)
+    }
+}
+
+impl DataArgs {
+    /// Loads `path`, with `default` as the split unless `--split` was given.
+    fn load(&self, path: &Path, default: Split) -> Result<Dataset> {
+        let split = match self.split {
+            Some(SplitArg::Train) => Split::Train,
+            Some(SplitArg::Test) => Split::Test,
+            None => default,
+        };
+        let ds = data::load(
+            path,
+            &LoadOptions {
+                split,
+                limit: self.limit,
+            },
+        )
+        .with_context(|| format!("reading data from {}", path.display()))?;
+        if ds.is_empty() {
+            anyhow::bail!("{}: no images to use", path.display());
+        }
+        Ok(ds)
+    }
+
+    fn feed(&self, engine: &EngineArgs) -> Feed {
+        Feed {
+            batch: engine.batch as usize,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// Loads a model, external data included.
+fn load_model(path: &Path) -> Result<ModelProto> {
+    Ok(onnx::load(path)?.model)
+}
+
+/// Saves `model` to `out` atomically, refusing to overwrite any of `inputs`.
+fn save_model(model: &ModelProto, out: &PathBuf, inputs: &[&Path]) -> Result<()> {
+    onnx::io::ensure_distinct(out, inputs)?;
+    onnx::save(model, out)?;
+    Ok(())
+}
+
+/// Prints one JSON document on stdout.
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Prints a warning on stderr.
+fn warn(message: &str) {
+    let _ = writeln!(std::io::stderr(), "warning: {message}");
+}

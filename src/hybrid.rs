@@ -1,0 +1,116 @@
+//! The hybrid model (LH in Guidotti & Leofante, 2020): the classifier's convolutional
+//! feature extractor followed by a one-vs-rest linear SVM fitted on its features,
+//! written back as extractor + Flatten + Gemm.
+
+use std::time::Instant;
+
+use crate::data::Dataset;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::features::{argmax_rows, collect, Feed};
+use crate::onnx::surgery::{extractor, hybrid, set_metadata};
+use crate::onnx::{find_cut, Cut, ModelProto};
+use crate::svm::{self, FitReport, LinearSvm, SvmParams};
+
+/// Settings of a hybrid fit.
+#[derive(Debug, Clone, Default)]
+pub struct FitSettings {
+    /// Cut at this tensor instead of the last pooling output.
+    pub at: Option<String>,
+    /// The SVM's settings (C, loss, tolerance, seed).
+    pub svm: SvmParams,
+    /// How images are fed to the extractor.
+    pub feed: Feed,
+}
+
+/// A fitted hybrid and how it was obtained.
+#[derive(Debug)]
+pub struct FitOutcome {
+    /// The hybrid ONNX model, ready to save.
+    pub model: ModelProto,
+    /// Where the original was cut.
+    pub cut: Cut,
+    /// Number of features D.
+    pub feature_dim: usize,
+    /// The SVM head.
+    pub svm: LinearSvm,
+    /// The SVM solver's report (iterations, violations, duality gaps).
+    pub report: FitReport,
+    /// Accuracy of the hybrid on the training set.
+    pub train_accuracy: f64,
+    /// Seconds spent extracting features.
+    pub extract_seconds: f64,
+    /// Training samples used.
+    pub n_train: usize,
+}
+
+/// Cuts `model`, extracts features of `train` with `engine`, fits the SVM and builds
+/// the hybrid. The hybrid records its provenance in `metadata_props`.
+pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &FitSettings) -> Result<FitOutcome> {
+    if train.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "{}: the training set is empty",
+            train.source.display()
+        )));
+    }
+    let cut = find_cut(model, settings.at.as_deref())?;
+    let session = engine.prepare(&extractor(model, &cut, None)?)?;
+    let started = Instant::now();
+    let features = collect(session.as_ref(), train, &settings.feed, 0, "features")?;
+    let extract_seconds = started.elapsed().as_secs_f64();
+    let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
+    let n_classes = train.n_classes();
+    let (svm, report) = svm::fit(features.view(), &labels, n_classes, &settings.svm)?;
+    let predicted = svm.predict(features.view());
+    let correct = predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
+    let mut out = hybrid(model, &cut, svm.weights.view(), svm.bias.view())?;
+    set_metadata(&mut out, "nnmend.version", env!("CARGO_PKG_VERSION"));
+    set_metadata(&mut out, "nnmend.head", "linear-svm");
+    set_metadata(&mut out, "nnmend.svm.c", &settings.svm.c.to_string());
+    set_metadata(&mut out, "nnmend.svm.loss", &format!("{:?}", settings.svm.loss));
+    set_metadata(&mut out, "nnmend.cut.tensor", &cut.tensor);
+    set_metadata(&mut out, "nnmend.train.samples", &train.len().to_string());
+    set_metadata(&mut out, "nnmend.train.fingerprint", &train.fingerprint());
+    Ok(FitOutcome {
+        model: out,
+        feature_dim: features.ncols(),
+        cut,
+        svm,
+        report,
+        train_accuracy: correct as f64 / labels.len() as f64,
+        extract_seconds,
+        n_train: labels.len(),
+    })
+}
+
+/// Accuracy of a classifier: how many of `ds`'s images its first output's argmax gets right.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Accuracy {
+    /// Images evaluated.
+    pub n: usize,
+    /// Correctly classified images.
+    pub correct: usize,
+    /// `correct / n`.
+    pub accuracy: f64,
+}
+
+/// Runs `model` on every image of `ds` and counts correct argmax predictions.
+pub fn evaluate(model: &ModelProto, ds: &Dataset, engine: &dyn Engine, feed: &Feed) -> Result<(Accuracy, Vec<usize>)> {
+    let session = engine.prepare(model)?;
+    let scores = collect(session.as_ref(), ds, feed, 0, "eval")?;
+    let predicted = argmax_rows(&scores);
+    let correct = predicted
+        .iter()
+        .zip(&ds.labels)
+        .filter(|(&p, &l)| p as i64 == l)
+        .count();
+    let n = ds.len();
+    Ok((
+        Accuracy {
+            n,
+            correct,
+            accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+        },
+        predicted,
+    ))
+}

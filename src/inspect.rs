@@ -1,0 +1,126 @@
+//! A summary of a classifier: its input and layout, the detected cut, the feature
+//! shape there (measured by running the extractor once), and the head to be replaced.
+
+use ndarray::ArrayD;
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::features::layout_of;
+use crate::onnx::graph::dims;
+use crate::onnx::surgery::extractor;
+use crate::onnx::tensor::element_count;
+use crate::onnx::{find_cut, ModelProto, OnnxError};
+
+/// The `input` part of an inspection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InputSummary {
+    /// The data input's name.
+    pub name: String,
+    /// Its declared shape (symbols as strings).
+    pub shape: Vec<String>,
+    /// `nchw`, `nhwc` or `flat`.
+    pub layout: String,
+}
+
+/// The `cut` part of an inspection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CutSummary {
+    /// The cut tensor.
+    pub tensor: String,
+    /// The node producing it.
+    pub node: String,
+    /// That node's op.
+    pub op: String,
+    /// The cut tensor's shape without the batch.
+    pub feature_shape: Vec<usize>,
+    /// Its flattened size D.
+    pub feature_dim: usize,
+    /// Whether the cut is a fallback (no pooling layer).
+    pub fallback: bool,
+    /// A warning, when there is one.
+    pub warning: Option<String>,
+}
+
+/// The `head` part of an inspection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HeadSummary {
+    /// Ops of the head's nodes, in order.
+    pub nodes: Vec<String>,
+    /// Parameters the head holds.
+    pub params: usize,
+}
+
+/// What `nnmend inspect` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspection {
+    /// The data input.
+    pub input: InputSummary,
+    /// The cut.
+    pub cut: CutSummary,
+    /// The head past the cut.
+    pub head: HeadSummary,
+    /// All parameters (initializer elements) of the model.
+    pub params: usize,
+    /// Nodes in the graph.
+    pub nodes: usize,
+    /// The ai.onnx opset.
+    pub opset: i64,
+    /// The producer named in the file.
+    pub producer: String,
+}
+
+/// Inspects `model`, running its extractor once on zeros to measure the feature shape.
+pub fn inspect(model: &ModelProto, engine: &dyn Engine, at: Option<&str>) -> Result<Inspection> {
+    let cut = find_cut(model, at)?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+    let input_vi = graph.input.iter().find(|v| v.name() == cut.input);
+    let shape: Vec<String> = input_vi
+        .and_then(dims)
+        .map(|d| d.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+
+    // The extractor with the unflattened cut tensor as its output.
+    let mut probe = extractor(model, &cut, None)?;
+    if let Some(g) = probe.graph.as_mut() {
+        g.node.pop();
+        g.output = vec![crate::onnx::proto::ValueInfoProto {
+            name: Some(cut.tensor.clone()),
+            ..Default::default()
+        }];
+    }
+    let session = engine.prepare(&probe)?;
+    let sample = session.sample_shape().to_vec();
+    let layout = layout_of(&sample)?;
+    let mut zeros_shape = vec![1];
+    zeros_shape.extend(&sample);
+    let outs = session.run(ArrayD::<f32>::zeros(zeros_shape).view())?;
+    let feature_shape: Vec<usize> = outs.first().map(|o| o.shape()[1..].to_vec()).unwrap_or_default();
+    let params = graph.initializer.iter().map(element_count).sum::<Result<usize, _>>()?;
+    Ok(Inspection {
+        input: InputSummary {
+            name: cut.input.clone(),
+            shape,
+            layout: format!("{layout:?}").to_lowercase(),
+        },
+        cut: CutSummary {
+            feature_dim: feature_shape.iter().product(),
+            feature_shape,
+            fallback: cut.fallback(),
+            warning: cut.warning.clone(),
+            tensor: cut.tensor.clone(),
+            node: cut.node.clone(),
+            op: cut.op.clone(),
+        },
+        head: HeadSummary {
+            nodes: cut.head.iter().map(|(_, op)| op.clone()).collect(),
+            params: cut.head_params,
+        },
+        params,
+        nodes: graph.node.len(),
+        opset: crate::onnx::surgery::opset(model),
+        producer: model.producer_name().to_string(),
+    })
+}

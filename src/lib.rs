@@ -1,0 +1,35 @@
+//! # nnmend
+//!
+//! Repairs convolutional classifiers delivered as ONNX files, without retraining,
+//! following and extending Guidotti & Leofante, *Repair of Convolutional Neural
+//! Networks using Convex Optimization* (2020).
+//!
+//! The pipeline:
+//! 1. **Load** an ONNX classifier from any exporter ([`onnx::load`]), external data included.
+//! 2. **Cut** it at the last pooling layer ([`onnx::find_cut`]); the part before the cut
+//!    is a fixed feature extractor ([`onnx::surgery::extractor`]).
+//! 3. **Extract features** with an inference engine ([`engine`]: tract by default).
+//! 4. **Fit** a one-vs-rest linear SVM on the features ([`svm`]) to get the hybrid
+//!    ([`hybrid::fit`]), written back as extractor + Flatten + Gemm
+//!    ([`onnx::surgery::hybrid`]), a drop-in replacement for the original.
+//!
+//! Modules:
+//! - [`onnx`]: protobuf messages, load/save, graph queries, the cut, surgery.
+//! - [`engine`]: the engine trait and its tract implementation.
+//! - [`data`]: IDX, CIFAR-10 binary, image folders and NPZ; scaling and layouts.
+//! - [`svm`]: the linear SVM (dual coordinate descent, as in LIBLINEAR).
+//! - [`features`]: running a model over a data set in batches.
+//! - [`hybrid`]: fitting the hybrid and measuring accuracy.
+//! - [`inspect`]: a model summary with the detected cut.
+
+pub mod data;
+pub mod engine;
+pub mod error;
+pub mod features;
+pub mod hybrid;
+pub mod inspect;
+pub mod onnx;
+pub mod progress;
+pub mod svm;
+
+pub use error::{Error, Result};

@@ -1,0 +1,300 @@
+//! Graph queries: who produces and consumes each tensor, a topological order,
+//! which inputs are data and which are constants, and the dimensions of a value.
+//!
+//! Exporters do not all write nodes in topological order (keras2onnx does not), so
+//! every walk here goes through [`Index::order`], never through `graph.node` as stored.
+//! Initializers that are also listed as graph inputs are constants (IR < 4 required
+//! listing them), not inputs to feed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::proto::{tensor_shape_proto::dimension, type_proto, GraphProto, NodeProto, TensorProto, ValueInfoProto};
+use super::OnnxError;
+
+/// One dimension of a value's declared shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(i64),
+    /// A named symbolic size (`dim_param`), such as `batch_size`.
+    Param(String),
+    /// No size given.
+    Unknown,
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(v) => write!(f, "{v}"),
+            Dim::Param(p) => write!(f, "{p}"),
+            Dim::Unknown => write!(f, "?"),
+        }
+    }
+}
+
+/// The declared shape of a value, if it has one.
+pub fn dims(vi: &ValueInfoProto) -> Option<Vec<Dim>> {
+    let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return None;
+    };
+    let shape = t.shape.as_ref()?;
+    Some(
+        shape
+            .dim
+            .iter()
+            .map(|d| match &d.value {
+                Some(dimension::Value::DimValue(v)) => Dim::Fixed(*v),
+                Some(dimension::Value::DimParam(p)) => Dim::Param(p.clone()),
+                None => Dim::Unknown,
+            })
+            .collect(),
+    )
+}
+
+/// The declared element type of a value (an ONNX `DataType` code), if any.
+pub fn elem_type(vi: &ValueInfoProto) -> Option<i32> {
+    match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t.elem_type,
+        _ => None,
+    }
+}
+
+/// The tensors a node reads, including names its subgraphs (If, Loop, Scan bodies)
+/// take from the enclosing scope, since those order the node just like real inputs.
+pub fn node_inputs(node: &NodeProto) -> Vec<&str> {
+    let mut names: Vec<&str> = node
+        .input
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    for attr in &node.attribute {
+        for g in attr.g.iter().chain(attr.graphs.iter()) {
+            names.extend(free_names(g));
+        }
+    }
+    names
+}
+
+/// Names a subgraph reads but neither defines nor receives as input.
+fn free_names(g: &GraphProto) -> Vec<&str> {
+    let mut defined: HashSet<&str> = g.input.iter().map(|v| v.name()).collect();
+    defined.extend(g.initializer.iter().map(|t| t.name()));
+    for n in &g.node {
+        defined.extend(n.output.iter().map(String::as_str));
+    }
+    let mut free = Vec::new();
+    for n in &g.node {
+        for name in node_inputs(n) {
+            if !defined.contains(name) {
+                free.push(name);
+            }
+        }
+    }
+    free
+}
+
+/// Lookup tables over one graph, built once.
+#[derive(Debug)]
+pub struct Index<'g> {
+    /// The graph indexed.
+    pub graph: &'g GraphProto,
+    /// Node positions (in `graph.node`) in a topological order.
+    pub order: Vec<usize>,
+    producer: HashMap<&'g str, usize>,
+    consumers: HashMap<&'g str, Vec<usize>>,
+    initializers: HashMap<&'g str, &'g TensorProto>,
+}
+
+impl<'g> Index<'g> {
+    /// Indexes `graph`, sorting its nodes topologically. Fails on a cycle, on a tensor
+    /// produced twice, or on an input that nothing provides, naming the node.
+    pub fn new(graph: &'g GraphProto) -> Result<Self, OnnxError> {
+        let mut initializers: HashMap<&str, &TensorProto> = HashMap::new();
+        for t in &graph.initializer {
+            initializers.insert(t.name(), t);
+        }
+        let mut producer: HashMap<&str, usize> = HashMap::new();
+        for (i, node) in graph.node.iter().enumerate() {
+            for out in node.output.iter().filter(|o| !o.is_empty()) {
+                if let Some(prev) = producer.insert(out.as_str(), i) {
+                    return Err(OnnxError::Graph(format!(
+                        "tensor '{out}' is produced by both node '{}' and node '{}'",
+                        node_label(&graph.node[prev]),
+                        node_label(node)
+                    )));
+                }
+            }
+        }
+        let mut available: HashSet<&str> = graph.input.iter().map(|v| v.name()).collect();
+        available.extend(initializers.keys().copied());
+        available.extend(
+            graph
+                .sparse_initializer
+                .iter()
+                .filter_map(|s| s.values.as_ref())
+                .map(|t| t.name()),
+        );
+
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut pending = vec![0usize; graph.node.len()];
+        for (i, node) in graph.node.iter().enumerate() {
+            for name in node_inputs(node) {
+                consumers.entry(name).or_default().push(i);
+                if producer.contains_key(name) {
+                    pending[i] += 1;
+                } else if !available.contains(name) {
+                    return Err(OnnxError::Graph(format!(
+                        "node '{}' ({}) reads tensor '{name}', which no node, input or initializer provides",
+                        node_label(node),
+                        node.op_type()
+                    )));
+                }
+            }
+        }
+        // Kahn's algorithm; the queue starts in file order so that an already sorted
+        // graph keeps its order exactly.
+        let mut queue: VecDeque<usize> = (0..graph.node.len()).filter(|&i| pending[i] == 0).collect();
+        let mut order = Vec::with_capacity(graph.node.len());
+        while let Some(i) = queue.pop_front() {
+            order.push(i);
+            for out in graph.node[i].output.iter().filter(|o| !o.is_empty()) {
+                for &c in consumers.get(out.as_str()).map(Vec::as_slice).unwrap_or_default() {
+                    pending[c] -= 1;
+                    if pending[c] == 0 {
+                        queue.push_back(c);
+                    }
+                }
+            }
+        }
+        if order.len() != graph.node.len() {
+            let stuck = (0..graph.node.len())
+                .find(|&i| pending[i] > 0)
+                .map(|i| node_label(&graph.node[i]));
+            return Err(OnnxError::Graph(format!(
+                "the nodes form a cycle (node '{}' can never run)",
+                stuck.unwrap_or_default()
+            )));
+        }
+        Ok(Self {
+            graph,
+            order,
+            producer,
+            consumers,
+            initializers,
+        })
+    }
+
+    /// The node that produces `tensor`, if any.
+    pub fn producer(&self, tensor: &str) -> Option<usize> {
+        self.producer.get(tensor).copied()
+    }
+
+    /// The nodes that read `tensor`.
+    pub fn consumers(&self, tensor: &str) -> &[usize] {
+        self.consumers.get(tensor).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The initializer named `name`, if any.
+    pub fn initializer(&self, name: &str) -> Option<&'g TensorProto> {
+        self.initializers.get(name).copied()
+    }
+
+    /// The constant value of `tensor`: an initializer, or the `value` of a Constant node.
+    pub fn constant(&self, tensor: &str) -> Option<&'g TensorProto> {
+        if let Some(t) = self.initializer(tensor) {
+            return Some(t);
+        }
+        let node = &self.graph.node[self.producer(tensor)?];
+        if node.op_type() != "Constant" {
+            return None;
+        }
+        node.attribute
+            .iter()
+            .find(|a| a.name() == "value")
+            .and_then(|a| a.t.as_ref())
+    }
+
+    /// Graph inputs that are fed at run time: those not backed by an initializer.
+    pub fn data_inputs(&self) -> Vec<&'g ValueInfoProto> {
+        self.graph
+            .input
+            .iter()
+            .filter(|v| !self.initializers.contains_key(v.name()))
+            .collect()
+    }
+
+    /// Whether `tensor` exists in the graph (as an input, initializer or node output).
+    pub fn has_tensor(&self, tensor: &str) -> bool {
+        self.producer.contains_key(tensor)
+            || self.initializers.contains_key(tensor)
+            || self.graph.input.iter().any(|v| v.name() == tensor)
+    }
+
+    /// Every node needed to compute `targets`, in topological order.
+    pub fn ancestors(&self, targets: &[&str]) -> Vec<usize> {
+        let mut needed = vec![false; self.graph.node.len()];
+        let mut stack: Vec<&str> = targets.to_vec();
+        while let Some(t) = stack.pop() {
+            if let Some(p) = self.producer(t) {
+                if !needed[p] {
+                    needed[p] = true;
+                    stack.extend(node_inputs(&self.graph.node[p]));
+                }
+            }
+        }
+        self.order.iter().copied().filter(|&i| needed[i]).collect()
+    }
+
+    /// Whether `target` can be computed from `source` without going through `blocked`:
+    /// used to check that a cut tensor separates the input from the output.
+    pub fn reaches_avoiding(&self, source: &str, target: &str, blocked: &str) -> bool {
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut stack = vec![source];
+        while let Some(t) = stack.pop() {
+            if t == target {
+                return true;
+            }
+            if t == blocked || !seen.insert(t) {
+                continue;
+            }
+            for &c in self.consumers(t) {
+                stack.extend(
+                    self.graph.node[c]
+                        .output
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|o| !o.is_empty()),
+                );
+            }
+        }
+        false
+    }
+
+    /// Names of the graph's tensors close to `name`, for "did you mean" hints.
+    pub fn similar(&self, name: &str) -> Option<&'g str> {
+        let lower = name.to_lowercase();
+        self.graph
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter())
+            .map(String::as_str)
+            .find(|o| {
+                let o = o.to_lowercase();
+                !o.is_empty() && (o.contains(&lower) || lower.contains(&o))
+            })
+    }
+}
+
+/// A node's name, or a stand-in built from its first output when it has none.
+pub fn node_label(node: &NodeProto) -> String {
+    if !node.name().is_empty() {
+        node.name().to_string()
+    } else {
+        format!(
+            "<{} -> {}>",
+            node.op_type(),
+            node.output.first().map(String::as_str).unwrap_or("")
+        )
+    }
+}

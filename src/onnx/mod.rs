@@ -1,0 +1,84 @@
+//! ONNX models: the protobuf messages, loading and saving (external data included),
+//! graph queries, the cut at the last pooling layer, and the surgery that turns a
+//! classifier into a feature extractor and a feature extractor into a hybrid.
+//!
+//! The messages in [`proto`] are written from the ONNX IR spec, so decoding and
+//! re-encoding a model keeps every field. Everything else works on those messages
+//! directly: a model nnmend writes is the model it read, minus the nodes it cut away,
+//! plus the nodes it added.
+
+pub mod cut;
+pub mod graph;
+pub mod io;
+pub mod proto;
+pub mod surgery;
+pub mod tensor;
+
+pub use cut::{find_cut, Cut};
+pub use io::{load, save, LoadedModel};
+pub use proto::ModelProto;
+
+use std::path::PathBuf;
+
+/// What can go wrong while reading, querying or rewriting an ONNX model.
+///
+/// Every message names the file, node, tensor or entry at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The bytes are not an ONNX model.
+    #[error("{path}: not a valid ONNX model: {reason}")]
+    Decode {
+        /// The file at fault.
+        path: PathBuf,
+        /// What the protobuf decoder said.
+        reason: String,
+    },
+    /// An external-data entry is malformed or points outside the model's folder.
+    #[error("{path}: tensor '{tensor}': external data: {reason}")]
+    ExternalData {
+        /// The model file.
+        path: PathBuf,
+        /// The initializer whose data lives outside.
+        tensor: String,
+        /// What is wrong with its entry.
+        reason: String,
+    },
+    /// The graph is structurally broken (a cycle, a tensor nobody produces, …).
+    #[error("graph: {0}")]
+    Graph(String),
+    /// The model cannot be cut into a convolutional feature extractor.
+    #[error("cannot cut this model: {0}")]
+    NoExtractor(String),
+    /// A tensor named by the user does not exist in the graph.
+    #[error("tensor '{name}' is not in the graph{hint}")]
+    UnknownTensor {
+        /// The requested name.
+        name: String,
+        /// A suggestion, if a similar name exists.
+        hint: String,
+    },
+    /// A tensor holds data of a type or shape nnmend cannot use here.
+    #[error("tensor '{name}': {reason}")]
+    Tensor {
+        /// The tensor at fault.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The model's input cannot be used (several data inputs, unknown layout, …).
+    #[error("input '{name}': {reason}")]
+    Input {
+        /// The input at fault.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}

@@ -1,0 +1,361 @@
+//! Model surgery: cutting a classifier into a feature extractor, appending a linear
+//! head to make the hybrid, and relaxing a fixed batch of 1 to a symbolic batch.
+//!
+//! The extractor keeps exactly the nodes and initializers its cut tensor needs, then
+//! flattens that tensor into `features` [N, D]. The hybrid follows it with
+//! `Gemm(features, W, b, transB=1)` (y = x Wᵀ + b), and, when the original classifier
+//! ended in Softmax or LogSoftmax, the same op again, so it is a drop-in replacement:
+//! same input name, type and shape, same output name.
+
+use std::collections::HashSet;
+
+use ndarray::{ArrayView1, ArrayView2};
+
+use super::cut::Cut;
+use super::graph::{dims, elem_type, node_inputs, Dim, Index};
+use super::proto::{
+    attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    StringStringEntryProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use super::tensor::{self, FLOAT};
+use super::OnnxError;
+
+/// Name of the extractor's output.
+pub const FEATURES: &str = "features";
+/// Symbol used for a relaxed batch dimension.
+pub const BATCH: &str = "N";
+
+/// The ai.onnx opset the model imports (0 when none is listed).
+pub fn opset(model: &ModelProto) -> i64 {
+    model
+        .opset_import
+        .iter()
+        .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
+        .map(|o| o.version())
+        .unwrap_or(0)
+}
+
+/// Sets (or replaces) one `metadata_props` entry.
+pub fn set_metadata(model: &mut ModelProto, key: &str, value: &str) {
+    model.metadata_props.retain(|e| e.key() != key);
+    model.metadata_props.push(StringStringEntryProto {
+        key: Some(key.to_string()),
+        value: Some(value.to_string()),
+    });
+}
+
+/// A value_info for a FLOAT tensor named `name` with the given dims.
+pub fn tensor_value_info(name: &str, elem: i32, shape: &[Dim]) -> ValueInfoProto {
+    let dim = shape
+        .iter()
+        .map(|d| tensor_shape_proto::Dimension {
+            value: match d {
+                Dim::Fixed(v) => Some(tensor_shape_proto::dimension::Value::DimValue(*v)),
+                Dim::Param(p) => Some(tensor_shape_proto::dimension::Value::DimParam(p.clone())),
+                Dim::Unknown => None,
+            },
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto {
+        name: Some(name.to_string()),
+        i: Some(v),
+        ..Default::default()
+    };
+    a.set_type(AttributeType::Int);
+    a
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.to_string()),
+        name: Some(name.to_string()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute,
+        ..Default::default()
+    }
+}
+
+/// A name not yet used by any tensor or node of `graph`, starting from `base`.
+fn fresh(graph: &GraphProto, base: &str) -> String {
+    let mut used: HashSet<&str> = graph.input.iter().chain(&graph.output).map(|v| v.name()).collect();
+    used.extend(graph.initializer.iter().map(|t| t.name()));
+    for n in &graph.node {
+        used.insert(n.name());
+        used.extend(n.output.iter().map(String::as_str));
+        used.extend(n.input.iter().map(String::as_str));
+    }
+    if !used.contains(base) {
+        return base.to_string();
+    }
+    (1..)
+        .map(|i| format!("{base}_{i}"))
+        .find(|c| !used.contains(c.as_str()))
+        .unwrap_or_default()
+}
+
+fn nodes_produce(graph: &GraphProto, tensor: &str) -> bool {
+    graph.node.iter().any(|n| n.output.iter().any(|o| o == tensor))
+}
+
+/// Renames every use of tensor `from` to `to` in `graph`.
+fn rename_tensor(graph: &mut GraphProto, from: &str, to: &str) {
+    for n in graph.node.iter_mut() {
+        for s in n.input.iter_mut().chain(n.output.iter_mut()) {
+            if s == from {
+                *s = to.to_string();
+            }
+        }
+    }
+    for v in graph.value_info.iter_mut().chain(graph.output.iter_mut()) {
+        if v.name() == from {
+            v.name = Some(to.to_string());
+        }
+    }
+}
+
+/// The feature extractor of `model`: the nodes computing `cut.tensor`, then
+/// `Flatten(axis=1)` into the output `features` [N, D]. `feature_dim` is D when known.
+pub fn extractor(model: &ModelProto, cut: &Cut, feature_dim: Option<usize>) -> Result<ModelProto, OnnxError> {
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+    let index = Index::new(graph)?;
+    let keep = index.ancestors(&[&cut.tensor]);
+    let nodes: Vec<NodeProto> = keep.iter().map(|&i| graph.node[i].clone()).collect();
+    let mut used: HashSet<String> = nodes.iter().flat_map(node_inputs).map(str::to_string).collect();
+    used.insert(cut.tensor.clone());
+    let initializer = graph
+        .initializer
+        .iter()
+        .filter(|t| used.contains(t.name()))
+        .cloned()
+        .collect();
+    let sparse_initializer = graph
+        .sparse_initializer
+        .iter()
+        .filter(|s| s.values.as_ref().is_some_and(|t| used.contains(t.name())))
+        .cloned()
+        .collect();
+    // Inputs: the data input, plus the initializers old IRs list as inputs too.
+    let input = graph
+        .input
+        .iter()
+        .filter(|v| v.name() == cut.input || (used.contains(v.name()) && index.initializer(v.name()).is_some()))
+        .cloned()
+        .collect();
+    let value_info = graph
+        .value_info
+        .iter()
+        .filter(|v| used.contains(v.name()))
+        .cloned()
+        .collect();
+    let mut g = GraphProto {
+        name: Some(format!("{}_extractor", graph.name())),
+        node: nodes,
+        initializer,
+        sparse_initializer,
+        input,
+        value_info,
+        doc_string: graph.doc_string.clone(),
+        metadata_props: graph.metadata_props.clone(),
+        ..Default::default()
+    };
+    // The output must be called `features`; an inner tensor of that name moves aside.
+    let mut cut_tensor = cut.tensor.clone();
+    if used.contains(FEATURES) || nodes_produce(&g, FEATURES) {
+        let renamed = fresh(&g, &format!("{FEATURES}_inner"));
+        rename_tensor(&mut g, FEATURES, &renamed);
+        if cut_tensor == FEATURES {
+            cut_tensor = renamed;
+        }
+    }
+    let flatten_name = fresh(&g, "nnmend_flatten");
+    g.node.push(node(
+        "Flatten",
+        &flatten_name,
+        &[&cut_tensor],
+        &[FEATURES],
+        vec![int_attr("axis", 1)],
+    ));
+    let batch = batch_dim(graph, &cut.input);
+    let d = feature_dim.map(|d| Dim::Fixed(d as i64)).unwrap_or(Dim::Unknown);
+    let elem = graph
+        .input
+        .iter()
+        .find(|v| v.name() == cut.input)
+        .and_then(elem_type)
+        .unwrap_or(FLOAT);
+    g.output.push(tensor_value_info(FEATURES, elem, &[batch, d]));
+    let mut out = ModelProto {
+        graph: Some(g),
+        ..model.clone()
+    };
+    out.training_info.clear();
+    relax_batch(&mut out, &cut.input)?;
+    Ok(out)
+}
+
+/// The hybrid: the extractor of `model` at `cut`, then `Gemm(features, W, b, transB=1)`
+/// with `weights` [k, D] and `bias` [k], then the original's trailing Softmax or
+/// LogSoftmax if it had one. The output keeps the original output's name.
+pub fn hybrid(
+    model: &ModelProto,
+    cut: &Cut,
+    weights: ArrayView2<f32>,
+    bias: ArrayView1<f32>,
+) -> Result<ModelProto, OnnxError> {
+    let (k, d) = weights.dim();
+    if bias.len() != k {
+        return Err(OnnxError::Tensor {
+            name: "bias".into(),
+            reason: format!("{} values for {k} classes", bias.len()),
+        });
+    }
+    let mut out = extractor(model, cut, Some(d))?;
+    let original = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+    let original_index = Index::new(original)?;
+    let softmax = original_index
+        .producer(&cut.output)
+        .map(|p| &original.node[p])
+        .filter(|n| matches!(n.op_type(), "Softmax" | "LogSoftmax"))
+        .cloned();
+    let opset = opset(model);
+    let g = out
+        .graph
+        .as_mut()
+        .ok_or_else(|| OnnxError::Graph("the extractor holds no graph".into()))?;
+    g.output.clear();
+    let w_name = fresh(g, "nnmend_head_weight");
+    let b_name = fresh(g, "nnmend_head_bias");
+    let w: Vec<f32> = weights.iter().copied().collect();
+    g.initializer.push(tensor::from_f32(&w_name, &[k, d], &w));
+    g.initializer.push(tensor::from_f32(&b_name, &[k], &bias.to_vec()));
+    let logits = match softmax {
+        Some(_) => fresh(g, "nnmend_logits"),
+        None => cut.output.clone(),
+    };
+    let mut attrs = vec![int_attr("transB", 1)];
+    if opset < 7 {
+        // Gemm before opset 7 broadcasts C only when told to.
+        attrs.push(int_attr("broadcast", 1));
+    }
+    let gemm_name = fresh(g, "nnmend_head");
+    g.node.push(node(
+        "Gemm",
+        &gemm_name,
+        &[FEATURES, &w_name, &b_name],
+        &[&logits],
+        attrs,
+    ));
+    if let Some(mut sm) = softmax {
+        sm.input = vec![logits.clone()];
+        sm.output = vec![cut.output.clone()];
+        sm.name = Some(fresh(g, sm.name()));
+        g.node.push(sm);
+    }
+    let out_vi = original.output.iter().find(|v| v.name() == cut.output);
+    let elem = out_vi.and_then(elem_type).unwrap_or(FLOAT);
+    let batch = batch_dim(original, &cut.input);
+    g.output
+        .push(tensor_value_info(&cut.output, elem, &[batch, Dim::Fixed(k as i64)]));
+    Ok(out)
+}
+
+/// The batch dimension to declare: the input's own symbol, or `N` for a fixed batch.
+fn batch_dim(graph: &GraphProto, input: &str) -> Dim {
+    match graph
+        .input
+        .iter()
+        .find(|v| v.name() == input)
+        .and_then(dims)
+        .and_then(|d| d.into_iter().next())
+    {
+        Some(Dim::Param(p)) => Dim::Param(p),
+        _ => Dim::Param(BATCH.into()),
+    }
+}
+
+/// Makes a fixed batch dimension of `input` symbolic, so that batches run. Exporters
+/// that froze the batch at 1 also froze it in Reshape targets and value_info; those
+/// Reshape targets get -1 (or 0) in place of the 1, and the frozen value_info entries
+/// are dropped. Returns whether anything changed.
+pub fn relax_batch(model: &mut ModelProto, input: &str) -> Result<bool, OnnxError> {
+    let Some(graph) = model.graph.as_mut() else {
+        return Ok(false);
+    };
+    let Some(vi) = graph.input.iter_mut().find(|v| v.name() == input) else {
+        return Err(OnnxError::Input {
+            name: input.to_string(),
+            reason: "not a graph input".into(),
+        });
+    };
+    let Some(d0) = dims(vi).and_then(|d| d.into_iter().next()) else {
+        return Ok(false);
+    };
+    if !matches!(d0, Dim::Fixed(1)) {
+        return Ok(false);
+    }
+    set_dim0(vi, BATCH);
+    for out in graph.output.iter_mut() {
+        if matches!(dims(out).and_then(|d| d.into_iter().next()), Some(Dim::Fixed(1))) {
+            set_dim0(out, BATCH);
+        }
+    }
+    graph
+        .value_info
+        .retain(|v| !matches!(dims(v).and_then(|d| d.into_iter().next()), Some(Dim::Fixed(1))));
+    // Reshape targets that hard-code the batch of 1.
+    let mut new_inits = Vec::new();
+    let mut edits = Vec::new();
+    {
+        let index = Index::new(graph)?;
+        for (i, n) in graph.node.iter().enumerate() {
+            if n.op_type() != "Reshape" || n.input.len() < 2 {
+                continue;
+            }
+            let Some(t) = index.constant(&n.input[1]) else { continue };
+            let target = tensor::to_i64(t)?;
+            let mut values: Vec<i64> = target.iter().copied().collect();
+            if values.first() != Some(&1) {
+                continue;
+            }
+            values[0] = if values.contains(&-1) { 0 } else { -1 };
+            edits.push((i, values));
+        }
+    }
+    for (i, values) in edits {
+        let name = fresh(graph, &format!("{}_batched", graph.node[i].input[1]));
+        new_inits.push(tensor::from_i64(&name, &[values.len()], &values));
+        graph.node[i].input[1] = name;
+    }
+    graph.initializer.extend(new_inits);
+    Ok(true)
+}
+
+fn set_dim0(vi: &mut ValueInfoProto, symbol: &str) {
+    if let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        if let Some(d) = t.shape.as_mut().and_then(|s| s.dim.first_mut()) {
+            d.value = Some(tensor_shape_proto::dimension::Value::DimParam(symbol.to_string()));
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Progress bars on stderr for the long phases (feature extraction, SVM fitting).
+//!
+//! Bars draw only when stderr is a terminal, so logs and CI output stay clean, and
+//! stdout stays free for data and JSON.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A bar over `len` items labelled `label`, hidden when `enabled` is false.
+pub fn bar(len: u64, label: &str, enabled: bool) -> ProgressBar {
+    let target = if enabled {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), target);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label.to_string());
+    bar
+}

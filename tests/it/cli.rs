@@ -1,0 +1,202 @@
+//! The binary run as a user runs it: JSON contracts, exit codes, and clear errors
+//! (exit code 1, never a panic) for malformed files and impossible requests.
+
+use std::process::Output;
+
+use super::common::*;
+
+fn run(args: &[&str]) -> Output {
+    nnmend().args(args).output().unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn fails_with(out: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected '{needle}' in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn inspect_json_has_the_contract_keys() {
+    let model = fixture("mnist_paper.onnx");
+    let v = json(&run(&["inspect", s(&model), "--json"]));
+    for key in ["name", "shape", "layout"] {
+        assert!(v["input"].get(key).is_some(), "input.{key}");
+    }
+    for key in ["tensor", "node", "op", "feature_shape", "feature_dim", "fallback"] {
+        assert!(v["cut"].get(key).is_some(), "cut.{key}");
+    }
+    assert!(v["head"]["nodes"].is_array() && v["head"]["params"].is_u64());
+    assert!(v["params"].is_u64());
+    assert_eq!(v["cut"]["op"], "MaxPool");
+    assert_eq!(v["cut"]["feature_dim"], 800);
+    assert_eq!(v["input"]["layout"], "nchw");
+}
+
+#[test]
+fn inspect_finds_a_cut_in_every_shared_model() {
+    for model in shared_models() {
+        let v = json(&run(&["inspect", s(&model), "--json"]));
+        assert!(v["cut"]["feature_dim"].as_u64().unwrap() > 0, "{}", model.display());
+    }
+}
+
+#[test]
+fn cut_fit_and_eval_work_together() {
+    let tmp = tempdir();
+    let model = fixture("tiny_cnn.onnx");
+    let data = fixture("mnist-small");
+    let extractor = tmp.path().join("extractor.onnx");
+    let hybrid = tmp.path().join("hybrid.onnx");
+    let v = json(&run(&["cut", s(&model), "-o", s(&extractor), "--json"]));
+    assert!(extractor.exists());
+    assert!(v["cut"]["feature_dim"].as_u64().unwrap() > 0);
+
+    let v = json(&run(&[
+        "fit",
+        s(&model),
+        "--train",
+        s(&data),
+        "--limit",
+        "500",
+        "-o",
+        s(&hybrid),
+        "--json",
+    ]));
+    assert!(v["svm"]["converged"].as_bool().unwrap());
+    assert!(v["train_accuracy"].as_f64().unwrap() > 0.8);
+
+    let npz = fixture("mnist-small-test.npz");
+    let v = json(&run(&["eval", s(&model), s(&hybrid), "--data", s(&npz), "--json"]));
+    let models = v["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0]["path"], s(&model));
+    assert_eq!(models[1]["path"], s(&hybrid));
+    for m in models {
+        assert_eq!(m["n"], 500);
+        let acc = m["accuracy"].as_f64().unwrap();
+        assert!(acc > 0.5 && acc <= 1.0);
+        assert_eq!(m["correct"].as_u64().unwrap() as f64 / 500.0, acc);
+    }
+    // The same images from the IDX folder give the same accuracy.
+    let v2 = json(&run(&["eval", s(&hybrid), "--data", s(&data), "--json"]));
+    assert_eq!(v2["models"][0]["correct"], models[1]["correct"]);
+}
+
+#[test]
+fn a_failed_accuracy_gate_exits_3() {
+    let model = fixture("tiny_cnn.onnx");
+    let npz = fixture("mnist-small-test.npz");
+    let out = run(&["eval", s(&model), "--data", s(&npz), "--min-accuracy", "1.01"]);
+    fails_with(&out, 3, "gate failed");
+    let out = run(&["eval", s(&model), "--data", s(&npz), "--min-accuracy", "0.1"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = run(&["fit", "model.onnx"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["eval", "m.onnx", "--data", "d", "--backend", "gpu"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn malformed_onnx_is_a_clear_error() {
+    let tmp = tempdir();
+    let bad = tmp.path().join("broken.onnx");
+    std::fs::write(&bad, b"\x08\x07\x12\xff\xff\xff\xff\x0f garbage").unwrap();
+    fails_with(&run(&["inspect", s(&bad)]), 1, "broken.onnx");
+    let truncated = tmp.path().join("truncated.onnx");
+    let bytes = std::fs::read(fixture("tiny_cnn.onnx")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(&run(&["inspect", s(&truncated)]), 1, "truncated.onnx");
+}
+
+#[test]
+fn malformed_idx_is_a_clear_error() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("idx");
+    std::fs::create_dir(&dir).unwrap();
+    let src = fixture("mnist-small");
+    for f in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    // A header that promises far more images than the file holds.
+    let mut header = vec![0, 0, 8, 3];
+    for d in [60000u32, 28, 28] {
+        header.extend(d.to_be_bytes());
+    }
+    header.extend([0u8; 100]);
+    std::fs::remove_file(dir.join("t10k-images-idx3-ubyte.gz")).unwrap();
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), &header).unwrap();
+    let model = fixture("tiny_cnn.onnx");
+    fails_with(
+        &run(&["eval", s(&model), "--data", s(&dir)]),
+        1,
+        "t10k-images-idx3-ubyte",
+    );
+}
+
+#[test]
+fn malformed_npz_is_a_clear_error() {
+    let tmp = tempdir();
+    let bad = tmp.path().join("bad.npz");
+    std::fs::write(&bad, b"PK\x03\x04 this is not a zip archive").unwrap();
+    let model = fixture("tiny_cnn.onnx");
+    fails_with(&run(&["eval", s(&model), "--data", s(&bad)]), 1, "bad.npz");
+}
+
+#[test]
+fn a_model_without_a_feature_extractor_is_refused() {
+    let mlp = fixture("tiny_mlp.onnx");
+    fails_with(&run(&["inspect", s(&mlp)]), 1, "convolution");
+    let tmp = tempdir();
+    let out = tmp.path().join("x.onnx");
+    fails_with(&run(&["cut", s(&mlp), "-o", s(&out)]), 1, "MLP");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_missing_at_tensor_is_a_clear_error() {
+    let model = fixture("tiny_cnn.onnx");
+    fails_with(
+        &run(&["inspect", s(&model), "--at", "nowhere"]),
+        1,
+        "'nowhere' is not in the graph",
+    );
+}
+
+#[test]
+fn an_input_is_never_overwritten() {
+    let tmp = tempdir();
+    let model = tmp.path().join("m.onnx");
+    std::fs::copy(fixture("tiny_cnn.onnx"), &model).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    fails_with(&run(&["cut", s(&model), "-o", s(&model)]), 1, "overwrite");
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+}
+
+#[test]
+fn ort_backends_say_they_are_not_compiled_in() {
+    let model = fixture("tiny_cnn.onnx");
+    fails_with(
+        &run(&["inspect", s(&model), "--backend", "ort"]),
+        1,
+        "without ONNX Runtime support",
+    );
+}

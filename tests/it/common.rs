@@ -1,0 +1,84 @@
+//! Paths to fixtures and shared data, the binary, and the Python cross-check scripts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    let p = root().join("fixtures").join(rel);
+    assert!(
+        p.exists(),
+        "fixture {} is missing; see tools/ for the script that makes it",
+        p.display()
+    );
+    p
+}
+
+pub fn shared(rel: &str) -> PathBuf {
+    let p = root().join("..").join("shared").join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: the tests need ../shared beside the project",
+        p.display()
+    );
+    p
+}
+
+/// Every third-party model in `../shared/models`.
+pub fn shared_models() -> Vec<PathBuf> {
+    let dir = shared("models");
+    let mut models: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    models.sort();
+    assert!(!models.is_empty(), "no models in {}", dir.display());
+    models
+}
+
+/// The Python used for cross-checks (`NNMEND_PYTHON`, else `python3`).
+pub fn python(script: &str) -> Command {
+    let py = std::env::var("NNMEND_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(py);
+    cmd.arg(root().join("tools").join(script));
+    cmd
+}
+
+/// Runs a command and fails the test with its stderr when it does not succeed.
+pub fn ok(mut cmd: Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The `nnmend` binary.
+pub fn nnmend() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nnmend"))
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+pub fn read_npy2(path: &Path) -> ndarray::Array2<f32> {
+    ndarray_npy::read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn write_npy<D: ndarray::Dimension>(path: &Path, a: &ndarray::Array<f32, D>) {
+    ndarray_npy::write_npy(path, a).unwrap();
+}
+
+pub fn max_abs_diff(a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

@@ -1,0 +1,118 @@
+//! The hybrid written by `fit` is a drop-in replacement: it passes the ONNX checker,
+//! runs in onnxruntime with the same logits (≤ 1e-4) and argmax as nnmend's own eval,
+//! and keeps the original's input, output name, trailing Softmax and metadata.
+
+use super::common::*;
+use nnmend::data::{self, LoadOptions, Split};
+use nnmend::engine::{tract::Tract, Engine};
+use nnmend::features::{argmax_rows, collect, Feed};
+use nnmend::hybrid::{evaluate, fit, FitSettings};
+use nnmend::onnx::graph::{dims, elem_type, Dim};
+use nnmend::onnx::{load, save, ModelProto};
+
+fn train() -> data::Dataset {
+    data::load(
+        &fixture("mnist-small"),
+        &LoadOptions {
+            split: Split::Train,
+            limit: Some(600),
+        },
+    )
+    .unwrap()
+}
+
+fn test_set() -> data::Dataset {
+    data::load(
+        &fixture("mnist-small"),
+        &LoadOptions {
+            split: Split::Test,
+            limit: None,
+        },
+    )
+    .unwrap()
+}
+
+fn fitted(name: &str) -> (ModelProto, ModelProto) {
+    let original = load(&fixture(name)).unwrap().model;
+    let outcome = fit(&original, &train(), &Tract, &FitSettings::default()).unwrap();
+    assert!(outcome.report.converged(), "{name}: SVM did not converge");
+    (original, outcome.model)
+}
+
+/// Runs `model` in onnxruntime (after the full ONNX checker) on the test images.
+fn onnxruntime_logits(model: &ModelProto, ds: &data::Dataset) -> ndarray::Array2<f32> {
+    let tmp = tempdir();
+    let path = tmp.path().join("hybrid.onnx");
+    save(model, &path).unwrap();
+    let session = Tract.prepare(model).unwrap();
+    let pre = nnmend::features::preprocess_for(ds, session.sample_shape(), &Feed::default()).unwrap();
+    let x = pre.batch(ds, 0..ds.len()).unwrap();
+    let input = tmp.path().join("x.npy");
+    let output = tmp.path().join("y.npy");
+    write_npy(&input, &x);
+    let mut cmd = python("ort_run.py");
+    cmd.arg("--check").arg(&path).arg(&input).arg(&output);
+    ok(cmd);
+    read_npy2(&output)
+}
+
+#[test]
+fn the_hybrid_runs_in_onnxruntime_with_the_same_logits_and_predictions() {
+    let (_, hybrid) = fitted("tiny_cnn.onnx");
+    let ds = test_set();
+    let ours = collect(Tract.prepare(&hybrid).unwrap().as_ref(), &ds, &Feed::default(), 0, "").unwrap();
+    let theirs = onnxruntime_logits(&hybrid, &ds);
+    let diff = max_abs_diff(&ours, &theirs);
+    assert!(diff <= 1e-4, "logits differ by {diff}");
+    assert_eq!(argmax_rows(&ours), argmax_rows(&theirs));
+    let (acc, predicted) = evaluate(&hybrid, &ds, &Tract, &Feed::default()).unwrap();
+    assert_eq!(predicted, argmax_rows(&theirs));
+    assert!(acc.accuracy > 0.8, "hybrid accuracy {}", acc.accuracy);
+}
+
+#[test]
+fn the_hybrid_is_a_drop_in_replacement() {
+    let (original, hybrid) = fitted("tiny_cnn_softmax.onnx");
+    let (og, hg) = (original.graph.as_ref().unwrap(), hybrid.graph.as_ref().unwrap());
+    let (oi, hi) = (&og.input[0], &hg.input[0]);
+    assert_eq!(oi.name(), hi.name());
+    assert_eq!(elem_type(oi), elem_type(hi));
+    assert_eq!(dims(oi).unwrap()[1..], dims(hi).unwrap()[1..]);
+    assert!(matches!(dims(hi).unwrap()[0], Dim::Param(_)), "batch must stay dynamic");
+    assert_eq!(hg.output.len(), 1);
+    assert_eq!(hg.output[0].name(), og.output[0].name());
+    let last = hg.node.last().unwrap();
+    assert_eq!(last.op_type(), "Softmax", "a trailing Softmax is kept");
+    let gemm = &hg.node[hg.node.len() - 2];
+    assert_eq!(gemm.op_type(), "Gemm");
+    assert_eq!(
+        original.opset_import, hybrid.opset_import,
+        "the original opset suffices"
+    );
+    let keys: Vec<&str> = hybrid.metadata_props.iter().map(|e| e.key()).collect();
+    for key in ["nnmend.version", "nnmend.svm.c", "nnmend.train.fingerprint"] {
+        assert!(keys.contains(&key), "missing provenance {key}: {keys:?}");
+    }
+    // Probabilities sum to one, as the original's did.
+    let probs = onnxruntime_logits(&hybrid, &test_set());
+    for row in probs.rows() {
+        assert!((row.sum() - 1.0).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn fixed_batch_models_get_a_dynamic_batch_hybrid() {
+    let original = load(&shared("models/pytorch16_mnist_avgpool.onnx")).unwrap().model;
+    let outcome = fit(&original, &train(), &Tract, &FitSettings::default()).unwrap();
+    let ds = test_set().take(50);
+    let theirs = onnxruntime_logits(&outcome.model, &ds);
+    let ours = collect(
+        Tract.prepare(&outcome.model).unwrap().as_ref(),
+        &ds,
+        &Feed::default(),
+        0,
+        "",
+    )
+    .unwrap();
+    assert!(max_abs_diff(&ours, &theirs) <= 1e-4);
+}

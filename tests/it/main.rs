@@ -1,0 +1,14 @@
+//! Integration tests: one binary, one module per area. Tests that need the shared
+//! datasets or models fail (never skip) when `../shared` is missing; tests that
+//! cross-check against onnx/onnxruntime call the Python scripts in `tools/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod cli;
+mod common;
+mod cut;
+mod data;
+mod external;
+mod hybrid;
+mod roundtrip;
+mod svm;

@@ -1,0 +1,93 @@
+//! The linear SVM against scikit-learn's LinearSVC, on values recorded by
+//! `tools/svm_reference.py` (MNIST pixels) and `tools/crosscheck.py` (CNN features):
+//! test accuracy at least sklearn's minus 0.1 pp, objective within 1e-3 relative.
+
+use ndarray::Array2;
+use serde_json::Value;
+
+use super::common::*;
+use nnmend::data::{self, Layout, LoadOptions, Preprocess, Split};
+use nnmend::svm::{self, Loss, SvmParams};
+
+fn reference(name: &str) -> Value {
+    let path = fixture(&format!("reference/{name}"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+fn pixels(split: Split, limit: usize) -> (Array2<f32>, Vec<usize>) {
+    let ds = data::load(
+        &shared("datasets/mnist"),
+        &LoadOptions {
+            split,
+            limit: Some(limit),
+        },
+    )
+    .unwrap();
+    let pre = Preprocess {
+        mean: vec![],
+        std: vec![],
+        layout: Layout::Flat,
+    };
+    let x = pre.batch(&ds, 0..ds.len()).unwrap();
+    let d = x.len() / ds.len();
+    let x = x.into_shape_with_order((ds.len(), d)).unwrap();
+    (x, ds.labels.iter().map(|&l| l as usize).collect())
+}
+
+fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
+    predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len() as f64
+}
+
+fn check(name: &str, reference: &Value, train: (&Array2<f32>, &[usize]), test: (&Array2<f32>, &[usize]), loss: Loss) {
+    let params = SvmParams {
+        c: reference["C"].as_f64().unwrap(),
+        loss,
+        tol: 1e-5,
+        max_iter: 100_000,
+        seed: 0,
+    };
+    let (model, report) = svm::fit(train.0.view(), train.1, 10, &params).unwrap();
+    assert!(report.converged(), "{name}: did not converge");
+    let expected = reference["per_class_objective"].as_array().unwrap();
+    for (c, e) in report.classes.iter().zip(expected) {
+        let e = e.as_f64().unwrap();
+        let rel = (c.primal - e).abs() / e.abs();
+        assert!(
+            rel <= 1e-3,
+            "{name}: class {} objective {} vs sklearn {e} ({rel:.2e} relative)",
+            c.class,
+            c.primal
+        );
+    }
+    let acc = accuracy(&model.predict(test.0.view()), test.1);
+    let sk = reference["test_accuracy"].as_f64().unwrap();
+    assert!(acc >= sk - 0.001, "{name}: test accuracy {acc} below sklearn's {sk}");
+}
+
+#[test]
+fn matches_sklearn_on_mnist_pixels() {
+    let r = reference("svm_mnist_pixels.json");
+    let (xtr, ytr) = pixels(Split::Train, r["n_train"].as_u64().unwrap() as usize);
+    let (xte, yte) = pixels(Split::Test, r["n_test"].as_u64().unwrap() as usize);
+    check(
+        "squared hinge",
+        &r["squared_hinge"],
+        (&xtr, &ytr),
+        (&xte, &yte),
+        Loss::SquaredHinge,
+    );
+    check("hinge", &r["hinge"], (&xtr, &ytr), (&xte, &yte), Loss::Hinge);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_head() {
+    let (x, y) = pixels(Split::Train, 300);
+    let params = SvmParams {
+        seed: 3,
+        ..Default::default()
+    };
+    let (a, _) = svm::fit(x.view(), &y, 10, &params).unwrap();
+    let (b, _) = svm::fit(x.view(), &y, 10, &params).unwrap();
+    assert_eq!(a.weights, b.weights);
+    assert_eq!(a.bias, b.bias);
+}
