@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use ndarray::Array2;
+
 use crate::data::Dataset;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -53,11 +55,7 @@ pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &
             train.source.display()
         )));
     }
-    let cut = find_cut(model, settings.at.as_deref())?;
-    let session = engine.prepare(&extractor(model, &cut, None)?)?;
-    let started = Instant::now();
-    let features = collect(session.as_ref(), train, &settings.feed, 0, "features")?;
-    let extract_seconds = started.elapsed().as_secs_f64();
+    let (cut, features, extract_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
     let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
     let n_classes = train.n_classes();
     let (svm, report) = svm::fit(features.view(), &labels, n_classes, &settings.svm)?;
@@ -81,6 +79,22 @@ pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &
         extract_seconds,
         n_train: labels.len(),
     })
+}
+
+/// Cuts `model` (at `at`, or by the default rule) and runs its extractor over `ds`:
+/// the cut, the `[N, D]` features, and the seconds the extraction took.
+pub fn extract(
+    model: &ModelProto,
+    ds: &Dataset,
+    engine: &dyn Engine,
+    at: Option<&str>,
+    feed: &Feed,
+) -> Result<(Cut, Array2<f32>, f64)> {
+    let cut = find_cut(model, at)?;
+    let session = engine.prepare(&extractor(model, &cut, None)?)?;
+    let started = Instant::now();
+    let features = collect(session.as_ref(), ds, feed, 0, "features")?;
+    Ok((cut, features, started.elapsed().as_secs_f64()))
 }
 
 /// Accuracy of a classifier: how many of `ds`'s images its first output's argmax gets right.

@@ -18,7 +18,9 @@ Writes:
                                  output `logits` [batch,10], dynamic batch)
     fixtures/mnist_paper.json   (epochs, seed, test accuracy measured in PyTorch on
                                  all 10,000 test images, torch version, ...)
-Deterministic: fixed seed, 2 threads, Adam, batch 64. Takes a few minutes on 2 CPU cores.
+Deterministic: fixed seed, 2 threads, Adam, batch 64. The default 3 epochs reached 99.08%
+(epoch 1: 98.38%, epoch 2: 98.68%) and used ~11.5 CPU-minutes, i.e. ~6 minutes on 2 idle
+cores (23 minutes wall when the cores were shared with other builds).
 """
 
 import argparse

@@ -5,11 +5,12 @@
 
 mod cut;
 mod eval;
+mod features;
 mod fit;
 mod inspect;
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -39,6 +40,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Write the feature extractor: the graph up to the cut, with output `features` [N, D].
     Cut(cut::CutArgs),
+    /// Run the extractor over a data set and write the features and labels as .npz.
+    Features(features::FeaturesArgs),
     /// Fit a linear SVM head on the extractor's features and write the hybrid model.
     Fit(fit::FitArgs),
     /// Measure the accuracy of one or more models on a data set.
@@ -50,6 +53,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Cut(a) => cut::cut(a),
+        Command::Features(a) => features::features(a),
         Command::Fit(a) => fit::fit(a),
         Command::Eval(a) => eval::eval(a),
     }
@@ -135,7 +139,7 @@ fn load_model(path: &Path) -> Result<ModelProto> {
 }
 
 /// Saves `model` to `out` atomically, refusing to overwrite any of `inputs`.
-fn save_model(model: &ModelProto, out: &PathBuf, inputs: &[&Path]) -> Result<()> {
+fn save_model(model: &ModelProto, out: &Path, inputs: &[&Path]) -> Result<()> {
     onnx::io::ensure_distinct(out, inputs)?;
     onnx::save(model, out)?;
     Ok(())

@@ -15,6 +15,11 @@
 //! reports its primal value P(w) and dual value D(α) = eᵀα − ½αᵀQ̄α (as a
 //! maximisation), whose difference P − D ≥ 0 bounds the suboptimality.
 //!
+//! Each binary problem is solved by the paper's coordinate descent with
+//! shrinking, accelerated by occasional Newton steps on the free variables
+//! once they are identified (see the solver module); the stopping rule is
+//! the paper's: max PG − min PG < tol over all samples.
+//!
 //! The classes are independent, so they are solved concurrently on
 //! `std::thread::available_parallelism()` worker threads; each class draws
 //! its coordinate order from its own ChaCha8 stream seeded by
@@ -113,7 +118,7 @@ impl LinearSvm {
                 let mut best = 0;
                 for (k, &v) in row.iter().enumerate() {
                     // Strict comparison keeps the first of equal maxima.
-                    if v > row[best] || row[best].is_nan() && !v.is_nan() {
+                    if v > row[best] || (row[best].is_nan() && !v.is_nan()) {
                         best = k;
                     }
                 }
@@ -132,7 +137,10 @@ pub struct ClassReport {
     pub iterations: usize,
     /// Whether the stopping rule was met before `max_iter`.
     pub converged: bool,
-    /// max PG − min PG over all samples at the final α (compare with `tol`).
+    /// max PG − min PG over all samples, recomputed at the final α (compare
+    /// with `tol`). The stopping test uses the values seen during the last
+    /// pass, while α still moved, so this can exceed `tol` slightly even
+    /// when `converged` is true.
     pub violation: f64,
     /// Primal objective ½(‖w‖² + b²) + C Σ ξ_i.
     pub primal: f64,
@@ -141,6 +149,8 @@ pub struct ClassReport {
     pub dual: f64,
     /// Number of samples with α_i > 0.
     pub support_vectors: usize,
+    /// Subspace Newton steps taken to accelerate coordinate descent.
+    pub newton_steps: usize,
 }
 
 /// Diagnostics of a whole [`fit`].
@@ -219,9 +229,9 @@ pub enum Storage {
 
 /// Fraction of non-zero features below which sparse rows are used. A sparse
 /// entry costs 8 bytes (value + index) and a gather, a dense one 4 bytes and
-/// a streamed multiply; measured on MNIST-like data the sparse kernel wins
-/// below roughly this density.
-const SPARSE_DENSITY: f64 = 0.5;
+/// a streamed multiply: measured per pass, sparse was 2× faster on MNIST
+/// pixels (19 % non-zero) and on par on CNN features (36 % non-zero).
+const SPARSE_DENSITY: f64 = 0.35;
 
 /// Fits one linear SVM per class (one-vs-rest) on rows `x` with labels `y`.
 ///
@@ -238,7 +248,28 @@ pub fn fit(
     n_classes: usize,
     params: &SvmParams,
 ) -> Result<(LinearSvm, FitReport), SvmError> {
-    fit_with(x, y, n_classes, params, None, None)
+    fit_with(x, y, n_classes, params, &FitOptions::default())
+}
+
+/// Internal knobs of [`fit`] (for tests and benchmarks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FitOptions {
+    /// Feature storage; `None` chooses by density.
+    pub storage: Option<Storage>,
+    /// Worker threads; `None` uses `available_parallelism`.
+    pub threads: Option<usize>,
+    /// Subspace Newton acceleration (false: plain Algorithm 3).
+    pub newton: bool,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        Self {
+            storage: None,
+            threads: None,
+            newton: true,
+        }
+    }
 }
 
 /// [`fit`] with the storage and the thread count optionally forced (for
@@ -248,8 +279,7 @@ pub fn fit_with(
     y: &[usize],
     n_classes: usize,
     params: &SvmParams,
-    storage: Option<Storage>,
-    threads: Option<usize>,
+    options: &FitOptions,
 ) -> Result<(LinearSvm, FitReport), SvmError> {
     let start = Instant::now();
     if !(params.c > 0.0 && params.c.is_finite()) {
@@ -284,13 +314,14 @@ pub fn fit_with(
     // Sparse rows store u32 feature indices, so they need d ≤ 2³².
     let sparse_possible = u32::try_from(d).is_ok();
     let density = nnz as f64 / (n as f64 * d.max(1) as f64);
-    let storage = match storage {
+    let storage = match options.storage {
         _ if !sparse_possible => Storage::Dense,
         Some(forced) => forced,
         None if density < SPARSE_DENSITY => Storage::Sparse,
         None => Storage::Dense,
     };
-    let threads = threads
+    let threads = options
+        .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |p| p.get()))
         .clamp(1, n_classes.max(1));
 
@@ -308,11 +339,11 @@ pub fn fit_with(
                 }
             };
             let rows = DenseRows { data, n, d };
-            solve_all(&rows, y, n_classes, params, threads)
+            solve_all(&rows, y, n_classes, params, threads, options.newton)
         }
         Storage::Sparse => {
             let rows = to_sparse(x, nnz);
-            solve_all(&rows, y, n_classes, params, threads)
+            solve_all(&rows, y, n_classes, params, threads, options.newton)
         }
     };
 
@@ -332,6 +363,7 @@ pub fn fit_with(
             primal: sol.primal,
             dual: sol.dual,
             support_vectors: sol.support_vectors,
+            newton_steps: sol.newton_steps,
         });
     }
     let report = FitReport {
@@ -382,6 +414,7 @@ fn solve_all<R: Rows>(
     n_classes: usize,
     params: &SvmParams,
     threads: usize,
+    newton: bool,
 ) -> Vec<BinarySolution> {
     let (_, shift) = Settings::bound_and_shift(params.loss, params.c);
     // Q̄_ii depends only on the sample, C and the loss: compute it once.
@@ -392,6 +425,7 @@ fn solve_all<R: Rows>(
         tol: params.tol,
         max_iter: params.max_iter,
         q_diag: &q_diag,
+        newton,
     };
     let solve_class = |class: usize| {
         let mut rng = class_rng(params.seed, class);
@@ -458,6 +492,20 @@ mod tests {
             tol,
             max_iter: 100_000,
             seed: 7,
+        }
+    }
+
+    fn threads(n: usize) -> FitOptions {
+        FitOptions {
+            threads: Some(n),
+            ..FitOptions::default()
+        }
+    }
+
+    fn stored(storage: Storage) -> FitOptions {
+        FitOptions {
+            storage: Some(storage),
+            ..FitOptions::default()
         }
     }
 
@@ -627,6 +675,37 @@ mod tests {
         Ok(())
     }
 
+    /// Non-negative, uncentred features (like CNN activations) make Q̄
+    /// ill-conditioned; the subspace Newton steps must kick in and reach the
+    /// same optimum as plain coordinate descent, in fewer passes.
+    #[test]
+    fn newton_acceleration_reaches_the_plain_optimum() -> TestResult {
+        let (mut x, y) = blobs(1200, 12, 9);
+        x.mapv_inplace(|v| v.abs() + 2.0);
+        for loss in [Loss::SquaredHinge, Loss::Hinge] {
+            let p = SvmParams {
+                max_iter: 1_000_000,
+                ..params(loss, 1.0, 1e-6)
+            };
+            let plain = FitOptions {
+                newton: false,
+                ..FitOptions::default()
+            };
+            let (_, slow) = fit_with(x.view(), &y, 3, &p, &plain)?;
+            let (_, fast) = fit_with(x.view(), &y, 3, &p, &FitOptions::default())?;
+            assert!(slow.converged() && fast.converged());
+            let steps: usize = fast.classes.iter().map(|c| c.newton_steps).sum();
+            let passes = |r: &FitReport| r.classes.iter().map(|c| c.iterations).sum::<usize>();
+            assert!(steps > 0, "{fast:?}");
+            assert!(passes(&fast) < passes(&slow));
+            for (a, b) in fast.classes.iter().zip(&slow.classes) {
+                assert!((a.primal - b.primal).abs() <= 1e-6 * b.primal, "{a:?} vs {b:?}");
+                assert!(a.primal - a.dual < 1e-6 * a.primal);
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn same_seed_gives_identical_weights_for_any_thread_count() -> TestResult {
         let (x, y) = blobs(200, 7, 4);
@@ -636,8 +715,8 @@ mod tests {
         };
         let (a, _) = fit(x.view(), &y, 3, &p)?;
         let (b, _) = fit(x.view(), &y, 3, &p)?;
-        let (c, _) = fit_with(x.view(), &y, 3, &p, None, Some(1))?;
-        let (d, _) = fit_with(x.view(), &y, 3, &p, None, Some(3))?;
+        let (c, _) = fit_with(x.view(), &y, 3, &p, &threads(1))?;
+        let (d, _) = fit_with(x.view(), &y, 3, &p, &threads(3))?;
         assert_eq!(a, b);
         assert_eq!(a, c);
         assert_eq!(a, d);
@@ -648,8 +727,8 @@ mod tests {
     fn dense_and_sparse_storage_agree() -> TestResult {
         let (x, y) = blobs(200, 7, 5);
         let p = params(Loss::SquaredHinge, 1.0, 1e-8);
-        let (a, ra) = fit_with(x.view(), &y, 3, &p, Some(Storage::Dense), None)?;
-        let (b, rb) = fit_with(x.view(), &y, 3, &p, Some(Storage::Sparse), None)?;
+        let (a, ra) = fit_with(x.view(), &y, 3, &p, &stored(Storage::Dense))?;
+        let (b, rb) = fit_with(x.view(), &y, 3, &p, &stored(Storage::Sparse))?;
         assert!((ra.objective() - rb.objective()).abs() < 1e-6 * ra.objective());
         for (u, v) in a.weights.iter().zip(&b.weights) {
             assert!((u - v).abs() < 1e-4);
@@ -663,8 +742,8 @@ mod tests {
         let xt = x.t().to_owned();
         let p = SvmParams::default();
         for storage in [Storage::Dense, Storage::Sparse] {
-            let (a, _) = fit_with(x.view(), &y, 3, &p, Some(storage), None)?;
-            let (b, _) = fit_with(xt.t(), &y, 3, &p, Some(storage), None)?;
+            let (a, _) = fit_with(x.view(), &y, 3, &p, &stored(storage))?;
+            let (b, _) = fit_with(xt.t(), &y, 3, &p, &stored(storage))?;
             assert_eq!(a, b);
         }
         Ok(())

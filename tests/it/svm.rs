@@ -91,3 +91,55 @@ fn the_same_seed_gives_the_same_head() {
     assert_eq!(a.weights, b.weights);
     assert_eq!(a.bias, b.bias);
 }
+
+/// Features of the fixture subsets through the model's own extractor (tract).
+fn cnn_features(model: &str, split: Split) -> (Array2<f32>, Vec<usize>) {
+    use nnmend::engine::tract::Tract;
+    use nnmend::features::Feed;
+    let model = nnmend::onnx::load(&fixture(model)).unwrap().model;
+    let ds = data::load(&fixture("mnist-small"), &LoadOptions { split, limit: None }).unwrap();
+    let (_, x, _) = nnmend::hybrid::extract(&model, &ds, &Tract, None, &Feed::default()).unwrap();
+    (x, ds.labels.iter().map(|&l| l as usize).collect())
+}
+
+#[test]
+fn matches_sklearn_on_cnn_features() {
+    // tools/crosscheck.py: LinearSVC(C=1, squared hinge) on onnxruntime's features.
+    for name in ["tiny_cnn", "mnist_paper"] {
+        let r = reference(&format!("{name}.json"));
+        let svm_ref = &r["svm"];
+        let expected = serde_json::json!({
+            "C": svm_ref["params"]["C"],
+            "per_class_objective": svm_ref["objective_per_class"],
+            "test_accuracy": svm_ref["test_accuracy"],
+        });
+        let (xtr, ytr) = cnn_features(&format!("{name}.onnx"), Split::Train);
+        let (xte, yte) = cnn_features(&format!("{name}.onnx"), Split::Test);
+        check(name, &expected, (&xtr, &ytr), (&xte, &yte), Loss::SquaredHinge);
+    }
+}
+
+#[test]
+fn features_equal_the_recorded_onnxruntime_values() {
+    use nnmend::engine::{tract::Tract, Engine};
+    for name in ["tiny_cnn", "mnist_paper"] {
+        let model = nnmend::onnx::load(&fixture(&format!("{name}.onnx"))).unwrap().model;
+        let ds = data::load(
+            &fixture("mnist-small"),
+            &LoadOptions {
+                split: Split::Test,
+                limit: Some(16),
+            },
+        )
+        .unwrap();
+        let (_, features, _) =
+            nnmend::hybrid::extract(&model, &ds, &Tract, None, &nnmend::features::Feed::default()).unwrap();
+        let expected = read_npy2(&fixture(&format!("reference/{name}_features.npy")));
+        let diff = max_abs_diff(&features, &expected);
+        assert!(diff <= 1e-4, "{name}: features differ from onnxruntime's by {diff}");
+        let session = Tract.prepare(&model).unwrap();
+        let logits = nnmend::features::collect(session.as_ref(), &ds, &Default::default(), 0, "").unwrap();
+        let expected = read_npy2(&fixture(&format!("reference/{name}_logits.npy")));
+        assert!(max_abs_diff(&logits, &expected) <= 1e-4, "{name}: logits");
+    }
+}

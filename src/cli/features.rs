@@ -1,0 +1,71 @@
+//! `nnmend features MODEL --data DATA -o FEATURES.npz`: runs the extractor over a data
+//! set and writes `features` (f32 [N, D]) and `labels` (i64 [N]), so that a large job
+//! can be split into shards and the head fitted elsewhere.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use nnmend::data::Split;
+use nnmend::hybrid::extract;
+
+use super::{load_model, print_json, warn, DataArgs, EngineArgs};
+
+/// Arguments of `nnmend features`.
+#[derive(Debug, Args)]
+pub struct FeaturesArgs {
+    /// The ONNX classifier to cut.
+    model: PathBuf,
+    /// The images (IDX folder, CIFAR binary folder, image folder or .npz).
+    #[arg(long, value_name = "DATA")]
+    data: PathBuf,
+    /// Where to write the features.
+    #[arg(short, long, value_name = "FEATURES.npz")]
+    output: PathBuf,
+    /// Cut at this tensor instead of the last pooling output.
+    #[arg(long, value_name = "TENSOR")]
+    at: Option<String>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data_args: DataArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Runs `nnmend features`.
+pub fn features(args: FeaturesArgs) -> Result<ExitCode> {
+    let model = load_model(&args.model)?;
+    let ds = args.data_args.load(&args.data, Split::Train)?;
+    let engine = args.engine.engine()?;
+    let feed = args.data_args.feed(&args.engine);
+    let (cut, features, seconds) = extract(&model, &ds, engine.as_ref(), args.at.as_deref(), &feed)
+        .with_context(|| format!("extracting features of {}", args.model.display()))?;
+    if let Some(w) = &cut.warning {
+        warn(w);
+    }
+    nnmend::onnx::io::ensure_distinct(&args.output, &[&args.model, &args.data])?;
+    nnmend::features::write_features(&args.output, &features, &ds.labels)?;
+    if args.json {
+        print_json(&json!({
+            "output": args.output, "n": features.nrows(), "feature_dim": features.ncols(),
+            "cut": {"tensor": cut.tensor, "op": cut.op, "fallback": cut.fallback()},
+            "seconds": seconds,
+        }))?;
+    } else {
+        writeln!(
+            std::io::stdout().lock(),
+            "wrote {}: {} x {} features (cut at {}) in {seconds:.2} s",
+            args.output.display(),
+            features.nrows(),
+            features.ncols(),
+            cut.tensor
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
