@@ -9,7 +9,7 @@ use crate::features::layout_of;
 use crate::onnx::graph::dims;
 use crate::onnx::surgery::extractor;
 use crate::onnx::tensor::element_count;
-use crate::onnx::{find_cut, ModelProto, OnnxError};
+use crate::onnx::{find_cut, Cut, ModelProto, OnnxError};
 
 /// The `input` part of an inspection.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -71,7 +71,19 @@ pub struct Inspection {
 
 /// Inspects `model`, running its extractor once on zeros to measure the feature shape.
 pub fn inspect(model: &ModelProto, engine: &dyn Engine, at: Option<&str>) -> Result<Inspection> {
+    summarise(model, engine, &find_cut(model, at)?)
+}
+
+/// The feature extractor of `model` (output `features` [N, D] with D declared), and the
+/// inspection that located its cut.
+pub fn cut(model: &ModelProto, engine: &dyn Engine, at: Option<&str>) -> Result<(Inspection, ModelProto)> {
     let cut = find_cut(model, at)?;
+    let info = summarise(model, engine, &cut)?;
+    let extractor = extractor(model, &cut, Some(info.cut.feature_dim))?;
+    Ok((info, extractor))
+}
+
+fn summarise(model: &ModelProto, engine: &dyn Engine, cut: &Cut) -> Result<Inspection> {
     let graph = model
         .graph
         .as_ref()
@@ -83,7 +95,7 @@ pub fn inspect(model: &ModelProto, engine: &dyn Engine, at: Option<&str>) -> Res
         .unwrap_or_default();
 
     // The extractor with the unflattened cut tensor as its output.
-    let mut probe = extractor(model, &cut, None)?;
+    let mut probe = extractor(model, cut, None)?;
     if let Some(g) = probe.graph.as_mut() {
         g.node.pop();
         g.output = vec![crate::onnx::proto::ValueInfoProto {

@@ -32,13 +32,11 @@ pub struct CutArgs {
 pub fn cut(args: CutArgs) -> Result<ExitCode> {
     let model = load_model(&args.model)?;
     let engine = args.engine.engine()?;
-    let info = nnmend::inspect::inspect(&model, engine.as_ref(), args.at.as_deref())
+    let (info, extractor) = nnmend::inspect::cut(&model, engine.as_ref(), args.at.as_deref())
         .with_context(|| format!("cutting {}", args.model.display()))?;
     if let Some(w) = &info.cut.warning {
         warn(w);
     }
-    let cut = nnmend::onnx::find_cut(&model, args.at.as_deref())?;
-    let extractor = nnmend::onnx::surgery::extractor(&model, &cut, Some(info.cut.feature_dim))?;
     save_model(&extractor, &args.output, &[&args.model])?;
     if args.json {
         print_json(&json!({
