@@ -58,7 +58,10 @@ pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &
     let (cut, features, extract_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
     let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
     let n_classes = train.n_classes();
-    let (svm, report) = svm::fit(features.view(), &labels, n_classes, &settings.svm)?;
+    let spinner = crate::progress::spinner("svm", settings.feed.progress);
+    let fitted = svm::fit(features.view(), &labels, n_classes, &settings.svm);
+    spinner.finish_and_clear();
+    let (svm, report) = fitted?;
     let predicted = svm.predict(features.view());
     let correct = predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
     let mut out = hybrid(model, &cut, svm.weights.view(), svm.bias.view())?;

@@ -19,3 +19,18 @@ pub fn bar(len: u64, label: &str, enabled: bool) -> ProgressBar {
     bar.set_message(label.to_string());
     bar
 }
+
+/// A spinner labelled `label` that ticks on its own while a phase without steps runs
+/// (such as the SVM fit), hidden when `enabled` is false.
+pub fn spinner(label: &str, enabled: bool) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{msg:>12} {spinner} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar.set_message(label.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}

@@ -220,7 +220,7 @@ pub enum SvmError {
 
 /// Feature storage used by the solver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Storage {
+pub(crate) enum Storage {
     /// Dense row-major f32.
     Dense,
     /// Compressed sparse rows.
@@ -253,13 +253,13 @@ pub fn fit(
 
 /// Internal knobs of [`fit`] (for tests and benchmarks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FitOptions {
+pub(crate) struct FitOptions {
     /// Feature storage; `None` chooses by density.
-    pub storage: Option<Storage>,
+    pub(crate) storage: Option<Storage>,
     /// Worker threads; `None` uses `available_parallelism`.
-    pub threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     /// Subspace Newton acceleration (false: plain Algorithm 3).
-    pub newton: bool,
+    pub(crate) newton: bool,
 }
 
 impl Default for FitOptions {
@@ -272,9 +272,9 @@ impl Default for FitOptions {
     }
 }
 
-/// [`fit`] with the storage and the thread count optionally forced (for
-/// tests and benchmarks); `None` chooses automatically.
-pub fn fit_with(
+/// [`fit`] with internal options (storage, thread count, Newton
+/// acceleration) set explicitly, for tests and benchmarks.
+pub(crate) fn fit_with(
     x: ArrayView2<f32>,
     y: &[usize],
     n_classes: usize,
