@@ -1,7 +1,7 @@
 //! Running a prepared model over a whole data set in batches, collecting one output
 //! as rows: the extractor's features, or a classifier's logits.
 
-use ndarray::{s, Array2, Axis};
+use ndarray::{Array2, ArrayViewMut2, Axis, Slice};
 
 use crate::data::{Dataset, Layout, Preprocess};
 use crate::engine::Session;
@@ -18,6 +18,8 @@ pub struct Feed {
     pub std: Vec<f32>,
     /// Whether to draw a progress bar.
     pub progress: bool,
+    /// Worker threads running batches side by side (each its own engine state).
+    pub threads: usize,
 }
 
 impl Default for Feed {
@@ -27,6 +29,7 @@ impl Default for Feed {
             mean: Vec::new(),
             std: Vec::new(),
             progress: false,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -72,47 +75,116 @@ pub fn preprocess_for(ds: &Dataset, sample_shape: &[usize], feed: &Feed) -> Resu
 
 /// Runs `session` over every image of `ds` and stacks output `output` (flattened per
 /// sample) into an `[N, D]` matrix.
+///
+/// After a first batch, the rest are shared out among `feed.threads` workers in
+/// contiguous shards whose boundaries fall on batch boundaries, so every batch, and
+/// hence every value, is the same whatever the number of threads.
 pub fn collect(session: &dyn Session, ds: &Dataset, feed: &Feed, output: usize, label: &str) -> Result<Array2<f32>> {
     let pre = preprocess_for(ds, session.sample_shape(), feed)?;
     let n = ds.len();
+    if n == 0 {
+        return Ok(Array2::zeros((0, 0)));
+    }
     let batch = feed.batch.max(1);
     let bar = crate::progress::bar(n as u64, label, feed.progress);
-    let mut rows: Option<Array2<f32>> = None;
-    let mut start = 0;
-    while start < n {
-        let end = (start + batch).min(n);
-        let x = pre.batch(ds, start..end)?;
-        let outs = session.run(x.view())?;
-        let out = outs.get(output).ok_or_else(|| {
-            Error::Mismatch(format!(
-                "the model returned {} outputs, output {output} was asked for",
-                outs.len()
-            ))
-        })?;
-        let b = end - start;
-        if out.shape().first() != Some(&b) {
+    // The first batch tells the output width, so the result is allocated once and the
+    // workers write their rows straight into it.
+    let first = run_batch(session, ds, &pre, 0..batch.min(n), output)?;
+    let d = first.ncols();
+    let mut rows = Array2::zeros((n, d));
+    rows.slice_axis_mut(Axis(0), Slice::from(0..first.nrows()))
+        .assign(&first);
+    bar.inc(first.nrows() as u64);
+    let rest = n - first.nrows();
+    let batches = rest.div_ceil(batch);
+    let workers = feed.threads.clamp(1, batches.max(1));
+    let per_worker = batches.div_ceil(workers) * batch;
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        let mut remaining = rows.slice_axis_mut(Axis(0), Slice::from(first.nrows()..));
+        let mut start = first.nrows();
+        while start < n {
+            let len = per_worker.min(n - start);
+            let (shard, tail) = remaining.split_at(Axis(0), len);
+            remaining = tail;
+            let (pre, bar) = (&pre, &bar);
+            let range = start..start + len;
+            handles.push(scope.spawn(move || fill(session, ds, pre, range, batch, output, shard, bar)));
+            start += len;
+        }
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Mismatch("a feature worker panicked".into())))
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(rows)
+}
+
+/// Runs one batch (images `range`) and returns output `output` as `[b, D]` rows.
+fn run_batch(
+    session: &dyn Session,
+    ds: &Dataset,
+    pre: &Preprocess,
+    range: std::ops::Range<usize>,
+    output: usize,
+) -> Result<Array2<f32>> {
+    let b = range.len();
+    let x = pre.batch(ds, range)?;
+    let mut outs = session.run(x.view())?;
+    if output >= outs.len() {
+        return Err(Error::Mismatch(format!(
+            "the model returned {} outputs, output {output} was asked for",
+            outs.len()
+        )));
+    }
+    let out = outs.swap_remove(output);
+    if out.shape().first() != Some(&b) {
+        return Err(Error::Mismatch(format!(
+            "the model returned output of shape {:?} for a batch of {b}",
+            out.shape()
+        )));
+    }
+    let d = out.len() / b;
+    out.into_shape_with_order((b, d))
+        .map_err(|e| Error::Mismatch(format!("output of a batch of {b}: {e}")))
+}
+
+/// One worker's part of [`collect`]: the images in `range`, batch by batch, written
+/// into `rows`.
+#[allow(clippy::too_many_arguments)]
+fn fill(
+    session: &dyn Session,
+    ds: &Dataset,
+    pre: &Preprocess,
+    range: std::ops::Range<usize>,
+    batch: usize,
+    output: usize,
+    mut rows: ArrayViewMut2<f32>,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + batch).min(range.end);
+        let out = run_batch(session, ds, pre, start..end, output)?;
+        if out.ncols() != rows.ncols() {
             return Err(Error::Mismatch(format!(
-                "the model returned output of shape {:?} for a batch of {b}",
-                out.shape()
+                "output width changed from {} to {} between batches",
+                rows.ncols(),
+                out.ncols()
             )));
         }
-        let d = out.len() / b.max(1);
-        let flat = out
-            .to_shape((b, d))
-            .map_err(|e| Error::Mismatch(format!("output of shape {:?}: {e}", out.shape())))?;
-        let all = rows.get_or_insert_with(|| Array2::zeros((n, d)));
-        if all.ncols() != d {
-            return Err(Error::Mismatch(format!(
-                "output width changed from {} to {d} between batches",
-                all.ncols()
-            )));
-        }
-        all.slice_mut(s![start..end, ..]).assign(&flat);
-        bar.inc(b as u64);
+        let at = start - range.start;
+        rows.slice_axis_mut(Axis(0), Slice::from(at..at + out.nrows()))
+            .assign(&out);
+        bar.inc(out.nrows() as u64);
         start = end;
     }
-    bar.finish_and_clear();
-    Ok(rows.unwrap_or_else(|| Array2::zeros((0, 0))))
+    Ok(())
 }
 
 /// Index of the largest value in each row (ties go to the lowest index).

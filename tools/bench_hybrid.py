@@ -1,7 +1,7 @@
 """Benchmark nnmend's hybrid pipeline against its peers, measured in the same run.
 
 - Feature extraction over MNIST's 70,000 images (60k train + 10k test): `nnmend
-  features` (tract, one thread) against onnxruntime-python running the very same
+  features` (tract; one thread, and one per core) against onnxruntime-python running the very same
   extractor graph (written by `nnmend cut`), with 1 intra-op thread and with ORT's
   default thread count. Batch 64 everywhere.
 - SVM fit on the 60k training features: nnmend's dual coordinate descent
@@ -100,16 +100,20 @@ def main():
     rows = {}
 
     feats = {}
-    nn_sec = nn_wall = 0.0
-    nn_rss = 0.0
-    for split in ("train", "test"):
-        feats[split] = os.path.join(args.out, f"features_{split}.npz")
-        r, wall, rss = child([args.nnmend, "features", args.model, "--data", args.data, "--split", split,
-                              "-o", feats[split], "--json"])
-        nn_sec += r["seconds"]
-        nn_wall += wall
-        nn_rss = max(nn_rss, rss)
-    rows["extract/nnmend-tract"] = {"seconds": nn_sec, "wall": nn_wall, "rss_mib": nn_rss}
+    for threads in ("1", "default"):
+        sec = wall_sum = peak = 0.0
+        for split in ("train", "test"):
+            feats[split] = os.path.join(args.out, f"features_{split}.npz")
+            cmd = [args.nnmend, "features", args.model, "--data", args.data, "--split", split,
+                   "-o", feats[split], "--json"]
+            if threads != "default":
+                cmd += ["--threads", threads]
+            r, wall, rss = child(cmd)
+            sec += r["seconds"]
+            wall_sum += wall
+            peak = max(peak, rss)
+        key = f"extract/nnmend-tract-{'1thread' if threads == '1' else 'default-threads'}"
+        rows[key] = {"seconds": sec, "wall": wall_sum, "rss_mib": peak}
     for threads in (1, 0):
         r, wall, rss = child([sys.executable, "-c", ORT_CHILD, extractor, args.data, str(threads)])
         key = f"extract/onnxruntime-{'1thread' if threads else 'default-threads'}"
@@ -122,7 +126,7 @@ def main():
                               mode])
         rows[f"svm/sklearn-LinearSVC(dual={mode == 'dual'})"] = dict(r, wall=wall, rss_mib=rss)
 
-    base_x = rows["extract/nnmend-tract"]
+    base_x = rows["extract/nnmend-tract-default-threads"]
     base_s = rows["svm/nnmend-dcd"]
     print(f"{'phase/contender':44} {'seconds':>9} {'wall':>8} {'peak MiB':>9} {'nnmend/peer time':>17}")
     for k, v in rows.items():

@@ -93,6 +93,9 @@ struct EngineArgs {
     /// Images per engine run.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     batch: u64,
+    /// Threads running batches side by side [default: one per CPU core].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
 }
 
 impl EngineArgs {
@@ -129,6 +132,7 @@ impl DataArgs {
             mean: self.mean.clone(),
             std: self.std.clone(),
             progress: std::io::stderr().is_terminal(),
+            threads: engine.threads.map_or_else(|| Feed::default().threads, |t| t as usize),
         }
     }
 }

@@ -116,3 +116,20 @@ fn fixed_batch_models_get_a_dynamic_batch_hybrid() {
     .unwrap();
     assert!(max_abs_diff(&ours, &theirs) <= 1e-4);
 }
+
+#[test]
+fn extraction_gives_the_same_features_on_any_number_of_threads() {
+    let model = load(&fixture("tiny_cnn.onnx")).unwrap().model;
+    let ds = test_set().take(203);
+    let feed = |threads| Feed {
+        batch: 16,
+        threads,
+        ..Feed::default()
+    };
+    let (_, one, _) = nnmend::hybrid::extract(&model, &ds, &Tract, None, &feed(1)).unwrap();
+    for threads in [2, 3, 64] {
+        let (_, many, _) = nnmend::hybrid::extract(&model, &ds, &Tract, None, &feed(threads)).unwrap();
+        assert_eq!(one, many, "{threads} threads");
+    }
+    assert_eq!(one.nrows(), 203);
+}
