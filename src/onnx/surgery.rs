@@ -234,11 +234,7 @@ pub fn hybrid(
         .as_ref()
         .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
     let original_index = Index::new(original)?;
-    let softmax = original_index
-        .producer(&cut.output)
-        .map(|p| &original.node[p])
-        .filter(|n| matches!(n.op_type(), "Softmax" | "LogSoftmax"))
-        .cloned();
+    let softmax = trailing_softmax(original, &original_index, &cut.output);
     let opset = opset(model);
     let g = out
         .graph
@@ -279,6 +275,16 @@ pub fn hybrid(
     g.output
         .push(tensor_value_info(&cut.output, elem, &[batch, Dim::Fixed(k as i64)]));
     Ok(out)
+}
+
+/// The Softmax or LogSoftmax that computes `output`, looking through Identity nodes
+/// (keras2onnx ends its graphs in Softmax → Identity).
+fn trailing_softmax(graph: &GraphProto, index: &Index, output: &str) -> Option<NodeProto> {
+    let mut node = &graph.node[index.producer(output)?];
+    while node.op_type() == "Identity" {
+        node = &graph.node[index.producer(node.input.first()?)?];
+    }
+    matches!(node.op_type(), "Softmax" | "LogSoftmax").then(|| node.clone())
 }
 
 /// The batch dimension to declare: the input's own symbol, or `N` for a fixed batch.

@@ -133,3 +133,18 @@ fn extraction_gives_the_same_features_on_any_number_of_threads() {
     }
     assert_eq!(one.nrows(), 203);
 }
+
+#[test]
+fn a_softmax_behind_identity_nodes_is_kept() {
+    // keras2onnx writes Softmax → Identity at the end, and its nodes out of order.
+    let original = load(&shared("models/keras2onnx_mnist_small.onnx")).unwrap().model;
+    let outcome = fit(&original, &train(), &Tract, &FitSettings::default()).unwrap();
+    let g = outcome.model.graph.as_ref().unwrap();
+    let ops: Vec<&str> = g.node.iter().rev().take(2).map(|n| n.op_type()).collect();
+    assert_eq!(ops, ["Softmax", "Gemm"]);
+    assert_eq!(g.output[0].name(), original.graph.as_ref().unwrap().output[0].name());
+    let probs = onnxruntime_logits(&outcome.model, &test_set().take(20));
+    for row in probs.rows() {
+        assert!((row.sum() - 1.0).abs() < 1e-4);
+    }
+}
