@@ -203,7 +203,7 @@ pub fn argmax_rows(scores: &Array2<f32>) -> Vec<usize> {
         .collect()
 }
 
-/// Writes `features` [N, D] and `labels` [N] to an `.npz` (keys `features`, `labels`),
+/// Writes `features` `[N, D]` and `labels` `[N]` to an `.npz` (keys `features`, `labels`),
 /// atomically.
 pub fn write_features(path: &std::path::Path, features: &Array2<f32>, labels: &[i64]) -> Result<()> {
     let io = |e: std::io::Error| Error::Mismatch(format!("{}: {e}", path.display()));

@@ -213,7 +213,7 @@ pub fn extractor(model: &ModelProto, cut: &Cut, feature_dim: Option<usize>) -> R
 }
 
 /// The hybrid: the extractor of `model` at `cut`, then `Gemm(features, W, b, transB=1)`
-/// with `weights` [k, D] and `bias` [k], then the original's trailing Softmax or
+/// with `weights` `[k, D]` and `bias` `[k]`, then the original's trailing Softmax or
 /// LogSoftmax if it had one. The output keeps the original output's name.
 pub fn hybrid(
     model: &ModelProto,
