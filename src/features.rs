@@ -208,17 +208,17 @@ pub fn argmax_rows(scores: &Array2<f32>) -> Vec<usize> {
 pub fn write_features(path: &std::path::Path, features: &Array2<f32>, labels: &[i64]) -> Result<()> {
     let io = |e: std::io::Error| Error::Mismatch(format!("{}: {e}", path.display()));
     let npz = |e: ndarray_npy::WriteNpzError| Error::Mismatch(format!("{}: {e}", path.display()));
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    let mut writer = ndarray_npy::NpzWriter::new_compressed(tmp.as_file());
-    writer.add_array("features", features).map_err(npz)?;
-    writer
-        .add_array("labels", &ndarray::Array1::from(labels.to_vec()))
-        .map_err(npz)?;
-    writer.finish().map_err(npz)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    crate::atomic::write_with(path, io, |file| {
+        let mut writer = ndarray_npy::NpzWriter::new_compressed(std::io::BufWriter::new(file));
+        writer.add_array("features", features).map_err(npz)?;
+        writer
+            .add_array("labels", &ndarray::Array1::from(labels.to_vec()))
+            .map_err(npz)?;
+        writer
+            .finish()
+            .map_err(npz)?
+            .into_inner()
+            .map_err(|e| io(e.into_error()))?;
+        Ok(())
+    })
 }

@@ -21,7 +21,9 @@
 //! - [`features`]: running a model over a data set in batches.
 //! - [`hybrid`]: fitting the hybrid and measuring accuracy.
 //! - [`inspect`]: a model summary with the detected cut.
+//! - [`atomic`]: atomic file output.
 
+pub mod atomic;
 pub mod data;
 pub mod engine;
 pub mod error;

@@ -95,26 +95,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        // Best effort: the temporary file is ours and must not linger.
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err)
+    crate::atomic::write_with(path, io_err, |file| file.write_all(bytes).map_err(io_err))
 }
 
 /// Fails when `output` names the same file as one of `inputs`, so that no command ever

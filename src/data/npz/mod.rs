@@ -16,7 +16,7 @@ mod zip;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::{Array4, ArrayD, ArrayView1, ArrayViewD, Axis, IxDyn};
 use ndarray_npy::NpzWriter;
@@ -282,30 +282,12 @@ impl<'a> NpzArrays<'a> {
 /// in place.
 pub fn write_npz(path: &Path, arrays: &NpzArrays<'_>) -> Result<(), DataError> {
     arrays.validate()?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| DataError::Shape(format!("{}: not a file path", path.display())))?
-        .to_string_lossy();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(".{file_name}.{}.{nanos}.tmp", std::process::id()));
-    let result = write_to(&tmp, arrays).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e)));
-    if result.is_err() {
-        // Best effort: the temporary file is garbage either way.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let io = |e| DataError::io(path, e);
+    crate::atomic::write_with(path, io, |file| write_to(file, arrays).map_err(io))
 }
 
-fn write_to(tmp: &Path, a: &NpzArrays<'_>) -> Result<(), DataError> {
-    let io = |e| DataError::io(tmp, e);
-    let npz_err = |e: ndarray_npy::WriteNpzError| DataError::io(tmp, std::io::Error::other(e));
-    let file = File::options().write(true).create_new(true).open(tmp).map_err(io)?;
+fn write_to(file: &mut File, a: &NpzArrays<'_>) -> std::io::Result<()> {
+    let npz_err = std::io::Error::other;
     let mut npz = NpzWriter::new_compressed(BufWriter::new(file));
     npz.add_array("x", &a.x).map_err(npz_err)?;
     npz.add_array("y", &ArrayView1::from(a.y)).map_err(npz_err)?;
@@ -319,9 +301,9 @@ fn write_to(tmp: &Path, a: &NpzArrays<'_>) -> Result<(), DataError> {
         npz.add_array("success", &ArrayView1::from(success)).map_err(npz_err)?;
     }
     let mut writer = npz.finish().map_err(npz_err)?;
-    writer.flush().map_err(io)?;
-    let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)
+    writer.flush()?;
+    writer.into_inner().map_err(|e| e.into_error())?;
+    Ok(())
 }
 
 #[cfg(test)]
