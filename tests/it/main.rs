@@ -10,5 +10,6 @@ mod cut;
 mod data;
 mod external;
 mod hybrid;
+mod robustness;
 mod roundtrip;
 mod svm;
