@@ -81,3 +81,23 @@ fn mean_and_std_normalise_after_scaling() {
         assert!(((r - 0.1307) / 0.3081 - n).abs() < 1e-5);
     }
 }
+
+#[test]
+fn the_shared_cifar10_image_folders_read_as_published() {
+    let tmp = tempdir();
+    let archive = shared("datasets/cifar10-jpeg.tar.gz");
+    let mut tar = std::process::Command::new("tar");
+    tar.arg("xzf").arg(&archive).arg("-C").arg(tmp.path()).arg("cifar10/test");
+    ok(tar);
+    let ds = data::load(&tmp.path().join("cifar10"), &LoadOptions { split: Split::Test, limit: None }).unwrap();
+    assert_eq!(ds.len(), 10_000);
+    assert_eq!(ds.image_shape(), [3, 32, 32]);
+    let classes = ds.classes.clone().unwrap();
+    assert_eq!(classes.first().map(String::as_str), Some("airplane"));
+    assert_eq!(classes.last().map(String::as_str), Some("truck"));
+    let mut counts = [0usize; 10];
+    for &l in &ds.labels {
+        counts[l as usize] += 1;
+    }
+    assert_eq!(counts, [1000; 10]);
+}
