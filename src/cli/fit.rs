@@ -96,7 +96,9 @@ pub fn fit(args: FitArgs) -> Result<ExitCode> {
     }
     if !outcome.report.converged() {
         warn(&format!(
-            "the SVM solver stopped at --max-iter {} before reaching --tol {} (largest violation left: {:.3e})",
+            "the SVM solver stopped at --max-iter {} before reaching --tol {} (largest violation left: {:.3e}); \
+             the head is usable but not optimal: raise --max-iter, or lower --c for features that are far from \
+             linearly separable",
             args.max_iter,
             args.tol,
             outcome.report.classes.iter().map(|c| c.violation).fold(0.0, f64::max)

@@ -87,9 +87,20 @@ fn the_shared_cifar10_image_folders_read_as_published() {
     let tmp = tempdir();
     let archive = shared("datasets/cifar10-jpeg.tar.gz");
     let mut tar = std::process::Command::new("tar");
-    tar.arg("xzf").arg(&archive).arg("-C").arg(tmp.path()).arg("cifar10/test");
+    tar.arg("xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(tmp.path())
+        .arg("cifar10/test");
     ok(tar);
-    let ds = data::load(&tmp.path().join("cifar10"), &LoadOptions { split: Split::Test, limit: None }).unwrap();
+    let ds = data::load(
+        &tmp.path().join("cifar10"),
+        &LoadOptions {
+            split: Split::Test,
+            limit: None,
+        },
+    )
+    .unwrap();
     assert_eq!(ds.len(), 10_000);
     assert_eq!(ds.image_shape(), [3, 32, 32]);
     let classes = ds.classes.clone().unwrap();
