@@ -21,6 +21,14 @@ pub enum Error {
     /// Fitting the SVM.
     #[error(transparent)]
     Svm(#[from] SvmError),
+    /// A file nnmend writes could not be written.
+    #[error("{path}: {source}")]
+    Write {
+        /// The file being written.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// A model and a data set that do not fit together.
     #[error("{0}")]
     Mismatch(String),

@@ -206,8 +206,11 @@ pub fn argmax_rows(scores: &Array2<f32>) -> Vec<usize> {
 /// Writes `features` `[N, D]` and `labels` `[N]` to an `.npz` (keys `features`, `labels`),
 /// atomically.
 pub fn write_features(path: &std::path::Path, features: &Array2<f32>, labels: &[i64]) -> Result<()> {
-    let io = |e: std::io::Error| Error::Mismatch(format!("{}: {e}", path.display()));
-    let npz = |e: ndarray_npy::WriteNpzError| Error::Mismatch(format!("{}: {e}", path.display()));
+    let io = |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let npz = |e: ndarray_npy::WriteNpzError| io(std::io::Error::other(e));
     crate::atomic::write_with(path, io, |file| {
         let mut writer = ndarray_npy::NpzWriter::new_compressed(std::io::BufWriter::new(file));
         writer.add_array("features", features).map_err(npz)?;

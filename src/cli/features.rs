@@ -13,7 +13,7 @@ use serde_json::json;
 use nnmend::data::Split;
 use nnmend::hybrid::extract;
 
-use super::{load_model, print_json, warn, DataArgs, EngineArgs};
+use super::{load_model, print_json, refuse_overwrite, warn, DataArgs, EngineArgs};
 
 /// Arguments of `nnmend features`.
 #[derive(Debug, Args)]
@@ -40,6 +40,7 @@ pub struct FeaturesArgs {
 
 /// Runs `nnmend features`.
 pub fn features(args: FeaturesArgs) -> Result<ExitCode> {
+    refuse_overwrite(&args.output, &[&args.model, &args.data])?;
     let model = load_model(&args.model)?;
     let ds = args.data_args.load(&args.data, Split::Train)?;
     let engine = args.engine.engine()?;
@@ -49,7 +50,6 @@ pub fn features(args: FeaturesArgs) -> Result<ExitCode> {
     if let Some(w) = &cut.warning {
         warn(w);
     }
-    nnmend::onnx::io::ensure_distinct(&args.output, &[&args.model, &args.data])?;
     nnmend::features::write_features(&args.output, &features, &ds.labels)?;
     if args.json {
         print_json(&json!({

@@ -13,7 +13,7 @@ use nnmend::data::Split;
 use nnmend::hybrid::{evaluate, fit as fit_hybrid, FitSettings};
 use nnmend::svm::{Loss, SvmParams};
 
-use super::{load_model, print_json, save_model, warn, DataArgs, EngineArgs};
+use super::{load_model, print_json, refuse_overwrite, save_model, warn, DataArgs, EngineArgs};
 
 /// The SVM's loss.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -70,6 +70,9 @@ pub fn fit(args: FitArgs) -> Result<ExitCode> {
     if args.c <= 0.0 || !args.c.is_finite() {
         anyhow::bail!("--c must be a positive number, got {}", args.c);
     }
+    let mut inputs = vec![args.model.as_path(), args.train.as_path()];
+    inputs.extend(args.test.as_deref());
+    refuse_overwrite(&args.output, &inputs)?;
     let model = load_model(&args.model)?;
     let train = args.data.load(&args.train, Split::Train)?;
     let test = args.test.as_ref().map(|t| args.data.load(t, Split::Test)).transpose()?;
@@ -108,7 +111,7 @@ pub fn fit(args: FitArgs) -> Result<ExitCode> {
         Some(ds) => Some(evaluate(&outcome.model, ds, engine.as_ref(), &feed)?.0),
         None => None,
     };
-    save_model(&outcome.model, &args.output, &[&args.model, &args.train])?;
+    save_model(&outcome.model, &args.output)?;
     let r = &outcome.report;
     if args.json {
         print_json(&json!({

@@ -142,11 +142,15 @@ fn load_model(path: &Path) -> Result<ModelProto> {
     Ok(onnx::load(path)?.model)
 }
 
-/// Saves `model` to `out` atomically, refusing to overwrite any of `inputs`.
-fn save_model(model: &ModelProto, out: &Path, inputs: &[&Path]) -> Result<()> {
-    onnx::io::ensure_distinct(out, inputs)?;
-    onnx::save(model, out)?;
-    Ok(())
+/// Fails before any work is done when `output` names one of the command's `inputs`:
+/// no command overwrites what it reads.
+fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<()> {
+    Ok(onnx::io::ensure_distinct(output, inputs)?)
+}
+
+/// Saves `model` to `out` atomically.
+fn save_model(model: &ModelProto, out: &Path) -> Result<()> {
+    Ok(onnx::save(model, out)?)
 }
 
 /// Prints one JSON document on stdout.

@@ -189,6 +189,21 @@ fn an_input_is_never_overwritten() {
     let before = std::fs::read(&model).unwrap();
     fails_with(&run(&["cut", s(&model), "-o", s(&model)]), 1, "overwrite");
     assert_eq!(std::fs::read(&model).unwrap(), before);
+    let npz = tmp.path().join("test.npz");
+    std::fs::copy(fixture("mnist-small-test.npz"), &npz).unwrap();
+    let data = std::fs::read(&npz).unwrap();
+    let train = fixture("mnist-small");
+    fails_with(
+        &run(&["fit", s(&model), "--train", s(&train), "--test", s(&npz), "-o", s(&npz)]),
+        1,
+        "overwrite",
+    );
+    fails_with(
+        &run(&["features", s(&model), "--data", s(&npz), "-o", s(&npz)]),
+        1,
+        "overwrite",
+    );
+    assert_eq!(std::fs::read(&npz).unwrap(), data);
 }
 
 #[test]
