@@ -24,6 +24,7 @@
 //! - [`atomic`]: atomic file output.
 
 pub mod atomic;
+pub mod attack;
 pub mod data;
 pub mod engine;
 pub mod error;

@@ -3,10 +3,12 @@
 //! function and prints the result: JSON on stdout with `--json`, text otherwise;
 //! progress and warnings on stderr.
 
+mod attack;
 mod cut;
 mod eval;
 mod features;
 mod fit;
+mod grad;
 mod inspect;
 
 use std::io::{IsTerminal, Write};
@@ -46,6 +48,10 @@ enum Command {
     Fit(fit::FitArgs),
     /// Measure the accuracy of one or more models on a data set.
     Eval(eval::EvalArgs),
+    /// Attack a model with FGSM or PGD at one or more radii ε.
+    Attack(attack::AttackArgs),
+    /// Write a model's gradient graph (logits, loss and ∂loss/∂pixels) as ONNX.
+    Grad(grad::GradArgs),
 }
 
 /// Runs the parsed command line.
@@ -56,6 +62,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Features(a) => features::features(a),
         Command::Fit(a) => fit::fit(a),
         Command::Eval(a) => eval::eval(a),
+        Command::Attack(a) => attack::attack(a),
+        Command::Grad(a) => grad::grad(a),
     }
 }
 

@@ -62,9 +62,14 @@ pub enum EngineError {
 
 /// A model prepared for repeated batched runs.
 pub trait Session: Send + Sync {
-    /// Runs one batch (in the model's own input layout) and returns every output.
-    fn run(&self, input: ArrayViewD<f32>) -> Result<Vec<ArrayD<f32>>, EngineError>;
-    /// The model input's shape with the batch left out (`[C, H, W]`, `[H, W, C]`, `[D]`).
+    /// Runs one batch of every data input, in the model's input order, and returns
+    /// every output. All inputs share the batch size.
+    fn run_many(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, EngineError>;
+    /// Runs one batch (in the model's own input layout) of a single-input model.
+    fn run(&self, input: ArrayViewD<f32>) -> Result<Vec<ArrayD<f32>>, EngineError> {
+        self.run_many(&[input])
+    }
+    /// The first input's shape with the batch left out (`[C, H, W]`, `[H, W, C]`, `[D]`).
     fn sample_shape(&self) -> &[usize];
 }
 
@@ -72,8 +77,8 @@ pub trait Session: Send + Sync {
 pub trait Engine: Send + Sync {
     /// A short name for logs and reports.
     fn name(&self) -> &'static str;
-    /// Prepares `model` (single data input, f32) for batched runs; a fixed batch of 1
-    /// is relaxed to a symbolic batch first.
+    /// Prepares `model` (f32 data inputs, each batched on axis 0) for batched runs; a
+    /// fixed batch of 1 on the first input is relaxed to a symbolic batch first.
     fn prepare(&self, model: &ModelProto) -> Result<Box<dyn Session>, EngineError>;
 }
 

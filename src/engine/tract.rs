@@ -22,7 +22,8 @@ pub struct Tract;
 
 struct TractSession {
     plan: std::sync::Arc<TypedRunnableModel>,
-    sample_shape: Vec<usize>,
+    samples: Vec<Vec<usize>>,
+    names: Vec<String>,
 }
 
 fn prepare_err(e: impl std::fmt::Display) -> EngineError {
@@ -44,65 +45,83 @@ impl Engine for Tract {
             .as_ref()
             .ok_or_else(|| prepare_err("the model holds no graph"))?;
         let index = Index::new(graph).map_err(prepare_err)?;
-        let input = match index.data_inputs().as_slice() {
-            [one] => (*one).clone(),
-            other => return Err(prepare_err(format!("expected one data input, found {}", other.len()))),
-        };
-        let shape = dims(&input).ok_or_else(|| EngineError::Input {
-            name: input.name().to_string(),
-            reason: "the model does not declare the input's shape".into(),
-        })?;
-        let mut sample_shape = Vec::new();
-        for (i, d) in shape.iter().enumerate().skip(1) {
-            match d {
-                Dim::Fixed(v) if *v > 0 => sample_shape.push(*v as usize),
-                other => {
-                    return Err(EngineError::Input {
-                        name: input.name().to_string(),
-                        reason: format!("dimension {i} is '{other}'; only the batch dimension may be symbolic"),
-                    })
+        let inputs: Vec<_> = index.data_inputs().into_iter().cloned().collect();
+        if inputs.is_empty() {
+            return Err(prepare_err("the model has no data input"));
+        }
+        let mut samples: Vec<Vec<usize>> = Vec::with_capacity(inputs.len());
+        for input in &inputs {
+            let shape = dims(input).ok_or_else(|| EngineError::Input {
+                name: input.name().to_string(),
+                reason: "the model does not declare the input's shape".into(),
+            })?;
+            let mut sample = Vec::new();
+            for (i, d) in shape.iter().enumerate().skip(1) {
+                match d {
+                    Dim::Fixed(v) if *v > 0 => sample.push(*v as usize),
+                    other => {
+                        return Err(EngineError::Input {
+                            name: input.name().to_string(),
+                            reason: format!("dimension {i} is '{other}'; only the batch dimension may be symbolic"),
+                        })
+                    }
                 }
             }
+            samples.push(sample);
         }
-        relax_batch(&mut model, input.name()).map_err(prepare_err)?;
+        relax_batch(&mut model, inputs[0].name()).map_err(prepare_err)?;
         let bytes = model.encode_to_vec();
-        let inference = tract_onnx::onnx()
+        let mut inference = tract_onnx::onnx()
             .with_ignore_output_shapes(true)
             .with_ignore_value_info(true)
             .model_for_read(&mut bytes.as_slice())
             .map_err(prepare_err)?;
         let n = inference.sym("N");
-        let mut fact_dims: Vec<TDim> = vec![n.into()];
-        fact_dims.extend(sample_shape.iter().map(|&d| TDim::from(d)));
+        for (slot, sample) in samples.iter().enumerate() {
+            let mut fact_dims: Vec<TDim> = vec![n.clone().into()];
+            fact_dims.extend(sample.iter().map(|&d| TDim::from(d)));
+            inference = inference
+                .with_input_fact(slot, f32::fact(ShapeFact::from_dims(fact_dims)).into())
+                .map_err(prepare_err)?;
+        }
         let plan = inference
-            .with_input_fact(0, f32::fact(ShapeFact::from_dims(fact_dims)).into())
-            .and_then(|m| m.into_optimized())
+            .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(prepare_err)?;
-        Ok(Box::new(TractSession { plan, sample_shape }))
+        let names = inputs.iter().map(|v| v.name().to_string()).collect();
+        Ok(Box::new(TractSession { plan, samples, names }))
     }
 }
 
 impl Session for TractSession {
-    fn run(&self, input: ArrayViewD<f32>) -> Result<Vec<ArrayD<f32>>, EngineError> {
-        let batch = input.shape().first().copied().unwrap_or(0);
+    fn run_many(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, EngineError> {
+        let batch = inputs.first().and_then(|x| x.shape().first().copied()).unwrap_or(0);
         let run_err = |e: anyhow::Error| EngineError::Run {
             engine: NAME,
             batch,
             reason: format!("{e:#}"),
         };
-        if input.shape().get(1..) != Some(self.sample_shape.as_slice()) {
+        if inputs.len() != self.samples.len() {
             return Err(EngineError::Input {
-                name: "input".into(),
-                reason: format!(
-                    "got a batch of shape {:?}, the model takes [N, {:?}]",
-                    input.shape(),
-                    self.sample_shape
-                ),
+                name: self.names.join(", "),
+                reason: format!("the model takes {} inputs, got {}", self.samples.len(), inputs.len()),
             });
         }
-        let tensor: Tensor = input.to_owned().into();
-        let outputs = self.plan.run(tvec!(tensor.into())).map_err(run_err)?;
+        let mut feed = TVec::with_capacity(inputs.len());
+        for ((x, sample), name) in inputs.iter().zip(&self.samples).zip(&self.names) {
+            if x.shape().first() != Some(&batch) || x.shape().get(1..) != Some(sample.as_slice()) {
+                return Err(EngineError::Input {
+                    name: name.clone(),
+                    reason: format!(
+                        "got a batch of shape {:?}, the model takes [{batch}, {sample:?}]",
+                        x.shape()
+                    ),
+                });
+            }
+            let tensor: Tensor = x.to_owned().into();
+            feed.push(tensor.into());
+        }
+        let outputs = self.plan.run(feed).map_err(run_err)?;
         outputs
             .iter()
             .map(|o| o.to_plain_array_view::<f32>().map(|v| v.to_owned()).map_err(run_err))
@@ -110,6 +129,6 @@ impl Session for TractSession {
     }
 
     fn sample_shape(&self) -> &[usize] {
-        &self.sample_shape
+        &self.samples[0]
     }
 }

@@ -8,6 +8,7 @@
 //! plus the nodes it added.
 
 pub mod cut;
+pub mod grad;
 pub mod graph;
 pub mod io;
 pub mod proto;
@@ -71,6 +72,17 @@ pub enum OnnxError {
         /// The tensor at fault.
         name: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// A node nnmend cannot handle here (an op outside the supported set, an attribute
+    /// it cannot honour).
+    #[error("node '{node}' ({op}): {reason}")]
+    Node {
+        /// The node's name.
+        node: String,
+        /// Its op type.
+        op: String,
+        /// What is wrong.
         reason: String,
     },
     /// The model's input cannot be used (several data inputs, unknown layout, …).

@@ -1,0 +1,204 @@
+//! A classifier made ready for attacks: its gradient graph and its pixel-space forward
+//! graph, both prepared in one engine.
+
+use std::collections::HashMap;
+
+use ndarray::{Array1, Array2, ArrayD, ArrayViewD, Axis, Ix1, Ix2};
+
+use crate::data::{Dataset, Layout, Preprocess};
+use crate::engine::{Engine, Session};
+use crate::error::{Error, Result};
+use crate::features::{layout_of, preprocess_for, Feed};
+use crate::onnx::grad::{self, Loss, Normalization, PROBE_BATCH};
+use crate::onnx::ModelProto;
+
+/// The normalisation `(x − mean) / std` of `feed`, shaped to broadcast over one sample
+/// of a model whose inputs are laid out as `layout`, for images of shape `[C, H, W]`.
+pub fn normalization(layout: Layout, image: [usize; 3], feed: &Feed) -> Result<Normalization> {
+    let [c, h, w] = image;
+    let spread = |name: &str, v: &[f32], default: f32| -> Result<Vec<f32>> {
+        match v.len() {
+            0 => Ok(vec![default; c]),
+            1 => Ok(vec![v[0]; c]),
+            k if k == c => Ok(v.to_vec()),
+            k => Err(Error::Mismatch(format!(
+                "{name} has {k} values but the images have {c} channel(s); give one value or one per channel"
+            ))),
+        }
+    };
+    let mean = spread("--mean", &feed.mean, 0.0)?;
+    let std = spread("--std", &feed.std, 1.0)?;
+    if let Some(bad) = std.iter().find(|s| !s.is_finite() || **s == 0.0) {
+        return Err(Error::Mismatch(format!("std {bad} is not a finite non-zero number")));
+    }
+    if let Some(bad) = mean.iter().find(|m| !m.is_finite()) {
+        return Err(Error::Mismatch(format!("mean {bad} is not finite")));
+    }
+    Ok(match layout {
+        Layout::Nchw => Normalization {
+            mean,
+            std,
+            dims: vec![c, 1, 1],
+        },
+        Layout::Nhwc => Normalization {
+            mean,
+            std,
+            dims: vec![c],
+        },
+        Layout::Flat => {
+            let per = h * w;
+            Normalization {
+                mean: mean.iter().flat_map(|&m| std::iter::repeat_n(m, per)).collect(),
+                std: std.iter().flat_map(|&s| std::iter::repeat_n(s, per)).collect(),
+                dims: vec![c * per],
+            }
+        }
+    })
+}
+
+/// The gradient graph of `model` (see [`crate::onnx::grad`]): inputs `pixels` and
+/// `target`, outputs `logits`, `loss` and `grad`. `engine` measures the shapes the
+/// transform needs, on one batch of zeros.
+pub fn gradient_model(model: &ModelProto, engine: &dyn Engine, norm: &Normalization, loss: Loss) -> Result<ModelProto> {
+    let (fwd, shapes) = forward_and_shapes(model, engine, norm)?;
+    Ok(grad::backward(&fwd, &shapes, loss)?)
+}
+
+fn forward_and_shapes(
+    model: &ModelProto,
+    engine: &dyn Engine,
+    norm: &Normalization,
+) -> Result<(grad::Forward, HashMap<String, Vec<usize>>)> {
+    let fwd = grad::forward(model, norm)?;
+    let probe = engine.prepare(&fwd.probe())?;
+    let mut dims = vec![PROBE_BATCH];
+    dims.extend(probe.sample_shape());
+    let zeros = ArrayD::<f32>::zeros(dims);
+    let outs = probe.run(zeros.view())?;
+    let shapes = fwd
+        .active
+        .iter()
+        .cloned()
+        .zip(outs.iter().map(|o| o.shape().to_vec()))
+        .collect();
+    Ok((fwd, shapes))
+}
+
+/// A model prepared for attacks.
+pub struct Target {
+    grad: Box<dyn Session>,
+    forward: Box<dyn Session>,
+    /// Number of classes (width of the logits).
+    pub classes: usize,
+    /// The input layout of the model.
+    pub layout: Layout,
+    /// The loss the gradients are of.
+    pub loss: Loss,
+    /// How images become the model's pixel inputs (layout only, no normalisation).
+    pub pixels: Preprocess,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("classes", &self.classes)
+            .field("layout", &self.layout)
+            .field("loss", &self.loss)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one gradient run returns for a batch.
+#[derive(Debug, Clone)]
+pub struct Gradient {
+    /// `[b, K]`.
+    pub logits: Array2<f32>,
+    /// `[b]`.
+    pub loss: Array1<f32>,
+    /// `∂loss/∂pixels`, shaped like the pixels.
+    pub grad: ArrayD<f32>,
+}
+
+impl Target {
+    /// Builds and prepares the gradient and forward graphs of `model` for images like
+    /// those of `ds`, with `feed`'s normalisation inside the graphs.
+    pub fn new(model: &ModelProto, engine: &dyn Engine, ds: &Dataset, feed: &Feed, loss: Loss) -> Result<Self> {
+        let plain = engine.prepare(model)?;
+        let sample = plain.sample_shape().to_vec();
+        drop(plain);
+        let layout = layout_of(&sample)?;
+        let pixels = preprocess_for(ds, &sample, &Feed::default())?;
+        let norm = normalization(layout, ds.image_shape(), feed)?;
+        let (fwd, shapes) = forward_and_shapes(model, engine, &norm)?;
+        let graph = grad::backward(&fwd, &shapes, loss)?;
+        let forward = engine.prepare(&fwd.model)?;
+        let grad_session = engine.prepare(&graph)?;
+        let probe = ArrayD::<f32>::zeros([1].iter().chain(&sample).copied().collect::<Vec<_>>());
+        let classes = forward.run(probe.view())?.first().map_or(0, |z| z.len());
+        if classes < 2 {
+            return Err(Error::Mismatch(format!(
+                "the model returns {classes} class score(s); an attack needs at least 2"
+            )));
+        }
+        Ok(Self {
+            grad: grad_session,
+            forward,
+            classes,
+            layout,
+            loss,
+            pixels,
+        })
+    }
+
+    /// One-hot targets for `labels`, checking each against the class count.
+    pub fn one_hot(&self, labels: &[i64], first: usize) -> Result<Array2<f32>> {
+        let mut t = Array2::zeros((labels.len(), self.classes));
+        for (i, &l) in labels.iter().enumerate() {
+            let k = usize::try_from(l).ok().filter(|&k| k < self.classes).ok_or_else(|| {
+                Error::Mismatch(format!(
+                    "sample {} has label {l}, but the model has {} classes (0..{})",
+                    first + i,
+                    self.classes,
+                    self.classes - 1
+                ))
+            })?;
+            t[[i, k]] = 1.0;
+        }
+        Ok(t)
+    }
+
+    /// Logits, loss and input gradient for a batch of pixels and one-hot targets.
+    pub fn gradient(&self, pixels: ArrayViewD<f32>, target: &Array2<f32>) -> Result<Gradient> {
+        let target = target.view().into_dyn();
+        let shape = pixels.shape().to_vec();
+        let mut outs = self.grad.run_many(&[pixels, target])?.into_iter();
+        let bad = |what: &str| Error::Mismatch(format!("the gradient graph returned no usable '{what}'"));
+        let logits = outs
+            .next()
+            .and_then(|z| z.into_dimensionality::<Ix2>().ok())
+            .ok_or_else(|| bad("logits"))?;
+        let loss = outs
+            .next()
+            .and_then(|l| l.into_dimensionality::<Ix1>().ok())
+            .ok_or_else(|| bad("loss"))?;
+        let grad = outs.next().ok_or_else(|| bad("grad"))?;
+        if grad.shape() != shape.as_slice() || logits.nrows() != grad.len_of(Axis(0)) {
+            return Err(bad("grad"));
+        }
+        Ok(Gradient { logits, loss, grad })
+    }
+
+    /// Logits `[b, K]` for a batch of pixels.
+    pub fn logits(&self, pixels: ArrayViewD<f32>) -> Result<Array2<f32>> {
+        let b = pixels.shape().first().copied().unwrap_or(0);
+        let z = self
+            .forward
+            .run(pixels)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Mismatch("the forward graph returned nothing".into()))?;
+        let k = z.len().checked_div(b).unwrap_or(0);
+        z.into_shape_with_order((b, k))
+            .map_err(|e| Error::Mismatch(format!("logits of a batch of {b}: {e}")))
+    }
+}

@@ -1,0 +1,149 @@
+//! `nnmend attack MODEL --data DATA --eps E1,E2,…`: FGSM or PGD at each ε; writes the
+//! adversarial images as .npz with `-o` and reports clean and robust accuracy.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ndarray::{concatenate, ArrayD, Axis};
+use serde_json::json;
+
+use nnmend::attack::{self, Loss, Method, Settings, Target};
+use nnmend::data::{write_npz, NpzArrays, Split};
+
+use super::{load_model, print_json, refuse_overwrite, DataArgs, EngineArgs};
+
+fn unit_interval(s: &str) -> Result<f32, String> {
+    let v: f32 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "ε = {v} is outside [0, 1]; ε is measured in [0, 1] pixel space"
+        ))
+    }
+}
+
+/// Arguments of `nnmend attack`.
+#[derive(Debug, Args)]
+pub struct AttackArgs {
+    /// The ONNX classifier to attack (original network, hybrid or repaired hybrid).
+    model: PathBuf,
+    /// Images to attack (IDX folder, CIFAR binary folder, image folder or .npz).
+    #[arg(long, value_name = "DATA")]
+    data: PathBuf,
+    /// Radii in [0, 1] pixel space (comma-separated).
+    #[arg(long, value_name = "E1,E2,…", value_delimiter = ',', required = true, value_parser = unit_interval)]
+    eps: Vec<f32>,
+    /// The attack.
+    #[arg(long, value_enum, default_value_t = Method::Fgsm)]
+    method: Method,
+    /// PGD iterations.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: u64,
+    /// PGD step size as a multiple of ε [default: 2.5 / steps].
+    #[arg(long, value_name = "RATIO")]
+    step_ratio: Option<f32>,
+    /// Start PGD at a uniformly random point of the ε-ball.
+    #[arg(long)]
+    random_start: bool,
+    /// Seed of PGD's random start.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The loss the attack follows: up the cross-entropy, or down the margin.
+    #[arg(long, value_enum, default_value_t = Loss::Ce)]
+    loss: Loss,
+    /// Write the attacked images to this .npz (keys x, index, y, eps, success).
+    #[arg(short, long, value_name = "ADV.npz")]
+    output: Option<PathBuf>,
+    /// Write only the successful adversarial examples.
+    #[arg(long, requires = "output")]
+    only_successful: bool,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data_args: DataArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Runs `nnmend attack`.
+pub fn attack(args: AttackArgs) -> Result<ExitCode> {
+    if let Some(out) = &args.output {
+        refuse_overwrite(out, &[&args.model, &args.data])?;
+    }
+    let model = load_model(&args.model)?;
+    let ds = args.data_args.load(&args.data, Split::Test)?;
+    let engine = args.engine.engine()?;
+    let feed = args.data_args.feed(&args.engine);
+    let target = Target::new(&model, engine.as_ref(), &ds, &feed, args.loss)
+        .with_context(|| format!("building the gradient graph of {}", args.model.display()))?;
+    let settings = Settings {
+        method: args.method,
+        eps: args.eps.clone(),
+        steps: args.steps as usize,
+        step_ratio: args.step_ratio.unwrap_or(2.5 / args.steps as f32),
+        random_start: args.random_start,
+        seed: args.seed,
+        feed,
+    };
+    let outcome = attack::run(&target, &ds, &settings)?;
+
+    if let Some(out) = &args.output {
+        let mut xs: Vec<ArrayD<f32>> = Vec::new();
+        let (mut index, mut y, mut eps, mut success) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for adv in &outcome.adversarial {
+            let keep: Vec<usize> = (0..ds.len())
+                .filter(|&i| !args.only_successful || adv.success[i])
+                .collect();
+            xs.push(adv.images.select(Axis(0), &keep));
+            for &i in &keep {
+                index.push(i as i64);
+                y.push(ds.labels[i]);
+                eps.push(adv.eps);
+                success.push(adv.success[i]);
+            }
+        }
+        let views: Vec<_> = xs.iter().map(|a| a.view()).collect();
+        let x = concatenate(Axis(0), &views).context("stacking the adversarial images")?;
+        let arrays = NpzArrays {
+            index: Some(&index),
+            eps: Some(&eps),
+            success: Some(&success),
+            ..NpzArrays::new(x.view(), &y)
+        };
+        write_npz(out, &arrays)?;
+    }
+
+    if args.json {
+        print_json(&json!({
+            "model": args.model,
+            "data": args.data,
+            "engine": engine.name(),
+            "method": args.method,
+            "loss": args.loss,
+            "steps": (args.method == Method::Pgd).then_some(settings.steps),
+            "step_ratio": (args.method == Method::Pgd).then_some(settings.step_ratio),
+            "random_start": args.random_start,
+            "seed": args.seed,
+            "results": outcome.results,
+            "clean_seconds": outcome.clean_seconds,
+            "seconds": outcome.seconds,
+            "output": args.output,
+        }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "eps      clean    robust   success  seconds")?;
+        for r in &outcome.results {
+            writeln!(
+                out,
+                "{:<8} {:.4}   {:.4}   {:.4}   {:.1}",
+                r.eps, r.clean_accuracy, r.robust_accuracy, r.success_rate, r.seconds
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,58 @@
+//! `nnmend grad MODEL -o GRAD.onnx`: write a model's gradient graph, which any ONNX
+//! engine can run: inputs `pixels` and `target`, outputs `logits`, `loss`, `grad`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use nnmend::attack::{gradient_model, normalization, Loss};
+use nnmend::features::{layout_of, Feed};
+
+use super::{load_model, refuse_overwrite, save_model, EngineArgs};
+
+/// Arguments of `nnmend grad`.
+#[derive(Debug, Args)]
+pub struct GradArgs {
+    /// The ONNX classifier (original network or hybrid).
+    model: PathBuf,
+    /// Where to write the gradient graph.
+    #[arg(short, long, value_name = "OUT.onnx")]
+    output: PathBuf,
+    /// The loss to differentiate.
+    #[arg(long, value_enum, default_value_t = Loss::Ce)]
+    loss: Loss,
+    /// Per-channel mean the model expects subtracted from [0, 1] pixels (comma-separated).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    mean: Vec<f32>,
+    /// Per-channel standard deviation the model expects pixels divided by (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    std: Vec<f32>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Runs `nnmend grad`.
+pub fn grad(args: GradArgs) -> Result<ExitCode> {
+    refuse_overwrite(&args.output, &[&args.model])?;
+    let model = load_model(&args.model)?;
+    let engine = args.engine.engine()?;
+    let sample = engine.prepare(&model)?.sample_shape().to_vec();
+    let layout = layout_of(&sample)?;
+    let image = match sample.as_slice() {
+        [c, h, w] if layout == nnmend::data::Layout::Nchw => [*c, *h, *w],
+        [h, w, c] => [*c, *h, *w],
+        [d] => [1, 1, *d],
+        other => bail!("cannot read an image shape from the input shape {other:?}"),
+    };
+    let feed = Feed {
+        mean: args.mean,
+        std: args.std,
+        ..Feed::default()
+    };
+    let norm = normalization(layout, image, &feed)?;
+    let graph = gradient_model(&model, engine.as_ref(), &norm, args.loss)?;
+    save_model(&graph, &args.output)?;
+    Ok(ExitCode::SUCCESS)
+}
