@@ -8,7 +8,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use nnmend::attack::{gradient_model, normalization, Loss};
+use nnmend::data::Layout;
 use nnmend::features::{layout_of, Feed};
+use nnmend::onnx::grad::Normalization;
 
 use super::{load_model, refuse_overwrite, save_model, EngineArgs};
 
@@ -38,20 +40,28 @@ pub fn grad(args: GradArgs) -> Result<ExitCode> {
     refuse_overwrite(&args.output, &[&args.model])?;
     let model = load_model(&args.model)?;
     let engine = args.engine.engine()?;
-    let sample = engine.prepare(&model)?.sample_shape().to_vec();
-    let layout = layout_of(&sample)?;
-    let image = match sample.as_slice() {
-        [c, h, w] if layout == nnmend::data::Layout::Nchw => [*c, *h, *w],
-        [h, w, c] => [*c, *h, *w],
-        [d] => [1, 1, *d],
-        other => bail!("cannot read an image shape from the input shape {other:?}"),
+    let norm = if args.mean.is_empty() && args.std.is_empty() {
+        Normalization {
+            mean: vec![0.0],
+            std: vec![1.0],
+            dims: vec![],
+        }
+    } else {
+        let sample = engine.prepare(&model)?.sample_shape().to_vec();
+        let layout = layout_of(&sample)?;
+        let image = match (layout, sample.as_slice()) {
+            (Layout::Nhwc, [h, w, c]) => [*c, *h, *w],
+            (_, [c, h, w]) => [*c, *h, *w],
+            (_, [d]) => [1, 1, *d],
+            (_, other) => bail!("cannot read an image shape from the input shape {other:?}"),
+        };
+        let feed = Feed {
+            mean: args.mean,
+            std: args.std,
+            ..Feed::default()
+        };
+        normalization(layout, image, &feed)?
     };
-    let feed = Feed {
-        mean: args.mean,
-        std: args.std,
-        ..Feed::default()
-    };
-    let norm = normalization(layout, image, &feed)?;
     let graph = gradient_model(&model, engine.as_ref(), &norm, args.loss)?;
     save_model(&graph, &args.output)?;
     Ok(ExitCode::SUCCESS)

@@ -77,8 +77,9 @@ impl Pixels {
 
     /// Samples `range` as `f32` intensities in `[0, 1]`, `[n, C, H, W]`.
     ///
-    /// The caller checks that `range` lies within the first axis.
-    pub(crate) fn to_f32(&self, range: std::ops::Range<usize>) -> Array4<f32> {
+    /// # Panics
+    /// When `range` does not lie within the first axis (callers check it first).
+    pub fn to_f32(&self, range: std::ops::Range<usize>) -> Array4<f32> {
         match self {
             Pixels::U8(a) => a.slice_axis(Axis(0), range.into()).mapv(|v| f32::from(v) / 255.0),
             Pixels::F32(a) => a.slice_axis(Axis(0), range.into()).to_owned(),

@@ -93,6 +93,14 @@ impl Engine for Tract {
     }
 }
 
+/// The text a panic carried, when it was a string.
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
 impl Session for TractSession {
     fn run_many(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, EngineError> {
         let batch = inputs.first().and_then(|x| x.shape().first().copied()).unwrap_or(0);
@@ -121,7 +129,16 @@ impl Session for TractSession {
             let tensor: Tensor = x.to_owned().into();
             feed.push(tensor.into());
         }
-        let outputs = self.plan.run(feed).map_err(run_err)?;
+        // tract asserts on some valid but unusual graphs (negative Pad widths, for
+        // one); a panic there must reach the user as an error, not abort the run.
+        let plan = &self.plan;
+        let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.run(feed)))
+            .map_err(|p| EngineError::Run {
+                engine: NAME,
+                batch,
+                reason: format!("tract failed inside ({})", panic_message(&p)),
+            })?
+            .map_err(run_err)?;
         outputs
             .iter()
             .map(|o| o.to_plain_array_view::<f32>().map(|v| v.to_owned()).map_err(run_err))

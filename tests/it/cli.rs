@@ -1,34 +1,7 @@
 //! The binary run as a user runs it: JSON contracts, exit codes, and clear errors
 //! (exit code 1, never a panic) for malformed files and impossible requests.
 
-use std::process::Output;
-
 use super::common::*;
-
-fn run(args: &[&str]) -> Output {
-    nnmend().args(args).output().unwrap()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON document ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-fn fails_with(out: &Output, code: i32, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
-    assert!(stderr.contains(needle), "expected '{needle}' in: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-fn s(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn inspect_json_has_the_contract_keys() {

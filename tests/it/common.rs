@@ -82,3 +82,32 @@ pub fn max_abs_diff(a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
     a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// Runs the binary with `args`.
+pub fn run(args: &[&str]) -> Output {
+    nnmend().args(args).output().unwrap()
+}
+
+/// The one JSON document a successful `--json` run printed.
+pub fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Asserts the exit code and that stderr names `needle`, without a panic.
+pub fn fails_with(out: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected '{needle}' in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A path as `&str`.
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}

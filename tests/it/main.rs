@@ -4,11 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod attack;
 mod cli;
 mod common;
 mod cut;
 mod data;
 mod external;
+mod grad;
 mod hybrid;
 mod robustness;
 mod roundtrip;

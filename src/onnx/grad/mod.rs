@@ -329,7 +329,14 @@ impl Forward {
         if let Some(g) = m.graph.as_mut() {
             g.output.clear();
             for t in &self.active {
-                g.output.push(tensor_value_info(t, FLOAT, &[]));
+                // Type only: an empty shape would declare a scalar.
+                let mut vi = tensor_value_info(t, FLOAT, &[]);
+                if let Some(super::proto::type_proto::Value::TensorType(tt)) =
+                    vi.r#type.as_mut().and_then(|ty| ty.value.as_mut())
+                {
+                    tt.shape = None;
+                }
+                g.output.push(vi);
             }
         }
         m

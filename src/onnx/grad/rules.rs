@@ -189,12 +189,6 @@ pub fn backward(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Grads, Onnx
                 let p = axis(node, p, rank)?;
                 inverse[p] = i as i64;
             }
-            if inverse.first() != Some(&0) {
-                return Err(unsupported(
-                    node,
-                    "a transpose that moves the batch axis cannot be differentiated",
-                ));
-            }
             one(ctx
                 .b
                 .op("Transpose", &[&dy], vec![super::builder::ints("perm", &inverse)]))
