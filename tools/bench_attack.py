@@ -29,8 +29,11 @@ Peers:
                  multiple of one forward run of the model itself, same batches.
     nnmend       the binary (--nnmend), `nnmend attack MODEL --data DIR --split test
                  --limit N --eps 0.1 --method fgsm|pgd [--steps 40] --threads T --json`;
-                 the time is results[0].seconds from its JSON when present, else the
-                 wall clock of the whole process (listed too).
+                 the time is the JSON's top-level `seconds` (the clean pass plus the
+                 attack, without loading), else the wall clock of the whole process
+                 (listed too). PGD runs with --keep-going, all steps on every image
+                 like the other peers; nnmend's default early stop (an image stops at
+                 its first misclassified iterate) is listed on its own row.
 A peer whose prerequisites are missing (no --grad-graph, no binary, no /usr/bin/python3
 with torch) is skipped with a message. Times exclude loading the model and the data
 and one warm-up batch (pytorch, onnxruntime).
@@ -272,9 +275,14 @@ def run_nnmend(args):
     if not os.path.exists(args.nnmend):
         return None, f"{args.nnmend} not found (cargo build --release)"
     result = {"threads": args.threads}
-    for name, extra in (("fgsm", ["--method", "fgsm"]), ("pgd", ["--method", "pgd", "--steps", str(args.steps)])):
+    runs = (
+        ("fgsm", ["--method", "fgsm"]),
+        ("pgd", ["--method", "pgd", "--steps", str(args.steps), "--keep-going"]),
+        ("pgd_early_stop", ["--method", "pgd", "--steps", str(args.steps)]),
+    )
+    for name, extra in runs:
         cmd = [args.nnmend, "attack", args.model, "--data", args.data, "--split", "test", "--limit", str(args.n),
-               "--eps", str(args.eps), *extra, "--threads", str(args.threads), "--json"]
+               "--eps", str(args.eps), *extra, "--threads", str(args.threads), "--batch", str(args.batch), "--json"]
         start = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - start
@@ -285,7 +293,9 @@ def run_nnmend(args):
             row = report["results"][0]
         except (ValueError, KeyError, IndexError) as err:
             return None, f"`{' '.join(cmd)}`: cannot read its JSON ({err}):\n{proc.stdout[-2000:]}"
-        seconds = row.get("seconds") or wall
+        # The attack's own time: the clean pass (FGSM's gradients) plus the ε itself,
+        # without loading the model and building the gradient graph.
+        seconds = report.get("seconds") or wall
         result[name] = {
             "seconds": seconds,
             "wall_seconds": wall,
@@ -294,8 +304,13 @@ def run_nnmend(args):
             "robust_accuracy": row.get("robust_accuracy"),
             "success_rate": row.get("success_rate"),
             "n": row.get("n"),
+            "clean_seconds": report.get("clean_seconds"),
         }
         print(f"nnmend {name}: {seconds:.1f} s ({wall:.1f} s wall)", file=sys.stderr)
+    # FGSM's clean pass runs the gradient graph over the N images, PGD's the forward
+    # graph only: their ratio is a gradient step's cost in forward passes.
+    if result["fgsm"]["clean_seconds"] and result["pgd"]["clean_seconds"]:
+        result["gradient_over_forward"] = result["fgsm"]["clean_seconds"] / result["pgd"]["clean_seconds"]
     return result, None
 
 
@@ -321,6 +336,11 @@ def table(args, peers):
             f"{fmt(r['fgsm']['clean_accuracy'], '.4f')} | {fmt(r['fgsm']['robust_accuracy'], '.4f')} | "
             f"{fmt(r['pgd']['robust_accuracy'], '.4f')} |"
         )
+    if "nnmend" in peers and "pgd_early_stop" in peers["nnmend"]:
+        r = peers["nnmend"]["pgd_early_stop"]
+        lines.append(
+            f"| nnmend, PGD with early stop | | {r['images_per_second']:.2f} | | | {fmt(r['robust_accuracy'], '.4f')} |"
+        )
     if "nnmend" in peers:
         for other in ("pytorch", "onnxruntime"):
             if other in peers:
@@ -328,7 +348,7 @@ def table(args, peers):
                          for m in ("fgsm", "pgd")]
                 lines.append(f"| nnmend / {other} (speed) | {speed[0]:.2f}x | {speed[1]:.2f}x | | | |")
     lines.append("")
-    for name in ("pytorch", "onnxruntime"):
+    for name in ("pytorch", "onnxruntime", "nnmend"):
         if name in peers and "gradient_over_forward" in peers[name]:
             lines.append(f"- {name}: one gradient step costs {peers[name]['gradient_over_forward']:.2f} forward passes")
     if "pytorch" in peers:

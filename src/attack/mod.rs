@@ -53,6 +53,9 @@ pub struct Settings {
     pub step_ratio: f32,
     /// Start PGD from a uniform random point of the ε-ball.
     pub random_start: bool,
+    /// Stop moving an image once PGD has misclassified it (its first adversarial
+    /// iterate is kept); otherwise every step runs and the last iterate counts.
+    pub early_stop: bool,
     /// Seed of the random starts.
     pub seed: u64,
     /// Batching, threads and progress.
@@ -67,6 +70,7 @@ impl Default for Settings {
             steps: 40,
             step_ratio: 2.5 / 40.0,
             random_start: false,
+            early_stop: true,
             seed: 0,
             feed: Feed::default(),
         }
@@ -297,7 +301,8 @@ fn clean_gradient<'a>(clean: &'a [CleanBatch], r: &Range<usize>) -> Option<&'a A
     clean.iter().find(|(cr, _)| cr == r).and_then(|(_, (_, g))| g.as_ref())
 }
 
-/// PGD on one batch: images already misclassified (clean, or at an iterate) stop.
+/// PGD on one batch: images misclassified when clean are left alone, and, with
+/// `early_stop`, images stop at their first misclassified iterate.
 #[allow(clippy::too_many_arguments)]
 fn pgd_batch(
     target: &Target,
@@ -332,7 +337,11 @@ fn pgd_batch(
         let t = target.one_hot(&ls, first)?;
         let g = target.gradient(xs.view(), &t)?;
         let pred = argmax_rows(&g.logits);
-        let still: Vec<bool> = pred.iter().zip(&ls).map(|(&p, &l)| p as i64 == l).collect();
+        let still: Vec<bool> = pred
+            .iter()
+            .zip(&ls)
+            .map(|(&p, &l)| !settings.early_stop || p as i64 == l)
+            .collect();
         let mut moved = xs;
         pgd::step(moved.view_mut(), cs.view(), g.grad.view(), &still, alpha, eps, dir);
         for (k, &i) in rows.iter().enumerate() {

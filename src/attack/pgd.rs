@@ -1,8 +1,9 @@
 //! Projected gradient descent in L∞ (Madry et al., 2018):
 //! `x_{t+1} = Π(x_t + α · sign(∇ₓ L(x_t, y)))`, where Π projects onto the ε-ball
 //! around the clean image and onto `[0, 1]`, optionally from a uniform random start
-//! in the ball. An image stops moving once it is misclassified, so the result is the
-//! first adversarial iterate found.
+//! in the ball. By default an image stops moving once it is misclassified, so the
+//! result is the first adversarial iterate found (and later steps cost nothing for
+//! it); without early stopping every step runs and the last iterate counts.
 
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Zip};
 use rand::Rng;

@@ -49,6 +49,10 @@ pub struct AttackArgs {
     /// Start PGD at a uniformly random point of the ε-ball.
     #[arg(long)]
     random_start: bool,
+    /// PGD: keep stepping after an image is misclassified and keep the last iterate
+    /// (the textbook algorithm; slower, and never stronger).
+    #[arg(long)]
+    keep_going: bool,
     /// Seed of PGD's random start.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -87,6 +91,7 @@ pub fn attack(args: AttackArgs) -> Result<ExitCode> {
         steps: args.steps as usize,
         step_ratio: args.step_ratio.unwrap_or(2.5 / args.steps as f32),
         random_start: args.random_start,
+        early_stop: !args.keep_going,
         seed: args.seed,
         feed,
     };
@@ -128,6 +133,7 @@ pub fn attack(args: AttackArgs) -> Result<ExitCode> {
             "steps": (args.method == Method::Pgd).then_some(settings.steps),
             "step_ratio": (args.method == Method::Pgd).then_some(settings.step_ratio),
             "random_start": args.random_start,
+            "early_stop": (args.method == Method::Pgd).then_some(!args.keep_going),
             "seed": args.seed,
             "results": outcome.results,
             "clean_seconds": outcome.clean_seconds,

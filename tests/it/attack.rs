@@ -42,6 +42,7 @@ fn settings(method: Method, eps: &[f32], threads: usize) -> Settings {
         steps: 10,
         step_ratio: 0.25,
         random_start: true,
+        early_stop: true,
         seed: 7,
         feed: feed(threads),
     }
