@@ -63,11 +63,13 @@ pub fn attr_string(node: &NodeProto, name: &str, default: &str) -> Result<String
     }
 }
 
-fn input(node: &NodeProto, k: usize) -> &str {
+/// Input `k` of `node`, or "" when it has fewer (a missing shape then says so).
+pub fn input(node: &NodeProto, k: usize) -> &str {
     node.input.get(k).map(String::as_str).unwrap_or("")
 }
 
-fn output(node: &NodeProto) -> &str {
+/// The first output of `node`, or "".
+pub fn output(node: &NodeProto) -> &str {
     node.output.first().map(String::as_str).unwrap_or("")
 }
 
@@ -446,6 +448,9 @@ fn pad(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Grads, OnnxError> {
         begin[a] = raw[i];
         end[a] = raw[i + axes.len()];
     }
+    if rank == 0 {
+        return Err(unsupported(node, "padding a scalar"));
+    }
     if begin[0] != 0 || end[0] != 0 {
         return Err(unsupported(node, "padding the batch axis cannot be differentiated"));
     }
@@ -481,7 +486,10 @@ fn concat(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Grads, OnnxError>
     let mut offset = 0i64;
     let mut out = Vec::with_capacity(node.input.len());
     for x in &node.input {
-        let len = ctx.shape(node, x)?[a] as i64;
+        let len = *ctx
+            .shape(node, x)?
+            .get(a)
+            .ok_or_else(|| unsupported(node, format!("input '{x}' has no axis {a}")))? as i64;
         out.push(if ctx.constant(x).is_some() {
             None
         } else {

@@ -20,7 +20,7 @@
 use super::super::proto::NodeProto;
 use super::super::OnnxError;
 use super::builder::{int, ints};
-use super::rules::{attr_int, attr_ints, attr_string, batched};
+use super::rules::{attr_int, attr_ints, attr_string, batched, input, output};
 use super::{unsupported, Ctx};
 
 /// Where a window sits: kernel, strides, dilations and padding per spatial axis,
@@ -57,14 +57,17 @@ fn as_usize(node: &NodeProto, name: &str, v: &[i64]) -> Result<Vec<usize>, OnnxE
 }
 
 fn geometry(ctx: &Ctx, node: &NodeProto, kernel: Vec<usize>) -> Result<Geometry, OnnxError> {
-    let x = ctx.shape(node, &node.input[0])?;
-    let y = ctx.shape(node, &node.output[0])?;
+    let x = ctx.shape(node, input(node, 0))?;
+    let y = ctx.shape(node, output(node))?;
     let nd = kernel.len();
-    if x.len() != nd + 2 || y.len() != nd + 2 || nd == 0 {
+    if x.len() != nd + 2 || y.len() != nd + 2 || nd == 0 || kernel.contains(&0) {
         return Err(unsupported(
             node,
-            format!("input {x:?} and output {y:?} do not fit a {nd}-d kernel"),
+            format!("input {x:?}, output {y:?} and kernel {kernel:?} do not fit together"),
         ));
+    }
+    if y[2..].contains(&0) {
+        return Err(unsupported(node, "the output is empty"));
     }
     let ones = vec![1i64; nd];
     let strides = as_usize(
@@ -111,9 +114,6 @@ fn geometry(ctx: &Ctx, node: &NodeProto, kernel: Vec<usize>) -> Result<Geometry,
         }
         other => return Err(unsupported(node, format!("unknown auto_pad '{other}'"))),
     };
-    if output.contains(&0) {
-        return Err(unsupported(node, "the output is empty"));
-    }
     Ok(Geometry {
         kernel,
         strides,
@@ -166,7 +166,7 @@ fn place(ctx: &mut Ctx, full: String, g: &Geometry) -> String {
 }
 
 pub(super) fn conv(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<Option<String>>, OnnxError> {
-    let w = ctx.const_f32(node, &node.input[1], "weight")?;
+    let w = ctx.const_f32(node, input(node, 1), "weight")?;
     let wd = w.shape().to_vec();
     if wd.len() < 3 {
         return Err(unsupported(node, format!("weight of shape {wd:?}")));
@@ -181,7 +181,7 @@ pub(super) fn conv(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<Opti
     }
     let mut attrs = window_attrs(&g);
     attrs.push(int("group", group as i64));
-    let full = ctx.b.op("ConvTranspose", &[dy, &node.input[1]], attrs);
+    let full = ctx.b.op("ConvTranspose", &[dy, input(node, 1)], attrs);
     let dx = place(ctx, full, &g);
     let mut out = vec![Some(dx)];
     out.resize(node.input.len(), None);
@@ -213,8 +213,7 @@ fn unravel(mut flat: usize, dims: &[usize]) -> Vec<usize> {
 }
 
 pub(super) fn max_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<Option<String>>, OnnxError> {
-    let x = node.input[0].clone();
-    let y = node.output[0].clone();
+    let (x, y) = (input(node, 0).to_string(), output(node).to_string());
     let g = geometry(ctx, node, kernel_attr(node)?)?;
     let channels = ctx.shape(node, &x)?[1];
     let nd = g.rank();
@@ -396,7 +395,7 @@ fn spread(ctx: &mut Ctx, r: &str, channels: usize, g: &Geometry, j: &[usize]) ->
 pub(super) fn average_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<Option<String>>, OnnxError> {
     let g = geometry(ctx, node, kernel_attr(node)?)?;
     let include_pad = attr_int(node, "count_include_pad", 0)? != 0;
-    let channels = ctx.shape(node, &node.input[0])?[1];
+    let channels = ctx.shape(node, input(node, 0))?[1];
     let nd = g.rank();
     let k = g.window_size();
     let cells: usize = g.output.iter().product();
@@ -433,7 +432,7 @@ pub(super) fn average_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<
 }
 
 pub(super) fn global_average_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<Option<String>>, OnnxError> {
-    let shape = ctx.shape(node, &node.input[0])?;
+    let shape = ctx.shape(node, input(node, 0))?;
     let spatial = shape.get(2..).unwrap_or_default().to_vec();
     let cells: usize = spatial.iter().product();
     if cells == 0 {
@@ -444,10 +443,12 @@ pub(super) fn global_average_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> 
 }
 
 pub(super) fn global_max_pool(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<Option<String>>, OnnxError> {
-    let x = node.input[0].clone();
+    let x = input(node, 0).to_string();
     let shape = ctx.shape(node, &x)?;
     let target = batched(ctx, node, &x)?;
-    let channels = shape[1] as i64;
+    let channels = *shape
+        .get(1)
+        .ok_or_else(|| unsupported(node, "the input has no channel axis"))? as i64;
     let cells: usize = shape.get(2..).unwrap_or_default().iter().product();
     let flat = ctx.b.reshape(&x, &[-1, channels, cells as i64]);
     let arg = ctx.b.op("ArgMax", &[&flat], vec![int("axis", 2), int("keepdims", 1)]);
