@@ -127,7 +127,7 @@ pub fn attack(args: AttackArgs) -> Result<ExitCode> {
         print_json(&json!({
             "model": args.model,
             "data": args.data,
-            "engine": engine.name(),
+            "engine": args.engine.describe(),
             "method": args.method,
             "loss": args.loss,
             "steps": (args.method == Method::Pgd).then_some(settings.steps),

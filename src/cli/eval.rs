@@ -55,6 +55,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
             "models": rows.iter().map(|(p, a)| json!({"path": p, "n": a.n, "correct": a.correct, "accuracy": a.accuracy})).collect::<Vec<_>>(),
             "min_accuracy": args.min_accuracy,
             "passed": failed.is_empty(),
+            "engine": args.engine.describe(),
         }))?;
     } else {
         let mut out = std::io::stdout().lock();

@@ -56,6 +56,7 @@ pub fn features(args: FeaturesArgs) -> Result<ExitCode> {
             "output": args.output, "n": features.nrows(), "feature_dim": features.ncols(),
             "cut": {"tensor": cut.tensor, "op": cut.op, "fallback": cut.fallback()},
             "seconds": seconds,
+            "engine": args.engine.describe(),
         }))?;
     } else {
         writeln!(

@@ -115,6 +115,7 @@ pub fn fit(args: FitArgs) -> Result<ExitCode> {
     let r = &outcome.report;
     if args.json {
         print_json(&json!({
+            "engine": args.engine.describe(),
             "output": args.output,
             "cut": {"tensor": outcome.cut.tensor, "node": outcome.cut.node, "op": outcome.cut.op,
                     "fallback": outcome.cut.fallback(), "feature_dim": outcome.feature_dim},

@@ -104,11 +104,30 @@ struct EngineArgs {
     /// Threads running batches side by side [default: one per CPU core].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
+    /// ONNX Runtime's intra-op threads per run (ort backends; tract runs on one).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    intra_threads: u64,
+    /// The GPU for `--backend ort-cuda`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    device: i32,
 }
 
 impl EngineArgs {
     fn engine(&self) -> Result<Box<dyn Engine>> {
-        Ok(engine::engine(self.backend)?)
+        let workers = self.threads.map_or_else(|| Feed::default().threads, |t| t as usize);
+        Ok(engine::engine_with(
+            self.backend,
+            engine::EngineOptions {
+                workers,
+                intra_threads: self.intra_threads as usize,
+                device: self.device,
+            },
+        )?)
+    }
+
+    /// The engine in use, for `--json` reports (ONNX Runtime's version and library).
+    fn describe(&self) -> serde_json::Value {
+        engine::describe(self.backend)
     }
 }
 

@@ -5,6 +5,8 @@
 //! installed; ONNX Runtime comes behind the `ort` feature. Asking for a backend that
 //! was not compiled in is an error that says so, rather than a missing option.
 
+#[cfg(feature = "ort")]
+pub mod ort;
 pub mod tract;
 
 use ndarray::{ArrayD, ArrayViewD};
@@ -46,10 +48,13 @@ pub enum EngineError {
         reason: String,
     },
     /// The backend was not compiled into this build.
-    #[error(
-        "backend '{0}' is not available: nnmend was built without ONNX Runtime support (rebuild with `--features ort`)"
-    )]
+    #[error("backend '{0}' is not available: nnmend was built without {support} support (rebuild with `--features {feature}`)",
+        support = if *.0 == "ort-cuda" { "ONNX Runtime CUDA" } else { "ONNX Runtime" },
+        feature = if *.0 == "ort-cuda" { "cuda" } else { "ort" })]
     NotCompiled(&'static str),
+    /// ONNX Runtime's shared library is missing or unusable.
+    #[error("ONNX Runtime: {0}")]
+    Library(String),
     /// The model's input cannot be fed as given.
     #[error("input '{name}': {reason}")]
     Input {
@@ -82,11 +87,63 @@ pub trait Engine: Send + Sync {
     fn prepare(&self, model: &ModelProto) -> Result<Box<dyn Session>, EngineError>;
 }
 
-/// The engine for `backend`.
+/// Settings an engine may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Worker threads that may run one prepared model side by side.
+    pub workers: usize,
+    /// Threads inside one run (ONNX Runtime's intra-op threads; tract runs on one).
+    pub intra_threads: usize,
+    /// The GPU for `ort-cuda`.
+    pub device: i32,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            intra_threads: 1,
+            device: 0,
+        }
+    }
+}
+
+/// The engine for `backend`, with default options.
 pub fn engine(backend: Backend) -> Result<Box<dyn Engine>, EngineError> {
+    engine_with(backend, EngineOptions::default())
+}
+
+/// The engine for `backend`. The ONNX Runtime backends load their library here, so a
+/// missing one is reported before any work.
+pub fn engine_with(backend: Backend, options: EngineOptions) -> Result<Box<dyn Engine>, EngineError> {
+    #[cfg(not(feature = "ort"))]
+    let _ = options;
     match backend {
         Backend::Tract => Ok(Box::new(tract::Tract)),
+        #[cfg(feature = "ort")]
+        Backend::Ort | Backend::OrtCuda => Ok(Box::new(self::ort::Ort::new(self::ort::OrtOptions {
+            cuda: (backend == Backend::OrtCuda).then_some(options.device),
+            intra_threads: options.intra_threads,
+            sessions: options.workers,
+        })?)),
+        #[cfg(not(feature = "ort"))]
         Backend::Ort => Err(EngineError::NotCompiled("ort")),
+        #[cfg(not(feature = "ort"))]
         Backend::OrtCuda => Err(EngineError::NotCompiled("ort-cuda")),
+    }
+}
+
+/// The engine's runtime in words, for reports: `tract`, or ONNX Runtime's version and
+/// library.
+pub fn describe(backend: Backend) -> serde_json::Value {
+    match backend {
+        Backend::Tract => serde_json::json!({"name": "tract", "version": "0.23.9"}),
+        #[cfg(feature = "ort")]
+        _ => match self::ort::runtime() {
+            Ok(r) => serde_json::json!({"name": "onnxruntime", "version": r.version, "library": r.library}),
+            Err(e) => serde_json::json!({"name": "onnxruntime", "error": e.to_string()}),
+        },
+        #[cfg(not(feature = "ort"))]
+        _ => serde_json::json!({"name": "onnxruntime", "error": "not compiled in"}),
     }
 }

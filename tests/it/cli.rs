@@ -180,6 +180,7 @@ fn an_input_is_never_overwritten() {
 }
 
 #[test]
+#[cfg(not(feature = "ort"))]
 fn ort_backends_say_they_are_not_compiled_in() {
     let model = fixture("tiny_cnn.onnx");
     fails_with(
