@@ -27,7 +27,8 @@ Peers:
                  the gradient graph (its `logits`). Session: intra-op threads
                  --threads, inter-op 1. Also measured: one gradient-graph run as a
                  multiple of one forward run of the model itself, same batches.
-    nnmend       the binary (--nnmend), `nnmend attack MODEL --data DIR --split test
+    nnmend       the binary (--nnmend) on its --backend (tract, or ort: one worker per
+                 thread, one intra-op thread each), `nnmend attack MODEL --data DIR --split test
                  --limit N --eps 0.1 --method fgsm|pgd [--steps 40] --threads T --json`;
                  the time is the JSON's top-level `seconds` (the clean pass plus the
                  attack, without loading), else the wall clock of the whole process
@@ -282,7 +283,7 @@ def run_nnmend(args):
     )
     for name, extra in runs:
         cmd = [args.nnmend, "attack", args.model, "--data", args.data, "--split", "test", "--limit", str(args.n),
-               "--eps", str(args.eps), *extra, "--threads", str(args.threads), "--batch", str(args.batch), "--json"]
+               "--eps", str(args.eps), *extra, "--threads", str(args.threads), "--batch", str(args.batch), "--backend", args.backend, "--json"]
         start = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - start
@@ -380,6 +381,8 @@ def main():
     parser.add_argument("--model", default="fixtures/mnist_paper.onnx")
     parser.add_argument("--grad-graph", help="nnmend's gradient graph of --model (onnxruntime peer)")
     parser.add_argument("--nnmend", default="target/release/nnmend")
+    parser.add_argument("--backend", default="tract", choices=["tract", "ort"],
+                        help="nnmend's engine (ort needs a build with --features ort)")
     parser.add_argument("--torch-fc", choices=["conv", "linear"], default="conv",
                         help="pytorch peer: FC layers as convolutions (default) or nn.Linear")
     parser.add_argument("--peers", default="pytorch,onnxruntime,nnmend", help="comma-separated subset to run")

@@ -3,8 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The project root: where this test binary was built, unless `NNMEND_ROOT` says
+/// otherwise (the GPU check runs a test binary built elsewhere).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("NNMEND_ROOT").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
@@ -63,7 +65,7 @@ pub fn ok(mut cmd: Command) -> Output {
 
 /// The `nnmend` binary.
 pub fn nnmend() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_nnmend"))
+    Command::new(std::env::var_os("NNMEND_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_nnmend").into()))
 }
 
 pub fn tempdir() -> tempfile::TempDir {
