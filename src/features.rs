@@ -49,6 +49,18 @@ pub fn layout_of(sample_shape: &[usize]) -> Result<Layout> {
     }
 }
 
+/// The layout of a model input and the image shape `[C, H, W]` it takes (a flat input
+/// of D values is taken as one channel of 1 × D).
+pub fn image_shape_of(sample_shape: &[usize]) -> Result<(Layout, [usize; 3])> {
+    let layout = layout_of(sample_shape)?;
+    let image = match (layout, sample_shape) {
+        (Layout::Nhwc, [h, w, c]) | (Layout::Nchw, [c, h, w]) => [*c, *h, *w],
+        (_, [d]) => [1, 1, *d],
+        (_, other) => return Err(Error::Mismatch(format!("no image shape in the input shape {other:?}"))),
+    };
+    Ok((layout, image))
+}
+
 /// The preprocessing that turns `ds` into inputs of a model whose per-sample input
 /// shape is `sample_shape`, after checking that the images fit it.
 pub fn preprocess_for(ds: &Dataset, sample_shape: &[usize], feed: &Feed) -> Result<Preprocess> {

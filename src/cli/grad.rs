@@ -4,12 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
 use nnmend::attack::{gradient_model, normalization, Loss};
-use nnmend::data::Layout;
-use nnmend::features::{layout_of, Feed};
+use nnmend::features::{image_shape_of, Feed};
 use nnmend::onnx::grad::Normalization;
 
 use super::{load_model, refuse_overwrite, save_model, EngineArgs};
@@ -48,13 +47,7 @@ pub fn grad(args: GradArgs) -> Result<ExitCode> {
         }
     } else {
         let sample = engine.prepare(&model)?.sample_shape().to_vec();
-        let layout = layout_of(&sample)?;
-        let image = match (layout, sample.as_slice()) {
-            (Layout::Nhwc, [h, w, c]) => [*c, *h, *w],
-            (_, [c, h, w]) => [*c, *h, *w],
-            (_, [d]) => [1, 1, *d],
-            (_, other) => bail!("cannot read an image shape from the input shape {other:?}"),
-        };
+        let (layout, image) = image_shape_of(&sample)?;
         let feed = Feed {
             mean: args.mean,
             std: args.std,

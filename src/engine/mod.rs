@@ -11,6 +11,8 @@ pub mod tract;
 
 use ndarray::{ArrayD, ArrayViewD};
 
+use crate::onnx::graph::{dims, Dim, Index};
+use crate::onnx::surgery::relax_batch;
 use crate::onnx::ModelProto;
 
 /// Which engine runs the models.
@@ -63,6 +65,58 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// The data inputs of a model about to be prepared, and its graph with a fixed batch
+/// of 1 relaxed to a symbolic batch.
+pub(crate) struct Inputs {
+    /// The model to hand to the engine.
+    pub model: ModelProto,
+    /// Input names, in graph order.
+    pub names: Vec<String>,
+    /// Each input's shape without the batch.
+    pub samples: Vec<Vec<usize>>,
+}
+
+/// Reads the data inputs of `model`: each must have a declared shape whose only
+/// symbolic dimension is the batch.
+pub(crate) fn inputs_of(model: &ModelProto, engine: &'static str) -> Result<Inputs, EngineError> {
+    let prepare_err = |reason: String| EngineError::Prepare { engine, reason };
+    let mut model = model.clone();
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| prepare_err("the model holds no graph".into()))?;
+    let index = Index::new(graph).map_err(|e| prepare_err(e.to_string()))?;
+    let inputs: Vec<_> = index.data_inputs().into_iter().cloned().collect();
+    let first = inputs
+        .first()
+        .ok_or_else(|| prepare_err("the model has no data input".into()))?
+        .name()
+        .to_string();
+    let mut samples = Vec::with_capacity(inputs.len());
+    for input in &inputs {
+        let shape = dims(input).ok_or_else(|| EngineError::Input {
+            name: input.name().to_string(),
+            reason: "the model does not declare the input's shape".into(),
+        })?;
+        let mut sample = Vec::new();
+        for (i, d) in shape.iter().enumerate().skip(1) {
+            match d {
+                Dim::Fixed(v) if *v > 0 => sample.push(*v as usize),
+                other => {
+                    return Err(EngineError::Input {
+                        name: input.name().to_string(),
+                        reason: format!("dimension {i} is '{other}'; only the batch dimension may be symbolic"),
+                    })
+                }
+            }
+        }
+        samples.push(sample);
+    }
+    let names = inputs.iter().map(|v| v.name().to_string()).collect();
+    relax_batch(&mut model, &first).map_err(|e| prepare_err(e.to_string()))?;
+    Ok(Inputs { model, names, samples })
 }
 
 /// A model prepared for repeated batched runs.

@@ -19,8 +19,6 @@ use ndarray::{ArrayD, ArrayViewD};
 use prost::Message;
 
 use super::{Engine, EngineError, Session};
-use crate::onnx::graph::{dims, Dim, Index};
-use crate::onnx::surgery::relax_batch;
 use crate::onnx::ModelProto;
 
 /// How to run ONNX Runtime.
@@ -182,44 +180,8 @@ impl Engine for Ort {
 
     fn prepare(&self, model: &ModelProto) -> Result<Box<dyn Session>, EngineError> {
         let name = self.name;
-        let prepare_err = |e: &dyn std::fmt::Display| EngineError::Prepare {
-            engine: name,
-            reason: e.to_string(),
-        };
         let loaded = load()?;
-        let mut model = model.clone();
-        let graph = model
-            .graph
-            .as_ref()
-            .ok_or_else(|| prepare_err(&"the model holds no graph"))?;
-        let index = Index::new(graph).map_err(|e| prepare_err(&e))?;
-        let inputs: Vec<_> = index.data_inputs().into_iter().cloned().collect();
-        let first = inputs
-            .first()
-            .ok_or_else(|| prepare_err(&"the model has no data input"))?
-            .name()
-            .to_string();
-        let mut samples = Vec::with_capacity(inputs.len());
-        for input in &inputs {
-            let shape = dims(input).ok_or_else(|| EngineError::Input {
-                name: input.name().to_string(),
-                reason: "the model does not declare the input's shape".into(),
-            })?;
-            let mut sample = Vec::new();
-            for (i, d) in shape.iter().enumerate().skip(1) {
-                match d {
-                    Dim::Fixed(v) if *v > 0 => sample.push(*v as usize),
-                    other => {
-                        return Err(EngineError::Input {
-                            name: input.name().to_string(),
-                            reason: format!("dimension {i} is '{other}'; only the batch dimension may be symbolic"),
-                        })
-                    }
-                }
-            }
-            samples.push(sample);
-        }
-        relax_batch(&mut model, &first).map_err(|e| prepare_err(&e))?;
+        let super::Inputs { model, names, samples } = super::inputs_of(model, name)?;
         let bytes = model.encode_to_vec();
         let mut pool = Vec::with_capacity(self.options.sessions.max(1));
         for _ in 0..self.options.sessions.max(1) {
@@ -229,7 +191,7 @@ impl Engine for Ort {
             pool,
             next: std::sync::atomic::AtomicUsize::new(0),
             samples,
-            names: inputs.iter().map(|v| v.name().to_string()).collect(),
+            names,
             name,
         }))
     }

@@ -10,8 +10,6 @@ use prost::Message;
 use tract_onnx::prelude::*;
 
 use super::{Engine, EngineError, Session};
-use crate::onnx::graph::{dims, Dim, Index};
-use crate::onnx::surgery::relax_batch;
 use crate::onnx::ModelProto;
 
 const NAME: &str = "tract";
@@ -39,37 +37,7 @@ impl Engine for Tract {
     }
 
     fn prepare(&self, model: &ModelProto) -> Result<Box<dyn Session>, EngineError> {
-        let mut model = model.clone();
-        let graph = model
-            .graph
-            .as_ref()
-            .ok_or_else(|| prepare_err("the model holds no graph"))?;
-        let index = Index::new(graph).map_err(prepare_err)?;
-        let inputs: Vec<_> = index.data_inputs().into_iter().cloned().collect();
-        if inputs.is_empty() {
-            return Err(prepare_err("the model has no data input"));
-        }
-        let mut samples: Vec<Vec<usize>> = Vec::with_capacity(inputs.len());
-        for input in &inputs {
-            let shape = dims(input).ok_or_else(|| EngineError::Input {
-                name: input.name().to_string(),
-                reason: "the model does not declare the input's shape".into(),
-            })?;
-            let mut sample = Vec::new();
-            for (i, d) in shape.iter().enumerate().skip(1) {
-                match d {
-                    Dim::Fixed(v) if *v > 0 => sample.push(*v as usize),
-                    other => {
-                        return Err(EngineError::Input {
-                            name: input.name().to_string(),
-                            reason: format!("dimension {i} is '{other}'; only the batch dimension may be symbolic"),
-                        })
-                    }
-                }
-            }
-            samples.push(sample);
-        }
-        relax_batch(&mut model, inputs[0].name()).map_err(prepare_err)?;
+        let super::Inputs { model, names, samples } = super::inputs_of(model, NAME)?;
         let bytes = model.encode_to_vec();
         let mut inference = tract_onnx::onnx()
             .with_ignore_output_shapes(true)
@@ -88,7 +56,6 @@ impl Engine for Tract {
             .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(prepare_err)?;
-        let names = inputs.iter().map(|v| v.name().to_string()).collect();
         Ok(Box::new(TractSession { plan, samples, names }))
     }
 }

@@ -360,13 +360,7 @@ fn shared_models_match_finite_differences() {
         let model = load(&shared(&format!("models/{name}")));
         let plain = Tract.prepare(&model).unwrap();
         let sample = plain.sample_shape().to_vec();
-        let layout = nnmend::features::layout_of(&sample).unwrap();
-        let image = match (layout, sample.as_slice()) {
-            (nnmend::data::Layout::Nhwc, [h, w, c]) => [*c, *h, *w],
-            (_, [c, h, w]) => [*c, *h, *w],
-            (_, [d]) => [1, 1, *d],
-            other => panic!("{name}: {other:?}"),
-        };
+        let (layout, image) = nnmend::features::image_shape_of(&sample).unwrap();
         let feed = nnmend::features::Feed {
             mean,
             std,
