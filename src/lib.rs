@@ -21,6 +21,8 @@
 //! - [`features`]: running a model over a data set in batches.
 //! - [`hybrid`]: fitting the hybrid and measuring accuracy.
 //! - [`inspect`]: a model summary with the detected cut.
+//! - [`attack`]: FGSM and PGD through gradient graphs ([`onnx::grad`]).
+//! - [`repair`]: the repair LP, solved with clarabel.
 //! - [`atomic`]: atomic file output.
 
 pub mod atomic;
@@ -33,6 +35,7 @@ pub mod hybrid;
 pub mod inspect;
 pub mod onnx;
 pub mod progress;
+pub mod repair;
 pub mod svm;
 
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@ mod engines;
 mod external;
 mod grad;
 mod hybrid;
+mod repair;
 mod robustness;
 mod roundtrip;
 mod svm;

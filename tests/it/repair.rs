@@ -1,0 +1,142 @@
+//! The repair LP: the optimum against scipy's HiGHS on generated instances, every
+//! constraint satisfied, and the certificate of optimality for the full problem.
+
+use ndarray::{Array1, Array2};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use nnmend::repair::{self, paper, ClassSettings, Status};
+
+use crate::common::*;
+
+/// Non-negative features (like ReLU/pool outputs, many zeros) and residuals.
+fn instance(s: usize, d: usize, seed: u64) -> (Array2<f64>, Array1<f64>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let x = Array2::from_shape_fn((s, d), |_| {
+        if rng.random_bool(0.4) {
+            0.0
+        } else {
+            rng.random_range(0.0..3.0)
+        }
+    });
+    let r = Array1::from_shape_fn(s, |_| rng.random_range(-4.0..4.0));
+    (x, r)
+}
+
+fn highs(x: &Array2<f64>, r: &Array1<f64>, bias: bool) -> f64 {
+    let dir = tempdir();
+    let path = dir.path().join("lp.json");
+    let rows: Vec<Vec<f64>> = x.rows().into_iter().map(|row| row.to_vec()).collect();
+    let doc = serde_json::json!({"x": rows, "r": r.to_vec(), "repair_bias": bias});
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let mut cmd = python("lp_reference.py");
+    cmd.arg(&path);
+    let out: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
+    out["objective"].as_f64().unwrap()
+}
+
+fn check_feasible(x: &Array2<f64>, r: &Array1<f64>, sol: &paper::ClassSolution) {
+    let g = Array1::from(sol.gamma.clone());
+    for (s, row) in x.rows().into_iter().enumerate() {
+        let e = row.dot(&g) + sol.beta - r[s];
+        assert!(sol.delta[s] >= -1e-7, "δ_{s} = {} is negative", sol.delta[s]);
+        assert!(
+            e.abs() <= sol.delta[s] + 1e-6,
+            "sample {s}: |error| {} > δ {}",
+            e.abs(),
+            sol.delta[s]
+        );
+    }
+}
+
+#[test]
+fn the_optimum_equals_highs() {
+    for (s, d, seed, bias) in [
+        (5, 12, 1, false),
+        (20, 60, 2, false),
+        (20, 60, 3, true),
+        (40, 400, 4, false),
+    ] {
+        let (x, r) = instance(s, d, seed);
+        let settings = ClassSettings {
+            repair_bias: bias,
+            batch: 8,
+            ..Default::default()
+        };
+        let sol = paper::solve_class(x.view(), r.view(), &settings);
+        assert_eq!(sol.status, Status::Solved, "S={s} d={d}");
+        let reference = highs(&x, &r, bias);
+        assert!(
+            (sol.objective - reference).abs() <= 1e-6 * reference.abs().max(1.0),
+            "S={s} d={d} bias={bias}: nnmend {} against HiGHS {reference}",
+            sol.objective
+        );
+        check_feasible(&x, &r, &sol);
+        assert!(sol.dual_violation <= 1e-6, "no certificate: {}", sol.dual_violation);
+        if d > 4 * s {
+            // Column generation kept the restricted problem small.
+            assert!(sol.columns < d, "all {d} columns were needed");
+        }
+    }
+}
+
+#[test]
+fn column_generation_and_the_full_problem_agree() {
+    let (x, r) = instance(30, 200, 9);
+    let cg = paper::solve_class(x.view(), r.view(), &ClassSettings::default());
+    let whole = paper::solve_class(
+        x.view(),
+        r.view(),
+        &ClassSettings {
+            max_rounds: 0,
+            ..Default::default()
+        },
+    );
+    assert_eq!(whole.columns, 200);
+    assert!((cg.objective - whole.objective).abs() <= 1e-6 * whole.objective.max(1.0));
+}
+
+#[test]
+fn a_head_is_repaired_class_by_class() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (k, d, s) = (4, 50, 12);
+    let w = Array2::from_shape_fn((k, d), |_| rng.random_range(-0.5f32..0.5));
+    let b = Array1::from_shape_fn(k, |_| rng.random_range(-0.5f32..0.5));
+    let f = Array2::from_shape_fn((s, d), |_| rng.random_range(0.0f32..2.0));
+    let targets = Array2::from_shape_fn((s, k), |_| rng.random_range(-2.0f32..2.0));
+    let one = repair::paper(
+        w.view(),
+        b.view(),
+        f.view(),
+        targets.view(),
+        &ClassSettings::default(),
+        1,
+    )
+    .unwrap();
+    let two = repair::paper(
+        w.view(),
+        b.view(),
+        f.view(),
+        targets.view(),
+        &ClassSettings::default(),
+        2,
+    )
+    .unwrap();
+    assert_eq!(one.weights, two.weights, "threads changed the repair");
+    assert_eq!(one.status, Status::Solved);
+    // Each class's objective is what its own solve reports, and the new head's
+    // remaining errors are the slacks.
+    let z = f.mapv(f64::from).dot(&one.weights.mapv(f64::from).t()) + &one.bias.mapv(f64::from);
+    for (i, c) in one.classes.iter().enumerate() {
+        for s_ in 0..s {
+            let e = (z[[s_, i]] - f64::from(targets[[s_, i]])).abs();
+            assert!(
+                e <= c.delta[s_] + 1e-4,
+                "class {i} sample {s_}: error {e}, δ {}",
+                c.delta[s_]
+            );
+        }
+    }
+    let mismatch = repair::paper(w.view(), b.view(), f.view(), targets.t(), &ClassSettings::default(), 1);
+    assert!(mismatch.is_err());
+}

@@ -1,0 +1,53 @@
+"""Solve a repair LP of the seed paper's form with scipy's HiGHS, as a reference.
+
+Needs the pyenv `python3` with numpy and scipy. The Rust tests call it on instances
+they generate, to check nnmend's optimum.
+
+Run from the project root:
+    python3 tools/lp_reference.py INSTANCE.json
+
+INSTANCE.json holds `x` (S rows of d features), `r` (S residuals) and `repair_bias`.
+The program, for one class:
+    minimise  sum_j |gamma_j| + sum_s delta_s
+    subject to  -delta_s <= x_s . gamma (+ beta) - r_s <= delta_s,  delta >= 0
+(beta free and not in the objective). Prints one JSON line: `objective`, `status`
+(scipy's message) and `seconds`. Exit codes: 0 solved, 1 not solved or bad input,
+2 usage.
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+from scipy.optimize import linprog
+from scipy.sparse import csr_matrix, hstack, identity, vstack
+
+
+def main(argv):
+    if len(argv) != 1:
+        print("usage: lp_reference.py INSTANCE.json", file=sys.stderr)
+        return 2
+    with open(argv[0]) as f:
+        inst = json.load(f)
+    x = np.asarray(inst["x"], dtype=np.float64)
+    r = np.asarray(inst["r"], dtype=np.float64)
+    bias = bool(inst.get("repair_bias", False))
+    s, d = x.shape
+    xs = csr_matrix(x)
+    ones = csr_matrix(np.ones((s, 1)))
+    blocks_up = [xs, -xs] + ([ones, -ones] if bias else []) + [-identity(s, format="csr")]
+    blocks_down = [-xs, xs] + ([-ones, ones] if bias else []) + [-identity(s, format="csr")]
+    a = vstack([hstack(blocks_up), hstack(blocks_down)]).tocsr()
+    b = np.concatenate([r, -r])
+    c = np.concatenate([np.ones(2 * d), np.zeros(2 if bias else 0), np.ones(s)])
+    t0 = time.perf_counter()
+    res = linprog(c, A_ub=a, b_ub=b, bounds=(0, None), method="highs")
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"objective": float(res.fun) if res.success else None, "status": res.message,
+                      "seconds": seconds}))
+    return 0 if res.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
