@@ -7,6 +7,7 @@
 //! separable by class and solved class by class with clarabel.
 
 pub mod paper;
+pub mod wilcoxon;
 
 use std::time::Instant;
 
@@ -40,12 +41,15 @@ pub struct Repair {
 
 /// The paper's repair for every class: `weights` `[k, d]` and `bias` `[k]` of the head,
 /// `features` `[S, d]` of the repair samples, `targets` `[S, k]` their wanted decision
-/// values. The classes are independent and run on `threads` threads.
+/// values. With `allowed`, only those features' weights may change (the Wilcoxon
+/// selection, [`wilcoxon::select`]). The classes are independent and run on
+/// `threads` threads.
 pub fn paper(
     weights: ArrayView2<f32>,
     bias: ArrayView1<f32>,
     features: ArrayView2<f32>,
     targets: ArrayView2<f32>,
+    allowed: Option<&[usize]>,
     settings: &ClassSettings,
     threads: usize,
 ) -> Result<Repair> {
@@ -71,6 +75,22 @@ pub fn paper(
     let w = weights.mapv(f64::from);
     let scores = x.dot(&w.t()) + &bias.mapv(f64::from);
     let residuals = targets.mapv(f64::from) - &scores;
+    let columns: Vec<usize> = match allowed {
+        Some(cols) => {
+            if let Some(bad) = cols.iter().find(|&&j| j >= d) {
+                return Err(Error::Mismatch(format!(
+                    "feature {bad} is out of range for {d} features"
+                )));
+            }
+            cols.to_vec()
+        }
+        None => (0..d).collect(),
+    };
+    let x = if allowed.is_some() {
+        x.select(Axis(1), &columns)
+    } else {
+        x
+    };
     let workers = threads.clamp(1, k.max(1));
     let mut classes: Vec<Option<ClassSolution>> = vec![None; k];
     std::thread::scope(|scope| {
@@ -95,7 +115,14 @@ pub fn paper(
     let mut new_w = weights.to_owned();
     let mut new_b = bias.to_owned();
     let (mut l1, mut linf) = (0.0f64, 0.0f64);
-    for (i, c) in classes.iter().enumerate() {
+    let mut classes = classes;
+    for (i, c) in classes.iter_mut().enumerate() {
+        // Back from the allowed columns to all d features.
+        let mut full = vec![0.0; d];
+        for (&j, g) in columns.iter().zip(&c.gamma) {
+            full[j] = *g;
+        }
+        c.gamma = full;
         for (j, g) in c.gamma.iter().enumerate() {
             new_w[[i, j]] += *g as f32;
             l1 += g.abs();

@@ -109,6 +109,7 @@ fn a_head_is_repaired_class_by_class() {
         b.view(),
         f.view(),
         targets.view(),
+        None,
         &ClassSettings::default(),
         1,
     )
@@ -118,6 +119,7 @@ fn a_head_is_repaired_class_by_class() {
         b.view(),
         f.view(),
         targets.view(),
+        None,
         &ClassSettings::default(),
         2,
     )
@@ -137,6 +139,82 @@ fn a_head_is_repaired_class_by_class() {
             );
         }
     }
-    let mismatch = repair::paper(w.view(), b.view(), f.view(), targets.t(), &ClassSettings::default(), 1);
+    let mismatch = repair::paper(
+        w.view(),
+        b.view(),
+        f.view(),
+        targets.t(),
+        None,
+        &ClassSettings::default(),
+        1,
+    );
     assert!(mismatch.is_err());
+    // Only the allowed features change, and the fit can only get worse with fewer.
+    let allowed = [3, 7, 20];
+    let some = repair::paper(
+        w.view(),
+        b.view(),
+        f.view(),
+        targets.view(),
+        Some(&allowed),
+        &ClassSettings::default(),
+        2,
+    )
+    .unwrap();
+    for i in 0..k {
+        for j in 0..d {
+            if !allowed.contains(&j) {
+                assert_eq!(some.weights[[i, j]], w[[i, j]], "feature {j} changed");
+            }
+        }
+    }
+    assert!(some.objective >= one.objective - 1e-6);
+    let bad = repair::paper(
+        w.view(),
+        b.view(),
+        f.view(),
+        targets.view(),
+        Some(&[d]),
+        &ClassSettings::default(),
+        1,
+    );
+    assert!(bad.is_err());
+}
+
+#[test]
+fn wilcoxon_p_values_match_scipy() {
+    use nnmend::repair::wilcoxon::signed_rank;
+    let text = std::fs::read_to_string(fixture("reference/wilcoxon.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(cases.len() >= 15);
+    let floats =
+        |v: &serde_json::Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let test = signed_rank(&floats(&c["x"]), &floats(&c["y"]));
+        let (stat, p) = (c["statistic"].as_f64().unwrap(), c["pvalue"].as_f64().unwrap());
+        assert_eq!(test.statistic, stat, "{name}: statistic");
+        assert!(
+            (test.pvalue - p).abs() <= 1e-6,
+            "{name}: p = {} against scipy's {p} ({:?})",
+            test.pvalue,
+            test.method
+        );
+    }
+}
+
+#[test]
+fn wilcoxon_selects_the_features_an_attack_moves() {
+    use nnmend::repair::wilcoxon::select;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let clean = Array2::from_shape_fn((60, 6), |_| rng.random_range(0.0..1.0));
+    let mut adv = clean.clone();
+    // Features 1 and 4 shift under attack; the others only jitter symmetrically.
+    for (s, mut row) in adv.rows_mut().into_iter().enumerate() {
+        row[1] += 0.3 + 0.01 * s as f64;
+        row[4] -= 0.2;
+        row[2] += if s % 2 == 0 { 0.05 } else { -0.05 };
+    }
+    assert_eq!(select(clean.view(), adv.view(), 0.1), vec![1, 4]);
 }
