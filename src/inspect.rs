@@ -97,9 +97,11 @@ fn summarise(model: &ModelProto, engine: &dyn Engine, cut: &Cut) -> Result<Inspe
     // The extractor with the unflattened cut tensor as its output.
     let mut probe = extractor(model, cut, None)?;
     if let Some(g) = probe.graph.as_mut() {
-        g.node.pop();
+        // The Flatten's input is the cut tensor, under the name the extractor gave it
+        // (a cut tensor already called `features` moves aside).
+        let flattened = g.node.pop().and_then(|n| n.input.first().cloned());
         g.output = vec![crate::onnx::proto::ValueInfoProto {
-            name: Some(cut.tensor.clone()),
+            name: Some(flattened.unwrap_or_else(|| cut.tensor.clone())),
             ..Default::default()
         }];
     }

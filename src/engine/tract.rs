@@ -39,23 +39,30 @@ impl Engine for Tract {
     fn prepare(&self, model: &ModelProto) -> Result<Box<dyn Session>, EngineError> {
         let super::Inputs { model, names, samples } = super::inputs_of(model, NAME)?;
         let bytes = model.encode_to_vec();
-        let mut inference = tract_onnx::onnx()
-            .with_ignore_output_shapes(true)
-            .with_ignore_value_info(true)
-            .model_for_read(&mut bytes.as_slice())
-            .map_err(prepare_err)?;
-        let n = inference.sym("N");
-        for (slot, sample) in samples.iter().enumerate() {
-            let mut fact_dims: Vec<TDim> = vec![n.clone().into()];
-            fact_dims.extend(sample.iter().map(|&d| TDim::from(d)));
-            inference = inference
-                .with_input_fact(slot, f32::fact(ShapeFact::from_dims(fact_dims)).into())
+        // tract asserts on some malformed graphs (an output nothing produces, for one)
+        // instead of returning an error; such a panic becomes the error here.
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<_, EngineError> {
+            let mut inference = tract_onnx::onnx()
+                .with_ignore_output_shapes(true)
+                .with_ignore_value_info(true)
+                .model_for_read(&mut bytes.as_slice())
                 .map_err(prepare_err)?;
-        }
-        let plan = inference
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(prepare_err)?;
+            let n = inference.sym("N");
+            for (slot, sample) in samples.iter().enumerate() {
+                let mut fact_dims: Vec<TDim> = vec![n.clone().into()];
+                fact_dims.extend(sample.iter().map(|&d| TDim::from(d)));
+                inference = inference
+                    .with_input_fact(slot, f32::fact(ShapeFact::from_dims(fact_dims)).into())
+                    .map_err(prepare_err)?;
+            }
+            let plan = inference
+                .into_optimized()
+                .and_then(|m| m.into_runnable())
+                .map_err(prepare_err)?;
+            Ok(plan)
+        }))
+        .map_err(|p| prepare_err(format!("tract failed inside ({})", panic_message(&p))))?;
+        let plan = built?;
         Ok(Box::new(TractSession { plan, samples, names }))
     }
 }

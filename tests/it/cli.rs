@@ -189,3 +189,28 @@ fn ort_backends_say_they_are_not_compiled_in() {
         "without ONNX Runtime support",
     );
 }
+
+/// Regression: cutting a hybrid at its own `features` tensor made the shape probe ask
+/// tract for an output nothing produced, and tract panicked.
+#[test]
+fn cutting_a_hybrid_at_its_features_tensor() {
+    let tmp = tempdir();
+    let hybrid = tmp.path().join("lh.onnx");
+    let model = fixture("tiny_cnn.onnx");
+    let data = fixture("mnist-small");
+    json(&run(&[
+        "fit",
+        s(&model),
+        "--train",
+        s(&data),
+        "--limit",
+        "200",
+        "-o",
+        s(&hybrid),
+        "--json",
+    ]));
+    let out = tmp.path().join("cut.onnx");
+    let v = json(&run(&["cut", s(&hybrid), "--at", "features", "-o", s(&out), "--json"]));
+    assert_eq!(v["cut"]["feature_dim"], 200, "{v}");
+    assert!(out.exists());
+}
