@@ -6,7 +6,9 @@ they generate, to check nnmend's optimum.
 Run from the project root:
     python3 tools/lp_reference.py INSTANCE.json
 
-INSTANCE.json holds `x` (S rows of d features), `r` (S residuals) and `repair_bias`.
+INSTANCE.json holds `x` (S rows of d features), `r` (S residuals) and `repair_bias`;
+or, as `nnmend repair --dump-lp` writes it, `classes` (a list of {`r`}) in place of
+`r`, one program per class, whose objectives add up.
 The program, for one class:
     minimise  sum_j |gamma_j| + sum_s delta_s
     subject to  -delta_s <= x_s . gamma (+ beta) - r_s <= delta_s,  delta >= 0
@@ -31,8 +33,23 @@ def main(argv):
     with open(argv[0]) as f:
         inst = json.load(f)
     x = np.asarray(inst["x"], dtype=np.float64)
-    r = np.asarray(inst["r"], dtype=np.float64)
     bias = bool(inst.get("repair_bias", False))
+    residuals = [c["r"] for c in inst["classes"]] if "classes" in inst else [inst["r"]]
+    total, seconds, status = 0.0, 0.0, "ok"
+    for r in residuals:
+        fun, took, message = solve(x, np.asarray(r, dtype=np.float64), bias)
+        seconds += took
+        if fun is None:
+            print(json.dumps({"objective": None, "status": message, "seconds": seconds}))
+            return 1
+        total += fun
+        status = message
+    print(json.dumps({"objective": total, "status": status, "seconds": seconds, "classes": len(residuals)}))
+    return 0
+
+
+def solve(x, r, bias):
+    """One class's program: (objective or None, seconds, HiGHS's message)."""
     s, d = x.shape
     xs = csr_matrix(x)
     ones = csr_matrix(np.ones((s, 1)))
@@ -44,9 +61,7 @@ def main(argv):
     t0 = time.perf_counter()
     res = linprog(c, A_ub=a, b_ub=b, bounds=(0, None), method="highs")
     seconds = time.perf_counter() - t0
-    print(json.dumps({"objective": float(res.fun) if res.success else None, "status": res.message,
-                      "seconds": seconds}))
-    return 0 if res.success else 1
+    return (float(res.fun) if res.success else None), seconds, res.message
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ mod features;
 mod fit;
 mod grad;
 mod inspect;
+mod repair;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -52,6 +53,8 @@ enum Command {
     Attack(attack::AttackArgs),
     /// Write a model's gradient graph (logits, loss and ∂loss/∂pixels) as ONNX.
     Grad(grad::GradArgs),
+    /// Repair a hybrid's head with its adversarial examples and write the repaired model.
+    Repair(repair::RepairArgs),
 }
 
 /// Runs the parsed command line.
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(a) => eval::eval(a),
         Command::Attack(a) => attack::attack(a),
         Command::Grad(a) => grad::grad(a),
+        Command::Repair(a) => repair::repair(a),
     }
 }
 

@@ -174,6 +174,24 @@ impl Dataset {
         hex
     }
 
+    /// A copy holding the samples at `rows`, in that order, or `None` when a row is
+    /// out of range.
+    pub fn select(&self, rows: &[usize]) -> Option<Dataset> {
+        if rows.iter().any(|&r| r >= self.len()) {
+            return None;
+        }
+        let pixels = match &self.pixels {
+            Pixels::U8(a) => Pixels::U8(a.select(Axis(0), rows)),
+            Pixels::F32(a) => Pixels::F32(a.select(Axis(0), rows)),
+        };
+        Some(Dataset {
+            pixels,
+            labels: rows.iter().map(|&r| self.labels[r]).collect(),
+            classes: self.classes.clone(),
+            source: self.source.clone(),
+        })
+    }
+
     /// A copy holding only the first `limit` samples (all of them if there
     /// are fewer).
     pub fn take(&self, limit: usize) -> Dataset {

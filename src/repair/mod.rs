@@ -6,6 +6,7 @@
 //! paying for what it cannot fix with slack. [`paper`] is the seed paper's formulation,
 //! separable by class and solved class by class with clarabel.
 
+pub mod head;
 pub mod paper;
 pub mod wilcoxon;
 
@@ -151,5 +152,193 @@ pub fn paper(
         l1,
         linf,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The size of the whole LP (all classes), as a solver would see it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct LpSize {
+    /// γ⁺, γ⁻ per changeable feature and class, δ per sample and class (β± with the bias).
+    pub variables: usize,
+    /// Two inequalities per sample and class (bounds not counted).
+    pub constraints: usize,
+    /// Non-zero coefficients of those inequalities.
+    pub nonzeros: usize,
+}
+
+/// What [`repair_hybrid`] needs besides the model and the data.
+#[derive(Debug, Clone)]
+pub struct HybridSettings {
+    /// Wilcoxon selection: only features with p below this change.
+    pub select: Option<f64>,
+    /// The per-class solve.
+    pub class: ClassSettings,
+    /// Threads for the classes.
+    pub threads: usize,
+}
+
+/// A repaired hybrid and the figures of its repair.
+#[derive(Debug, Clone)]
+pub struct HybridRepair {
+    /// The repaired model: the hybrid with its head's weights (and bias) replaced.
+    pub model: crate::onnx::ModelProto,
+    /// The LP's solution.
+    pub repair: Repair,
+    /// Repair samples used.
+    pub samples: usize,
+    /// Features the repair could change.
+    pub changeable: usize,
+    /// Features in all.
+    pub feature_dim: usize,
+    /// Share of repair samples the hybrid classified correctly before the repair.
+    pub efficacy_before: f64,
+    /// Share of repair samples classified correctly after it.
+    pub efficacy: f64,
+    /// The LP's size.
+    pub lp: LpSize,
+    /// The LP's data for `--dump-lp`: the repair samples' changeable features
+    /// `[S, d']` and the residuals `[S, k]`.
+    pub instance: (Array2<f64>, Array2<f64>),
+}
+
+fn accuracy(scores: &Array2<f64>, labels: &[i64]) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    let right = scores
+        .rows()
+        .into_iter()
+        .zip(labels)
+        .filter(|(row, &l)| {
+            let best = row.iter().enumerate().fold(
+                (0, f64::NEG_INFINITY),
+                |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
+            );
+            best.0 as i64 == l
+        })
+        .count();
+    right as f64 / labels.len() as f64
+}
+
+/// Repairs `hybrid` (written by `nnmend fit`) with the paper's formulation: the repair
+/// samples are the rows of `adversarial` (their clean originals are the images of
+/// `clean` at `index`), and each should get the decision values the hybrid gives its
+/// clean original.
+pub fn repair_hybrid(
+    hybrid: &crate::onnx::ModelProto,
+    adversarial: &crate::data::Dataset,
+    index: &[i64],
+    clean: &crate::data::Dataset,
+    engine: &dyn crate::engine::Engine,
+    feed: &crate::features::Feed,
+    settings: &HybridSettings,
+) -> Result<HybridRepair> {
+    let head = head::find(hybrid)?;
+    if index.len() != adversarial.len() {
+        return Err(Error::Mismatch(format!(
+            "{} repair samples but {} indices",
+            adversarial.len(),
+            index.len()
+        )));
+    }
+    if adversarial.is_empty() {
+        return Err(Error::Mismatch(
+            "no repair samples: the attack found no adversarial example to repair".into(),
+        ));
+    }
+    let mut rows = Vec::with_capacity(index.len());
+    for (r, &i) in index.iter().enumerate() {
+        let at = usize::try_from(i).ok().filter(|&i| i < clean.len()).ok_or_else(|| {
+            Error::Mismatch(format!(
+                "repair sample {r} comes from image {i}, but {} holds {} images: is it the data the attack ran on?",
+                clean.source.display(),
+                clean.len()
+            ))
+        })?;
+        if clean.labels[at] != adversarial.labels[r] {
+            return Err(Error::Mismatch(format!(
+                "repair sample {r} has label {}, but image {at} of {} has label {}: is it the data the attack ran on?",
+                adversarial.labels[r],
+                clean.source.display(),
+                clean.labels[at]
+            )));
+        }
+        rows.push(at);
+    }
+    let originals = clean
+        .select(&rows)
+        .ok_or_else(|| Error::Mismatch("an index is out of range".into()))?;
+    let cut = crate::onnx::find_cut(hybrid, Some(crate::onnx::surgery::FEATURES))?;
+    let extractor = crate::onnx::surgery::extractor(hybrid, &cut, None)?;
+    let session = engine.prepare(&extractor)?;
+    let f_adv = crate::features::collect(session.as_ref(), adversarial, feed, 0, "features")?;
+    let f_clean = crate::features::collect(session.as_ref(), &originals, feed, 0, "features")?;
+    let (k, d) = head.weights.dim();
+    if f_adv.ncols() != d {
+        return Err(Error::Mismatch(format!(
+            "the extractor gives {} features, the head takes {d}",
+            f_adv.ncols()
+        )));
+    }
+    let w = head.weights.mapv(f64::from);
+    let b = head.bias.mapv(f64::from);
+    let clean64 = f_clean.mapv(f64::from);
+    let adv64 = f_adv.mapv(f64::from);
+    let targets = clean64.dot(&w.t()) + &b;
+    let allowed = settings
+        .select
+        .map(|p| wilcoxon::select(clean64.view(), adv64.view(), p));
+    let repair = paper(
+        head.weights.view(),
+        head.bias.view(),
+        f_adv.view(),
+        targets.mapv(|v| v as f32).view(),
+        allowed.as_deref(),
+        &settings.class,
+        settings.threads,
+    )?;
+    let before = adv64.dot(&w.t()) + &b;
+    let after = adv64.dot(&repair.weights.mapv(f64::from).t()) + &repair.bias.mapv(f64::from);
+    let changeable = allowed.as_ref().map_or(d, Vec::len);
+    let s = adversarial.len();
+    let nnz_per_class = {
+        let cols: Vec<usize> = allowed.clone().unwrap_or_else(|| (0..d).collect());
+        cols.iter()
+            .map(|&j| adv64.column(j).iter().filter(|v| **v != 0.0).count())
+            .sum::<usize>()
+    };
+    let bias = usize::from(settings.class.repair_bias);
+    let lp = LpSize {
+        variables: k * (2 * changeable + s + 2 * bias),
+        constraints: k * 2 * s,
+        nonzeros: k * (4 * nnz_per_class + 2 * s + 4 * s * bias),
+    };
+    let residuals = targets - &before;
+    let used = match &allowed {
+        Some(cols) => adv64.select(Axis(1), cols),
+        None => adv64,
+    };
+    let provenance = [
+        ("nnmend.repair.mode", "paper".to_string()),
+        ("nnmend.repair.samples", s.to_string()),
+        ("nnmend.repair.objective", format!("{}", repair.objective)),
+        ("nnmend.repair.status", format!("{:?}", repair.status).to_lowercase()),
+        ("nnmend.repair.bias", settings.class.repair_bias.to_string()),
+        (
+            "nnmend.repair.select",
+            settings.select.map_or("none".into(), |p| format!("wilcoxon p < {p}")),
+        ),
+    ];
+    let model = head::replace(hybrid, &head, &repair.weights, &repair.bias, &provenance)?;
+    Ok(HybridRepair {
+        model,
+        samples: s,
+        changeable,
+        feature_dim: d,
+        efficacy_before: accuracy(&before, &adversarial.labels),
+        efficacy: accuracy(&after, &adversarial.labels),
+        lp,
+        instance: (used, residuals),
+        repair,
     })
 }

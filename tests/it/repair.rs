@@ -218,3 +218,216 @@ fn wilcoxon_selects_the_features_an_attack_moves() {
     }
     assert_eq!(select(clean.view(), adv.view(), 0.1), vec![1, 4]);
 }
+
+/// fit → attack (training images) → repair, as a user runs them.
+#[test]
+fn repair_writes_a_drop_in_model_and_the_json_contract() {
+    let tmp = tempdir();
+    let p = |name: &str| tmp.path().join(name);
+    let model = fixture("tiny_cnn.onnx");
+    let data = fixture("mnist-small");
+    json(&run(&[
+        "fit",
+        s(&model),
+        "--train",
+        s(&data),
+        "--limit",
+        "600",
+        "-o",
+        s(&p("lh.onnx")),
+        "--json",
+    ]));
+    json(&run(&[
+        "attack",
+        s(&p("lh.onnx")),
+        "--data",
+        s(&data),
+        "--split",
+        "train",
+        "--limit",
+        "300",
+        "--eps",
+        "0.1",
+        "-o",
+        s(&p("adv.npz")),
+        "--json",
+    ]));
+    json(&run(&[
+        "attack",
+        s(&p("lh.onnx")),
+        "--data",
+        s(&data),
+        "--limit",
+        "200",
+        "--eps",
+        "0.1",
+        "-o",
+        s(&p("held.npz")),
+        "--only-successful",
+        "--json",
+    ]));
+    let before = std::fs::read(p("lh.onnx")).unwrap();
+    let v = json(&run(&[
+        "repair",
+        s(&p("lh.onnx")),
+        "--adv",
+        s(&p("adv.npz")),
+        "--train",
+        s(&data),
+        "-o",
+        s(&p("rlh.onnx")),
+        "--test",
+        s(&data),
+        "--adv-test",
+        s(&p("held.npz")),
+        "--dump-lp",
+        s(&p("lp.json")),
+        "--json",
+    ]));
+    for key in [
+        "status",
+        "objective",
+        "seconds",
+        "efficacy",
+        "drawdown",
+        "generalisation",
+    ] {
+        assert!(v.get(key).is_some(), "{key}: {v}");
+    }
+    for key in ["variables", "constraints", "nonzeros"] {
+        assert!(v["lp"][key].as_u64().unwrap() > 0, "lp.{key}");
+    }
+    assert!(v["change"]["l1"].as_f64().unwrap() > 0.0 && v["change"]["linf"].as_f64().unwrap() > 0.0);
+    // clarabel ends some degenerate classes at reduced accuracy; the optimum is checked
+    // against HiGHS below either way.
+    assert!(
+        v["status"] == "solved" || v["status"] == "almost_solved",
+        "{}",
+        v["status"]
+    );
+    assert!(
+        v["samples"].as_u64().unwrap() > 0,
+        "the attack found nothing to repair: {v}"
+    );
+    // Every repair sample was misclassified before; the paper's LP (which pays for what
+    // it cannot fix with slack, so 100% is not promised) fixes most of them.
+    assert_eq!(v["efficacy_before"], 0.0, "{v}");
+    assert!(v["efficacy"].as_f64().unwrap() >= 0.8, "{v}");
+    assert!(v["drawdown"].is_number() && v["generalisation"].is_number());
+    // The same instance, solved by HiGHS.
+    let mut cmd = python("lp_reference.py");
+    cmd.arg(p("lp.json"));
+    let reference: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
+    let (ours, theirs) = (
+        v["objective"].as_f64().unwrap(),
+        reference["objective"].as_f64().unwrap(),
+    );
+    assert!(
+        (ours - theirs).abs() <= 1e-6 * theirs.max(1.0),
+        "nnmend {ours} against HiGHS {theirs}"
+    );
+    // A drop-in replacement that onnxruntime loads, with its provenance; the input is
+    // untouched.
+    assert_eq!(before, std::fs::read(p("lh.onnx")).unwrap());
+    let x = p("x.npy");
+    write_npy(&x, &ndarray::Array4::<f32>::zeros((2, 1, 28, 28)));
+    let mut cmd = python("ort_run.py");
+    cmd.arg("--check").arg(p("rlh.onnx")).arg(&x).arg(p("y.npy"));
+    ok(cmd);
+    let repaired = nnmend::onnx::load(&p("rlh.onnx")).unwrap().model;
+    let original = nnmend::onnx::load(&p("lh.onnx")).unwrap().model;
+    let (g1, g0) = (repaired.graph.as_ref().unwrap(), original.graph.as_ref().unwrap());
+    assert_eq!(g1.input, g0.input);
+    assert_eq!(g1.output, g0.output);
+    assert!(repaired
+        .metadata_props
+        .iter()
+        .any(|e| e.key() == "nnmend.repair.mode" && e.value() == "paper"));
+}
+
+#[test]
+fn repair_refuses_what_it_cannot_repair() {
+    let tmp = tempdir();
+    let data = fixture("mnist-small");
+    let original = fixture("tiny_cnn.onnx");
+    let adv = tmp.path().join("adv.npz");
+    json(&run(&[
+        "attack",
+        s(&original),
+        "--data",
+        s(&data),
+        "--split",
+        "train",
+        "--limit",
+        "64",
+        "--eps",
+        "0.2",
+        "-o",
+        s(&adv),
+        "--json",
+    ]));
+    let out = tmp.path().join("r.onnx");
+    // Not a hybrid: no head on `features`.
+    fails_with(
+        &run(&[
+            "repair",
+            s(&original),
+            "--adv",
+            s(&adv),
+            "--train",
+            s(&data),
+            "-o",
+            s(&out),
+        ]),
+        1,
+        "no linear head to repair",
+    );
+    assert!(!out.exists());
+    // The wrong data for the indices: the labels give it away.
+    let hybrid = tmp.path().join("lh.onnx");
+    json(&run(&[
+        "fit",
+        s(&original),
+        "--train",
+        s(&data),
+        "--limit",
+        "300",
+        "-o",
+        s(&hybrid),
+        "--json",
+    ]));
+    fails_with(
+        &run(&[
+            "repair",
+            s(&hybrid),
+            "--adv",
+            s(&adv),
+            "--train",
+            s(&data),
+            "--split",
+            "test",
+            "-o",
+            s(&out),
+        ]),
+        1,
+        "is it the data the attack ran on?",
+    );
+    assert!(!out.exists());
+    // Only the paper's formulation is there so far.
+    fails_with(
+        &run(&[
+            "repair",
+            s(&hybrid),
+            "--adv",
+            s(&adv),
+            "--train",
+            s(&data),
+            "-o",
+            s(&out),
+            "--mode",
+            "margin",
+        ]),
+        2,
+        "invalid value 'margin'",
+    );
+}

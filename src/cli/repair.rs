@@ -1,0 +1,212 @@
+//! `nnmend repair HYBRID --adv ADV.npz --train DATA -o REPAIRED.onnx`: repair a hybrid's
+//! linear head so that its adversarial examples get their clean decision values back,
+//! changing the weights as little as possible (the seed paper's LP, solved with
+//! clarabel), and write the repaired drop-in model.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use nnmend::data::{self, Dataset, Split};
+use nnmend::hybrid::evaluate;
+use nnmend::repair::{repair_hybrid, ClassSettings, HybridSettings};
+
+use super::{load_model, print_json, refuse_overwrite, save_model, DataArgs, EngineArgs};
+
+/// The repair formulation.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    /// The seed paper's: adversarial decision values pulled back to the clean ones.
+    Paper,
+}
+
+/// Feature selection.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Select {
+    /// Only features whose clean and adversarial values differ by a Wilcoxon
+    /// signed-rank test (p below `--p`) change.
+    Wilcoxon,
+}
+
+/// Arguments of `nnmend repair`.
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// The hybrid to repair (written by `nnmend fit`).
+    hybrid: PathBuf,
+    /// The repair samples: an `attack -o` file; its successful rows are used.
+    #[arg(long, value_name = "ADV.npz")]
+    adv: PathBuf,
+    /// The data the attack ran on (its `index` column points into it).
+    #[arg(long, value_name = "DATA")]
+    train: PathBuf,
+    /// Where to write the repaired model.
+    #[arg(short, long, value_name = "REPAIRED.onnx")]
+    output: PathBuf,
+    /// The formulation.
+    #[arg(long, value_enum, default_value_t = Mode::Paper)]
+    mode: Mode,
+    /// Restrict the change to the features an attack moves.
+    #[arg(long, value_enum)]
+    select: Option<Select>,
+    /// The p-value threshold of `--select wilcoxon`.
+    #[arg(long, default_value_t = 0.1, requires = "select")]
+    p: f64,
+    /// Let the bias change too.
+    #[arg(long)]
+    repair_bias: bool,
+    /// Clean test data: report the accuracy change (drawdown).
+    #[arg(long, value_name = "DATA")]
+    test: Option<PathBuf>,
+    /// Held-out adversarial examples (an `attack -o` file): report the share fixed.
+    #[arg(long, value_name = "ADV.npz")]
+    adv_test: Option<PathBuf>,
+    /// Write the LP instance as JSON (features, per-class residuals).
+    #[arg(long, value_name = "FILE")]
+    dump_lp: Option<PathBuf>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data_args: DataArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// The successful rows of an `attack -o` file, and their `index` column.
+fn adversarial_rows(path: &Path) -> Result<(Dataset, Vec<i64>)> {
+    let ds = data::load(path, &Default::default()).with_context(|| format!("reading {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut npz = ndarray_npy::NpzReader::new(file).with_context(|| format!("{}: not an .npz", path.display()))?;
+    let index: ndarray::Array1<i64> = npz.by_name("index").with_context(|| {
+        format!(
+            "{}: no int64 'index' column (write it with `nnmend attack -o`)",
+            path.display()
+        )
+    })?;
+    let success: Option<ndarray::Array1<bool>> = npz.by_name("success").ok();
+    if index.len() != ds.len() {
+        anyhow::bail!("{}: {} images but {} indices", path.display(), ds.len(), index.len());
+    }
+    let keep: Vec<usize> = (0..ds.len())
+        .filter(|&i| success.as_ref().is_none_or(|s| s.get(i).copied().unwrap_or(false)))
+        .collect();
+    let rows = ds
+        .select(&keep)
+        .with_context(|| format!("{}: rows out of range", path.display()))?;
+    Ok((rows, keep.iter().map(|&i| index[i]).collect()))
+}
+
+/// Runs `nnmend repair`.
+pub fn repair(args: RepairArgs) -> Result<ExitCode> {
+    let mut inputs: Vec<&Path> = vec![&args.hybrid, &args.adv, &args.train];
+    inputs.extend(args.test.as_deref());
+    inputs.extend(args.adv_test.as_deref());
+    refuse_overwrite(&args.output, &inputs)?;
+    if let Some(dump) = &args.dump_lp {
+        refuse_overwrite(dump, &inputs)?;
+    }
+    let Mode::Paper = args.mode;
+    let hybrid = load_model(&args.hybrid)?;
+    let (adv, index) = adversarial_rows(&args.adv)?;
+    let clean = args.data_args.load(&args.train, Split::Train)?;
+    let engine = args.engine.engine()?;
+    let feed = args.data_args.feed(&args.engine);
+    let settings = HybridSettings {
+        select: args.select.map(|_| args.p),
+        class: ClassSettings {
+            repair_bias: args.repair_bias,
+            ..Default::default()
+        },
+        threads: feed.threads,
+    };
+    let done = repair_hybrid(&hybrid, &adv, &index, &clean, engine.as_ref(), &feed, &settings)
+        .with_context(|| format!("repairing {}", args.hybrid.display()))?;
+    save_model(&done.model, &args.output)?;
+    if let Some(dump) = &args.dump_lp {
+        let (x, r) = &done.instance;
+        let doc = json!({
+            "repair_bias": args.repair_bias,
+            "x": x.rows().into_iter().map(|row| row.to_vec()).collect::<Vec<_>>(),
+            "classes": r.columns().into_iter().map(|c| json!({"r": c.to_vec()})).collect::<Vec<_>>(),
+        });
+        nnmend::atomic::write_with(
+            dump,
+            |source| nnmend::Error::Write {
+                path: dump.clone(),
+                source,
+            },
+            |file| {
+                serde_json::to_writer(std::io::BufWriter::new(file), &doc).map_err(|e| nnmend::Error::Write {
+                    path: dump.clone(),
+                    source: std::io::Error::other(e),
+                })
+            },
+        )?;
+    }
+    let drawdown = match &args.test {
+        Some(path) => {
+            let test = args.data_args.load(path, Split::Test)?;
+            let (before, _) = evaluate(&hybrid, &test, engine.as_ref(), &feed)?;
+            let (after, _) = evaluate(&done.model, &test, engine.as_ref(), &feed)?;
+            Some((before.accuracy - after.accuracy, before.accuracy, after.accuracy))
+        }
+        None => None,
+    };
+    let generalisation = match &args.adv_test {
+        Some(path) => {
+            let (held_out, _) = adversarial_rows(path)?;
+            if held_out.is_empty() {
+                None
+            } else {
+                let (after, _) = evaluate(&done.model, &held_out, engine.as_ref(), &feed)?;
+                Some((after.accuracy, held_out.len()))
+            }
+        }
+        None => None,
+    };
+    let r = &done.repair;
+    if args.json {
+        print_json(&json!({
+            "status": r.status,
+            "objective": r.objective,
+            "seconds": r.seconds,
+            "lp": done.lp,
+            "change": {"l1": r.l1, "linf": r.linf},
+            "efficacy": done.efficacy,
+            "efficacy_before": done.efficacy_before,
+            "drawdown": drawdown.map(|d| d.0),
+            "accuracy": drawdown.map(|d| json!({"before": d.1, "after": d.2})),
+            "generalisation": generalisation.map(|g| g.0),
+            "held_out": generalisation.map(|g| g.1),
+            "samples": done.samples,
+            "features": {"changeable": done.changeable, "total": done.feature_dim},
+            "mode": "paper",
+            "classes": r.classes.iter().map(|c| json!({
+                "status": c.status, "objective": c.objective, "iterations": c.iterations,
+                "rounds": c.rounds, "columns": c.columns, "dual_violation": c.dual_violation,
+                "largest_slack": c.delta.iter().cloned().fold(0.0, f64::max), "seconds": c.seconds,
+            })).collect::<Vec<_>>(),
+            "engine": args.engine.describe(),
+            "output": args.output,
+        }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "{:?}: objective {:.6}, |ΔW|₁ {:.4}, |ΔW|∞ {:.4}, {} samples, efficacy {:.4} (was {:.4}), {:.1} s",
+            r.status, r.objective, r.l1, r.linf, done.samples, done.efficacy, done.efficacy_before, r.seconds
+        )?;
+        if let Some((dd, before, after)) = drawdown {
+            writeln!(out, "clean accuracy {before:.4} -> {after:.4} (drawdown {dd:.4})")?;
+        }
+        if let Some((g, n)) = generalisation {
+            writeln!(out, "held-out adversarials fixed: {g:.4} of {n}")?;
+        }
+        writeln!(out, "wrote {}", args.output.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,135 @@
+//! The linear head of a hybrid: reading its weights and bias, and writing repaired
+//! ones back in place, so the repaired model keeps every name and shape.
+
+use ndarray::{Array1, Array2};
+
+use crate::onnx::graph::{node_label, Index};
+use crate::onnx::surgery::{set_metadata, FEATURES};
+use crate::onnx::{tensor, ModelProto, OnnxError};
+
+/// The `Gemm(features, W, b, transB=1)` that ends a hybrid.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Name of the weight initializer.
+    pub weight_name: String,
+    /// Name of the bias initializer.
+    pub bias_name: String,
+    /// `[k, d]`.
+    pub weights: Array2<f32>,
+    /// `[k]`.
+    pub bias: Array1<f32>,
+}
+
+fn not_a_head(reason: impl Into<String>) -> OnnxError {
+    OnnxError::Graph(format!(
+        "no linear head to repair: {} (repair works on hybrids written by `nnmend fit`)",
+        reason.into()
+    ))
+}
+
+fn int_attr(node: &crate::onnx::proto::NodeProto, name: &str, default: i64) -> i64 {
+    node.attribute
+        .iter()
+        .find(|a| a.name() == name)
+        .and_then(|a| a.i)
+        .unwrap_or(default)
+}
+
+fn float_attr(node: &crate::onnx::proto::NodeProto, name: &str) -> f32 {
+    node.attribute
+        .iter()
+        .find(|a| a.name() == name)
+        .and_then(|a| a.f)
+        .unwrap_or(1.0)
+}
+
+/// Finds the hybrid's head: the Gemm that reads `features`.
+pub fn find(model: &ModelProto) -> Result<Head, OnnxError> {
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+    let index = Index::new(graph)?;
+    let gemm = graph
+        .node
+        .iter()
+        .find(|n| n.op_type() == "Gemm" && n.input.first().map(String::as_str) == Some(FEATURES))
+        .ok_or_else(|| not_a_head(format!("no Gemm reads '{FEATURES}'")))?;
+    let label = node_label(gemm);
+    if int_attr(gemm, "transA", 0) != 0 || int_attr(gemm, "transB", 0) != 1 {
+        return Err(not_a_head(format!(
+            "Gemm '{label}' is not x·Wᵀ + b (transA = 0, transB = 1)"
+        )));
+    }
+    if float_attr(gemm, "alpha") != 1.0 || float_attr(gemm, "beta") != 1.0 {
+        return Err(not_a_head(format!("Gemm '{label}' scales its terms (alpha/beta ≠ 1)")));
+    }
+    let (w_name, b_name) = match gemm.input.as_slice() {
+        [_, w, b] => (w.clone(), b.clone()),
+        _ => return Err(not_a_head(format!("Gemm '{label}' has no bias input"))),
+    };
+    let w = index
+        .initializer(&w_name)
+        .ok_or_else(|| not_a_head(format!("the weights '{w_name}' are not an initializer")))?;
+    let b = index
+        .initializer(&b_name)
+        .ok_or_else(|| not_a_head(format!("the bias '{b_name}' is not an initializer")))?;
+    let weights = tensor::to_f32(w)?
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|_| not_a_head(format!("the weights '{w_name}' are not a matrix")))?;
+    let bias = tensor::to_f32(b)?
+        .into_dimensionality::<ndarray::Ix1>()
+        .map_err(|_| not_a_head(format!("the bias '{b_name}' is not a vector")))?;
+    if bias.len() != weights.nrows() {
+        return Err(not_a_head(format!(
+            "{} bias values for {} classes",
+            bias.len(),
+            weights.nrows()
+        )));
+    }
+    Ok(Head {
+        weight_name: w_name,
+        bias_name: b_name,
+        weights,
+        bias,
+    })
+}
+
+/// A copy of `model` whose head holds `weights` and `bias`, with `provenance` in its
+/// `metadata_props`.
+pub fn replace(
+    model: &ModelProto,
+    head: &Head,
+    weights: &Array2<f32>,
+    bias: &Array1<f32>,
+    provenance: &[(&str, String)],
+) -> Result<ModelProto, OnnxError> {
+    if weights.dim() != head.weights.dim() || bias.len() != head.bias.len() {
+        return Err(OnnxError::Tensor {
+            name: head.weight_name.clone(),
+            reason: format!(
+                "repaired head {:?} does not match {:?}",
+                weights.dim(),
+                head.weights.dim()
+            ),
+        });
+    }
+    let mut out = model.clone();
+    let g = out
+        .graph
+        .as_mut()
+        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+    let (k, d) = weights.dim();
+    let w: Vec<f32> = weights.iter().copied().collect();
+    for t in g.initializer.iter_mut() {
+        if t.name() == head.weight_name {
+            *t = tensor::from_f32(&head.weight_name, &[k, d], &w);
+        } else if t.name() == head.bias_name {
+            *t = tensor::from_f32(&head.bias_name, &[k], &bias.to_vec());
+        }
+    }
+    for (key, value) in provenance {
+        set_metadata(&mut out, key, value);
+    }
+    Ok(out)
+}
