@@ -183,6 +183,7 @@ pub fn repair(args: RepairArgs) -> Result<ExitCode> {
             "generalisation": generalisation.map(|g| g.0),
             "held_out": generalisation.map(|g| g.1),
             "samples": done.samples,
+            "unfixed": done.unfixed,
             "features": {"changeable": done.changeable, "total": done.feature_dim},
             "mode": "paper",
             "classes": r.classes.iter().map(|c| json!({

@@ -194,6 +194,9 @@ pub struct HybridRepair {
     pub efficacy_before: f64,
     /// Share of repair samples classified correctly after it.
     pub efficacy: f64,
+    /// The repair samples still misclassified after it, by their `index` (their
+    /// image's position in the data the attack ran on).
+    pub unfixed: Vec<i64>,
     /// The LP's size.
     pub lp: LpSize,
     /// The LP's data for `--dump-lp`: the repair samples' changeable features
@@ -201,23 +204,28 @@ pub struct HybridRepair {
     pub instance: (Array2<f64>, Array2<f64>),
 }
 
-fn accuracy(scores: &Array2<f64>, labels: &[i64]) -> f64 {
-    if labels.is_empty() {
-        return 0.0;
-    }
-    let right = scores
+/// Whether each row's largest score is at its label (ties go to the lowest class, as
+/// in [`crate::features::argmax_rows`]).
+fn correct(scores: &Array2<f64>, labels: &[i64]) -> Vec<bool> {
+    scores
         .rows()
         .into_iter()
         .zip(labels)
-        .filter(|(row, &l)| {
+        .map(|(row, &l)| {
             let best = row.iter().enumerate().fold(
                 (0, f64::NEG_INFINITY),
                 |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
             );
             best.0 as i64 == l
         })
-        .count();
-    right as f64 / labels.len() as f64
+        .collect()
+}
+
+fn accuracy(scores: &Array2<f64>, labels: &[i64]) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    correct(scores, labels).iter().filter(|&&c| c).count() as f64 / labels.len() as f64
 }
 
 /// Repairs `hybrid` (written by `nnmend fit`) with the paper's formulation: the repair
@@ -337,6 +345,12 @@ pub fn repair_hybrid(
         feature_dim: d,
         efficacy_before: accuracy(&before, &adversarial.labels),
         efficacy: accuracy(&after, &adversarial.labels),
+        unfixed: correct(&after, &adversarial.labels)
+            .iter()
+            .zip(index)
+            .filter(|(&c, _)| !c)
+            .map(|(_, &i)| i)
+            .collect(),
         lp,
         instance: (used, residuals),
         repair,

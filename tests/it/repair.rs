@@ -313,6 +313,13 @@ fn repair_writes_a_drop_in_model_and_the_json_contract() {
     // it cannot fix with slack, so 100% is not promised) fixes most of them.
     assert_eq!(v["efficacy_before"], 0.0, "{v}");
     assert!(v["efficacy"].as_f64().unwrap() >= 0.8, "{v}");
+    // The samples it could not fix are listed, and account for the rest.
+    let unfixed = v["unfixed"].as_array().unwrap().len() as f64;
+    let samples = v["samples"].as_f64().unwrap();
+    assert!(
+        (1.0 - unfixed / samples - v["efficacy"].as_f64().unwrap()).abs() < 1e-12,
+        "{v}"
+    );
     assert!(v["drawdown"].is_number() && v["generalisation"].is_number());
     // The same instance, solved by HiGHS.
     let mut cmd = python("lp_reference.py");
