@@ -117,12 +117,16 @@ struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// Worker threads: `--threads`, or one per core.
+    fn workers(&self) -> usize {
+        self.threads.map_or_else(|| Feed::default().threads, |t| t as usize)
+    }
+
     fn engine(&self) -> Result<Box<dyn Engine>> {
-        let workers = self.threads.map_or_else(|| Feed::default().threads, |t| t as usize);
         Ok(engine::engine_with(
             self.backend,
             engine::EngineOptions {
-                workers,
+                workers: self.workers(),
                 intra_threads: self.intra_threads as usize,
                 device: self.device,
             },
@@ -163,7 +167,7 @@ impl DataArgs {
             mean: self.mean.clone(),
             std: self.std.clone(),
             progress: std::io::stderr().is_terminal(),
-            threads: engine.threads.map_or_else(|| Feed::default().threads, |t| t as usize),
+            threads: engine.workers(),
         }
     }
 }
