@@ -119,6 +119,34 @@ pub(crate) fn inputs_of(model: &ModelProto, engine: &'static str) -> Result<Inpu
     Ok(Inputs { model, names, samples })
 }
 
+/// Checks a batch against a model's inputs (count, shared batch size, sample shapes)
+/// and returns the batch size.
+pub(crate) fn check_batch(
+    names: &[String],
+    samples: &[Vec<usize>],
+    inputs: &[ArrayViewD<f32>],
+) -> Result<usize, EngineError> {
+    let batch = inputs.first().and_then(|x| x.shape().first().copied()).unwrap_or(0);
+    if inputs.len() != samples.len() {
+        return Err(EngineError::Input {
+            name: names.join(", "),
+            reason: format!("the model takes {} inputs, got {}", samples.len(), inputs.len()),
+        });
+    }
+    for ((x, sample), name) in inputs.iter().zip(samples).zip(names) {
+        if x.shape().first() != Some(&batch) || x.shape().get(1..) != Some(sample.as_slice()) {
+            return Err(EngineError::Input {
+                name: name.clone(),
+                reason: format!(
+                    "got a batch of shape {:?}, the model takes [{batch}, {sample:?}]",
+                    x.shape()
+                ),
+            });
+        }
+    }
+    Ok(batch)
+}
+
 /// A model prepared for repeated batched runs.
 pub trait Session: Send + Sync {
     /// Runs one batch of every data input, in the model's input order, and returns

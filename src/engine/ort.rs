@@ -229,32 +229,14 @@ impl Ort {
 
 impl Session for OrtSession {
     fn run_many(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, EngineError> {
-        let batch = inputs.first().and_then(|x| x.shape().first().copied()).unwrap_or(0);
+        let batch = super::check_batch(&self.names, &self.samples, inputs)?;
         let name = self.name;
         let run_err = |e: &dyn std::fmt::Display| EngineError::Run {
             engine: name,
             batch,
             reason: e.to_string(),
         };
-        if inputs.len() != self.samples.len() {
-            return Err(EngineError::Input {
-                name: self.names.join(", "),
-                reason: format!("the model takes {} inputs, got {}", self.samples.len(), inputs.len()),
-            });
-        }
-        let mut owned = Vec::with_capacity(inputs.len());
-        for ((x, sample), input) in inputs.iter().zip(&self.samples).zip(&self.names) {
-            if x.shape().first() != Some(&batch) || x.shape().get(1..) != Some(sample.as_slice()) {
-                return Err(EngineError::Input {
-                    name: input.clone(),
-                    reason: format!(
-                        "got a batch of shape {:?}, the model takes [{batch}, {sample:?}]",
-                        x.shape()
-                    ),
-                });
-            }
-            owned.push(x.as_standard_layout());
-        }
+        let owned: Vec<_> = inputs.iter().map(|x| x.as_standard_layout()).collect();
         let mut values = Vec::with_capacity(owned.len());
         for x in &owned {
             let t = ort::value::TensorRef::from_array_view(x.view()).map_err(|e| run_err(&e))?;

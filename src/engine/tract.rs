@@ -77,32 +77,13 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 
 impl Session for TractSession {
     fn run_many(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, EngineError> {
-        let batch = inputs.first().and_then(|x| x.shape().first().copied()).unwrap_or(0);
+        let batch = super::check_batch(&self.names, &self.samples, inputs)?;
         let run_err = |e: anyhow::Error| EngineError::Run {
             engine: NAME,
             batch,
             reason: format!("{e:#}"),
         };
-        if inputs.len() != self.samples.len() {
-            return Err(EngineError::Input {
-                name: self.names.join(", "),
-                reason: format!("the model takes {} inputs, got {}", self.samples.len(), inputs.len()),
-            });
-        }
-        let mut feed = TVec::with_capacity(inputs.len());
-        for ((x, sample), name) in inputs.iter().zip(&self.samples).zip(&self.names) {
-            if x.shape().first() != Some(&batch) || x.shape().get(1..) != Some(sample.as_slice()) {
-                return Err(EngineError::Input {
-                    name: name.clone(),
-                    reason: format!(
-                        "got a batch of shape {:?}, the model takes [{batch}, {sample:?}]",
-                        x.shape()
-                    ),
-                });
-            }
-            let tensor: Tensor = x.to_owned().into();
-            feed.push(tensor.into());
-        }
+        let feed: TVec<TValue> = inputs.iter().map(|x| Tensor::from(x.to_owned()).into()).collect();
         // tract asserts on some valid but unusual graphs (negative Pad widths, for
         // one); a panic there must reach the user as an error, not abort the run.
         let plan = &self.plan;
