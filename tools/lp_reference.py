@@ -8,7 +8,9 @@ Run from the project root:
 
 INSTANCE.json holds `x` (S rows of d features), `r` (S residuals) and `repair_bias`;
 or, as `nnmend repair --dump-lp` writes it, `classes` (a list of {`r`}) in place of
-`r`, one program per class, whose objectives add up.
+`r`, one program per class, whose objectives add up. A margin-mode dump (`"mode":
+"margin"`, with `x`, `scores`, `labels`, `margin`, `price`) is solved as the margin
+program, every constraint written out (see `solve_margin`).
 The program, for one class:
     minimise  sum_j |gamma_j| + sum_s delta_s
     subject to  -delta_s <= x_s . gamma (+ beta) - r_s <= delta_s,  delta >= 0
@@ -32,6 +34,10 @@ def main(argv):
         return 2
     with open(argv[0]) as f:
         inst = json.load(f)
+    if inst.get("mode") == "margin":
+        fun, took, message = solve_margin(inst)
+        print(json.dumps({"objective": fun, "status": message, "seconds": took}))
+        return 0 if fun is not None else 1
     x = np.asarray(inst["x"], dtype=np.float64)
     bias = bool(inst.get("repair_bias", False))
     residuals = [c["r"] for c in inst["classes"]] if "classes" in inst else [inst["r"]]
@@ -62,6 +68,44 @@ def solve(x, r, bias):
     res = linprog(c, A_ub=a, b_ub=b, bounds=(0, None), method="highs")
     seconds = time.perf_counter() - t0
     return (float(res.fun) if res.success else None), seconds, res.message
+
+
+def solve_margin(inst):
+    """The margin program, with every constraint (no generation):
+        minimise  sum |gamma| + sum_s price_s xi_s
+        subject to  (gamma_t - gamma_k) . x_s + xi_s >= margin_s - (z_st - z_sk)  for k != t_s
+    over gamma [K, d] (free, as gamma+ - gamma-) and xi >= 0."""
+    x = np.asarray(inst["x"], dtype=np.float64)
+    z = np.asarray(inst["scores"], dtype=np.float64)
+    labels = np.asarray(inst["labels"], dtype=np.int64)
+    margin = np.asarray(inst["margin"], dtype=np.float64)
+    price = np.asarray(inst["price"], dtype=np.float64)
+    n, d = x.shape
+    k = z.shape[1]
+    rows, cols, vals, b = [], [], [], []
+    r = 0
+    for s in range(n):
+        t = labels[s]
+        for c in range(k):
+            if c == t:
+                continue
+            # -(gamma_t - gamma_c) . x_s - xi_s <= -(need)
+            for j in np.nonzero(x[s])[0]:
+                for block, sign in ((t, -1.0), (c, 1.0)):
+                    rows += [r, r]
+                    cols += [block * d + j, k * d + block * d + j]
+                    vals += [sign * x[s, j], -sign * x[s, j]]
+            rows.append(r)
+            cols.append(2 * k * d + s)
+            vals.append(-1.0)
+            b.append(-(margin[s] - (z[s, t] - z[s, c])))
+            r += 1
+    a = csr_matrix((vals, (rows, cols)), shape=(r, 2 * k * d + n))
+    c = np.concatenate([np.ones(2 * k * d), price])
+    t0 = time.perf_counter()
+    res = linprog(c, A_ub=a, b_ub=np.asarray(b), bounds=(0, None), method="highs")
+    took = time.perf_counter() - t0
+    return (float(res.fun) if res.success else None), took, res.message
 
 
 if __name__ == "__main__":

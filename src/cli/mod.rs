@@ -10,6 +10,7 @@ mod features;
 mod fit;
 mod grad;
 mod inspect;
+mod lp;
 mod repair;
 
 use std::io::{IsTerminal, Write};
@@ -55,6 +56,8 @@ enum Command {
     Grad(grad::GradArgs),
     /// Repair a hybrid's head with its adversarial examples and write the repaired model.
     Repair(repair::RepairArgs),
+    /// Solve a repair LP written by `repair --dump-lp` and report its optimum and time.
+    Lp(lp::LpArgs),
 }
 
 /// Runs the parsed command line.
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Attack(a) => attack::attack(a),
         Command::Grad(a) => grad::grad(a),
         Command::Repair(a) => repair::repair(a),
+        Command::Lp(a) => lp::lp(a),
     }
 }
 

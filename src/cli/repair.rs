@@ -13,7 +13,7 @@ use serde_json::json;
 
 use nnmend::data::{self, Dataset, Split};
 use nnmend::hybrid::evaluate;
-use nnmend::repair::{repair_hybrid, ClassSettings, HybridSettings};
+use nnmend::repair::{repair_hybrid, ClassSettings, HybridSettings, Instance, MarginOptions};
 
 use super::{load_model, print_json, refuse_overwrite, save_model, DataArgs, EngineArgs};
 
@@ -22,6 +22,9 @@ use super::{load_model, print_json, refuse_overwrite, save_model, DataArgs, Engi
 enum Mode {
     /// The seed paper's: adversarial decision values pulled back to the clean ones.
     Paper,
+    /// Every repair sample classified right with `--margin`, while a preservation
+    /// set of clean training images stays right (classes coupled).
+    Margin,
 }
 
 /// Feature selection.
@@ -30,6 +33,15 @@ enum Select {
     /// Only features whose clean and adversarial values differ by a Wilcoxon
     /// signed-rank test (p below `--p`) change.
     Wilcoxon,
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a finite number ≥ 0"))
+    }
 }
 
 /// Arguments of `nnmend repair`.
@@ -49,6 +61,23 @@ pub struct RepairArgs {
     /// The formulation.
     #[arg(long, value_enum, default_value_t = Mode::Paper)]
     mode: Mode,
+    /// Use only the first N repair samples (successful rows of `--adv`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    samples: Option<u64>,
+    /// Margin mode: the margin (score of the label minus the best other) wanted for
+    /// every repair sample.
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
+    margin: f64,
+    /// Margin mode: price of a unit of a repair sample's shortfall.
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
+    slack_price: f64,
+    /// Margin mode: price of a unit of a preservation sample's loss of margin.
+    #[arg(long, default_value_t = 10.0, value_parser = non_negative, allow_negative_numbers = true)]
+    keep_price: f64,
+    /// Margin mode: N images of `--train`, evenly spaced through it, join the
+    /// preservation set (with the repair samples' clean originals).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    preserve: usize,
     /// Restrict the change to the features an attack moves.
     #[arg(long, value_enum)]
     select: Option<Select>,
@@ -109,13 +138,27 @@ pub fn repair(args: RepairArgs) -> Result<ExitCode> {
     if let Some(dump) = &args.dump_lp {
         refuse_overwrite(dump, &inputs)?;
     }
-    let Mode::Paper = args.mode;
     let hybrid = load_model(&args.hybrid)?;
-    let (adv, index) = adversarial_rows(&args.adv)?;
+    let (mut adv, mut index) = adversarial_rows(&args.adv)?;
+    if let Some(n) = args.samples {
+        let n = usize::try_from(n).unwrap_or(usize::MAX).min(adv.len());
+        let first: Vec<usize> = (0..n).collect();
+        adv = adv
+            .select(&first)
+            .with_context(|| format!("{}: rows out of range", args.adv.display()))?;
+        index.truncate(n);
+    }
     let clean = args.data_args.load(&args.train, Split::Train)?;
     let engine = args.engine.engine()?;
     let feed = args.data_args.feed(&args.engine);
     let settings = HybridSettings {
+        margin: matches!(args.mode, Mode::Margin).then_some(MarginOptions {
+            margin: args.margin,
+            slack_price: args.slack_price,
+            keep_price: args.keep_price,
+            ..Default::default()
+        }),
+        preserve: args.preserve,
         select: args.select.map(|_| args.p),
         class: ClassSettings {
             repair_bias: args.repair_bias,
@@ -127,12 +170,30 @@ pub fn repair(args: RepairArgs) -> Result<ExitCode> {
         .with_context(|| format!("repairing {}", args.hybrid.display()))?;
     save_model(&done.model, &args.output)?;
     if let Some(dump) = &args.dump_lp {
-        let (x, r) = &done.instance;
-        let doc = json!({
-            "repair_bias": args.repair_bias,
-            "x": x.rows().into_iter().map(|row| row.to_vec()).collect::<Vec<_>>(),
-            "classes": r.columns().into_iter().map(|c| json!({"r": c.to_vec()})).collect::<Vec<_>>(),
-        });
+        let rows = |x: &ndarray::Array2<f64>| x.rows().into_iter().map(|row| row.to_vec()).collect::<Vec<_>>();
+        let doc = match &done.instance {
+            Instance::Paper { x, residuals } => json!({
+                "mode": "paper",
+                "repair_bias": args.repair_bias,
+                "x": rows(x),
+                "classes": residuals.columns().into_iter().map(|c| json!({"r": c.to_vec()})).collect::<Vec<_>>(),
+            }),
+            Instance::Margin {
+                x,
+                scores,
+                labels,
+                margin,
+                price,
+            } => json!({
+                "mode": "margin",
+                "repair_bias": args.repair_bias,
+                "x": rows(x),
+                "scores": rows(scores),
+                "labels": labels,
+                "margin": margin,
+                "price": price,
+            }),
+        };
         nnmend::atomic::write_with(
             dump,
             |source| nnmend::Error::Write {
@@ -185,10 +246,17 @@ pub fn repair(args: RepairArgs) -> Result<ExitCode> {
             "samples": done.samples,
             "unfixed": done.unfixed,
             "features": {"changeable": done.changeable, "total": done.feature_dim},
-            "mode": "paper",
+            "mode": if r.margin.is_some() { "margin" } else { "paper" },
+            "margin": r.margin.as_ref().map(|m| json!({
+                "margin": args.margin, "slack_price": args.slack_price, "keep_price": args.keep_price,
+                "preserve": args.preserve, "iterations": m.iterations, "rounds": m.rounds,
+                "active_constraints": m.active, "gap": m.gap,
+                "short_repair_samples": m.xi.iter().take(done.samples).filter(|v| **v > 1e-6).count(),
+                "short_preservation_samples": m.xi.iter().skip(done.samples).filter(|v| **v > 1e-6).count(),
+            })),
             "classes": r.classes.iter().map(|c| json!({
                 "status": c.status, "objective": c.objective, "iterations": c.iterations,
-                "rounds": c.rounds, "columns": c.columns, "dual_violation": c.dual_violation,
+                "rounds": c.rounds, "columns": c.columns, "dual_violation": c.dual_violation, "gap": c.gap,
                 "largest_slack": c.delta.iter().cloned().fold(0.0, f64::max), "seconds": c.seconds,
             })).collect::<Vec<_>>(),
             "engine": args.engine.describe(),

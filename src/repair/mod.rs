@@ -7,6 +7,7 @@
 //! separable by class and solved class by class with clarabel.
 
 pub mod head;
+pub mod margin;
 pub mod paper;
 pub mod wilcoxon;
 
@@ -26,8 +27,10 @@ pub struct Repair {
     /// The repaired bias `[k]`.
     #[serde(skip)]
     pub bias: Array1<f32>,
-    /// One solution per class.
+    /// One solution per class (paper mode).
     pub classes: Vec<ClassSolution>,
+    /// The coupled solution (margin mode).
+    pub margin: Option<margin::MarginSolution>,
     /// The total objective, Σ over classes.
     pub objective: f64,
     /// The worst status over the classes.
@@ -92,27 +95,7 @@ pub fn paper(
     } else {
         x
     };
-    let workers = threads.clamp(1, k.max(1));
-    let mut classes: Vec<Option<ClassSolution>> = vec![None; k];
-    std::thread::scope(|scope| {
-        let chunks: Vec<_> = classes.chunks_mut(k.div_ceil(workers).max(1)).collect();
-        let mut first = 0;
-        for chunk in chunks {
-            let (x, residuals) = (&x, &residuals);
-            let start = first;
-            first += chunk.len();
-            scope.spawn(move || {
-                for (offset, slot) in chunk.iter_mut().enumerate() {
-                    let r = residuals.index_axis(Axis(1), start + offset);
-                    *slot = Some(paper::solve_class(x.view(), r, settings));
-                }
-            });
-        }
-    });
-    let classes: Vec<ClassSolution> = classes.into_iter().flatten().collect();
-    if classes.len() != k {
-        return Err(Error::Mismatch("a class's repair did not finish".into()));
-    }
+    let classes = solve_classes(x.view(), residuals.view(), settings, threads)?;
     let mut new_w = weights.to_owned();
     let mut new_b = bias.to_owned();
     let (mut l1, mut linf) = (0.0f64, 0.0f64);
@@ -148,11 +131,62 @@ pub fn paper(
         bias: new_b,
         objective: classes.iter().map(|c| c.objective).sum(),
         classes,
+        margin: None,
         status,
         l1,
         linf,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Solves the paper's program for every class: `x` `[S, d]` the repair samples'
+/// (changeable) features, `residuals` `[S, k]`. The classes are independent and run on
+/// `threads` threads.
+pub fn solve_classes(
+    x: ArrayView2<f64>,
+    residuals: ArrayView2<f64>,
+    settings: &ClassSettings,
+    threads: usize,
+) -> Result<Vec<ClassSolution>> {
+    let k = residuals.ncols();
+    if residuals.nrows() != x.nrows() {
+        return Err(Error::Mismatch(format!(
+            "{} repair samples but {} rows of residuals",
+            x.nrows(),
+            residuals.nrows()
+        )));
+    }
+    let workers = threads.clamp(1, k.max(1));
+    // The cores left over by the class workers go to each solve's factorisation.
+    let mut settings = *settings;
+    if settings.solver_threads == 0 {
+        settings.solver_threads = u32::try_from((threads / workers).max(1)).unwrap_or(1);
+    }
+    let settings = &settings;
+    let mut classes: Vec<Option<ClassSolution>> = vec![None; k];
+    // Classes are handed out one at a time, so a slow class does not hold up a
+    // whole chunk.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<&mut Option<ClassSolution>>> =
+        classes.iter_mut().map(std::sync::Mutex::new).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(slot) = slots.get(i) else { break };
+                let solution = paper::solve_class(x, residuals.index_axis(Axis(1), i), settings);
+                if let Ok(mut slot) = slot.lock() {
+                    **slot = Some(solution);
+                }
+            });
+        }
+    });
+    drop(slots);
+    let classes: Vec<ClassSolution> = classes.into_iter().flatten().collect();
+    if classes.len() != k {
+        return Err(Error::Mismatch("a class's repair did not finish".into()));
+    }
+    Ok(classes)
 }
 
 /// The size of the whole LP (all classes), as a solver would see it.
@@ -166,15 +200,45 @@ pub struct LpSize {
     pub nonzeros: usize,
 }
 
+/// The margin formulation's parameters ([`margin`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MarginOptions {
+    /// The margin every repair sample should be classified with.
+    pub margin: f64,
+    /// Price of a unit of slack of a repair sample.
+    pub slack_price: f64,
+    /// Price of a unit of slack of a preservation sample (higher: keeping clean
+    /// samples right comes first).
+    pub keep_price: f64,
+    /// The solve.
+    pub solve: margin::MarginSettings,
+}
+
+impl Default for MarginOptions {
+    fn default() -> Self {
+        Self {
+            margin: 1.0,
+            slack_price: 1.0,
+            keep_price: 10.0,
+            solve: margin::MarginSettings::default(),
+        }
+    }
+}
+
 /// What [`repair_hybrid`] needs besides the model and the data.
 #[derive(Debug, Clone)]
 pub struct HybridSettings {
+    /// The margin formulation with these parameters; the paper's without.
+    pub margin: Option<MarginOptions>,
     /// Wilcoxon selection: only features with p below this change.
     pub select: Option<f64>,
     /// The per-class solve.
     pub class: ClassSettings,
     /// Threads for the classes.
     pub threads: usize,
+    /// Margin mode: this many training images, evenly spaced through the data, join
+    /// the preservation set (with the repair samples' clean originals).
+    pub preserve: usize,
 }
 
 /// A repaired hybrid and the figures of its repair.
@@ -199,9 +263,36 @@ pub struct HybridRepair {
     pub unfixed: Vec<i64>,
     /// The LP's size.
     pub lp: LpSize,
-    /// The LP's data for `--dump-lp`: the repair samples' changeable features
-    /// `[S, d']` and the residuals `[S, k]`.
-    pub instance: (Array2<f64>, Array2<f64>),
+    /// The LP's data for `--dump-lp`.
+    pub instance: Instance,
+}
+
+/// A repair LP's data, as `--dump-lp` writes it.
+#[derive(Debug, Clone)]
+pub enum Instance {
+    /// The paper's: the repair samples' changeable features `[S, d']` and the
+    /// residuals `[S, k]`.
+    Paper {
+        /// `[S, d']`.
+        x: Array2<f64>,
+        /// `[S, k]`.
+        residuals: Array2<f64>,
+    },
+    /// The margin program: changeable features `[N, d']` (a last column of ones when
+    /// the bias changes), current scores `[N, k]`, labels, wanted margins and slack
+    /// prices, repair samples first.
+    Margin {
+        /// `[N, d']`.
+        x: Array2<f64>,
+        /// `[N, k]`.
+        scores: Array2<f64>,
+        /// `[N]`.
+        labels: Vec<usize>,
+        /// Wanted margin per sample.
+        margin: Vec<f64>,
+        /// Slack price per sample.
+        price: Vec<f64>,
+    },
 }
 
 /// Whether each row's largest score is at its label (ties go to the lowest class, as
@@ -296,38 +387,133 @@ pub fn repair_hybrid(
     let allowed = settings
         .select
         .map(|p| wilcoxon::select(clean64.view(), adv64.view(), p));
-    let repair = paper(
-        head.weights.view(),
-        head.bias.view(),
-        f_adv.view(),
-        targets.mapv(|v| v as f32).view(),
-        allowed.as_deref(),
-        &settings.class,
-        settings.threads,
-    )?;
-    let before = adv64.dot(&w.t()) + &b;
-    let after = adv64.dot(&repair.weights.mapv(f64::from).t()) + &repair.bias.mapv(f64::from);
     let changeable = allowed.as_ref().map_or(d, Vec::len);
     let s = adversarial.len();
-    let nnz_per_class = {
-        let cols: Vec<usize> = allowed.clone().unwrap_or_else(|| (0..d).collect());
+    let cols: Vec<usize> = allowed.clone().unwrap_or_else(|| (0..d).collect());
+    let nnz_of = |f: &Array2<f64>| {
         cols.iter()
-            .map(|&j| adv64.column(j).iter().filter(|v| **v != 0.0).count())
+            .map(|&j| f.column(j).iter().filter(|v| **v != 0.0).count())
             .sum::<usize>()
     };
     let bias = usize::from(settings.class.repair_bias);
-    let lp = LpSize {
-        variables: k * (2 * changeable + s + 2 * bias),
-        constraints: k * 2 * s,
-        nonzeros: k * (4 * nnz_per_class + 2 * s + 4 * s * bias),
-    };
-    let residuals = targets - &before;
-    let used = match &allowed {
-        Some(cols) => adv64.select(Axis(1), cols),
-        None => adv64,
-    };
+    let before = adv64.dot(&w.t()) + &b;
+    let (repair, lp, instance) =
+        match &settings.margin {
+            None => {
+                let repair = paper(
+                    head.weights.view(),
+                    head.bias.view(),
+                    f_adv.view(),
+                    targets.mapv(|v| v as f32).view(),
+                    allowed.as_deref(),
+                    &settings.class,
+                    settings.threads,
+                )?;
+                let nnz_per_class = nnz_of(&adv64);
+                let lp = LpSize {
+                    variables: k * (2 * changeable + s + 2 * bias),
+                    constraints: k * 2 * s,
+                    nonzeros: k * (4 * nnz_per_class + 2 * s + 4 * s * bias),
+                };
+                let residuals = &targets - &before;
+                let used = adv64.select(Axis(1), &cols);
+                (repair, lp, Instance::Paper { x: used, residuals })
+            }
+            Some(options) => {
+                // The preservation set: the repair samples' clean originals, then
+                // `preserve` images evenly spaced through the training data (image
+                // folders are sorted by class, so the first N would be one class).
+                let count = settings.preserve.min(clean.len());
+                let keep_rows: Vec<usize> = (0..count).map(|i| i * clean.len() / count.max(1)).collect();
+                let kept = clean
+                    .select(&keep_rows)
+                    .ok_or_else(|| Error::Mismatch("a preservation index is out of range".into()))?;
+                let f_kept = crate::features::collect(session.as_ref(), &kept, feed, 0, "features")?.mapv(f64::from);
+                let mut x_all = ndarray::concatenate(Axis(0), &[adv64.view(), clean64.view(), f_kept.view()])
+                    .map_err(|e| Error::Mismatch(format!("stacking the repair and preservation samples: {e}")))?;
+                let scores = x_all.dot(&w.t()) + &b;
+                let mut labels: Vec<usize> = Vec::with_capacity(x_all.nrows());
+                for &l in adversarial.labels.iter().chain(&originals.labels).chain(&kept.labels) {
+                    labels.push(usize::try_from(l).ok().filter(|&l| l < k).ok_or_else(|| {
+                        Error::Mismatch(format!("label {l} is out of range for a head of {k} classes"))
+                    })?);
+                }
+                let n_keep = x_all.nrows() - s;
+                let keep: Vec<bool> = (0..x_all.nrows()).map(|i| i >= s).collect();
+                let wanted = margin::wanted_margins(scores.view(), &labels, &keep, options.margin);
+                let price: Vec<f64> = keep
+                    .iter()
+                    .map(|&kept| if kept { options.keep_price } else { options.slack_price })
+                    .collect();
+                if allowed.is_some() {
+                    x_all = x_all.select(Axis(1), &cols);
+                }
+                if settings.class.repair_bias {
+                    x_all
+                        .push_column(Array1::ones(x_all.nrows()).view())
+                        .map_err(|e| Error::Mismatch(format!("adding the bias column: {e}")))?;
+                }
+                let problem = margin::MarginProblem {
+                    x: x_all.view(),
+                    scores: scores.view(),
+                    labels: &labels,
+                    margin: &wanted,
+                    price: &price,
+                };
+                let mut solve = options.solve;
+                if solve.solver_threads == 0 {
+                    solve.solver_threads = u32::try_from(settings.threads.max(1)).unwrap_or(1);
+                }
+                let solution = margin::solve(&problem, &solve);
+                let mut new_w = head.weights.to_owned();
+                let mut new_b = head.bias.to_owned();
+                let (mut l1, mut linf) = (0.0f64, 0.0f64);
+                for c in 0..k {
+                    for (i, &j) in cols.iter().enumerate() {
+                        let g = solution.gamma[[c, i]];
+                        new_w[[c, j]] += g as f32;
+                        l1 += g.abs();
+                        linf = linf.max(g.abs());
+                    }
+                    if settings.class.repair_bias {
+                        let g = solution.gamma[[c, cols.len()]];
+                        new_b[c] += g as f32;
+                        l1 += g.abs();
+                        linf = linf.max(g.abs());
+                    }
+                }
+                let n = s + n_keep;
+                let nnz = x_all.iter().filter(|v| **v != 0.0).count();
+                let lp = LpSize {
+                    variables: 2 * k * (changeable + bias) + n,
+                    constraints: n * (k - 1),
+                    nonzeros: 2 * nnz * (k - 1) + n * (k - 1),
+                };
+                let repair = Repair {
+                    weights: new_w,
+                    bias: new_b,
+                    classes: Vec::new(),
+                    objective: solution.objective,
+                    status: solution.status,
+                    l1,
+                    linf,
+                    seconds: solution.seconds,
+                    margin: Some(solution),
+                };
+                let instance = Instance::Margin {
+                    x: x_all,
+                    scores,
+                    labels,
+                    margin: wanted,
+                    price,
+                };
+                (repair, lp, instance)
+            }
+        };
+    let after = adv64.dot(&repair.weights.mapv(f64::from).t()) + &repair.bias.mapv(f64::from);
+    let mode = if settings.margin.is_some() { "margin" } else { "paper" };
     let provenance = [
-        ("nnmend.repair.mode", "paper".to_string()),
+        ("nnmend.repair.mode", mode.to_string()),
         ("nnmend.repair.samples", s.to_string()),
         ("nnmend.repair.objective", format!("{}", repair.objective)),
         ("nnmend.repair.status", format!("{:?}", repair.status).to_lowercase()),
@@ -352,7 +538,7 @@ pub fn repair_hybrid(
             .map(|(_, &i)| i)
             .collect(),
         lp,
-        instance: (used, residuals),
+        instance,
         repair,
     })
 }

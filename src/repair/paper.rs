@@ -28,7 +28,8 @@ use std::time::Instant;
 
 use clarabel::algebra::CscMatrix;
 use clarabel::solver::{
-    DefaultSettingsBuilder, DefaultSolver, IPSolver, SolverStatus, SupportedConeT::NonnegativeConeT,
+    DefaultSettingsBuilder, DefaultSolver, IPSolver, SolverStatus,
+    SupportedConeT::{NonnegativeConeT, SecondOrderConeT, ZeroConeT},
 };
 use ndarray::{ArrayView1, ArrayView2};
 
@@ -39,10 +40,20 @@ pub struct ClassSettings {
     pub repair_bias: bool,
     /// Dual feasibility tolerance of the pricing: |X_jᵀ π| ≤ 1 + tol.
     pub price_tol: f64,
-    /// Columns added per round, at most.
+    /// Columns added per round, at most (at least S are added each round).
     pub batch: usize,
-    /// Rounds of column generation before the full problem is solved instead.
+    /// Rounds of column generation before the full problem is solved instead; 0
+    /// solves the full problem at once.
     pub max_rounds: usize,
+    /// Column generation is tried only with at least this many features per sample
+    /// (d ≥ ratio · S); below it the full problem is solved at once, which measured
+    /// faster (BENCHMARKS.md). Generation also gives way to the full problem when a
+    /// round prices out more than S/2 columns, or would take in more than d/2.
+    pub generation_ratio: usize,
+    /// Let column generation give way to the full problem (see `generation_ratio`).
+    pub give_way: bool,
+    /// clarabel's threads per class (0: its default, all cores).
+    pub solver_threads: u32,
 }
 
 impl Default for ClassSettings {
@@ -52,6 +63,9 @@ impl Default for ClassSettings {
             price_tol: 1e-7,
             batch: 64,
             max_rounds: 60,
+            generation_ratio: 8,
+            give_way: true,
+            solver_threads: 0,
         }
     }
 }
@@ -92,12 +106,15 @@ pub struct ClassSolution {
     pub columns: usize,
     /// max_j (|X_jᵀ π| − 1): ≤ 0 (within tolerance) certifies optimality.
     pub dual_violation: f64,
+    /// The certified relative duality gap for the full problem (see
+    /// [`certified_gap`]): the objective is within this fraction of the optimum.
+    pub gap: f64,
     /// Seconds in all.
     pub seconds: f64,
 }
 
-/// The restricted LP over the features `cols`: solves it and returns (γ on `cols`, β,
-/// δ, π, status, iterations).
+/// The restricted LP over the features `cols`, solved in its dual form: returns (γ on
+/// `cols`, β, δ, π, status, iterations).
 struct Restricted {
     gamma: Vec<f64>,
     beta: f64,
@@ -107,65 +124,65 @@ struct Restricted {
     iterations: u32,
 }
 
-fn solve_restricted(x: ArrayView2<f64>, r: ArrayView1<f64>, cols: &[usize], bias: bool) -> Restricted {
+/// Solves the restricted program through its dual,
+///
+/// ```text
+/// minimise −r·π  subject to  (1, X_jᵀπ) ∈ SOC₂ for j ∈ F  (i.e. |X_jᵀπ| ≤ 1),
+///                            π ≤ 1,  −π ≤ 1,  (1ᵀπ = 0 with β)
+/// ```
+///
+/// which has S unknowns in place of 2|F| + S, and one dense row per feature. Measured
+/// before choosing (BENCHMARKS.md): the dual is several times faster than the primal
+/// with clarabel, and writing |X_jᵀπ| ≤ 1 as a two-dimensional second-order cone
+/// (one dense row) in place of two inequalities (two dense rows) halves the work of
+/// each factorisation again. clarabel's multipliers of the rows are the primal: the
+/// cone's second multiplier is γ_j, the sample rows' z₃ − z₄ is the residual r − Xγ − β,
+/// and the multiplier of 1ᵀπ = 0 is β.
+fn solve_restricted(x: ArrayView2<f64>, r: ArrayView1<f64>, cols: &[usize], bias: bool, threads: u32) -> Restricted {
     let s = x.nrows();
     let f = cols.len();
-    let nb = if bias { 2 } else { 0 };
-    // Variables: γ⁺ (f), γ⁻ (f), β⁺, β⁻ (nb), δ (s); all ≥ 0.
-    let n = 2 * f + nb + s;
-    // Rows: s of  Xγ + β − δ ≤ r,  s of  −Xγ − β − δ ≤ −r,  n of  −v ≤ 0.
-    let m = 2 * s + n;
-    let mut colptr = Vec::with_capacity(n + 1);
-    let mut rowval = Vec::new();
-    let mut nzval = Vec::new();
+    let nb = usize::from(bias);
+    // Rows: (0, X_jᵀ) per feature in F, s of π ≤ 1, s of −π ≤ 1, then 1ᵀπ = 0.
+    let m = 2 * f + 2 * s + nb;
+    let mut colptr = Vec::with_capacity(s + 1);
+    let mut rowval = Vec::with_capacity(f * s + 3 * s);
+    let mut nzval = Vec::with_capacity(f * s + 3 * s);
     colptr.push(0);
-    let mut push_column = |entries: &mut dyn Iterator<Item = (usize, f64)>, own: usize| {
-        for (row, v) in entries {
+    for i in 0..s {
+        let row = x.row(i);
+        for (c, &j) in cols.iter().enumerate() {
+            let v = row[j];
             if v != 0.0 {
-                rowval.push(row);
+                rowval.push(2 * c + 1);
                 nzval.push(v);
             }
         }
-        rowval.push(2 * s + own);
-        nzval.push(-1.0);
+        rowval.extend([2 * f + i, 2 * f + s + i]);
+        nzval.extend([1.0, -1.0]);
+        if bias {
+            rowval.push(2 * f + 2 * s);
+            nzval.push(1.0);
+        }
         colptr.push(rowval.len());
-    };
-    for (k, sign) in [(0usize, 1.0f64), (1, -1.0)] {
-        for (c, &j) in cols.iter().enumerate() {
-            let column = x.column(j);
-            let mut it = (0..s)
-                .map(|i| (i, sign * column[i]))
-                .chain((0..s).map(|i| (s + i, -sign * column[i])));
-            push_column(&mut it, k * f + c);
-        }
     }
-    if bias {
-        for (k, sign) in [(0usize, 1.0f64), (1, -1.0)] {
-            let mut it = (0..s).map(|i| (i, sign)).chain((0..s).map(|i| (s + i, -sign)));
-            push_column(&mut it, 2 * f + k);
-        }
-    }
-    for i in 0..s {
-        let mut it = [(i, -1.0), (s + i, -1.0)].into_iter();
-        push_column(&mut it, 2 * f + nb + i);
-    }
-    let a = CscMatrix::new(m, n, colptr, rowval, nzval);
-    let p = CscMatrix::<f64>::zeros((n, n));
-    let mut q = vec![1.0; n];
-    for v in q.iter_mut().skip(2 * f).take(nb) {
-        *v = 0.0;
-    }
-    let mut b = Vec::with_capacity(m);
-    b.extend(r.iter().copied());
-    b.extend(r.iter().map(|v| -v));
-    b.extend(std::iter::repeat_n(0.0, n));
-    // clarabel's default tolerances (1e-8); tighter ones ended in AlmostSolved on
-    // instances of a few hundred features.
+    let a = CscMatrix::new(m, s, colptr, rowval, nzval);
+    let p = CscMatrix::<f64>::zeros((s, s));
+    let q: Vec<f64> = r.iter().map(|v| -v).collect();
+    let mut b: Vec<f64> = (0..2 * f).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
+    b.extend(std::iter::repeat_n(1.0, 2 * s));
+    b.extend(std::iter::repeat_n(0.0, nb));
+    // "auto" is faer's supernodal LDLᵀ when the `faer` feature is on (the default),
+    // qdldl otherwise.
     let settings = DefaultSettingsBuilder::default()
         .verbose(false)
+        .max_threads(threads)
         .build()
         .unwrap_or_default();
-    let cones = [NonnegativeConeT(m)];
+    let mut cones = vec![SecondOrderConeT(2); f];
+    cones.push(NonnegativeConeT(2 * s));
+    if bias {
+        cones.push(ZeroConeT(1));
+    }
     let solved = DefaultSolver::new(&p, &q, &a, &b, &cones, settings).map(|mut solver| {
         solver.solve();
         solver.solution
@@ -183,15 +200,24 @@ fn solve_restricted(x: ArrayView2<f64>, r: ArrayView1<f64>, cols: &[usize], bias
     let status = match sol.status {
         SolverStatus::Solved => Status::Solved,
         SolverStatus::AlmostSolved => Status::AlmostSolved,
-        SolverStatus::PrimalInfeasible | SolverStatus::AlmostPrimalInfeasible => Status::Infeasible,
+        SolverStatus::DualInfeasible | SolverStatus::AlmostDualInfeasible => Status::Infeasible,
         _ => Status::Stalled,
     };
-    let xs = &sol.x;
+    let z = &sol.z;
+    // With the cones (1, X_jᵀπ) ∈ SOC, γ_j is the second multiplier.
+    let gamma: Vec<f64> = (0..f).map(|c| z[2 * c + 1]).collect();
+    // β is the equality's multiplier, with clarabel's sign convention (A'z = −q).
+    let beta = if bias { z[2 * f + 2 * s] } else { 0.0 };
+    let mut fitted = vec![beta; s];
+    for (i, v) in fitted.iter_mut().enumerate() {
+        let row = x.row(i);
+        *v += cols.iter().zip(&gamma).map(|(&j, g)| row[j] * g).sum::<f64>();
+    }
     Restricted {
-        gamma: (0..f).map(|c| xs[c] - xs[f + c]).collect(),
-        beta: if bias { xs[2 * f] - xs[2 * f + 1] } else { 0.0 },
-        delta: xs[2 * f + nb..].to_vec(),
-        pi: (0..s).map(|i| sol.z[s + i] - sol.z[i]).collect(),
+        delta: fitted.iter().zip(r).map(|(v, r)| (v - r).abs()).collect(),
+        gamma,
+        beta,
+        pi: sol.x.clone(),
         status,
         iterations: sol.iterations,
     }
@@ -200,11 +226,11 @@ fn solve_restricted(x: ArrayView2<f64>, r: ArrayView1<f64>, cols: &[usize], bias
 /// max over features not in `inside` of |X_jᵀ π| − 1, and the features above `tol`,
 /// most violated first.
 fn price(x: ArrayView2<f64>, pi: &[f64], inside: &[bool], tol: f64) -> (f64, Vec<usize>) {
-    let pi = ArrayView1::from(pi);
+    let products = x.t().dot(&ArrayView1::from(pi));
     let mut worst = f64::NEG_INFINITY;
     let mut out: Vec<(f64, usize)> = Vec::new();
-    for (j, (column, &taken)) in x.columns().into_iter().zip(inside).enumerate() {
-        let v = column.dot(&pi).abs() - 1.0;
+    for (j, (p, &taken)) in products.iter().zip(inside).enumerate() {
+        let v = p.abs() - 1.0;
         worst = worst.max(v);
         if !taken && v > tol {
             out.push((v, j));
@@ -212,6 +238,26 @@ fn price(x: ArrayView2<f64>, pi: &[f64], inside: &[bool], tol: f64) -> (f64, Vec
     }
     out.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     (worst, out.into_iter().map(|(_, j)| j).collect())
+}
+
+/// The certified relative duality gap of (γ, β) against π, for the full problem:
+/// π is made exactly dual feasible (centred when the bias is free, then scaled into
+/// |π| ≤ 1 and |Xᵀπ| ≤ 1), so r·π is a lower bound on the optimum and
+/// (primal − bound) / max(1, primal) bounds the distance to it.
+fn certified_gap(x: ArrayView2<f64>, r: ArrayView1<f64>, gamma: &[f64], beta: f64, pi: &[f64], bias: bool) -> f64 {
+    let gamma = ArrayView1::from(gamma);
+    let residual = x.dot(&gamma) + beta - r;
+    let primal = gamma.iter().map(|g| g.abs()).sum::<f64>() + residual.iter().map(|v| v.abs()).sum::<f64>();
+    let mut p = ndarray::Array1::from(pi.to_vec());
+    if bias && !p.is_empty() {
+        let mean = p.mean().unwrap_or(0.0);
+        p -= mean;
+    }
+    let box_max = p.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let feat_max = x.t().dot(&p).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let scale = box_max.max(feat_max).max(1.0);
+    let bound = r.dot(&p) / scale;
+    (primal - bound).max(0.0) / primal.abs().max(1.0)
 }
 
 /// Solves one class's repair by column generation. `x` is `[S, d]`, `r` the residuals.
@@ -224,6 +270,7 @@ pub fn solve_class(x: ArrayView2<f64>, r: ArrayView1<f64>, settings: &ClassSetti
     let pi0: Vec<f64> = r.iter().map(|v| v.signum() * f64::from(u8::from(*v != 0.0))).collect();
     let (_, first) = price(x, &pi0, &inside, settings.price_tol);
     let add = settings.batch.max(s.min(d)).max(1);
+    let mut whole = settings.max_rounds == 0 || d < settings.generation_ratio.saturating_mul(s);
     for &j in first.iter().take(add) {
         inside[j] = true;
         cols.push(j);
@@ -232,12 +279,12 @@ pub fn solve_class(x: ArrayView2<f64>, r: ArrayView1<f64>, settings: &ClassSetti
     let mut rounds = 0;
     loop {
         rounds += 1;
-        let full = rounds > settings.max_rounds;
+        let full = whole || rounds > settings.max_rounds;
         if full {
             cols = (0..d).collect();
             inside.iter_mut().for_each(|v| *v = true);
         }
-        let sol = solve_restricted(x, r, &cols, settings.repair_bias);
+        let sol = solve_restricted(x, r, &cols, settings.repair_bias, settings.solver_threads);
         iterations += sol.iterations;
         let (worst, entering) = price(x, &sol.pi, &inside, settings.price_tol);
         let done = entering.is_empty() || full || !matches!(sol.status, Status::Solved | Status::AlmostSolved);
@@ -247,6 +294,7 @@ pub fn solve_class(x: ArrayView2<f64>, r: ArrayView1<f64>, settings: &ClassSetti
                 gamma[j] = sol.gamma[c];
             }
             let objective = gamma.iter().map(|g| g.abs()).sum::<f64>() + sol.delta.iter().sum::<f64>();
+            let gap = certified_gap(x, r, &gamma, sol.beta, &sol.pi, settings.repair_bias);
             return ClassSolution {
                 gamma,
                 beta: sol.beta,
@@ -257,10 +305,17 @@ pub fn solve_class(x: ArrayView2<f64>, r: ArrayView1<f64>, settings: &ClassSetti
                 rounds,
                 columns: cols.len(),
                 dual_violation: worst.max(-1.0),
+                gap,
                 seconds: started.elapsed().as_secs_f64(),
             };
         }
-        for &j in entering.iter().take(settings.batch.max(1)) {
+        // Many violated columns mean many rounds ahead, each a full solve: the whole
+        // problem is cheaper then.
+        if settings.give_way && (entering.len() > s / 2 || cols.len() + entering.len() > d / 2) {
+            whole = true;
+            continue;
+        }
+        for &j in entering.iter().take(settings.batch.max(s).max(1)) {
             inside[j] = true;
             cols.push(j);
         }

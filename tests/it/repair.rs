@@ -61,6 +61,7 @@ fn the_optimum_equals_highs() {
         let settings = ClassSettings {
             repair_bias: bias,
             batch: 8,
+            give_way: false,
             ..Default::default()
         };
         let sol = paper::solve_class(x.view(), r.view(), &settings);
@@ -73,6 +74,7 @@ fn the_optimum_equals_highs() {
         );
         check_feasible(&x, &r, &sol);
         assert!(sol.dual_violation <= 1e-6, "no certificate: {}", sol.dual_violation);
+        assert!(sol.gap <= 1e-6, "certified gap {}", sol.gap);
         if d > 4 * s {
             // Column generation kept the restricted problem small.
             assert!(sol.columns < d, "all {d} columns were needed");
@@ -83,7 +85,21 @@ fn the_optimum_equals_highs() {
 #[test]
 fn column_generation_and_the_full_problem_agree() {
     let (x, r) = instance(30, 200, 9);
-    let cg = paper::solve_class(x.view(), r.view(), &ClassSettings::default());
+    let cg = paper::solve_class(
+        x.view(),
+        r.view(),
+        &ClassSettings {
+            generation_ratio: 1,
+            give_way: false,
+            ..Default::default()
+        },
+    );
+    assert!(
+        cg.rounds > 1 && cg.columns < 200,
+        "{} rounds, {} columns",
+        cg.rounds,
+        cg.columns
+    );
     let whole = paper::solve_class(
         x.view(),
         r.view(),
@@ -350,6 +366,62 @@ fn repair_writes_a_drop_in_model_and_the_json_contract() {
         .metadata_props
         .iter()
         .any(|e| e.key() == "nnmend.repair.mode" && e.value() == "paper"));
+
+    // Margin mode on the same samples (the first 40), with 300 preservation images.
+    let m = json(&run(&[
+        "repair",
+        s(&p("lh.onnx")),
+        "--adv",
+        s(&p("adv.npz")),
+        "--train",
+        s(&data),
+        "-o",
+        s(&p("rlh_m.onnx")),
+        "--mode",
+        "margin",
+        "--samples",
+        "40",
+        "--preserve",
+        "300",
+        "--test",
+        s(&data),
+        "--dump-lp",
+        s(&p("lp_m.json")),
+        "--json",
+    ]));
+    assert_eq!(m["mode"], "margin", "{m}");
+    assert_eq!(m["status"], "solved", "{m}");
+    assert!(m["samples"].as_u64().unwrap() <= 40);
+    let short = m["margin"]["short_repair_samples"].as_u64().unwrap() as f64;
+    // A sample with no slack has its margin of 1, so it is classified right.
+    assert!(
+        m["efficacy"].as_f64().unwrap() >= 1.0 - short / m["samples"].as_f64().unwrap() - 1e-12,
+        "{m}"
+    );
+    assert!(m["margin"]["gap"].as_f64().unwrap() <= 1e-6, "{m}");
+    let mut cmd = python("lp_reference.py");
+    cmd.arg(p("lp_m.json"));
+    let reference: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
+    let (ours, theirs) = (
+        m["objective"].as_f64().unwrap(),
+        reference["objective"].as_f64().unwrap(),
+    );
+    assert!(
+        (ours - theirs).abs() <= 1e-6 * theirs.max(1.0),
+        "margin: nnmend {ours} against HiGHS {theirs}"
+    );
+    let repaired = nnmend::onnx::load(&p("rlh_m.onnx")).unwrap().model;
+    assert!(repaired
+        .metadata_props
+        .iter()
+        .any(|e| e.key() == "nnmend.repair.mode" && e.value() == "margin"));
+    // The solved dump re-solves to the same optimum with `nnmend lp` (paper mode).
+    let lp = json(&run(&["lp", s(&p("lp.json")), "--json"]));
+    assert!(
+        (lp["objective"].as_f64().unwrap() - v["objective"].as_f64().unwrap()).abs()
+            <= 1e-6 * v["objective"].as_f64().unwrap().max(1.0),
+        "{lp}"
+    );
 }
 
 #[test]
@@ -420,21 +492,114 @@ fn repair_refuses_what_it_cannot_repair() {
         "is it the data the attack ran on?",
     );
     assert!(!out.exists());
-    // Only the paper's formulation is there so far.
-    fails_with(
-        &run(&[
-            "repair",
-            s(&hybrid),
-            "--adv",
-            s(&adv),
-            "--train",
-            s(&data),
-            "-o",
-            s(&out),
-            "--mode",
-            "margin",
-        ]),
-        2,
-        "invalid value 'margin'",
-    );
+    // A negative or non-finite margin or price is a usage error.
+    for (flag, value) in [("--margin", "-1"), ("--keep-price", "nan"), ("--slack-price", "inf")] {
+        fails_with(
+            &run(&[
+                "repair",
+                s(&hybrid),
+                "--adv",
+                s(&adv),
+                "--train",
+                s(&data),
+                "-o",
+                s(&out),
+                "--mode",
+                "margin",
+                flag,
+                value,
+            ]),
+            2,
+            "is not a finite number ≥ 0",
+        );
+        assert!(!out.exists());
+    }
+}
+
+/// x, scores, labels, wanted margins, prices.
+type MarginInstance = (Array2<f64>, Array2<f64>, Vec<usize>, Vec<f64>, Vec<f64>);
+
+/// A margin-mode instance: `repair` samples that the current scores get wrong or
+/// barely right, then `keep` clean samples with their own margins.
+fn margin_instance(repair: usize, keep: usize, k: usize, d: usize, seed: u64) -> MarginInstance {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n = repair + keep;
+    let (x, _) = instance(n, d, seed);
+    let labels: Vec<usize> = (0..n).map(|_| rng.random_range(0..k)).collect();
+    let mut scores = Array2::from_shape_fn((n, k), |_| rng.random_range(-1.0..1.0));
+    for (s, &t) in labels.iter().enumerate().skip(repair) {
+        // Clean samples are mostly right, by varying margins.
+        scores[[s, t]] += rng.random_range(-0.2..2.5);
+    }
+    let kept: Vec<bool> = (0..n).map(|s| s >= repair).collect();
+    let margin = repair::margin::wanted_margins(scores.view(), &labels, &kept, 1.0);
+    let price: Vec<f64> = kept.iter().map(|&c| if c { 10.0 } else { 1.0 }).collect();
+    (x, scores, labels, margin, price)
+}
+
+fn margin_highs(x: &Array2<f64>, scores: &Array2<f64>, labels: &[usize], margin: &[f64], price: &[f64]) -> f64 {
+    let dir = tempdir();
+    let path = dir.path().join("margin.json");
+    let rows = |a: &Array2<f64>| a.rows().into_iter().map(|r| r.to_vec()).collect::<Vec<_>>();
+    let doc = serde_json::json!({"mode": "margin", "x": rows(x), "scores": rows(scores),
+        "labels": labels, "margin": margin, "price": price});
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let mut cmd = python("lp_reference.py");
+    cmd.arg(&path);
+    let out: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
+    out["objective"].as_f64().unwrap()
+}
+
+#[test]
+fn the_margin_optimum_equals_highs_and_keeps_every_constraint() {
+    for (repair_n, keep, k, d, seed) in [(6, 10, 3, 8, 21), (15, 40, 4, 20, 22), (30, 120, 10, 40, 23)] {
+        let (x, scores, labels, margin, price) = margin_instance(repair_n, keep, k, d, seed);
+        let problem = repair::margin::MarginProblem {
+            x: x.view(),
+            scores: scores.view(),
+            labels: &labels,
+            margin: &margin,
+            price: &price,
+        };
+        let sol = repair::margin::solve(&problem, &Default::default());
+        assert_eq!(sol.status, Status::Solved, "N={} k={k} d={d}", repair_n + keep);
+        let reference = margin_highs(&x, &scores, &labels, &margin, &price);
+        assert!(
+            (sol.objective - reference).abs() <= 1e-6 * reference.abs().max(1.0),
+            "k={k} d={d}: nnmend {} against HiGHS {reference}",
+            sol.objective
+        );
+        assert!(sol.gap <= 1e-6, "certified gap {}", sol.gap);
+        assert!(sol.xi.iter().all(|&v| v >= 0.0));
+        assert!(
+            repair::margin::satisfied(&problem, &sol.gamma, &sol.xi, 1e-6),
+            "a constraint is violated"
+        );
+        // Generation kept the active set below all N·(k − 1) pairs.
+        assert!(sol.active < (repair_n + keep) * (k - 1), "{} active pairs", sol.active);
+    }
+}
+
+#[test]
+fn a_feasible_margin_repair_fixes_every_sample() {
+    // Fewer samples than features: any margins can be met, and at a high enough price
+    // for slack the optimum meets them all.
+    let (x, scores, labels, margin, _) = margin_instance(12, 8, 4, 40, 31);
+    let price = vec![1e3; labels.len()];
+    let problem = repair::margin::MarginProblem {
+        x: x.view(),
+        scores: scores.view(),
+        labels: &labels,
+        margin: &margin,
+        price: &price,
+    };
+    let sol = repair::margin::solve(&problem, &Default::default());
+    assert_eq!(sol.status, Status::Solved);
+    assert!(sol.xi.iter().all(|&v| v <= 1e-6), "slack left: {:?}", sol.xi);
+    let after = &scores + &x.dot(&sol.gamma.t());
+    let now = repair::margin::margins(after.view(), &labels);
+    for (s, (&m, &want)) in now.iter().zip(&margin).enumerate() {
+        assert!(m >= want - 1e-6, "sample {s}: margin {m} < {want}");
+        assert!(m > 0.0, "sample {s} is misclassified");
+    }
 }
