@@ -44,6 +44,9 @@ pub struct FitOutcome {
     pub extract_seconds: f64,
     /// Training samples used.
     pub n_train: usize,
+    /// Classes of the head with no training sample (their hyperplanes only push
+    /// away: such a hybrid never predicts them).
+    pub missing_classes: Vec<usize>,
 }
 
 /// Cuts `model`, extracts features of `train` with `engine`, fits the SVM and builds
@@ -55,9 +58,33 @@ pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &
             train.source.display()
         )));
     }
+    let n_classes = train.n_classes();
+    let mut counts = vec![0usize; n_classes];
+    for &l in &train.labels {
+        if let Some(c) = usize::try_from(l).ok().and_then(|l| counts.get_mut(l)) {
+            *c += 1;
+        }
+    }
+    let present: Vec<usize> = (0..n_classes).filter(|&c| counts[c] > 0).collect();
+    if present.len() < 2 {
+        let only = present.first().map_or("none".to_string(), |&c| {
+            let name = train
+                .classes
+                .as_ref()
+                .and_then(|n| n.get(c))
+                .map_or(String::new(), |n| format!(" ({n})"));
+            format!("only class {c}{name}")
+        });
+        return Err(Error::Mismatch(format!(
+            "{}: the {} training images hold {only}; a linear head needs samples of at least two classes \
+             (image folders list their images class by class, so --limit N keeps the first classes only: \
+             use all of the data, or an .npz of a shuffled subset)",
+            train.source.display(),
+            train.len()
+        )));
+    }
     let (cut, features, extract_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
     let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
-    let n_classes = train.n_classes();
     let spinner = crate::progress::spinner("svm", settings.feed.progress);
     let fitted = svm::fit(features.view(), &labels, n_classes, &settings.svm);
     spinner.finish_and_clear();
@@ -72,7 +99,9 @@ pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &
     set_metadata(&mut out, "nnmend.cut.tensor", &cut.tensor);
     set_metadata(&mut out, "nnmend.train.samples", &train.len().to_string());
     set_metadata(&mut out, "nnmend.train.fingerprint", &train.fingerprint());
+    let missing_classes = (0..n_classes).filter(|&c| counts[c] == 0).collect();
     Ok(FitOutcome {
+        missing_classes,
         model: out,
         feature_dim: features.ncols(),
         cut,

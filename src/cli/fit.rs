@@ -97,6 +97,14 @@ pub fn fit(args: FitArgs) -> Result<ExitCode> {
     if let Some(w) = &outcome.cut.warning {
         warn(w);
     }
+    if !outcome.missing_classes.is_empty() {
+        warn(&format!(
+            "{}: no training image of class(es) {:?}; the hybrid will never predict them (with an image \
+             folder, --limit N keeps the first classes only)",
+            args.train.display(),
+            outcome.missing_classes
+        ));
+    }
     if !outcome.report.converged() {
         warn(&format!(
             "the SVM solver stopped at --max-iter {} before reaching --tol {} (largest violation left: {:.3e}); \

@@ -214,3 +214,24 @@ fn cutting_a_hybrid_at_its_features_tensor() {
     assert_eq!(v["cut"]["feature_dim"], 200, "{v}");
     assert!(out.exists());
 }
+
+#[test]
+fn a_training_set_of_one_class_is_refused_and_missing_classes_are_named() {
+    let tmp = tempdir();
+    let out = tmp.path().join("lh.onnx");
+    let model = fixture("tiny_cnn.onnx");
+    let data = fixture("mnist-small");
+    // The first MNIST training image is a 5: one class only.
+    fails_with(
+        &run(&["fit", s(&model), "--train", s(&data), "--limit", "1", "-o", s(&out)]),
+        1,
+        "hold only class 5; a linear head needs samples of at least two classes",
+    );
+    assert!(!out.exists());
+    // The first ten hold no 6, 7 or 8: the head is written, with a warning naming them.
+    let done = run(&["fit", s(&model), "--train", s(&data), "--limit", "10", "-o", s(&out)]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(stderr.contains("no training image of class(es) [6, 7, 8]"), "{stderr}");
+    assert!(out.exists());
+}
