@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod cut;
 mod data;
+mod determinism;
 mod engines;
 mod external;
 mod grad;
