@@ -178,7 +178,9 @@ impl DataArgs {
 
 /// Loads a model, external data included.
 fn load_model(path: &Path) -> Result<ModelProto> {
-    Ok(onnx::load(path)?.model)
+    let model = onnx::load(path)?.model;
+    onnx::graph::check_finite_weights(&model).with_context(|| format!("{}", path.display()))?;
+    Ok(model)
 }
 
 /// Fails before any work is done when `output` names one of the command's `inputs`:

@@ -8,7 +8,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::proto::{tensor_shape_proto::dimension, type_proto, GraphProto, NodeProto, TensorProto, ValueInfoProto};
+use super::proto::{
+    tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
+};
 use super::OnnxError;
 
 /// One dimension of a value's declared shape.
@@ -297,4 +299,45 @@ pub fn node_label(node: &NodeProto) -> String {
             node.output.first().map(String::as_str).unwrap_or("")
         )
     }
+}
+
+/// Ops whose initializer inputs are learned weights: an infinite value there is a
+/// broken model, not a deliberate constant.
+const WEIGHT_OPS: &[&str] = &["Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"];
+
+/// Refuses a model whose float initializers hold NaN anywhere, or ±Inf in the weights
+/// of a Conv, ConvTranspose, Gemm, MatMul or BatchNormalization, naming the
+/// initializer, the element and a node that reads it.
+pub fn check_finite_weights(model: &ModelProto) -> Result<(), OnnxError> {
+    let Some(graph) = model.graph.as_ref() else {
+        return Ok(());
+    };
+    for init in &graph.initializer {
+        if !matches!(init.data_type(), super::tensor::FLOAT | super::tensor::DOUBLE) {
+            continue;
+        }
+        let values = super::tensor::to_f32(init)?;
+        let Some((at, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) else {
+            continue;
+        };
+        let readers: Vec<&NodeProto> = graph
+            .node
+            .iter()
+            .filter(|n| n.input.iter().any(|i| i == init.name()))
+            .collect();
+        let weight_reader = readers.iter().find(|n| WEIGHT_OPS.contains(&n.op_type()));
+        if !v.is_nan() && weight_reader.is_none() {
+            continue;
+        }
+        let reader = weight_reader.or(readers.first()).map_or(String::new(), |n| {
+            format!(" (read by node '{}' ({}))", node_label(n), n.op_type())
+        });
+        let total = values.len();
+        return Err(OnnxError::Graph(format!(
+            "initializer '{}'{reader}: element {at} of {total} is {v}; the model's weights are broken \
+             (a diverged training run or a damaged export)",
+            init.name()
+        )));
+    }
+    Ok(())
 }

@@ -36,3 +36,48 @@ fn damaged_models_give_errors_not_panics() {
     }
     assert_eq!(decoded, 300);
 }
+
+/// `tiny_cnn.onnx` with element `at` of its first initializer read by a `op` node set
+/// to `value`, saved in `dir`; returns the path and the initializer's name.
+fn poisoned(dir: &std::path::Path, op: &str, value: f32, at: usize) -> (std::path::PathBuf, String) {
+    let mut model = nnmend::onnx::load(&fixture("tiny_cnn.onnx")).unwrap().model;
+    let graph = model.graph.as_mut().unwrap();
+    let node = graph.node.iter().find(|n| n.op_type() == op).unwrap().clone();
+    let init = graph
+        .initializer
+        .iter_mut()
+        .find(|t| node.input.iter().any(|i| i == t.name()))
+        .unwrap();
+    let name = init.name().to_string();
+    let mut values = nnmend::onnx::tensor::to_f32(init).unwrap();
+    values.as_slice_mut().unwrap()[at] = value;
+    let dims: Vec<usize> = values.shape().to_vec();
+    *init = nnmend::onnx::tensor::from_f32(&name, &dims, values.as_slice().unwrap());
+    let path = dir.join(format!("poisoned_{op}.onnx"));
+    nnmend::onnx::save(&model, &path).unwrap();
+    (path, name)
+}
+
+#[test]
+fn nan_or_infinite_weights_are_refused_with_the_initializer_named() {
+    let tmp = tempdir();
+    let data = fixture("mnist-small");
+    for (op, value, at, word) in [("Conv", f32::NAN, 3, "NaN"), ("Gemm", f32::INFINITY, 17, "inf")] {
+        let (model, name) = poisoned(tmp.path(), op, value, at);
+        let out = tmp.path().join("lh.onnx");
+        for args in [
+            vec!["fit", s(&model), "--train", s(&data), "--limit", "50", "-o", s(&out)],
+            vec!["eval", s(&model), "--data", s(&data), "--limit", "50"],
+        ] {
+            let done = run(&args);
+            fails_with(&done, 1, &format!("initializer '{name}'"));
+            let stderr = String::from_utf8_lossy(&done.stderr);
+            assert!(
+                stderr.contains(&format!("element {at} of")) && stderr.contains(word) && stderr.contains(op),
+                "{stderr}"
+            );
+            assert!(stderr.contains(s(&model)), "the file is not named: {stderr}");
+            assert!(!out.exists());
+        }
+    }
+}
