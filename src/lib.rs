@@ -34,6 +34,7 @@ pub mod features;
 pub mod hybrid;
 pub mod inspect;
 pub mod onnx;
+pub mod parallel;
 pub mod progress;
 pub mod repair;
 pub mod svm;

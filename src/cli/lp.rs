@@ -30,6 +30,14 @@ pub struct LpArgs {
     json: bool,
 }
 
+impl LpArgs {
+    /// `--threads`, or one per core (as the other commands count their workers).
+    fn workers(&self) -> usize {
+        self.threads
+            .map_or_else(|| nnmend::features::Feed::default().threads, |t| t as usize)
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct Dump {
     #[serde(default)]
@@ -173,10 +181,7 @@ pub fn lp(args: LpArgs) -> Result<ExitCode> {
         Some(other) => bail!("{}: unknown mode '{other}' (paper or margin)", args.dump.display()),
     }
     let (x, r, bias) = read(&args.dump, dump)?;
-    let threads = args.threads.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |t| t as usize,
-    );
+    let threads = args.workers();
     let settings = ClassSettings {
         repair_bias: bias,
         ..Default::default()
@@ -225,10 +230,7 @@ fn margin(args: &LpArgs, dump: MarginDump) -> Result<ExitCode> {
         margin: &dump.margin,
         price: &dump.price,
     };
-    let threads = args.threads.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |t| t as usize,
-    );
+    let threads = args.workers();
     let settings = MarginSettings {
         solver_threads: u32::try_from(threads).unwrap_or(1),
         ..Default::default()

@@ -163,30 +163,9 @@ pub fn solve_classes(
         settings.solver_threads = u32::try_from((threads / workers).max(1)).unwrap_or(1);
     }
     let settings = &settings;
-    let mut classes: Vec<Option<ClassSolution>> = vec![None; k];
-    // Classes are handed out one at a time, so a slow class does not hold up a
-    // whole chunk.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<&mut Option<ClassSolution>>> =
-        classes.iter_mut().map(std::sync::Mutex::new).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(slot) = slots.get(i) else { break };
-                let solution = paper::solve_class(x, residuals.index_axis(Axis(1), i), settings);
-                if let Ok(mut slot) = slot.lock() {
-                    **slot = Some(solution);
-                }
-            });
-        }
-    });
-    drop(slots);
-    let classes: Vec<ClassSolution> = classes.into_iter().flatten().collect();
-    if classes.len() != k {
-        return Err(Error::Mismatch("a class's repair did not finish".into()));
-    }
-    Ok(classes)
+    Ok(crate::parallel::map_indices(k, workers, |i| {
+        paper::solve_class(x, residuals.index_axis(Axis(1), i), settings)
+    }))
 }
 
 /// The size of the whole LP (all classes), as a solver would see it.

@@ -27,7 +27,6 @@
 
 mod dcd;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
@@ -431,32 +430,7 @@ fn solve_all<R: Rows>(
         let mut rng = class_rng(params.seed, class);
         dcd::solve(rows, &|i| y[i] == class, &settings, &mut rng)
     };
-    if threads <= 1 {
-        return (0..n_classes).map(solve_class).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let mut done: Vec<(usize, BinarySolution)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let class = next.fetch_add(1, Ordering::Relaxed);
-                        if class >= n_classes {
-                            return out;
-                        }
-                        out.push((class, solve_class(class)));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
-    done.sort_by_key(|(class, _)| *class);
-    done.into_iter().map(|(_, s)| s).collect()
+    crate::parallel::map_indices(n_classes, threads, solve_class)
 }
 
 #[cfg(test)]
