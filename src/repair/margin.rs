@@ -33,10 +33,7 @@
 use std::time::Instant;
 
 use clarabel::algebra::CscMatrix;
-use clarabel::solver::{
-    DefaultSettingsBuilder, DefaultSolver, IPSolver, SolverStatus,
-    SupportedConeT::{NonnegativeConeT, SecondOrderConeT},
-};
+use clarabel::solver::SupportedConeT::{NonnegativeConeT, SecondOrderConeT};
 use ndarray::{Array2, ArrayView2};
 
 use super::Status;
@@ -156,35 +153,19 @@ fn solve_restricted(p: &MarginProblem, pairs: &[(usize, usize)], threads: u32) -
         colptr.push(rowval.len());
     }
     let a = CscMatrix::new(m, r, colptr, rowval, nzval);
-    let pm = CscMatrix::<f64>::zeros((r, r));
     let q: Vec<f64> = pairs.iter().map(|&(s, other)| -need(p, s, other)).collect();
     let mut b: Vec<f64> = (0..2 * weights).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
     b.extend(p.price.iter().copied());
     b.extend(std::iter::repeat_n(0.0, r));
     let mut cones = vec![SecondOrderConeT(2); weights];
     cones.push(NonnegativeConeT(n + r));
-    let settings = DefaultSettingsBuilder::default()
-        .verbose(false)
-        .max_threads(threads)
-        .build()
-        .unwrap_or_default();
-    let solved = DefaultSolver::new(&pm, &q, &a, &b, &cones, settings).map(|mut solver| {
-        solver.solve();
-        solver.solution
-    });
-    let Ok(sol) = solved else {
+    let Some((sol, status)) = super::paper::clarabel_lp(&q, &a, &b, &cones, threads) else {
         return Restricted {
             gamma: Array2::zeros((k, d)),
             y: vec![0.0; r],
             status: Status::Stalled,
             iterations: 0,
         };
-    };
-    let status = match sol.status {
-        SolverStatus::Solved => Status::Solved,
-        SolverStatus::AlmostSolved => Status::AlmostSolved,
-        SolverStatus::DualInfeasible | SolverStatus::AlmostDualInfeasible => Status::Infeasible,
-        _ => Status::Stalled,
     };
     // clarabel's A'z = −q: the SOC's second multiplier of weight (c, j) is γ_cj.
     let gamma = Array2::from_shape_fn((k, d), |(c, j)| sol.z[2 * (c * d + j) + 1]);

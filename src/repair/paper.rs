@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use clarabel::algebra::CscMatrix;
 use clarabel::solver::{
-    DefaultSettingsBuilder, DefaultSolver, IPSolver, SolverStatus,
+    DefaultSettingsBuilder, DefaultSolution, DefaultSolver, IPSolver, SolverStatus, SupportedConeT,
     SupportedConeT::{NonnegativeConeT, SecondOrderConeT, ZeroConeT},
 };
 use ndarray::{ArrayView1, ArrayView2};
@@ -83,6 +83,34 @@ pub enum Status {
     /// The program has no solution (cannot happen for this formulation: δ = |r| is
     /// always feasible; kept so that a solver failure is still reported as such).
     Infeasible,
+}
+
+/// Runs clarabel on the LP `minimise qᵀx subject to Ax + s = b, s ∈ cones` with
+/// `threads` factorisation threads: its solution and how it ended, or `None` when
+/// clarabel refuses the data. The solver is "auto": faer's supernodal LDLᵀ when the
+/// `faer` feature is on (the default), qdldl otherwise.
+pub(crate) fn clarabel_lp(
+    q: &[f64],
+    a: &CscMatrix<f64>,
+    b: &[f64],
+    cones: &[SupportedConeT<f64>],
+    threads: u32,
+) -> Option<(DefaultSolution<f64>, Status)> {
+    let settings = DefaultSettingsBuilder::default()
+        .verbose(false)
+        .max_threads(threads)
+        .build()
+        .unwrap_or_default();
+    let p = CscMatrix::<f64>::zeros((q.len(), q.len()));
+    let mut solver = DefaultSolver::new(&p, q, a, b, cones, settings).ok()?;
+    solver.solve();
+    let status = match solver.solution.status {
+        SolverStatus::Solved => Status::Solved,
+        SolverStatus::AlmostSolved => Status::AlmostSolved,
+        SolverStatus::DualInfeasible | SolverStatus::AlmostDualInfeasible => Status::Infeasible,
+        _ => Status::Stalled,
+    };
+    Some((solver.solution, status))
 }
 
 /// One class's repair.
@@ -166,28 +194,16 @@ fn solve_restricted(x: ArrayView2<f64>, r: ArrayView1<f64>, cols: &[usize], bias
         colptr.push(rowval.len());
     }
     let a = CscMatrix::new(m, s, colptr, rowval, nzval);
-    let p = CscMatrix::<f64>::zeros((s, s));
     let q: Vec<f64> = r.iter().map(|v| -v).collect();
     let mut b: Vec<f64> = (0..2 * f).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
     b.extend(std::iter::repeat_n(1.0, 2 * s));
     b.extend(std::iter::repeat_n(0.0, nb));
-    // "auto" is faer's supernodal LDLᵀ when the `faer` feature is on (the default),
-    // qdldl otherwise.
-    let settings = DefaultSettingsBuilder::default()
-        .verbose(false)
-        .max_threads(threads)
-        .build()
-        .unwrap_or_default();
     let mut cones = vec![SecondOrderConeT(2); f];
     cones.push(NonnegativeConeT(2 * s));
     if bias {
         cones.push(ZeroConeT(1));
     }
-    let solved = DefaultSolver::new(&p, &q, &a, &b, &cones, settings).map(|mut solver| {
-        solver.solve();
-        solver.solution
-    });
-    let Ok(sol) = solved else {
+    let Some((sol, status)) = clarabel_lp(&q, &a, &b, &cones, threads) else {
         return Restricted {
             gamma: vec![0.0; f],
             beta: 0.0,
@@ -196,12 +212,6 @@ fn solve_restricted(x: ArrayView2<f64>, r: ArrayView1<f64>, cols: &[usize], bias
             status: Status::Stalled,
             iterations: 0,
         };
-    };
-    let status = match sol.status {
-        SolverStatus::Solved => Status::Solved,
-        SolverStatus::AlmostSolved => Status::AlmostSolved,
-        SolverStatus::DualInfeasible | SolverStatus::AlmostDualInfeasible => Status::Infeasible,
-        _ => Status::Stalled,
     };
     let z = &sol.z;
     // With the cones (1, X_jᵀπ) ∈ SOC, γ_j is the second multiplier.
