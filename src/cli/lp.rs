@@ -190,11 +190,7 @@ pub fn lp(args: LpArgs) -> Result<ExitCode> {
     let classes = solve_classes(x.view(), r.view(), &settings, threads)?;
     let seconds = started.elapsed().as_secs_f64();
     let objective: f64 = classes.iter().map(|c| c.objective).sum();
-    let status = classes
-        .iter()
-        .map(|c| c.status)
-        .find(|s| *s != Status::Solved)
-        .unwrap_or(Status::Solved);
+    let status = Status::worst(classes.iter().map(|c| c.status));
     let gap = classes.iter().map(|c| c.gap).fold(0.0, f64::max);
     if args.json {
         print_json(&json!({

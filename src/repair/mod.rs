@@ -116,16 +116,7 @@ pub fn paper(
         l1 += c.beta.abs();
         linf = linf.max(c.beta.abs());
     }
-    let status = classes
-        .iter()
-        .map(|c| c.status)
-        .max_by_key(|s| match s {
-            Status::Solved => 0,
-            Status::AlmostSolved => 1,
-            Status::Stalled => 2,
-            Status::Infeasible => 3,
-        })
-        .unwrap_or(Status::Solved);
+    let status = Status::worst(classes.iter().map(|c| c.status));
     Ok(Repair {
         weights: new_w,
         bias: new_b,

@@ -85,6 +85,22 @@ pub enum Status {
     Infeasible,
 }
 
+impl Status {
+    /// The worst of several solves' statuses (solved < almost solved < stalled <
+    /// infeasible); `Solved` when there are none.
+    pub fn worst(statuses: impl IntoIterator<Item = Status>) -> Status {
+        statuses
+            .into_iter()
+            .max_by_key(|s| match s {
+                Status::Solved => 0,
+                Status::AlmostSolved => 1,
+                Status::Stalled => 2,
+                Status::Infeasible => 3,
+            })
+            .unwrap_or(Status::Solved)
+    }
+}
+
 /// Runs clarabel on the LP `minimise qᵀx subject to Ax + s = b, s ∈ cones` with
 /// `threads` factorisation threads: its solution and how it ended, or `None` when
 /// clarabel refuses the data. The solver is "auto": faer's supernodal LDLᵀ when the
