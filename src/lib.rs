@@ -23,6 +23,7 @@
 //! - [`inspect`]: a model summary with the detected cut.
 //! - [`attack`]: FGSM and PGD through gradient graphs ([`onnx::grad`]).
 //! - [`repair`]: the repair LP, solved with clarabel.
+//! - [`experiment`]: the seed paper's whole experiment and its report.
 //! - [`atomic`]: atomic file output.
 
 pub mod atomic;
@@ -30,6 +31,7 @@ pub mod attack;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod experiment;
 pub mod features;
 pub mod hybrid;
 pub mod inspect;

@@ -15,7 +15,7 @@ use nnmend::data::{write_npz, NpzArrays, Split};
 
 use super::{load_model, print_json, refuse_overwrite, DataArgs, EngineArgs};
 
-fn unit_interval(s: &str) -> Result<f32, String> {
+pub(super) fn unit_interval(s: &str) -> Result<f32, String> {
     let v: f32 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
     if (0.0..=1.0).contains(&v) {
         Ok(v)

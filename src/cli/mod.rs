@@ -12,6 +12,7 @@ mod grad;
 mod inspect;
 mod lp;
 mod repair;
+mod run;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -58,6 +59,8 @@ enum Command {
     Repair(repair::RepairArgs),
     /// Solve a repair LP written by `repair --dump-lp` and report its optimum and time.
     Lp(lp::LpArgs),
+    /// The whole experiment: fit, attack, repair, evaluate at every ε; report to a folder.
+    Run(run::RunArgs),
 }
 
 /// Runs the parsed command line.
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Grad(a) => grad::grad(a),
         Command::Repair(a) => repair::repair(a),
         Command::Lp(a) => lp::lp(a),
+        Command::Run(a) => run::run(a),
     }
 }
 

@@ -19,7 +19,7 @@ use super::{load_model, print_json, refuse_overwrite, save_model, DataArgs, Engi
 
 /// The repair formulation.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Mode {
+pub(super) enum Mode {
     /// The seed paper's: adversarial decision values pulled back to the clean ones.
     Paper,
     /// Every repair sample classified right with `--margin`, while a preservation

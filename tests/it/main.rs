@@ -17,4 +17,5 @@ mod hybrid;
 mod repair;
 mod robustness;
 mod roundtrip;
+mod run;
 mod svm;

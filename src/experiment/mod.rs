@@ -1,0 +1,556 @@
+//! The seed paper's whole experiment in one call ([`run`]): fit the hybrids, attack,
+//! repair, and measure every model on every test set at every ε.
+//!
+//! Models (Guidotti & Leofante, 2020): the original network **NN**; the linear hybrid
+//! **LH** (NN's extractor + a one-vs-rest linear SVM); the kernel hybrid **KH** (the
+//! extractor + an RBF SVM, here through a Nyström map); and, per ε, the repaired linear
+//! hybrid **RLH** (LH's head repaired with adversarial examples of LH taken from the
+//! *training* set). Test sets: **Data**, the clean test images; and per ε the
+//! adversarial test sets **NADV**, **HADV** and **RHADV**, in which every test image
+//! that an FGSM/PGD attack on NN, LH or RLH flips is replaced by its adversarial
+//! example.
+//!
+//! The extractor is the expensive part, and every hybrid shares it, so it runs once on
+//! the clean test images and then only on the images an attack replaced; the heads are
+//! applied to those features directly. NN runs the same way. Everything is seeded, so
+//! a rerun gives the same numbers.
+
+pub mod report;
+
+use std::time::Instant;
+
+use ndarray::{Array2, ArrayD, ArrayView2, Axis};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::attack::{self, Adversarial, Loss, Target};
+use crate::data::{to_nchw, Dataset, Layout, Pixels};
+use crate::engine::{Engine, Session};
+use crate::error::{Error, Result};
+use crate::features::{argmax_rows, collect, Feed};
+use crate::hybrid::FitSettings;
+use crate::onnx::surgery::{extractor, hybrid, set_metadata};
+use crate::onnx::{find_cut, Cut, ModelProto};
+use crate::repair::{repair_hybrid, HybridRepair, HybridSettings};
+use crate::svm::{self, LinearSvm};
+
+pub use report::{Cell, Report};
+
+/// The models of the experiment, in report order.
+pub const MODELS: [&str; 4] = ["NN", "LH", "KH", "RLH"];
+/// The test sets of the experiment, in report order.
+pub const TEST_SETS: [&str; 4] = ["Data", "NADV", "HADV", "RHADV"];
+
+/// How to run the experiment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The radii, in `[0, 1]` pixel space.
+    pub eps: Vec<f32>,
+    /// The attack (its `eps` is ignored: [`Settings::eps`] is used).
+    pub attack: attack::Settings,
+    /// The loss the attacks follow.
+    pub loss: Loss,
+    /// The hybrids' fit (cut, SVM, feed).
+    pub fit: FitSettings,
+    /// Repair samples per ε (1 reproduces the paper).
+    pub repair_samples: usize,
+    /// The repair's formulation and solve.
+    pub repair: HybridSettings,
+    /// Seed of the choice of training images attacked for repair samples.
+    pub seed: u64,
+    /// Test images shown in the example grid.
+    pub examples: usize,
+    /// Print a line on stderr as each phase starts.
+    pub log: bool,
+}
+
+/// A head applied to extractor features.
+#[derive(Debug, Clone)]
+enum Head {
+    /// `z = W f + b`.
+    Linear(LinearSvm),
+}
+
+impl Head {
+    fn predict(&self, features: ArrayView2<f32>) -> Vec<usize> {
+        match self {
+            Head::Linear(svm) => svm.predict(features),
+        }
+    }
+}
+
+/// A test set as the images that differ from the clean test set: the features and
+/// NN's predictions of the clean set, with some rows replaced.
+struct TestSet {
+    /// `[n, D]` extractor features.
+    features: Array2<f32>,
+    /// NN's prediction per image.
+    nn: Vec<usize>,
+    /// The rows replaced by adversarial examples.
+    replaced: Vec<usize>,
+}
+
+/// One repaired hybrid and what was measured of it.
+#[derive(Debug, Clone)]
+pub struct Repaired {
+    /// The radius its repair samples were made at.
+    pub eps: f32,
+    /// The repaired model (drop-in ONNX); LH itself when no repair sample was found.
+    pub model: ModelProto,
+    /// The repair, unless no training image could be flipped at this ε.
+    pub repair: Option<HybridRepair>,
+    /// The training images the repair samples came from.
+    pub index: Vec<i64>,
+}
+
+/// An example for the grid: a test image, clean and attacked at each ε.
+#[derive(Debug, Clone)]
+pub struct Example {
+    /// The image's index in the test set.
+    pub index: usize,
+    /// Its label.
+    pub label: i64,
+    /// `[C, H, W]` in `[0, 1]`: the clean image, then NN's adversarial example per ε.
+    pub images: Vec<ndarray::Array3<f32>>,
+    /// NN's prediction for each image.
+    pub predicted: Vec<usize>,
+}
+
+/// What [`run`] produced: the report, the models to write, the examples to draw.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Every number.
+    pub report: Report,
+    /// The linear hybrid.
+    pub lh: ModelProto,
+    /// The repaired linear hybrids, one per ε.
+    pub repaired: Vec<Repaired>,
+    /// Examples for the grid.
+    pub examples: Vec<Example>,
+}
+
+/// Times the phases.
+struct Clock {
+    log: bool,
+    phases: Vec<(String, f64)>,
+    current: Option<(String, Instant)>,
+    step: usize,
+}
+
+impl Clock {
+    fn new(log: bool) -> Self {
+        Self {
+            log,
+            phases: Vec::new(),
+            current: None,
+            step: 0,
+        }
+    }
+
+    fn phase(&mut self, name: &str, what: &str) {
+        self.stop();
+        self.step += 1;
+        if self.log {
+            eprintln!("nnmend run [{}] {what}", self.step);
+        }
+        self.current = Some((name.to_string(), Instant::now()));
+    }
+
+    fn stop(&mut self) {
+        if let Some((name, started)) = self.current.take() {
+            let seconds = started.elapsed().as_secs_f64();
+            match self.phases.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, s)) => *s += seconds,
+                None => self.phases.push((name, seconds)),
+            }
+        }
+    }
+}
+
+/// A data set of `images` (in `layout`, `[0, 1]`) with `labels`, shaped like `like`.
+fn images_dataset(images: ArrayD<f32>, layout: Layout, labels: Vec<i64>, like: &Dataset) -> Result<Dataset> {
+    let pixels = to_nchw(images.view(), layout, like.image_shape())?;
+    Ok(Dataset {
+        pixels: Pixels::F32(pixels),
+        labels,
+        classes: like.classes.clone(),
+        source: like.source.clone(),
+    })
+}
+
+/// Predictions of a prepared classifier on every image of `ds`.
+fn predict(session: &dyn Session, ds: &Dataset, feed: &Feed, label: &str) -> Result<Vec<usize>> {
+    if ds.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(argmax_rows(&collect(session, ds, feed, 0, label)?))
+}
+
+fn accuracy(predicted: &[usize], labels: &[i64]) -> (usize, f64) {
+    let correct = predicted.iter().zip(labels).filter(|(&p, &l)| p as i64 == l).count();
+    let n = labels.len();
+    (correct, if n == 0 { 0.0 } else { correct as f64 / n as f64 })
+}
+
+/// Runs the whole experiment of the seed paper on `model` with `train` and `test`.
+pub fn run(
+    model: &ModelProto,
+    train: &Dataset,
+    test: &Dataset,
+    engine: &dyn Engine,
+    settings: &Settings,
+) -> Result<Outcome> {
+    if settings.eps.is_empty() {
+        return Err(Error::Mismatch("no ε to attack at".into()));
+    }
+    if settings.repair_samples == 0 {
+        return Err(Error::Mismatch("the repair needs at least one sample per ε".into()));
+    }
+    if train.image_shape() != test.image_shape() {
+        return Err(Error::Mismatch(format!(
+            "{} holds {:?} images but {} holds {:?}",
+            train.source.display(),
+            train.image_shape(),
+            test.source.display(),
+            test.image_shape()
+        )));
+    }
+    let feed = &settings.fit.feed;
+    let mut clock = Clock::new(settings.log);
+
+    // The extractor and NN, prepared once.
+    clock.phase(
+        "features.train",
+        &format!("features of {} training images", train.len()),
+    );
+    let cut = find_cut(model, settings.fit.at.as_deref())?;
+    let extractor_session = engine.prepare(&extractor(model, &cut, None)?)?;
+    let nn_session = engine.prepare(model)?;
+    let f_train = collect(extractor_session.as_ref(), train, feed, 0, "features")?;
+
+    clock.phase("fit.LH", "fitting LH (linear SVM)");
+    let (lh_svm, lh_model, lh_fit) = fit_linear(model, &cut, f_train.view(), train, &settings.fit)?;
+    drop(f_train);
+
+    clock.phase(
+        "features.test",
+        &format!("NN and features on {} test images", test.len()),
+    );
+    let f_test = collect(extractor_session.as_ref(), test, feed, 0, "features")?;
+    let nn_test = predict(nn_session.as_ref(), test, feed, "NN")?;
+    let lh = Head::Linear(lh_svm);
+    let heads: Vec<(&str, &Head)> = vec![("LH", &lh)];
+
+    // Attacks on NN and LH over the test set, all ε at once (FGSM shares the
+    // gradient of the clean pass).
+    let mut attack_settings = settings.attack.clone();
+    attack_settings.eps = settings.eps.clone();
+    attack_settings.feed = feed.clone();
+    clock.phase("attack.NN", "attacking NN on the test set");
+    let nn_target = Target::new(model, engine, test, feed, settings.loss)?;
+    let nn_attack = attack::run(&nn_target, test, &attack_settings)?;
+    // Every model here takes the same input, so the attacks' images share a layout.
+    let layout = nn_target.layout;
+    drop(nn_target);
+    clock.phase("attack.LH", "attacking LH on the test set");
+    let lh_target = Target::new(&lh_model, engine, test, feed, settings.loss)?;
+    let lh_attack = attack::run(&lh_target, test, &attack_settings)?;
+
+    clock.phase("repair.samples", "attacking LH on training images for repair samples");
+    let samples = repair_samples(
+        &lh_target,
+        train,
+        &attack_settings,
+        settings.repair_samples,
+        settings.seed,
+    )?;
+    drop(lh_target);
+
+    let mut report = Report::new(settings, train, test, &cut, f_test.ncols(), lh_fit);
+    let mut repaired = Vec::with_capacity(settings.eps.len());
+    let replace = |adv: &Adversarial, label: &str| -> Result<TestSet> {
+        replaced_set(
+            adv,
+            test,
+            (&f_test, &nn_test),
+            layout,
+            (extractor_session.as_ref(), nn_session.as_ref()),
+            feed,
+            label,
+        )
+    };
+    let data = TestSet {
+        features: f_test.clone(),
+        nn: nn_test.clone(),
+        replaced: Vec::new(),
+    };
+    for (ei, &eps) in settings.eps.iter().enumerate() {
+        let (adv_rows, index) = &samples[ei];
+        clock.phase(
+            "repair",
+            &format!(
+                "ε = {eps}: repairing LH with {} adversarial training images",
+                adv_rows.len()
+            ),
+        );
+        let done = if adv_rows.is_empty() {
+            // Nothing to repair with: RLH is LH, and the report says why.
+            if settings.log {
+                eprintln!(
+                    "nnmend run: the attack at ε = {eps} flipped none of the training images it tried: \
+                     RLH is LH unchanged at this ε (a larger ε or --attack pgd finds repair samples)"
+                );
+            }
+            None
+        } else {
+            Some(repair_hybrid(
+                &lh_model,
+                adv_rows,
+                index,
+                train,
+                engine,
+                feed,
+                &settings.repair,
+            )?)
+        };
+        let (rlh_model, rlh_head) = match &done {
+            Some(d) => (
+                d.model.clone(),
+                Head::Linear(LinearSvm {
+                    weights: d.repair.weights.clone(),
+                    bias: d.repair.bias.clone(),
+                }),
+            ),
+            None => (lh_model.clone(), lh.clone()),
+        };
+
+        clock.phase("attack.RLH", &format!("ε = {eps}: attacking RLH on the test set"));
+        let rlh_target = Target::new(&rlh_model, engine, test, feed, settings.loss)?;
+        let mut one = attack_settings.clone();
+        one.eps = vec![eps];
+        let rlh_attack = attack::run(&rlh_target, test, &one)?;
+        drop(rlh_target);
+
+        clock.phase(
+            "evaluate",
+            &format!("ε = {eps}: evaluating every model on every test set"),
+        );
+        let nn_adv = &nn_attack.adversarial[ei];
+        let lh_adv = &lh_attack.adversarial[ei];
+        let rlh_adv = rlh_attack
+            .adversarial
+            .first()
+            .ok_or_else(|| Error::Mismatch("the attack on RLH returned nothing".into()))?;
+        let sets = [
+            ("NADV", replace(nn_adv, "NADV")?),
+            ("HADV", replace(lh_adv, "HADV")?),
+            ("RHADV", replace(rlh_adv, "RHADV")?),
+        ];
+        let mut all: Vec<(&str, &TestSet)> = vec![("Data", &data)];
+        all.extend(sets.iter().map(|(n, s)| (*n, s)));
+        for (set_name, set) in &all {
+            report.push_cell("NN", set_name, eps, accuracy(&set.nn, &test.labels), set.replaced.len());
+            for (name, head) in heads.iter().chain([("RLH", &rlh_head)].iter()) {
+                let predicted = head.predict(set.features.view());
+                report.push_cell(
+                    name,
+                    set_name,
+                    eps,
+                    accuracy(&predicted, &test.labels),
+                    set.replaced.len(),
+                );
+            }
+        }
+        // Generalisation: the share of HADV's adversarial examples that RLH gets right.
+        let hadv = &sets[1].1;
+        let rlh_on_hadv = rlh_head.predict(hadv.features.view());
+        let fixed = hadv
+            .replaced
+            .iter()
+            .filter(|&&i| rlh_on_hadv[i] as i64 == test.labels[i])
+            .count();
+        let generalisation = (!hadv.replaced.is_empty()).then(|| fixed as f64 / hadv.replaced.len() as f64);
+        let lh_data = accuracy(&lh.predict(data.features.view()), &test.labels).1;
+        let rlh_data = accuracy(&rlh_head.predict(data.features.view()), &test.labels).1;
+        report.push_attack(eps, "NN", &nn_attack.results[ei]);
+        report.push_attack(eps, "LH", &lh_attack.results[ei]);
+        if let Some(r) = rlh_attack.results.first() {
+            report.push_attack(eps, "RLH", r);
+        }
+        report.push_repair(
+            eps,
+            done.as_ref(),
+            lh_data - rlh_data,
+            generalisation,
+            hadv.replaced.len(),
+        );
+        repaired.push(Repaired {
+            eps,
+            model: rlh_model,
+            repair: done,
+            index: index.clone(),
+        });
+    }
+    clock.stop();
+    let examples = examples(test, &nn_attack, &nn_test, layout, settings.examples);
+    report.timings = clock.phases;
+    Ok(Outcome {
+        report,
+        lh: lh_model,
+        repaired,
+        examples,
+    })
+}
+
+fn successes(adv: &Adversarial) -> Vec<usize> {
+    adv.success
+        .iter()
+        .enumerate()
+        .filter(|(_, &s)| s)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The test set with the images at `rows` replaced by `adv`'s: features and NN's
+/// predictions are computed for those rows only.
+fn replaced_set(
+    adv: &Adversarial,
+    test: &Dataset,
+    (f_test, nn_test): (&Array2<f32>, &[usize]),
+    layout: Layout,
+    (extractor, nn): (&dyn Session, &dyn Session),
+    feed: &Feed,
+    label: &str,
+) -> Result<TestSet> {
+    let rows = successes(adv);
+    let mut features = f_test.clone();
+    let mut predictions = nn_test.to_vec();
+    if !rows.is_empty() {
+        let images = adv.images.select(Axis(0), &rows);
+        let labels = rows.iter().map(|&i| test.labels[i]).collect();
+        let ds = images_dataset(images, layout, labels, test)?;
+        let f = collect(extractor, &ds, feed, 0, label)?;
+        let p = predict(nn, &ds, feed, label)?;
+        for (k, &i) in rows.iter().enumerate() {
+            features.row_mut(i).assign(&f.row(k));
+            predictions[i] = p[k];
+        }
+    }
+    Ok(TestSet {
+        features,
+        nn: predictions,
+        replaced: rows,
+    })
+}
+
+/// Fits LH on precomputed training features and builds its ONNX model.
+fn fit_linear(
+    model: &ModelProto,
+    cut: &Cut,
+    features: ArrayView2<f32>,
+    train: &Dataset,
+    settings: &FitSettings,
+) -> Result<(LinearSvm, ModelProto, report::FitFigures)> {
+    let started = Instant::now();
+    let n_classes = train.n_classes();
+    let labels: Vec<usize> = train
+        .labels
+        .iter()
+        .map(|&l| usize::try_from(l).unwrap_or(usize::MAX))
+        .collect();
+    let (svm, fit) = svm::fit(features, &labels, n_classes, &settings.svm)?;
+    let predicted = svm.predict(features);
+    let correct = predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
+    let mut out = hybrid(model, cut, svm.weights.view(), svm.bias.view())?;
+    set_metadata(&mut out, "nnmend.version", env!("CARGO_PKG_VERSION"));
+    set_metadata(&mut out, "nnmend.head", "linear-svm");
+    set_metadata(&mut out, "nnmend.cut.tensor", &cut.tensor);
+    set_metadata(&mut out, "nnmend.train.samples", &train.len().to_string());
+    set_metadata(&mut out, "nnmend.train.fingerprint", &train.fingerprint());
+    let figures = report::FitFigures {
+        train_accuracy: correct as f64 / labels.len().max(1) as f64,
+        converged: fit.converged(),
+        objective: fit.objective(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((svm, out, figures))
+}
+
+/// Per ε, up to `wanted` adversarial examples of LH made from training images, with
+/// those images' indices. The training images are tried in a seeded random order, in
+/// a pool that grows until every ε has enough successes or the set is exhausted.
+fn repair_samples(
+    target: &Target,
+    train: &Dataset,
+    settings: &attack::Settings,
+    wanted: usize,
+    seed: u64,
+) -> Result<Vec<(Dataset, Vec<i64>)>> {
+    let n = train.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let mut size = n.min(wanted.saturating_mul(4).max(256));
+    loop {
+        let pool = train
+            .select(&order[..size])
+            .ok_or_else(|| Error::Mismatch("a training index is out of range".into()))?;
+        let outcome = attack::run(target, &pool, settings)?;
+        let enough = outcome.results.iter().all(|r| r.successes >= wanted);
+        if enough || size == n {
+            let mut out = Vec::with_capacity(outcome.adversarial.len());
+            for adv in &outcome.adversarial {
+                let rows: Vec<usize> = successes(adv).into_iter().take(wanted).collect();
+                let images = adv.images.select(Axis(0), &rows);
+                let labels = rows.iter().map(|&r| pool.labels[r]).collect();
+                let ds = images_dataset(images, target.layout, labels, train)?;
+                let index = rows.iter().map(|&r| order[r] as i64).collect();
+                out.push((ds, index));
+            }
+            return Ok(out);
+        }
+        size = n.min(size.saturating_mul(4));
+    }
+}
+
+/// Up to `count` test images that NN's attack flips at the largest ε (or any, if it
+/// flips fewer), clean and attacked at every ε.
+fn examples(
+    test: &Dataset,
+    outcome: &attack::Outcome,
+    nn_test: &[usize],
+    layout: Layout,
+    count: usize,
+) -> Vec<Example> {
+    let Some(last) = outcome.adversarial.last() else {
+        return Vec::new();
+    };
+    let mut rows: Vec<usize> = successes(last).into_iter().take(count).collect();
+    for i in 0..test.len() {
+        if rows.len() >= count {
+            break;
+        }
+        if !rows.contains(&i) {
+            rows.push(i);
+        }
+    }
+    rows.into_iter()
+        .filter_map(|i| {
+            let clean = test.pixels.to_f32(i..i + 1).index_axis(Axis(0), 0).to_owned();
+            let mut images = vec![clean];
+            let mut predicted = vec![*nn_test.get(i)?];
+            for adv in &outcome.adversarial {
+                let one = adv.images.select(Axis(0), &[i]);
+                let nchw = to_nchw(one.view(), layout, test.image_shape()).ok()?;
+                images.push(nchw.index_axis(Axis(0), 0).to_owned());
+                predicted.push(*adv.predicted.get(i)?);
+            }
+            Some(Example {
+                index: i,
+                label: test.labels[i],
+                images,
+                predicted,
+            })
+        })
+        .collect()
+}
