@@ -479,7 +479,7 @@ fn fit_linear(
 
 /// Per ε, up to `wanted` adversarial examples of LH made from training images, with
 /// those images' indices. The training images are tried in a seeded random order, in
-/// a pool that grows until every ε has enough successes or the set is exhausted.
+/// chunks that grow fourfold, each attacked only at the radii still short of samples.
 fn repair_samples(
     target: &Target,
     train: &Dataset,
@@ -490,27 +490,46 @@ fn repair_samples(
     let n = train.len();
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let mut size = n.min(wanted.saturating_mul(4).max(256));
-    loop {
-        let pool = train
-            .select(&order[..size])
-            .ok_or_else(|| Error::Mismatch("a training index is out of range".into()))?;
-        let outcome = attack::run(target, &pool, settings)?;
-        let enough = outcome.results.iter().all(|r| r.successes >= wanted);
-        if enough || size == n {
-            let mut out = Vec::with_capacity(outcome.adversarial.len());
-            for adv in &outcome.adversarial {
-                let rows: Vec<usize> = successes(adv).into_iter().take(wanted).collect();
-                let images = adv.images.select(Axis(0), &rows);
-                let labels = rows.iter().map(|&r| pool.labels[r]).collect();
-                let ds = images_dataset(images, target.layout, labels, train)?;
-                let index = rows.iter().map(|&r| order[r] as i64).collect();
-                out.push((ds, index));
-            }
-            return Ok(out);
+    let k = settings.eps.len();
+    let mut images: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); k];
+    let mut index: Vec<Vec<i64>> = vec![Vec::new(); k];
+    let (mut start, mut chunk) = (0, wanted.saturating_mul(4).max(256));
+    while start < n {
+        let short: Vec<usize> = (0..k).filter(|&e| index[e].len() < wanted).collect();
+        if short.is_empty() {
+            break;
         }
-        size = n.min(size.saturating_mul(4));
+        let end = n.min(start.saturating_add(chunk));
+        let pool = train
+            .select(&order[start..end])
+            .ok_or_else(|| Error::Mismatch("a training index is out of range".into()))?;
+        let mut s = settings.clone();
+        s.eps = short.iter().map(|&e| settings.eps[e]).collect();
+        let outcome = attack::run(target, &pool, &s)?;
+        for (&e, adv) in short.iter().zip(&outcome.adversarial) {
+            for r in successes(adv).into_iter().take(wanted - index[e].len()) {
+                images[e].push(adv.images.index_axis(Axis(0), r).to_owned());
+                index[e].push(order[start + r] as i64);
+            }
+        }
+        start = end;
+        chunk = chunk.saturating_mul(4);
     }
+    let mut out = Vec::with_capacity(k);
+    for (imgs, idx) in images.into_iter().zip(index) {
+        let mut dims = vec![imgs.len()];
+        dims.extend(target.pixels_shape(train));
+        let views: Vec<_> = imgs.iter().map(|a| a.view().insert_axis(Axis(0))).collect();
+        let stacked = if views.is_empty() {
+            ArrayD::zeros(dims)
+        } else {
+            ndarray::concatenate(Axis(0), &views)
+                .map_err(|e| Error::Mismatch(format!("stacking repair samples: {e}")))?
+        };
+        let labels = idx.iter().map(|&i| train.labels[i as usize]).collect();
+        out.push((images_dataset(stacked, target.layout, labels, train)?, idx));
+    }
+    Ok(out)
 }
 
 /// Up to `count` test images that NN's attack flips at the largest ε (or any, if it
