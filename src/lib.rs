@@ -23,6 +23,7 @@
 //! - [`inspect`]: a model summary with the detected cut.
 //! - [`attack`]: FGSM and PGD through gradient graphs ([`onnx::grad`]).
 //! - [`repair`]: the repair LP, solved with clarabel.
+//! - [`report`]: the report's figures (accuracy against ε, example grids).
 //! - [`atomic`]: atomic file output.
 
 pub mod atomic;
@@ -37,6 +38,7 @@ pub mod onnx;
 pub mod parallel;
 pub mod progress;
 pub mod repair;
+pub mod report;
 pub mod svm;
 
 pub use error::{Error, Result};
