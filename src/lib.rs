@@ -23,7 +23,8 @@
 //! - [`inspect`]: a model summary with the detected cut.
 //! - [`attack`]: FGSM and PGD through gradient graphs ([`onnx::grad`]).
 //! - [`repair`]: the repair LP, solved with clarabel.
-//! - [`experiment`]: the seed paper's whole experiment and its report.
+//! - [`experiment`]: the seed paper's whole experiment.
+//! - [`report`]: its report: JSON, Markdown tables, figures (accuracy against ε, example grids).
 //! - [`atomic`]: atomic file output.
 
 pub mod atomic;
@@ -39,6 +40,7 @@ pub mod onnx;
 pub mod parallel;
 pub mod progress;
 pub mod repair;
+pub mod report;
 pub mod svm;
 
 pub use error::{Error, Result};

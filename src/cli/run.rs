@@ -14,7 +14,9 @@ use clap::Args;
 
 use nnmend::attack::{self, Loss, Method};
 use nnmend::data::Split;
-use nnmend::experiment::{self, report::model_file, Outcome, Settings};
+use nnmend::experiment::{self, Outcome, Settings};
+use nnmend::report::plot::{self, Cell, Chart, Series};
+use nnmend::report::run::model_file;
 use nnmend::hybrid::FitSettings;
 use nnmend::repair::{ClassSettings, HybridSettings, MarginOptions};
 use nnmend::svm::SvmParams;

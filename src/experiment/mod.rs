@@ -15,8 +15,6 @@
 //! applied to those features directly. NN runs the same way. Everything is seeded, so
 //! a rerun gives the same numbers.
 
-pub mod report;
-
 use std::time::Instant;
 
 use ndarray::{Array2, ArrayD, ArrayView2, Axis};
@@ -35,7 +33,7 @@ use crate::onnx::{find_cut, Cut, ModelProto};
 use crate::repair::{repair_hybrid, HybridRepair, HybridSettings};
 use crate::svm::{self, LinearSvm};
 
-pub use report::{Cell, Report};
+pub use crate::report::run::{Cell, Report};
 
 /// The models of the experiment, in report order.
 pub const MODELS: [&str; 4] = ["NN", "LH", "KH", "RLH"];
@@ -451,7 +449,7 @@ fn fit_linear(
     features: ArrayView2<f32>,
     train: &Dataset,
     settings: &FitSettings,
-) -> Result<(LinearSvm, ModelProto, report::FitFigures)> {
+) -> Result<(LinearSvm, ModelProto, crate::report::run::FitFigures)> {
     let started = Instant::now();
     let n_classes = train.n_classes();
     let labels: Vec<usize> = train
@@ -468,7 +466,7 @@ fn fit_linear(
     set_metadata(&mut out, "nnmend.cut.tensor", &cut.tensor);
     set_metadata(&mut out, "nnmend.train.samples", &train.len().to_string());
     set_metadata(&mut out, "nnmend.train.fingerprint", &train.fingerprint());
-    let figures = report::FitFigures {
+    let figures = crate::report::run::FitFigures {
         train_accuracy: correct as f64 / labels.len().max(1) as f64,
         converged: fit.converged(),
         objective: fit.objective(),

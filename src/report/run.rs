@@ -1,4 +1,4 @@
-//! The experiment's report: every number [`super::run`] measured, as JSON for
+//! The report of `nnmend run`: every number [`crate::experiment::run`] measured, as JSON for
 //! machines (`report.json`) and as Markdown tables laid out like the paper's for
 //! people (`report.md`).
 //!
@@ -17,7 +17,7 @@ use crate::data::Dataset;
 use crate::onnx::Cut;
 use crate::repair::{HybridRepair, LpSize, Status};
 
-use super::{Settings, MODELS, TEST_SETS};
+use crate::experiment::{Settings, MODELS, TEST_SETS};
 
 /// tract's version (pinned in Cargo.toml; a test keeps the two equal).
 pub const TRACT_VERSION: &str = "0.23.9";
@@ -167,7 +167,7 @@ fn ordered_map<S: serde::Serializer>(pairs: &[(String, f64)], s: S) -> Result<S:
 }
 
 impl Report {
-    pub(super) fn new(
+    pub(crate) fn new(
         settings: &Settings,
         train: &Dataset,
         test: &Dataset,
@@ -223,7 +223,7 @@ impl Report {
         }
     }
 
-    pub(super) fn push_cell(
+    pub(crate) fn push_cell(
         &mut self,
         model: &str,
         test_set: &str,
@@ -242,7 +242,7 @@ impl Report {
         });
     }
 
-    pub(super) fn push_attack(&mut self, eps: f32, target: &str, r: &EpsResult) {
+    pub(crate) fn push_attack(&mut self, eps: f32, target: &str, r: &EpsResult) {
         self.attacks.push(AttackFigures {
             eps,
             target: target.into(),
@@ -253,7 +253,7 @@ impl Report {
         });
     }
 
-    pub(super) fn push_repair(
+    pub(crate) fn push_repair(
         &mut self,
         eps: f32,
         done: Option<&HybridRepair>,
