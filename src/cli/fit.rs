@@ -76,7 +76,7 @@ pub struct FitArgs {
     landmarks: Option<u64>,
     /// With --head kernel: the RBF width γ > 0 [default: 1 / (D · Var(features)),
     /// scikit-learn's "scale"].
-    #[arg(long, value_name = "G", value_parser = positive)]
+    #[arg(long, value_name = "G", value_parser = positive, allow_negative_numbers = true)]
     gamma: Option<f32>,
     /// Print one JSON document instead of text.
     #[arg(long)]

@@ -14,6 +14,7 @@ mod engines;
 mod external;
 mod grad;
 mod hybrid;
+mod kernel;
 mod repair;
 mod robustness;
 mod roundtrip;
