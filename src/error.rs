@@ -4,7 +4,7 @@
 use crate::data::DataError;
 use crate::engine::EngineError;
 use crate::onnx::OnnxError;
-use crate::svm::{KernelError, SvmError};
+use crate::svm::SvmError;
 
 /// Anything a pipeline step can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +21,6 @@ pub enum Error {
     /// Fitting the SVM.
     #[error(transparent)]
     Svm(#[from] SvmError),
-    /// Fitting the Nyström kernel map.
-    #[error(transparent)]
-    Kernel(#[from] KernelError),
     /// A file nnmend writes could not be written.
     #[error("{path}: {source}")]
     Write {
