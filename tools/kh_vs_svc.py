@@ -97,7 +97,7 @@ def main(argv):
                      "accuracy": float((svc.predict(xt) == yt).mean()), "fit_seconds": svc_seconds,
                      "support_vectors": int(svc.n_support_.sum())})
 
-        gamma = 1.0 / (d * x.var()) if x.var() > 0 else 1.0
+        gamma = float(1.0 / (d * float(x.var()))) if x.var() > 0 else 1.0
         started = time.perf_counter()
         ny = Nystroem(kernel="rbf", gamma=gamma, n_components=min(args.landmarks, n), random_state=args.seed)
         phi = ny.fit_transform(x)
