@@ -11,18 +11,22 @@
 //! 3. **Extract features** with an inference engine ([`engine`]: tract by default).
 //! 4. **Fit** a one-vs-rest linear SVM on the features ([`svm`]) to get the hybrid
 //!    ([`hybrid::fit`]), written back as extractor + Flatten + Gemm
-//!    ([`onnx::surgery::hybrid`]), a drop-in replacement for the original.
+//!    ([`onnx::surgery::hybrid`]), a drop-in replacement for the original; or the
+//!    kernel hybrid ([`hybrid::fit_kernel`]), a linear SVM on the Nyström features of
+//!    an RBF kernel ([`svm::kernel`]), written as extractor + Nyström map + Gemm
+//!    ([`onnx::surgery::kernel_hybrid`]).
 //!
 //! Modules:
 //! - [`onnx`]: protobuf messages, load/save, graph queries, the cut, surgery.
 //! - [`engine`]: the engine trait and its tract implementation.
 //! - [`data`]: IDX, CIFAR-10 binary, image folders and NPZ; scaling and layouts.
-//! - [`svm`]: the linear SVM (dual coordinate descent, as in LIBLINEAR).
+//! - [`svm`]: the linear SVM (dual coordinate descent, as in LIBLINEAR) and the
+//!   Nyström RBF map.
 //! - [`features`]: running a model over a data set in batches.
 //! - [`hybrid`]: fitting the hybrid and measuring accuracy.
 //! - [`inspect`]: a model summary with the detected cut.
 //! - [`attack`]: FGSM and PGD through gradient graphs ([`onnx::grad`]).
-//! - [`repair`]: the repair LP, solved with clarabel.
+//! - [`repair`]: the repair LPs of a linear or kernel hybrid's head, solved with clarabel.
 //! - [`experiment`]: the seed paper's whole experiment.
 //! - [`report`]: its report: JSON, Markdown tables, figures (accuracy against ε, example grids).
 //! - [`atomic`]: atomic file output.

@@ -1,5 +1,6 @@
-//! `nnmend fit MODEL --train DATA -o HYBRID.onnx`: fits the linear SVM head on the
-//! extractor's features and writes the hybrid.
+//! `nnmend fit MODEL --train DATA -o HYBRID.onnx [--head linear|kernel]`: fits the
+//! linear SVM head on the extractor's features (LH), or on their Nyström RBF features
+//! (KH, `--head kernel`), and writes the hybrid.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,10 +11,20 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use nnmend::data::Split;
-use nnmend::hybrid::{evaluate, fit as fit_hybrid, FitSettings};
-use nnmend::svm::{Loss, SvmParams};
+use nnmend::hybrid::{evaluate, fit as fit_hybrid, fit_kernel, FitSettings};
+use nnmend::onnx::{Cut, ModelProto};
+use nnmend::svm::{FitReport, Loss, NystromSettings, SvmParams};
 
-use super::{load_model, print_json, refuse_overwrite, save_model, warn, DataArgs, EngineArgs};
+use super::{load_model, positive, print_json, refuse_overwrite, save_model, usage_error, warn, DataArgs, EngineArgs};
+
+/// The head fitted on the features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HeadArg {
+    /// A linear SVM on the extractor's features (the paper's LH).
+    Linear,
+    /// A linear SVM on the Nyström features of an RBF kernel (the paper's KH).
+    Kernel,
+}
 
 /// The SVM's loss.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -53,9 +64,20 @@ pub struct FitArgs {
     /// Most passes over the data per class.
     #[arg(long, default_value_t = 1000)]
     max_iter: usize,
-    /// Seed of the solver's sample order.
+    /// Seed of the solver's sample order (and of the landmark draw with --head kernel).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The head: a linear SVM on the features, or on their RBF-kernel Nyström features.
+    #[arg(long, value_enum, default_value_t = HeadArg::Linear)]
+    head: HeadArg,
+    /// With --head kernel: landmarks of the Nyström map (at most the number of
+    /// training images) [default: 1000].
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+    landmarks: Option<u64>,
+    /// With --head kernel: the RBF width γ > 0 [default: 1 / (D · Var(features)),
+    /// scikit-learn's "scale"].
+    #[arg(long, value_name = "G", value_parser = positive, allow_negative_numbers = true)]
+    gamma: Option<f32>,
     /// Print one JSON document instead of text.
     #[arg(long)]
     json: bool,
@@ -69,6 +91,9 @@ pub struct FitArgs {
 pub fn fit(args: FitArgs) -> Result<ExitCode> {
     if args.c <= 0.0 || !args.c.is_finite() {
         anyhow::bail!("--c must be a positive number, got {}", args.c);
+    }
+    if args.head == HeadArg::Linear && (args.landmarks.is_some() || args.gamma.is_some()) {
+        return usage_error("--landmarks and --gamma shape the kernel head: use them with --head kernel");
     }
     let mut inputs = vec![args.model.as_path(), args.train.as_path()];
     inputs.extend(args.test.as_deref());
@@ -92,8 +117,60 @@ pub fn fit(args: FitArgs) -> Result<ExitCode> {
         },
         feed: feed.clone(),
     };
-    let outcome = fit_hybrid(&model, &train, engine.as_ref(), &settings)
-        .with_context(|| format!("fitting a hybrid of {}", args.model.display()))?;
+    let outcome = match args.head {
+        HeadArg::Linear => {
+            let o = fit_hybrid(&model, &train, engine.as_ref(), &settings)
+                .with_context(|| format!("fitting a hybrid of {}", args.model.display()))?;
+            Fitted {
+                model: o.model,
+                cut: o.cut,
+                feature_dim: o.feature_dim,
+                report: o.report,
+                train_accuracy: o.train_accuracy,
+                extract_seconds: o.extract_seconds,
+                n_train: o.n_train,
+                missing_classes: o.missing_classes,
+                kernel: serde_json::Value::Null,
+            }
+        }
+        HeadArg::Kernel => {
+            let nystrom = NystromSettings {
+                landmarks: args.landmarks.map_or(NystromSettings::default().landmarks, |m| {
+                    usize::try_from(m).unwrap_or(usize::MAX)
+                }),
+                gamma: args.gamma,
+                seed: args.seed,
+            };
+            let o = fit_kernel(&model, &train, engine.as_ref(), &settings, &nystrom)
+                .with_context(|| format!("fitting a kernel hybrid of {}", args.model.display()))?;
+            if o.nystrom.landmarks() < nystrom.landmarks {
+                warn(&format!(
+                    "{} landmarks asked for, but {} holds {} training images: all of them are landmarks",
+                    nystrom.landmarks,
+                    args.train.display(),
+                    o.n_train
+                ));
+            }
+            Fitted {
+                kernel: json!({
+                    "kernel": "rbf",
+                    "landmarks": o.nystrom.landmarks(),
+                    "gamma": o.nystrom.gamma(),
+                    "dim": o.nystrom.dim(),
+                    "seed": args.seed,
+                    "map_seconds": o.map_seconds,
+                }),
+                model: o.model,
+                cut: o.cut,
+                feature_dim: o.feature_dim,
+                report: o.report,
+                train_accuracy: o.train_accuracy,
+                extract_seconds: o.extract_seconds,
+                n_train: o.n_train,
+                missing_classes: o.missing_classes,
+            }
+        }
+    };
     if let Some(w) = &outcome.cut.warning {
         warn(w);
     }
@@ -125,6 +202,8 @@ pub fn fit(args: FitArgs) -> Result<ExitCode> {
         print_json(&json!({
             "engine": args.engine.describe(),
             "output": args.output,
+            "head": match args.head { HeadArg::Linear => "linear", HeadArg::Kernel => "kernel" },
+            "kernel": outcome.kernel,
             "cut": {"tensor": outcome.cut.tensor, "node": outcome.cut.node, "op": outcome.cut.op,
                     "fallback": outcome.cut.fallback(), "feature_dim": outcome.feature_dim},
             "n_train": outcome.n_train,
@@ -152,6 +231,13 @@ pub fn fit(args: FitArgs) -> Result<ExitCode> {
             "cut at {} ({}), D = {}",
             outcome.cut.tensor, outcome.cut.op, outcome.feature_dim
         )?;
+        if args.head == HeadArg::Kernel {
+            writeln!(
+                out,
+                "RBF kernel head: {} landmarks, gamma {}, {} Nyström features",
+                outcome.kernel["landmarks"], outcome.kernel["gamma"], outcome.kernel["dim"]
+            )?;
+        }
         writeln!(
             out,
             "features of {} images in {:.2} s; SVM (C = {}) fitted in {:.2} s, objective {:.6}, {}",
@@ -169,4 +255,18 @@ pub fn fit(args: FitArgs) -> Result<ExitCode> {
         writeln!(out, "wrote {}", args.output.display())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What both heads report.
+struct Fitted {
+    model: ModelProto,
+    cut: Cut,
+    feature_dim: usize,
+    report: FitReport,
+    train_accuracy: f64,
+    extract_seconds: f64,
+    n_train: usize,
+    missing_classes: Vec<usize>,
+    /// The Nyström map's figures (null for the linear head).
+    kernel: serde_json::Value,
 }

@@ -28,6 +28,9 @@ use nnmend::onnx::{self, ModelProto};
 
 /// Exit code of a runtime error.
 pub const EXIT_ERROR: u8 = 1;
+/// Exit code of a usage error found after parsing (arguments that contradict each
+/// other or the model), as clap's own usage errors.
+pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a gate (such as `--min-accuracy`) that failed.
 pub const EXIT_GATE: u8 = 3;
 
@@ -204,6 +207,22 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// Reports a usage error found after parsing and returns its exit code.
+fn usage_error(message: &str) -> Result<ExitCode> {
+    let _ = writeln!(std::io::stderr(), "error: {message}");
+    Ok(ExitCode::from(EXIT_USAGE))
+}
+
+/// Parses a finite number > 0.
+fn positive(s: &str) -> Result<f32, String> {
+    let v: f32 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a finite number > 0"))
+    }
 }
 
 /// Prints a warning on stderr.

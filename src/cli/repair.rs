@@ -1,7 +1,8 @@
 //! `nnmend repair HYBRID --adv ADV.npz --train DATA -o REPAIRED.onnx`: repair a hybrid's
 //! linear head so that its adversarial examples get their clean decision values back,
 //! changing the weights as little as possible (the seed paper's LP, solved with
-//! clarabel), and write the repaired drop-in model.
+//! clarabel), and write the repaired drop-in model. Linear (LH) and kernel (KH)
+//! hybrids alike: the LP acts on whatever the head Gemm reads.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,9 +14,21 @@ use serde_json::json;
 
 use nnmend::data::{self, Dataset, Split};
 use nnmend::hybrid::evaluate;
+use nnmend::repair::head::{self, HeadKind};
 use nnmend::repair::{repair_hybrid, ClassSettings, HybridSettings, Instance, MarginOptions};
 
-use super::{load_model, print_json, refuse_overwrite, save_model, DataArgs, EngineArgs};
+use super::{load_model, print_json, refuse_overwrite, save_model, usage_error, DataArgs, EngineArgs};
+
+/// Which hybrid the repair expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HeadArg {
+    /// Whatever the model is: a Gemm reading `features` (linear) or a Nyström map (kernel).
+    Auto,
+    /// A linear hybrid (`fit --head linear`).
+    Linear,
+    /// A kernel hybrid (`fit --head kernel`).
+    Kernel,
+}
 
 /// The repair formulation.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -61,6 +74,9 @@ pub struct RepairArgs {
     /// The formulation.
     #[arg(long, value_enum, default_value_t = Mode::Paper)]
     mode: Mode,
+    /// The hybrid's head: read from the model (auto), or the kind it must be.
+    #[arg(long, value_enum, default_value_t = HeadArg::Auto)]
+    head: HeadArg,
     /// Use only the first N repair samples (successful rows of `--adv`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     samples: Option<u64>,
@@ -139,6 +155,22 @@ pub fn repair(args: RepairArgs) -> Result<ExitCode> {
         refuse_overwrite(dump, &inputs)?;
     }
     let hybrid = load_model(&args.hybrid)?;
+    let found = head::find(&hybrid).with_context(|| format!("{}", args.hybrid.display()))?;
+    let wanted = match args.head {
+        HeadArg::Auto => None,
+        HeadArg::Linear => Some(HeadKind::Linear),
+        HeadArg::Kernel => Some(HeadKind::Kernel),
+    };
+    if let Some(wanted) = wanted.filter(|&w| w != found.kind) {
+        return usage_error(&format!(
+            "--head {} was given, but {} is a {} hybrid (its head Gemm reads '{}'); use --head {} or --head auto",
+            wanted.name(),
+            args.hybrid.display(),
+            found.kind.name(),
+            found.input,
+            found.kind.name()
+        ));
+    }
     let (mut adv, mut index) = adversarial_rows(&args.adv)?;
     if let Some(n) = args.samples {
         let n = usize::try_from(n).unwrap_or(usize::MAX).min(adv.len());
@@ -247,6 +279,7 @@ pub fn repair(args: RepairArgs) -> Result<ExitCode> {
             "unfixed": done.unfixed,
             "features": {"changeable": done.changeable, "total": done.feature_dim},
             "mode": if r.margin.is_some() { "margin" } else { "paper" },
+            "head": done.head,
             "margin": r.margin.as_ref().map(|m| json!({
                 "margin": args.margin, "slack_price": args.slack_price, "keep_price": args.keep_price,
                 "preserve": args.preserve, "iterations": m.iterations, "rounds": m.rounds,

@@ -15,11 +15,11 @@ use clap::Args;
 use nnmend::attack::{self, Loss, Method};
 use nnmend::data::Split;
 use nnmend::experiment::{self, Outcome, Settings};
-use nnmend::report::plot::{self, Cell, Chart, Series};
-use nnmend::report::run::model_file;
 use nnmend::hybrid::FitSettings;
 use nnmend::repair::{ClassSettings, HybridSettings, MarginOptions};
-use nnmend::svm::SvmParams;
+use nnmend::report::plot::{self, Cell, Chart, Series};
+use nnmend::report::run::model_file;
+use nnmend::svm::{NystromSettings, SvmParams};
 
 use super::attack::unit_interval;
 use super::repair::Mode;
@@ -70,6 +70,15 @@ pub struct RunArgs {
     /// Let the repair change the bias too.
     #[arg(long)]
     repair_bias: bool,
+    /// KH's Nyström landmarks (training images whose features span its kernel map).
+    #[arg(long, value_name = "M", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    landmarks: u64,
+    /// KH's RBF width γ [default: scikit-learn's "scale", 1 / (D · Var(features))].
+    #[arg(long, value_name = "G", value_parser = super::positive)]
+    gamma: Option<f32>,
+    /// Leave the kernel hybrid (KH) out.
+    #[arg(long, conflicts_with_all = ["landmarks", "gamma"])]
+    no_kernel: bool,
     /// SVM regularisation constant C.
     #[arg(long, default_value_t = 1.0)]
     c: f64,
@@ -140,6 +149,10 @@ fn write_outputs(outcome: &Outcome, args: &RunArgs) -> Result<()> {
     let dir = tmp.path();
     std::fs::create_dir(dir.join("models")).with_context(|| format!("creating {}/models", dir.display()))?;
     nnmend::onnx::save(&outcome.lh, &dir.join("models/LH.onnx"))?;
+    if let Some(kh) = &outcome.kh {
+        nnmend::onnx::save(kh, &dir.join("models/KH.onnx"))?;
+    }
+    let figures = write_figures(outcome, dir)?;
     for r in &outcome.repaired {
         nnmend::onnx::save(&r.model, &dir.join(model_file(r.eps)))?;
     }
@@ -154,7 +167,7 @@ fn write_outputs(outcome: &Outcome, args: &RunArgs) -> Result<()> {
         "nnmend run: {}",
         args.model.file_name().map_or("model".into(), |n| n.to_string_lossy())
     );
-    let md = outcome.report.markdown(&title, &[]);
+    let md = outcome.report.markdown(&title, &figures);
     std::fs::write(dir.join("report.md"), md).context("writing report.md")?;
 
     // The folder is complete: swap it in.
@@ -180,6 +193,83 @@ fn write_outputs(outcome: &Outcome, args: &RunArgs) -> Result<()> {
         std::fs::remove_dir_all(&old).with_context(|| format!("removing the old {}", old.display()))?;
     }
     Ok(())
+}
+
+/// ε as the decimal the user typed (0.05, not 0.0500000007…, f32's nearest value).
+fn decimal(e: f32) -> f64 {
+    e.to_string().parse().unwrap_or(f64::from(e))
+}
+
+/// What each test set is, for the figures' titles.
+fn describe(set: &str) -> &'static str {
+    match set {
+        "Data" => "the clean test images",
+        "NADV" => "test images flipped by the attack on NN replaced",
+        "HADV" => "test images flipped by the attack on LH replaced",
+        _ => "test images flipped by the attack on RLH replaced",
+    }
+}
+
+/// Draws the accuracy charts (one per test set, a line per model) and the example
+/// grid into `dir`; returns their (caption, file) pairs for report.md.
+fn write_figures(outcome: &Outcome, dir: &Path) -> Result<Vec<(String, String)>> {
+    let report = &outcome.report;
+    let eps = report.eps();
+    let mut figures = Vec::new();
+    for set in experiment::TEST_SETS {
+        let series = report
+            .models()
+            .into_iter()
+            .map(|m| Series {
+                label: m.to_string(),
+                points: eps
+                    .iter()
+                    .map(|&e| (decimal(e), report.accuracy(m, set, e).unwrap_or(f64::NAN)))
+                    .collect(),
+            })
+            .collect();
+        let chart = Chart {
+            title: format!("Accuracy on {set} ({})", describe(set)),
+            x_label: "ε (L∞ radius, pixels in [0, 1])".into(),
+            y_label: "Accuracy".into(),
+            x_ticks: eps.iter().map(|&e| decimal(e)).collect(),
+            series,
+            y_range: (0.0, 1.0),
+        };
+        let name = format!("accuracy_{set}");
+        plot::write_chart(
+            &chart,
+            &dir.join(format!("{name}.svg")),
+            &dir.join(format!("{name}.png")),
+        )?;
+        figures.push((chart.title, format!("{name}.png")));
+    }
+    if !outcome.examples.is_empty() {
+        let mut headers = vec!["clean".to_string()];
+        headers.extend(eps.iter().map(|e| format!("ε = {e}")));
+        let rows: Vec<Vec<Cell>> = outcome
+            .examples
+            .iter()
+            .map(|ex| {
+                ex.images
+                    .iter()
+                    .zip(&ex.predicted)
+                    .map(|(image, &p)| Cell {
+                        image: image.clone(),
+                        caption: format!("{} → {p}", ex.label),
+                        wrong: p as i64 != ex.label,
+                    })
+                    .collect()
+            })
+            .collect();
+        plot::write_grid(&headers, &rows, &dir.join("examples.png"))?;
+        figures.push((
+            "Test images and NN's adversarial examples at each ε (caption: label → NN's prediction; red: wrong)"
+                .to_string(),
+            "examples.png".to_string(),
+        ));
+    }
+    Ok(figures)
 }
 
 /// Runs `nnmend run`.
@@ -217,6 +307,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             },
             feed: feed.clone(),
         },
+        kernel: (!args.no_kernel).then(|| NystromSettings {
+            landmarks: usize::try_from(args.landmarks).unwrap_or(usize::MAX),
+            gamma: args.gamma,
+            seed: args.seed,
+        }),
         repair_samples: usize::try_from(args.repair_samples).unwrap_or(usize::MAX),
         repair: HybridSettings {
             margin: matches!(args.mode, Mode::Margin).then(MarginOptions::default),

@@ -27,11 +27,12 @@ use crate::data::{to_nchw, Dataset, Layout, Pixels};
 use crate::engine::{Engine, Session};
 use crate::error::{Error, Result};
 use crate::features::{argmax_rows, collect, Feed};
-use crate::hybrid::FitSettings;
-use crate::onnx::surgery::{extractor, hybrid, set_metadata};
-use crate::onnx::{find_cut, Cut, ModelProto};
+use crate::hybrid::{fit_kernel_on_features, fit_linear_on_features, FitSettings};
+use crate::onnx::surgery::extractor;
+use crate::onnx::{find_cut, ModelProto};
 use crate::repair::{repair_hybrid, HybridRepair, HybridSettings};
-use crate::svm::{self, LinearSvm};
+use crate::report::run::FitFigures;
+use crate::svm::{FitReport, LinearSvm, Nystrom, NystromSettings};
 
 pub use crate::report::run::{Cell, Report};
 
@@ -51,6 +52,8 @@ pub struct Settings {
     pub loss: Loss,
     /// The hybrids' fit (cut, SVM, feed).
     pub fit: FitSettings,
+    /// The kernel hybrid's Nyström map; `None` leaves KH out.
+    pub kernel: Option<NystromSettings>,
     /// Repair samples per ε (1 reproduces the paper).
     pub repair_samples: usize,
     /// The repair's formulation and solve.
@@ -68,12 +71,15 @@ pub struct Settings {
 enum Head {
     /// `z = W f + b`.
     Linear(LinearSvm),
+    /// `z = W φ(f) + b`, φ the Nyström map of the RBF kernel.
+    Kernel(Box<Nystrom>, LinearSvm),
 }
 
 impl Head {
     fn predict(&self, features: ArrayView2<f32>) -> Vec<usize> {
         match self {
             Head::Linear(svm) => svm.predict(features),
+            Head::Kernel(map, svm) => svm.predict(map.transform(features).view()),
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct Outcome {
     pub report: Report,
     /// The linear hybrid.
     pub lh: ModelProto,
+    /// The kernel hybrid, unless left out.
+    pub kh: Option<ModelProto>,
     /// The repaired linear hybrids, one per ε.
     pub repaired: Vec<Repaired>,
     /// Examples for the grid.
@@ -228,7 +236,24 @@ pub fn run(
     let f_train = collect(extractor_session.as_ref(), train, feed, 0, "features")?;
 
     clock.phase("fit.LH", "fitting LH (linear SVM)");
-    let (lh_svm, lh_model, lh_fit) = fit_linear(model, &cut, f_train.view(), train, &settings.fit)?;
+    let started = Instant::now();
+    let lh_fit = fit_linear_on_features(model, &cut, f_train.view(), train, &settings.fit)?;
+    let mut fits = vec![("LH", figures(&lh_fit.report, lh_fit.train_accuracy, started))];
+    let (lh_model, lh) = (lh_fit.model, Head::Linear(lh_fit.svm));
+    let mut kh = None;
+    if let Some(nystrom) = &settings.kernel {
+        clock.phase(
+            "fit.KH",
+            &format!(
+                "fitting KH (Nyström map, {} landmarks, and a linear SVM)",
+                nystrom.landmarks
+            ),
+        );
+        let started = Instant::now();
+        let k = fit_kernel_on_features(model, &cut, f_train.view(), train, &settings.fit, nystrom)?;
+        fits.push(("KH", figures(&k.report, k.train_accuracy, started)));
+        kh = Some((k.model, Head::Kernel(Box::new(k.nystrom), k.svm)));
+    }
     drop(f_train);
 
     clock.phase(
@@ -237,8 +262,10 @@ pub fn run(
     );
     let f_test = collect(extractor_session.as_ref(), test, feed, 0, "features")?;
     let nn_test = predict(nn_session.as_ref(), test, feed, "NN")?;
-    let lh = Head::Linear(lh_svm);
-    let heads: Vec<(&str, &Head)> = vec![("LH", &lh)];
+    let mut heads: Vec<(&str, &Head)> = vec![("LH", &lh)];
+    if let Some((_, head)) = &kh {
+        heads.push(("KH", head));
+    }
 
     // Attacks on NN and LH over the test set, all ε at once (FGSM shares the
     // gradient of the clean pass).
@@ -265,7 +292,7 @@ pub fn run(
     )?;
     drop(lh_target);
 
-    let mut report = Report::new(settings, train, test, &cut, f_test.ncols(), lh_fit);
+    let mut report = Report::new(settings, train, test, &cut, f_test.ncols(), fits);
     let mut repaired = Vec::with_capacity(settings.eps.len());
     let replace = |adv: &Adversarial, label: &str| -> Result<TestSet> {
         replaced_set(
@@ -396,6 +423,7 @@ pub fn run(
     Ok(Outcome {
         report,
         lh: lh_model,
+        kh: kh.map(|(m, _)| m),
         repaired,
         examples,
     })
@@ -442,37 +470,14 @@ fn replaced_set(
     })
 }
 
-/// Fits LH on precomputed training features and builds its ONNX model.
-fn fit_linear(
-    model: &ModelProto,
-    cut: &Cut,
-    features: ArrayView2<f32>,
-    train: &Dataset,
-    settings: &FitSettings,
-) -> Result<(LinearSvm, ModelProto, crate::report::run::FitFigures)> {
-    let started = Instant::now();
-    let n_classes = train.n_classes();
-    let labels: Vec<usize> = train
-        .labels
-        .iter()
-        .map(|&l| usize::try_from(l).unwrap_or(usize::MAX))
-        .collect();
-    let (svm, fit) = svm::fit(features, &labels, n_classes, &settings.svm)?;
-    let predicted = svm.predict(features);
-    let correct = predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
-    let mut out = hybrid(model, cut, svm.weights.view(), svm.bias.view())?;
-    set_metadata(&mut out, "nnmend.version", env!("CARGO_PKG_VERSION"));
-    set_metadata(&mut out, "nnmend.head", "linear-svm");
-    set_metadata(&mut out, "nnmend.cut.tensor", &cut.tensor);
-    set_metadata(&mut out, "nnmend.train.samples", &train.len().to_string());
-    set_metadata(&mut out, "nnmend.train.fingerprint", &train.fingerprint());
-    let figures = crate::report::run::FitFigures {
-        train_accuracy: correct as f64 / labels.len().max(1) as f64,
-        converged: fit.converged(),
-        objective: fit.objective(),
+/// The report's figures of a fit that started at `started`.
+fn figures(report: &FitReport, train_accuracy: f64, started: Instant) -> FitFigures {
+    FitFigures {
+        train_accuracy,
+        converged: report.converged(),
+        objective: report.objective(),
         seconds: started.elapsed().as_secs_f64(),
-    };
-    Ok((svm, out, figures))
+    }
 }
 
 /// Per ε, up to `wanted` adversarial examples of LH made from training images, with

@@ -6,6 +6,20 @@
 //! `Gemm(features, W, b, transB=1)` (y = x Wᵀ + b), and, when the original classifier
 //! ended in Softmax or LogSoftmax, the same op again, so it is a drop-in replacement:
 //! same input name, type and shape, same output name.
+//!
+//! The kernel hybrid ([`kernel_hybrid`]) puts the Nyström map of an RBF kernel
+//! between `features` and the Gemm, in ops every opset has:
+//!
+//! ```text
+//! sq   = MatMul(Mul(f, f), ones[D, 1])                 ‖f‖²      [N, 1]
+//! d²   = Relu(Add(Add(sq, Mul(MatMul(f, Lᵀ), −2)), ‖l‖²))         [N, m]
+//! φ    = MatMul(Exp(Mul(d², −γ)), P)                  `nnmend_kernel_features` [N, r]
+//! ```
+//!
+//! (`MatMul` with a ones column, not `ReduceSum`, whose `axes` moved from attribute to
+//! input at opset 13; before opset 7, whose `Add`/`Mul` broadcast only a trailing
+//! suffix and only with `broadcast=1`, the ones matrix is [D, m] so that `sq` needs no
+//! broadcast.) [`crate::svm::Nystrom`] computes the same thing in the same order.
 
 use std::collections::HashSet;
 
@@ -22,6 +36,16 @@ use super::OnnxError;
 
 /// Name of the extractor's output.
 pub const FEATURES: &str = "features";
+/// Name of the kernel hybrid's Nyström features φ, the input of its Gemm.
+pub const KERNEL_FEATURES: &str = "nnmend_kernel_features";
+/// Initializer names of the kernel hybrid's map (`tools/nystrom_reference.py` reads them).
+pub const KERNEL_LANDMARKS_T: &str = "nnmend_kernel_landmarks_t";
+/// ‖l_j‖² per landmark, [m].
+pub const KERNEL_LANDMARK_NORMS: &str = "nnmend_kernel_landmark_norms";
+/// −γ, [1].
+pub const KERNEL_NEG_GAMMA: &str = "nnmend_kernel_neg_gamma";
+/// The projection P = K_mm^{−1/2}, [m, r].
+pub const KERNEL_PROJECTION: &str = "nnmend_kernel_projection";
 /// Symbol used for a relaxed batch dimension.
 pub const BATCH: &str = "N";
 
@@ -221,6 +245,121 @@ pub fn hybrid(
     weights: ArrayView2<f32>,
     bias: ArrayView1<f32>,
 ) -> Result<ModelProto, OnnxError> {
+    with_head(model, cut, None, weights, bias)
+}
+
+/// A Nyström map of an RBF kernel, as [`kernel_hybrid`] writes it into a graph.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelMap<'a> {
+    /// The landmarks L `[m, D]`.
+    pub landmarks: ArrayView2<'a, f32>,
+    /// ‖l_j‖² `[m]`.
+    pub landmark_norms: ArrayView1<'a, f32>,
+    /// The RBF width γ > 0.
+    pub gamma: f32,
+    /// The projection P `[m, r]`.
+    pub projection: ArrayView2<'a, f32>,
+}
+
+/// The kernel hybrid: the extractor of `model` at `cut`, the Nyström map `map` into
+/// `nnmend_kernel_features` [N, r] (see the module docs), then
+/// `Gemm(φ, W, b, transB=1)` with `weights` `[k, r]` and `bias` `[k]`, then the
+/// original's trailing Softmax or LogSoftmax if it had one.
+pub fn kernel_hybrid(
+    model: &ModelProto,
+    cut: &Cut,
+    map: &KernelMap<'_>,
+    weights: ArrayView2<f32>,
+    bias: ArrayView1<f32>,
+) -> Result<ModelProto, OnnxError> {
+    let (m, r) = map.projection.dim();
+    let bad = |name: &str, reason: String| OnnxError::Tensor {
+        name: name.into(),
+        reason,
+    };
+    if map.landmarks.nrows() != m || map.landmark_norms.len() != m {
+        return Err(bad(
+            KERNEL_PROJECTION,
+            format!(
+                "{m} rows, but {} landmarks and {} norms",
+                map.landmarks.nrows(),
+                map.landmark_norms.len()
+            ),
+        ));
+    }
+    if weights.ncols() != r {
+        return Err(bad(
+            "weights",
+            format!("{} columns for {r} kernel features", weights.ncols()),
+        ));
+    }
+    if !(map.gamma.is_finite() && map.gamma > 0.0) {
+        return Err(bad(
+            KERNEL_NEG_GAMMA,
+            format!("gamma {} is not finite and > 0", map.gamma),
+        ));
+    }
+    with_head(model, cut, Some(map), weights, bias)
+}
+
+/// Appends the Nyström map to `g`, reading `features` [N, D]; returns φ's name.
+fn push_kernel_map(g: &mut GraphProto, map: &KernelMap<'_>, opset: i64) -> String {
+    let (m, d) = map.landmarks.dim();
+    let r = map.projection.ncols();
+    // Before opset 7 Add and Mul broadcast only a trailing suffix, when told to.
+    let legacy = opset < 7;
+    let broadcast = || {
+        if legacy {
+            vec![int_attr("broadcast", 1)]
+        } else {
+            Vec::new()
+        }
+    };
+    let ones_cols = if legacy { m } else { 1 };
+    let ones = fresh(g, "nnmend_kernel_ones");
+    g.initializer
+        .push(tensor::from_f32(&ones, &[d, ones_cols], &vec![1.0; d * ones_cols]));
+    let lt = fresh(g, KERNEL_LANDMARKS_T);
+    let lt_values: Vec<f32> = map.landmarks.t().iter().copied().collect();
+    g.initializer.push(tensor::from_f32(&lt, &[d, m], &lt_values));
+    let norms = fresh(g, KERNEL_LANDMARK_NORMS);
+    g.initializer
+        .push(tensor::from_f32(&norms, &[m], &map.landmark_norms.to_vec()));
+    let minus_two = fresh(g, "nnmend_kernel_minus_two");
+    g.initializer.push(tensor::from_f32(&minus_two, &[1], &[-2.0]));
+    let neg_gamma = fresh(g, KERNEL_NEG_GAMMA);
+    g.initializer.push(tensor::from_f32(&neg_gamma, &[1], &[-map.gamma]));
+    let projection = fresh(g, KERNEL_PROJECTION);
+    let p_values: Vec<f32> = map.projection.iter().copied().collect();
+    g.initializer.push(tensor::from_f32(&projection, &[m, r], &p_values));
+    let step = |g: &mut GraphProto, op: &str, inputs: &[&str], base: &str, attrs: Vec<AttributeProto>| {
+        let out = fresh(g, base);
+        let node_name = fresh(g, &format!("{base}_node"));
+        g.node.push(node(op, &node_name, inputs, &[&out], attrs));
+        out
+    };
+    let f2 = step(g, "Mul", &[FEATURES, FEATURES], "nnmend_kernel_f2", Vec::new());
+    let sq = step(g, "MatMul", &[&f2, &ones], "nnmend_kernel_sq", Vec::new());
+    let cross = step(g, "MatMul", &[FEATURES, &lt], "nnmend_kernel_cross", Vec::new());
+    let cross2 = step(g, "Mul", &[&cross, &minus_two], "nnmend_kernel_cross2", broadcast());
+    // sq is [N, 1] from opset 7 (numpy broadcasting) and [N, m] before.
+    let partial = step(g, "Add", &[&sq, &cross2], "nnmend_kernel_partial", Vec::new());
+    let d2 = step(g, "Add", &[&partial, &norms], "nnmend_kernel_d2", broadcast());
+    let clipped = step(g, "Relu", &[&d2], "nnmend_kernel_d2_clipped", Vec::new());
+    let scaled = step(g, "Mul", &[&clipped, &neg_gamma], "nnmend_kernel_scaled", broadcast());
+    let k = step(g, "Exp", &[&scaled], "nnmend_kernel_k", Vec::new());
+    step(g, "MatMul", &[&k, &projection], KERNEL_FEATURES, Vec::new())
+}
+
+/// The extractor of `model` at `cut`, an optional kernel map, the Gemm head, and the
+/// original's trailing Softmax.
+fn with_head(
+    model: &ModelProto,
+    cut: &Cut,
+    kernel: Option<&KernelMap<'_>>,
+    weights: ArrayView2<f32>,
+    bias: ArrayView1<f32>,
+) -> Result<ModelProto, OnnxError> {
     let (k, d) = weights.dim();
     if bias.len() != k {
         return Err(OnnxError::Tensor {
@@ -228,7 +367,8 @@ pub fn hybrid(
             reason: format!("{} values for {k} classes", bias.len()),
         });
     }
-    let mut out = extractor(model, cut, Some(d))?;
+    let feature_dim = kernel.map_or(d, |map| map.landmarks.ncols());
+    let mut out = extractor(model, cut, Some(feature_dim))?;
     let original = model
         .graph
         .as_ref()
@@ -241,6 +381,10 @@ pub fn hybrid(
         .as_mut()
         .ok_or_else(|| OnnxError::Graph("the extractor holds no graph".into()))?;
     g.output.clear();
+    let head_input = match kernel {
+        Some(map) => push_kernel_map(g, map, opset),
+        None => FEATURES.to_string(),
+    };
     let w_name = fresh(g, "nnmend_head_weight");
     let b_name = fresh(g, "nnmend_head_bias");
     let w: Vec<f32> = weights.iter().copied().collect();
@@ -259,7 +403,7 @@ pub fn hybrid(
     g.node.push(node(
         "Gemm",
         &gemm_name,
-        &[FEATURES, &w_name, &b_name],
+        &[&head_input, &w_name, &b_name],
         &[&logits],
         attrs,
     ));

@@ -1,15 +1,46 @@
 //! The linear head of a hybrid: reading its weights and bias, and writing repaired
 //! ones back in place, so the repaired model keeps every name and shape.
+//!
+//! The head is the Gemm that computes the classifier's output (through a trailing
+//! Softmax, LogSoftmax or Identity). In the linear hybrid (LH) it reads the extractor's
+//! `features`; in the kernel hybrid (KH) it reads the Nyström features φ, the output of
+//! `MatMul(Exp(…), P)`. Either way the head is linear in what it reads, so the repair
+//! LPs apply to both, with the features taken at the head's input tensor.
 
 use ndarray::{Array1, Array2};
 
 use crate::onnx::graph::{node_label, Index};
+use crate::onnx::proto::{GraphProto, NodeProto};
 use crate::onnx::surgery::{set_metadata, FEATURES};
 use crate::onnx::{tensor, ModelProto, OnnxError};
 
-/// The `Gemm(features, W, b, transB=1)` that ends a hybrid.
+/// What a hybrid's head reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKind {
+    /// The linear hybrid: the Gemm reads the extractor's `features`.
+    Linear,
+    /// The kernel hybrid: the Gemm reads the Nyström features φ.
+    Kernel,
+}
+
+impl HeadKind {
+    /// `linear` or `kernel`, as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadKind::Linear => "linear",
+            HeadKind::Kernel => "kernel",
+        }
+    }
+}
+
+/// The `Gemm(x, W, b, transB=1)` that ends a hybrid.
 #[derive(Debug, Clone)]
 pub struct Head {
+    /// Linear or kernel hybrid.
+    pub kind: HeadKind,
+    /// The tensor the Gemm reads: `features` (LH) or the Nyström features (KH).
+    pub input: String,
     /// Name of the weight initializer.
     pub weight_name: String,
     /// Name of the bias initializer.
@@ -43,18 +74,61 @@ fn float_attr(node: &crate::onnx::proto::NodeProto, name: &str) -> f32 {
         .unwrap_or(1.0)
 }
 
-/// Finds the hybrid's head: the Gemm that reads `features`.
+/// The node computing `tensor`, if any.
+fn producer<'a>(graph: &'a GraphProto, index: &Index, tensor: &str) -> Option<&'a NodeProto> {
+    index.producer(tensor).map(|i| &graph.node[i])
+}
+
+/// Finds the hybrid's head: the Gemm computing the first graph output (through a
+/// trailing Softmax, LogSoftmax or Identity), reading either `features` (a linear
+/// hybrid) or a Nyström map's `MatMul(Exp(…), P)` (a kernel hybrid).
 pub fn find(model: &ModelProto) -> Result<Head, OnnxError> {
     let graph = model
         .graph
         .as_ref()
         .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
     let index = Index::new(graph)?;
-    let gemm = graph
-        .node
-        .iter()
-        .find(|n| n.op_type() == "Gemm" && n.input.first().map(String::as_str) == Some(FEATURES))
-        .ok_or_else(|| not_a_head(format!("no Gemm reads '{FEATURES}'")))?;
+    let output = graph
+        .output
+        .first()
+        .ok_or_else(|| not_a_head("the graph has no output"))?
+        .name();
+    let mut node =
+        producer(graph, &index, output).ok_or_else(|| not_a_head(format!("no node computes the output '{output}'")))?;
+    while matches!(node.op_type(), "Softmax" | "LogSoftmax" | "Identity") {
+        let next = node.input.first().and_then(|t| producer(graph, &index, t));
+        node = next.ok_or_else(|| not_a_head(format!("nothing feeds '{}'", node_label(node))))?;
+    }
+    if node.op_type() != "Gemm" {
+        return Err(not_a_head(format!(
+            "the output '{output}' comes from '{}' ({}), not from a Gemm",
+            node_label(node),
+            node.op_type()
+        )));
+    }
+    let gemm = node;
+    let input = gemm.input.first().cloned().unwrap_or_default();
+    let is_kernel_map = || {
+        producer(graph, &index, &input).is_some_and(|p| {
+            p.op_type() == "MatMul"
+                && p.input
+                    .first()
+                    .and_then(|t| producer(graph, &index, t))
+                    .map(|e| e.op_type())
+                    == Some("Exp")
+        })
+    };
+    let kind = if input == FEATURES {
+        HeadKind::Linear
+    } else if is_kernel_map() {
+        HeadKind::Kernel
+    } else {
+        return Err(not_a_head(format!(
+            "the Gemm '{}' reads '{input}', neither the extractor's '{FEATURES}' (a linear hybrid) nor a \
+             Nyström map's MatMul(Exp(…), P) (a kernel hybrid)",
+            node_label(gemm)
+        )));
+    };
     let label = node_label(gemm);
     if int_attr(gemm, "transA", 0) != 0 || int_attr(gemm, "transB", 0) != 1 {
         return Err(not_a_head(format!(
@@ -88,6 +162,8 @@ pub fn find(model: &ModelProto) -> Result<Head, OnnxError> {
         )));
     }
     Ok(Head {
+        kind,
+        input,
         weight_name: w_name,
         bias_name: b_name,
         weights,

@@ -3,8 +3,10 @@
 //! The hybrid's last layer is `z = W f + b` on the extractor's features f. Given
 //! repair samples (the features of adversarial images) and the decision values they
 //! should have, the repair changes W (and, if asked, b) as little as possible in L1,
-//! paying for what it cannot fix with slack. [`paper`] is the seed paper's formulation,
-//! separable by class and solved class by class with clarabel.
+//! paying for what it cannot fix with slack. In the kernel hybrid f is the Nyström
+//! feature vector φ the head reads, so the same programs repair it. [`paper`] is the
+//! seed paper's formulation, separable by class and solved class by class with
+//! clarabel.
 
 pub mod head;
 pub mod margin;
@@ -216,6 +218,8 @@ pub struct HybridSettings {
 pub struct HybridRepair {
     /// The repaired model: the hybrid with its head's weights (and bias) replaced.
     pub model: crate::onnx::ModelProto,
+    /// Linear or kernel hybrid.
+    pub head: head::HeadKind,
     /// The LP's solution.
     pub repair: Repair,
     /// Repair samples used.
@@ -289,7 +293,8 @@ fn accuracy(scores: &Array2<f64>, labels: &[i64]) -> f64 {
     correct(scores, labels).iter().filter(|&&c| c).count() as f64 / labels.len() as f64
 }
 
-/// Repairs `hybrid` (written by `nnmend fit`) with the paper's formulation: the repair
+/// Repairs `hybrid` (a linear or kernel hybrid written by `nnmend fit`, see
+/// [`head::find`]) with the paper's formulation (or the margin one): the repair
 /// samples are the rows of `adversarial` (their clean originals are the images of
 /// `clean` at `index`), and each should get the decision values the hybrid gives its
 /// clean original.
@@ -337,7 +342,9 @@ pub fn repair_hybrid(
     let originals = clean
         .select(&rows)
         .ok_or_else(|| Error::Mismatch("an index is out of range".into()))?;
-    let cut = crate::onnx::find_cut(hybrid, Some(crate::onnx::surgery::FEATURES))?;
+    // The repair features are what the head reads: `features` in a linear hybrid,
+    // the Nyström features in a kernel hybrid.
+    let cut = crate::onnx::find_cut(hybrid, Some(&head.input))?;
     let extractor = crate::onnx::surgery::extractor(hybrid, &cut, None)?;
     let session = engine.prepare(&extractor)?;
     let f_adv = crate::features::collect(session.as_ref(), adversarial, feed, 0, "features")?;
@@ -484,6 +491,7 @@ pub fn repair_hybrid(
     let mode = if settings.margin.is_some() { "margin" } else { "paper" };
     let provenance = [
         ("nnmend.repair.mode", mode.to_string()),
+        ("nnmend.repair.head", head.kind.name().to_string()),
         ("nnmend.repair.samples", s.to_string()),
         ("nnmend.repair.objective", format!("{}", repair.objective)),
         ("nnmend.repair.status", format!("{:?}", repair.status).to_lowercase()),
@@ -496,6 +504,7 @@ pub fn repair_hybrid(
     let model = head::replace(hybrid, &head, &repair.weights, &repair.bias, &provenance)?;
     Ok(HybridRepair {
         model,
+        head: head.kind,
         samples: s,
         changeable,
         feature_dim: d,

@@ -173,7 +173,7 @@ impl Report {
         test: &Dataset,
         cut: &Cut,
         feature_dim: usize,
-        lh: FitFigures,
+        fits: Vec<(&str, FitFigures)>,
     ) -> Self {
         let versions = [
             ("nnmend", env!("CARGO_PKG_VERSION")),
@@ -203,6 +203,9 @@ impl Report {
                 "repair_bias": settings.repair.class.repair_bias,
                 "preserve": settings.repair.margin.is_some().then_some(settings.repair.preserve),
             },
+            "kernel": settings.kernel.as_ref().map(|k| serde_json::json!({
+                "landmarks": k.landmarks, "gamma": k.gamma, "seed": k.seed,
+            })),
             "seed": settings.seed,
             "batch": settings.fit.feed.batch,
             "threads": settings.fit.feed.threads,
@@ -215,7 +218,7 @@ impl Report {
             train: DataFigures::of(train),
             test: DataFigures::of(test),
             cut: serde_json::json!({"tensor": cut.tensor, "feature_dim": feature_dim}),
-            fits: [("LH".to_string(), lh)].into_iter().collect(),
+            fits: fits.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             cells: Vec::new(),
             attacks: Vec::new(),
             repairs: Vec::new(),

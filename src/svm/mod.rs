@@ -26,12 +26,15 @@
 //! (seed, class), so results do not depend on the thread count or schedule.
 
 mod dcd;
+pub mod kernel;
 
 use std::time::Instant;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+pub use kernel::{KernelError, Nystrom, NystromSettings};
 
 use dcd::{BinarySolution, DenseRows, Rows, Settings, SparseRows};
 

@@ -344,6 +344,32 @@ fn fixture_models_match_finite_differences() {
     }
 }
 
+/// The kernel hybrid's Nyström map (Mul, MatMul, Add, Relu, Exp) differentiates too:
+/// the attacks run against KH.
+#[test]
+fn a_kernel_hybrid_matches_finite_differences() {
+    let original = load(&fixture("tiny_cnn.onnx"));
+    let train = nnmend::data::load(
+        &fixture("mnist-small"),
+        &nnmend::data::LoadOptions {
+            split: nnmend::data::Split::Train,
+            limit: Some(300),
+        },
+    )
+    .unwrap();
+    let nystrom = nnmend::svm::NystromSettings {
+        landmarks: 50,
+        ..Default::default()
+    };
+    let kh = nnmend::hybrid::fit_kernel(&original, &train, &Tract, &Default::default(), &nystrom)
+        .unwrap()
+        .model;
+    let g = graphs(&kh, &identity(), Loss::Ce);
+    let x = batch_of(&g, 2, 13);
+    let d: usize = g.sample.iter().product();
+    check(&g, &x, Loss::Ce, Some(&some_coords(d, 96, 5)), false, "kernel hybrid");
+}
+
 #[test]
 fn shared_models_match_finite_differences() {
     let cases: [(&str, Vec<f32>, Vec<f32>); 4] = [

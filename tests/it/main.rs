@@ -14,6 +14,7 @@ mod engines;
 mod external;
 mod grad;
 mod hybrid;
+mod kernel;
 mod plot;
 mod repair;
 mod robustness;

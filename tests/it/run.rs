@@ -6,7 +6,7 @@ use ndarray::{Array1, Array4, Axis};
 
 use crate::common::*;
 
-const MODELS: [&str; 3] = ["NN", "LH", "RLH"];
+const MODELS: [&str; 4] = ["NN", "LH", "KH", "RLH"];
 const SETS: [&str; 4] = ["Data", "NADV", "HADV", "RHADV"];
 const EPS: [f64; 2] = [0.1, 0.2];
 
@@ -27,6 +27,8 @@ fn run_experiment(out: &Path, threads: &str) -> std::process::Output {
         "0.1,0.2",
         "--repair-samples",
         "3",
+        "--landmarks",
+        "200",
         "--threads",
         threads,
         "--out",
@@ -125,7 +127,11 @@ fn run_reports_every_cell_writes_drop_in_models_and_repeats_itself() {
 
     // The written models are drop-in ONNX: onnxruntime scores them on the clean test
     // images exactly as the report does.
-    for (m, file) in [("LH", "models/LH.onnx"), ("RLH", "models/RLH_eps0.1.onnx")] {
+    for (m, file) in [
+        ("LH", "models/LH.onnx"),
+        ("KH", "models/KH.onnx"),
+        ("RLH", "models/RLH_eps0.1.onnx"),
+    ] {
         let correct = ort_correct(&out.join(file), tmp.path(), 200);
         assert_eq!(
             correct as u64,
@@ -136,7 +142,20 @@ fn run_reports_every_cell_writes_drop_in_models_and_repeats_itself() {
     let nn = ort_correct(&fixture("mnist_paper.onnx"), tmp.path(), 200);
     assert_eq!(nn as u64, cell(&r, "NN", "Data", 0.1)["correct"].as_u64().unwrap());
 
+    // The figures decode, at their size, and report.md shows them.
+    for set in SETS {
+        let png = image::open(out.join(format!("accuracy_{set}.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (800, 500));
+        let svg = std::fs::read_to_string(out.join(format!("accuracy_{set}.svg"))).unwrap();
+        for label in ["0.1", "0.2", "NN", "LH", "KH", "RLH", "Accuracy (%)", set] {
+            assert!(svg.contains(label), "accuracy_{set}.svg lacks {label}");
+        }
+    }
+    let grid = image::open(out.join("examples.png")).unwrap();
+    assert!(grid.width() > 3 * 28 && grid.height() > 6 * 28);
+
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("![") && md.contains("examples.png") && md.contains("accuracy_RHADV.png"));
     for heading in [
         "## Accuracy on NADV",
         "## Accuracy on HADV",
@@ -165,7 +184,13 @@ fn run_reports_every_cell_writes_drop_in_models_and_repeats_itself() {
             .collect::<Vec<_>>()
     };
     assert_eq!(objectives(&r), objectives(&r2));
-    for file in ["models/LH.onnx", "models/RLH_eps0.1.onnx", "models/RLH_eps0.2.onnx"] {
+    for file in [
+        "models/LH.onnx",
+        "models/KH.onnx",
+        "models/RLH_eps0.1.onnx",
+        "models/RLH_eps0.2.onnx",
+        "examples.png",
+    ] {
         assert_eq!(
             std::fs::read(out.join(file)).unwrap(),
             std::fs::read(again.join(file)).unwrap(),

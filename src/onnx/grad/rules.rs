@@ -139,6 +139,8 @@ pub fn backward(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Grads, Onnx
     match node.op_type() {
         "Identity" | "Dropout" => one(dy),
         "Neg" => one(ctx.b.op("Neg", &[&dy], vec![])),
+        // d exp(x) = exp(x) dx: the output is the derivative (the kernel hybrid's RBF).
+        "Exp" => one(ctx.b.mul(&dy, y)),
         "Relu" if ctx.opset() >= 9 => {
             // y > 0 exactly where x > 0, and sign(y) is then 1: one op for the mask.
             let mask = ctx.b.op("Sign", &[y], vec![]);
@@ -223,6 +225,7 @@ pub const SUPPORTED: &[&str] = &[
     "Conv",
     "Div",
     "Dropout",
+    "Exp",
     "Flatten",
     "Gemm",
     "GlobalAveragePool",
