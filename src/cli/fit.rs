@@ -13,7 +13,7 @@ use nnmend::data::Split;
 use nnmend::hybrid::{evaluate, fit as fit_hybrid, FitSettings};
 use nnmend::svm::{Loss, SvmParams};
 
-use super::{load_model, print_json, refuse_overwrite, save_model, warn, DataArgs, EngineArgs};
+use super::{load_model, print_json, save_model, warn, DataArgs, EngineArgs, Global};
 
 /// The SVM's loss.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -66,13 +66,13 @@ pub struct FitArgs {
 }
 
 /// Runs `nnmend fit`.
-pub fn fit(args: FitArgs) -> Result<ExitCode> {
+pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
     if args.c <= 0.0 || !args.c.is_finite() {
-        anyhow::bail!("--c must be a positive number, got {}", args.c);
+        super::usage!("--c must be a positive number, got {}", args.c);
     }
     let mut inputs = vec![args.model.as_path(), args.train.as_path()];
     inputs.extend(args.test.as_deref());
-    refuse_overwrite(&args.output, &inputs)?;
+    g.refuse_overwrite(&args.output, &inputs)?;
     let model = load_model(&args.model)?;
     let train = args.data.load(&args.train, Split::Train)?;
     let test = args.test.as_ref().map(|t| args.data.load(t, Split::Test)).transpose()?;
