@@ -58,7 +58,18 @@ pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &
             train.source.display()
         )));
     }
-    let n_classes = train.n_classes();
+    // The hybrid replaces the model, so it keeps the model's classes: a label outside
+    // them is an error in the data (and a label of 10⁹ must not size the head).
+    let n_classes = match model_classes(model) {
+        Some(k) => {
+            train.check_labels(k)?;
+            k
+        }
+        None => {
+            train.check_labels(MAX_CLASSES)?;
+            train.n_classes()
+        }
+    };
     let mut counts = vec![0usize; n_classes];
     for &l in &train.labels {
         if let Some(c) = usize::try_from(l).ok().and_then(|l| counts.get_mut(l)) {
@@ -84,6 +95,17 @@ pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &
         )));
     }
     let (cut, features, extract_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
+    if let Some(zero) = identical_rows(&features) {
+        let what = if zero { "all zero" } else { "identical rows" };
+        return Err(Error::Mismatch(format!(
+            "{}: the extractor gives every one of the {} training images the same features at {} ({what}), \
+             so an SVM has nothing to separate; check --mean/--std against the model's training, and that the \
+             images are not blank (or cut elsewhere with --at)",
+            train.source.display(),
+            train.len(),
+            cut.tensor
+        )));
+    }
     let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
     let spinner = crate::progress::spinner("svm", settings.feed.progress);
     let fitted = svm::fit(features.view(), &labels, n_classes, &settings.svm);
@@ -111,6 +133,27 @@ pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &
         extract_seconds,
         n_train: labels.len(),
     })
+}
+
+/// Whether every sample has the same features (a dead extractor, blank images): a
+/// degenerate training set. Says whether those features are all zero.
+fn identical_rows(features: &Array2<f32>) -> Option<bool> {
+    let mut rows = features.rows().into_iter();
+    let first = rows.next()?;
+    rows.all(|r| r == first).then(|| first.iter().all(|&v| v == 0.0))
+}
+
+/// The most classes a head may have when the model does not declare its own count.
+const MAX_CLASSES: usize = 1 << 16;
+
+/// The number of classes `model` declares: the last dimension of its first output,
+/// when that is fixed.
+pub fn model_classes(model: &ModelProto) -> Option<usize> {
+    let output = model.graph.as_ref()?.output.first()?;
+    match crate::onnx::graph::dims(output)?.last()? {
+        crate::onnx::graph::Dim::Fixed(k) => usize::try_from(*k).ok().filter(|&k| k > 0),
+        _ => None,
+    }
 }
 
 /// Cuts `model` (at `at`, or by the default rule) and runs its extractor over `ds`:
@@ -144,6 +187,7 @@ pub struct Accuracy {
 pub fn evaluate(model: &ModelProto, ds: &Dataset, engine: &dyn Engine, feed: &Feed) -> Result<(Accuracy, Vec<usize>)> {
     let session = engine.prepare(model)?;
     let scores = collect(session.as_ref(), ds, feed, 0, "eval")?;
+    ds.check_labels(scores.ncols())?;
     let predicted = argmax_rows(&scores);
     let correct = predicted
         .iter()
