@@ -146,14 +146,19 @@ fn identical_rows(features: &Array2<f32>) -> Option<bool> {
 /// The most classes a head may have when the model does not declare its own count.
 const MAX_CLASSES: usize = 1 << 16;
 
-/// The number of classes `model` declares: the last dimension of its first output,
-/// when that is fixed.
+/// The number of classes `model` declares: the product of its first output's
+/// dimensions after the batch (`[N, 10]` and `[N, 10, 1, 1]` both give 10), when they
+/// are all fixed.
 pub fn model_classes(model: &ModelProto) -> Option<usize> {
     let output = model.graph.as_ref()?.output.first()?;
-    match crate::onnx::graph::dims(output)?.last()? {
-        crate::onnx::graph::Dim::Fixed(k) => usize::try_from(*k).ok().filter(|&k| k > 0),
-        _ => None,
-    }
+    let dims = crate::onnx::graph::dims(output)?;
+    dims.get(1..)?
+        .iter()
+        .try_fold(1usize, |acc, d| match d {
+            crate::onnx::graph::Dim::Fixed(k) => usize::try_from(*k).ok().and_then(|k| acc.checked_mul(k)),
+            _ => None,
+        })
+        .filter(|&k| k > 0 && dims.len() > 1)
 }
 
 /// Cuts `model` (at `at`, or by the default rule) and runs its extractor over `ds`:

@@ -157,11 +157,16 @@ fn check_status(r: &nnmend::repair::Repair, args: &RepairArgs) -> Result<()> {
         Status::Stalled | Status::Infeasible => anyhow::bail!(
             "the repair LP ended {:?}{worst_class} after clarabel's iteration limit (--lp-max-iter {}) or on \
              numerical trouble; no model written to {}. Try a higher --lp-max-iter, fewer repair samples \
-             (--samples N), fewer weights (--select wilcoxon), or --mode margin; `--dump-lp FILE` with \
-             `nnmend lp FILE` re-solves the instance on its own",
+             (--samples N), fewer weights (--select wilcoxon){}; `--dump-lp FILE` with `nnmend lp FILE` \
+             re-solves the instance on its own",
             r.status,
             args.lp_max_iter,
-            args.output.display()
+            args.output.display(),
+            if matches!(args.mode, Mode::Paper) {
+                ", or --mode margin"
+            } else {
+                ""
+            }
         ),
     }
 }
