@@ -477,6 +477,21 @@ fn an_idx_header_claiming_a_trillion_pixels_is_refused_before_allocating() {
             "3000000 bytes",
         ],
     );
+    // Gzipped, the data's length is unknown until inflated; the header is checked
+    // against the most the compressed file can inflate to.
+    let raw = std::fs::read(dir.join("train-images-idx3-ubyte")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), Compression::best());
+    gz.write_all(&raw).unwrap();
+    std::fs::write(dir.join("train-images-idx3-ubyte"), gz.finish().unwrap()).unwrap();
+    case.refused(
+        &["fit", s(&model), "--train", s(&dir), "-o", s(&out)],
+        1,
+        &[
+            "train-images-idx3-ubyte",
+            "(1000000000000 bytes), but a gzip file of",
+            "inflates to at most 1032",
+        ],
+    );
     // The most a u32 count allows, of 28x28: refused the same way.
     let dir = idx_dir(&case, u32::MAX, 28, 28, 2);
     case.refused(
