@@ -1,11 +1,41 @@
 //! Atomic file output, shared by everything nnmend writes (models, data sets,
-//! features): the bytes go to a temporary file in the target's folder, which is
-//! synced and then renamed over the target. A reader never sees half a file, and a
+//! features, LP dumps): the bytes go to a temporary file in the target's folder, which
+//! is synced and then renamed over the target. A reader never sees half a file, and a
 //! failure leaves any older file in place and no temporary file behind.
+//!
+//! A temporary file deletes itself when dropped, but a process killed by a signal
+//! runs no destructors. So every temporary file in flight is also listed here, and the
+//! binary's SIGINT/SIGTERM handler calls [`remove_in_flight`] before it exits: Ctrl-C
+//! leaves neither a temporary file nor a half-written output.
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// Temporary files being written, by any thread.
+static IN_FLIGHT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The list of temporary files in flight; a thread that panicked while holding it
+/// left it consistent (every change is one push or one removal), so poisoning is ignored.
+fn in_flight() -> MutexGuard<'static, Vec<PathBuf>> {
+    IN_FLIGHT.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Deletes every temporary file still being written and returns how many there were.
+/// Meant for a signal handler that is about to end the process: the list stays locked
+/// after the call, so no write can start or finish (rename its file into place) after
+/// it; a write that had finished already left a complete file.
+pub fn remove_in_flight() -> usize {
+    let guard = in_flight();
+    for path in guard.iter() {
+        let _ = std::fs::remove_file(path);
+    }
+    let n = guard.len();
+    // Held until the process exits.
+    std::mem::forget(guard);
+    n
+}
 
 /// Creates `path` atomically, with `write` filling the file. `io_err` turns the
 /// I/O errors of creating, syncing and renaming into the caller's error type.
@@ -18,16 +48,34 @@ pub fn write_with<E>(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    // Dropping the temporary file unpersisted deletes it, whatever fails below.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".nnmend-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(&io_err)?;
-    write(tmp.as_file_mut())?;
-    tmp.as_file().sync_all().map_err(&io_err)?;
-    tmp.persist(path).map_err(|e| io_err(e.error))?;
-    Ok(())
+    // Created and listed under the lock, so that a signal never finds a temporary
+    // file that is not listed yet. Dropping it unpersisted deletes it, whatever fails.
+    let mut tmp = {
+        let mut list = in_flight();
+        let tmp = tempfile::Builder::new()
+            .prefix(".nnmend-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(&io_err)?;
+        list.push(tmp.path().to_path_buf());
+        tmp
+    };
+    let tmp_path = tmp.path().to_path_buf();
+    let unlist = |list: &mut Vec<PathBuf>| list.retain(|p| *p != tmp_path);
+    let filled = write(tmp.as_file_mut()).and_then(|()| tmp.as_file().sync_all().map_err(&io_err));
+    if let Err(e) = filled {
+        let mut list = in_flight();
+        drop(tmp);
+        unlist(&mut list);
+        return Err(e);
+    }
+    // Renamed and unlisted under the lock: a signal handler sees either the
+    // temporary file (and deletes it) or the finished output, never a renamed file
+    // still listed.
+    let mut list = in_flight();
+    let persisted = tmp.persist(path).map(|_| ()).map_err(|e| io_err(e.error));
+    unlist(&mut list);
+    persisted
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ pub struct FitOutcome {
 /// the hybrid. The hybrid records its provenance in `metadata_props`.
 pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &FitSettings) -> Result<FitOutcome> {
     // Checked before the (long) extraction too.
-    class_counts(train)?;
+    class_counts(model, train)?;
     let (cut, features, extract_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
     let mut outcome = fit_linear_on_features(model, &cut, features.view(), train, settings)?;
     outcome.extract_seconds = extract_seconds;
@@ -76,8 +76,8 @@ pub fn fit_linear_on_features(
     train: &Dataset,
     settings: &FitSettings,
 ) -> Result<FitOutcome> {
-    let counts = class_counts(train)?;
-    check_rows(features, train)?;
+    let counts = class_counts(model, train)?;
+    check_rows(features, train, cut)?;
     let n_classes = counts.len();
     let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
     let (svm, report) = fit_svm(features, &labels, n_classes, settings)?;
@@ -139,8 +139,8 @@ pub fn fit_kernel_on_features(
     settings: &FitSettings,
     nystrom: &NystromSettings,
 ) -> Result<KernelFitOutcome> {
-    let counts = class_counts(train)?;
-    check_rows(features, train)?;
+    let counts = class_counts(model, train)?;
+    check_rows(features, train, cut)?;
     let n_classes = counts.len();
     let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
     let started = Instant::now();
@@ -191,7 +191,7 @@ pub fn fit_kernel(
     settings: &FitSettings,
     nystrom: &NystromSettings,
 ) -> Result<KernelFitOutcome> {
-    class_counts(train)?;
+    class_counts(model, train)?;
     let (cut, features, extract_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
     let mut outcome = fit_kernel_on_features(model, &cut, features.view(), train, settings, nystrom)?;
     outcome.extract_seconds = extract_seconds;
@@ -213,15 +213,27 @@ fn export_scale(r: usize) -> f32 {
 /// The value of `nnmend.head` in a kernel hybrid's `metadata_props`.
 pub const KERNEL_HEAD: &str = "kernel-svm-nystrom";
 
-/// Training images per class; refuses an empty set or one with fewer than two classes.
-fn class_counts(train: &Dataset) -> Result<Vec<usize>> {
+/// Training images per class of `model`; refuses an empty set, labels outside the
+/// model's classes, or fewer than two classes present.
+fn class_counts(model: &ModelProto, train: &Dataset) -> Result<Vec<usize>> {
     if train.is_empty() {
         return Err(Error::Mismatch(format!(
             "{}: the training set is empty",
             train.source.display()
         )));
     }
-    let n_classes = train.n_classes();
+    // The hybrid replaces the model, so it keeps the model's classes: a label outside
+    // them is an error in the data (and a label of 10⁹ must not size the head).
+    let n_classes = match model_classes(model) {
+        Some(k) => {
+            train.check_labels(k)?;
+            k
+        }
+        None => {
+            train.check_labels(MAX_CLASSES)?;
+            train.n_classes()
+        }
+    };
     let mut counts = vec![0usize; n_classes];
     for &l in &train.labels {
         if let Some(c) = usize::try_from(l).ok().and_then(|l| counts.get_mut(l)) {
@@ -249,13 +261,26 @@ fn class_counts(train: &Dataset) -> Result<Vec<usize>> {
     Ok(counts)
 }
 
-fn check_rows(features: ArrayView2<f32>, train: &Dataset) -> Result<()> {
+/// Refuses features that do not match `train` row for row, or that are the same for
+/// every image (nothing to separate).
+fn check_rows(features: ArrayView2<f32>, train: &Dataset, cut: &Cut) -> Result<()> {
     if features.nrows() != train.len() {
         return Err(Error::Mismatch(format!(
             "{}: {} feature rows for {} training images",
             train.source.display(),
             features.nrows(),
             train.len()
+        )));
+    }
+    if let Some(zero) = identical_rows(features) {
+        let what = if zero { "all zero" } else { "identical rows" };
+        return Err(Error::Mismatch(format!(
+            "{}: the extractor gives every one of the {} training images the same features at {} ({what}), \
+             so an SVM has nothing to separate; check --mean/--std against the model's training, and that the \
+             images are not blank (or cut elsewhere with --at)",
+            train.source.display(),
+            train.len(),
+            cut.tensor
         )));
     }
     Ok(())
@@ -292,6 +317,32 @@ fn set_provenance(out: &mut ModelProto, head: &str, cut: &Cut, train: &Dataset, 
     set_metadata(out, "nnmend.train.fingerprint", &train.fingerprint());
 }
 
+/// Whether every sample has the same features (a dead extractor, blank images): a
+/// degenerate training set. Says whether those features are all zero.
+fn identical_rows(features: ArrayView2<f32>) -> Option<bool> {
+    let mut rows = features.rows().into_iter();
+    let first = rows.next()?;
+    rows.all(|r| r == first).then(|| first.iter().all(|&v| v == 0.0))
+}
+
+/// The most classes a head may have when the model does not declare its own count.
+const MAX_CLASSES: usize = 1 << 16;
+
+/// The number of classes `model` declares: the product of its first output's
+/// dimensions after the batch (`[N, 10]` and `[N, 10, 1, 1]` both give 10), when they
+/// are all fixed.
+pub fn model_classes(model: &ModelProto) -> Option<usize> {
+    let output = model.graph.as_ref()?.output.first()?;
+    let dims = crate::onnx::graph::dims(output)?;
+    dims.get(1..)?
+        .iter()
+        .try_fold(1usize, |acc, d| match d {
+            crate::onnx::graph::Dim::Fixed(k) => usize::try_from(*k).ok().and_then(|k| acc.checked_mul(k)),
+            _ => None,
+        })
+        .filter(|&k| k > 0 && dims.len() > 1)
+}
+
 /// Cuts `model` (at `at`, or by the default rule) and runs its extractor over `ds`:
 /// the cut, the `[N, D]` features, and the seconds the extraction took.
 pub fn extract(
@@ -323,6 +374,7 @@ pub struct Accuracy {
 pub fn evaluate(model: &ModelProto, ds: &Dataset, engine: &dyn Engine, feed: &Feed) -> Result<(Accuracy, Vec<usize>)> {
     let session = engine.prepare(model)?;
     let scores = collect(session.as_ref(), ds, feed, 0, "eval")?;
+    ds.check_labels(scores.ncols())?;
     let predicted = argmax_rows(&scores);
     let correct = predicted
         .iter()

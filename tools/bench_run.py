@@ -182,8 +182,10 @@ def main():
                   "or --skip-nnmend", file=sys.stderr)
             return 2
         if not args.skip_nnmend:
+            # `nnmend run` creates its output folder itself and refuses an existing one.
             out_dir = os.path.join(work, "nnmend_out")
-            os.makedirs(out_dir, exist_ok=True)
+            if os.path.isdir(out_dir):
+                shutil.rmtree(out_dir)
             cmd = nnmend_cmd(args, out_dir)
             print("nnmend: " + " ".join(cmd), file=sys.stderr, flush=True)
             r = run_child(cmd, os.path.join(work, "nnmend.log"), args.timeout, use_gnu_time)

@@ -13,7 +13,7 @@ use serde_json::json;
 use nnmend::attack::{self, Loss, Method, Settings, Target};
 use nnmend::data::{write_npz, NpzArrays, Split};
 
-use super::{load_model, print_json, refuse_overwrite, DataArgs, EngineArgs};
+use super::{load_model, print_json, DataArgs, EngineArgs, Global};
 
 pub(super) fn unit_interval(s: &str) -> Result<f32, String> {
     let v: f32 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
@@ -75,9 +75,9 @@ pub struct AttackArgs {
 }
 
 /// Runs `nnmend attack`.
-pub fn attack(args: AttackArgs) -> Result<ExitCode> {
+pub fn attack(args: AttackArgs, g: &Global) -> Result<ExitCode> {
     if let Some(out) = &args.output {
-        refuse_overwrite(out, &[&args.model, &args.data])?;
+        g.refuse_overwrite(out, &[&args.model, &args.data])?;
     }
     let model = load_model(&args.model)?;
     let ds = args.data_args.load(&args.data, Split::Test)?;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::{load_model, print_json, refuse_overwrite, save_model, warn, EngineArgs};
+use super::{load_model, print_json, save_model, warn, EngineArgs, Global};
 
 /// Arguments of `nnmend cut`.
 #[derive(Debug, Args)]
@@ -29,8 +29,8 @@ pub struct CutArgs {
 }
 
 /// Runs `nnmend cut`.
-pub fn cut(args: CutArgs) -> Result<ExitCode> {
-    refuse_overwrite(&args.output, &[&args.model])?;
+pub fn cut(args: CutArgs, g: &Global) -> Result<ExitCode> {
+    g.refuse_overwrite(&args.output, &[&args.model])?;
     let model = load_model(&args.model)?;
     let engine = args.engine.engine()?;
     let (info, extractor) = nnmend::inspect::cut(&model, engine.as_ref(), args.at.as_deref())

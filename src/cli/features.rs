@@ -13,7 +13,7 @@ use serde_json::json;
 use nnmend::data::Split;
 use nnmend::hybrid::extract;
 
-use super::{load_model, print_json, refuse_overwrite, warn, DataArgs, EngineArgs};
+use super::{load_model, print_json, warn, DataArgs, EngineArgs, Global};
 
 /// Arguments of `nnmend features`.
 #[derive(Debug, Args)]
@@ -39,8 +39,8 @@ pub struct FeaturesArgs {
 }
 
 /// Runs `nnmend features`.
-pub fn features(args: FeaturesArgs) -> Result<ExitCode> {
-    refuse_overwrite(&args.output, &[&args.model, &args.data])?;
+pub fn features(args: FeaturesArgs, g: &Global) -> Result<ExitCode> {
+    g.refuse_overwrite(&args.output, &[&args.model, &args.data])?;
     let model = load_model(&args.model)?;
     let ds = args.data_args.load(&args.data, Split::Train)?;
     let engine = args.engine.engine()?;

@@ -15,7 +15,7 @@ use nnmend::hybrid::{evaluate, fit as fit_hybrid, fit_kernel, FitSettings};
 use nnmend::onnx::{Cut, ModelProto};
 use nnmend::svm::{FitReport, Loss, NystromSettings, SvmParams};
 
-use super::{load_model, positive, print_json, refuse_overwrite, save_model, usage_error, warn, DataArgs, EngineArgs};
+use super::{load_model, positive, print_json, save_model, usage, warn, DataArgs, EngineArgs, Global};
 
 /// The head fitted on the features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,16 +88,16 @@ pub struct FitArgs {
 }
 
 /// Runs `nnmend fit`.
-pub fn fit(args: FitArgs) -> Result<ExitCode> {
+pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
     if args.c <= 0.0 || !args.c.is_finite() {
-        anyhow::bail!("--c must be a positive number, got {}", args.c);
+        super::usage!("--c must be a positive number, got {}", args.c);
     }
     if args.head == HeadArg::Linear && (args.landmarks.is_some() || args.gamma.is_some()) {
-        return usage_error("--landmarks and --gamma shape the kernel head: use them with --head kernel");
+        usage!("--landmarks and --gamma shape the kernel head: use them with --head kernel");
     }
     let mut inputs = vec![args.model.as_path(), args.train.as_path()];
     inputs.extend(args.test.as_deref());
-    refuse_overwrite(&args.output, &inputs)?;
+    g.refuse_overwrite(&args.output, &inputs)?;
     let model = load_model(&args.model)?;
     let train = args.data.load(&args.train, Split::Train)?;
     let test = args.test.as_ref().map(|t| args.data.load(t, Split::Test)).transpose()?;

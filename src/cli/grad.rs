@@ -11,7 +11,7 @@ use nnmend::attack::{gradient_model, normalization, Loss};
 use nnmend::features::{image_shape_of, Feed};
 use nnmend::onnx::grad::Normalization;
 
-use super::{load_model, refuse_overwrite, save_model, EngineArgs};
+use super::{load_model, save_model, EngineArgs, Global};
 
 /// Arguments of `nnmend grad`.
 #[derive(Debug, Args)]
@@ -35,8 +35,8 @@ pub struct GradArgs {
 }
 
 /// Runs `nnmend grad`.
-pub fn grad(args: GradArgs) -> Result<ExitCode> {
-    refuse_overwrite(&args.output, &[&args.model])?;
+pub fn grad(args: GradArgs, g: &Global) -> Result<ExitCode> {
+    g.refuse_overwrite(&args.output, &[&args.model])?;
     let model = load_model(&args.model)?;
     let engine = args.engine.engine()?;
     let norm = if args.mean.is_empty() && args.std.is_empty() {

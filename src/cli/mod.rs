@@ -28,11 +28,26 @@ use nnmend::onnx::{self, ModelProto};
 
 /// Exit code of a runtime error.
 pub const EXIT_ERROR: u8 = 1;
-/// Exit code of a usage error found after parsing (arguments that contradict each
-/// other or the model), as clap's own usage errors.
+/// Exit code of a usage error: clap's own, a refused overwrite, a bad option value.
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a gate (such as `--min-accuracy`) that failed.
 pub const EXIT_GATE: u8 = 3;
+/// Exit code of a run ended by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// A command line that asks for something nnmend will not do (exit code 2): an output
+/// that would replace an input, an option value out of range.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Fails with a [`UsageError`].
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::cli::UsageError(format!($($arg)*))))
+    };
+}
+pub(crate) use usage;
 
 /// Repair convolutional neural networks delivered as ONNX files.
 #[derive(Debug, Parser)]
@@ -40,6 +55,31 @@ pub const EXIT_GATE: u8 = 3;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    global: Global,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Global {
+    /// Let an output path name one of the command's inputs (the input is replaced,
+    /// atomically, once the command has read it); refused otherwise (exit code 2).
+    #[arg(long, global = true)]
+    force: bool,
+}
+
+impl Global {
+    /// Fails with a usage error, before any work is done, when `output` names one of
+    /// the command's `inputs` and `--force` was not given.
+    fn refuse_overwrite(&self, output: &Path, inputs: &[&Path]) -> Result<()> {
+        if self.force {
+            return Ok(());
+        }
+        match onnx::io::ensure_distinct(output, inputs) {
+            Ok(()) => Ok(()),
+            Err(e) => usage!("{e}; choose another output path, or pass --force to replace it"),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,17 +108,18 @@ enum Command {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
     match cli.command {
         Command::Inspect(a) => inspect::inspect(a),
-        Command::Cut(a) => cut::cut(a),
-        Command::Features(a) => features::features(a),
-        Command::Fit(a) => fit::fit(a),
+        Command::Cut(a) => cut::cut(a, g),
+        Command::Features(a) => features::features(a, g),
+        Command::Fit(a) => fit::fit(a, g),
         Command::Eval(a) => eval::eval(a),
-        Command::Attack(a) => attack::attack(a),
-        Command::Grad(a) => grad::grad(a),
-        Command::Repair(a) => repair::repair(a),
+        Command::Attack(a) => attack::attack(a, g),
+        Command::Grad(a) => grad::grad(a, g),
+        Command::Repair(a) => repair::repair(a, g),
         Command::Lp(a) => lp::lp(a),
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(a, g),
     }
 }
 
@@ -190,12 +231,6 @@ fn load_model(path: &Path) -> Result<ModelProto> {
     Ok(model)
 }
 
-/// Fails before any work is done when `output` names one of the command's `inputs`:
-/// no command overwrites what it reads.
-fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<()> {
-    Ok(onnx::io::ensure_distinct(output, inputs)?)
-}
-
 /// Saves `model` to `out` atomically.
 fn save_model(model: &ModelProto, out: &Path) -> Result<()> {
     Ok(onnx::save(model, out)?)
@@ -207,12 +242,6 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
-}
-
-/// Reports a usage error found after parsing and returns its exit code.
-fn usage_error(message: &str) -> Result<ExitCode> {
-    let _ = writeln!(std::io::stderr(), "error: {message}");
-    Ok(ExitCode::from(EXIT_USAGE))
 }
 
 /// Parses a finite number > 0.

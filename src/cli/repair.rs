@@ -15,9 +15,10 @@ use serde_json::json;
 use nnmend::data::{self, Dataset, Split};
 use nnmend::hybrid::evaluate;
 use nnmend::repair::head::{self, HeadKind};
-use nnmend::repair::{repair_hybrid, ClassSettings, HybridSettings, Instance, MarginOptions};
+use nnmend::repair::margin::MarginSettings;
+use nnmend::repair::{repair_hybrid, ClassSettings, HybridSettings, Instance, MarginOptions, Status};
 
-use super::{load_model, print_json, refuse_overwrite, save_model, usage_error, DataArgs, EngineArgs};
+use super::{load_model, print_json, save_model, usage, warn, DataArgs, EngineArgs, Global};
 
 /// Which hybrid the repair expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,6 +104,11 @@ pub struct RepairArgs {
     /// Let the bias change too.
     #[arg(long)]
     repair_bias: bool,
+    /// clarabel's iteration limit per LP solve; a solve that reaches it stalls, and a
+    /// stalled repair writes no model.
+    #[arg(long, value_name = "N", default_value_t = nnmend::repair::DEFAULT_MAX_ITER,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    lp_max_iter: u32,
     /// Clean test data: report the accuracy change (drawdown).
     #[arg(long, value_name = "DATA")]
     test: Option<PathBuf>,
@@ -145,14 +151,50 @@ fn adversarial_rows(path: &Path) -> Result<(Dataset, Vec<i64>)> {
     Ok((rows, keep.iter().map(|&i| index[i]).collect()))
 }
 
+/// A repair whose LP was not solved writes nothing: its weights are whatever the
+/// solver held when it stopped. One solved to reduced accuracy is written, with a
+/// warning.
+fn check_status(r: &nnmend::repair::Repair, args: &RepairArgs) -> Result<()> {
+    let worst_class = r
+        .classes
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.status == r.status)
+        .map_or(String::new(), |(k, _)| format!(" (class {k} first)"));
+    match r.status {
+        Status::Solved => Ok(()),
+        Status::AlmostSolved => {
+            warn(&format!(
+                "the repair LP was solved to reduced accuracy only{worst_class}; the model is written, but check \
+                 its efficacy and drawdown"
+            ));
+            Ok(())
+        }
+        Status::Stalled | Status::Infeasible => anyhow::bail!(
+            "the repair LP ended {:?}{worst_class} after clarabel's iteration limit (--lp-max-iter {}) or on \
+             numerical trouble; no model written to {}. Try a higher --lp-max-iter, fewer repair samples \
+             (--samples N), fewer weights (--select wilcoxon){}; `--dump-lp FILE` with `nnmend lp FILE` \
+             re-solves the instance on its own",
+            r.status,
+            args.lp_max_iter,
+            args.output.display(),
+            if matches!(args.mode, Mode::Paper) {
+                ", or --mode margin"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
 /// Runs `nnmend repair`.
-pub fn repair(args: RepairArgs) -> Result<ExitCode> {
+pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     let mut inputs: Vec<&Path> = vec![&args.hybrid, &args.adv, &args.train];
     inputs.extend(args.test.as_deref());
     inputs.extend(args.adv_test.as_deref());
-    refuse_overwrite(&args.output, &inputs)?;
+    g.refuse_overwrite(&args.output, &inputs)?;
     if let Some(dump) = &args.dump_lp {
-        refuse_overwrite(dump, &inputs)?;
+        g.refuse_overwrite(dump, &inputs)?;
     }
     let hybrid = load_model(&args.hybrid)?;
     let found = head::find(&hybrid).with_context(|| format!("{}", args.hybrid.display()))?;
@@ -162,16 +204,24 @@ pub fn repair(args: RepairArgs) -> Result<ExitCode> {
         HeadArg::Kernel => Some(HeadKind::Kernel),
     };
     if let Some(wanted) = wanted.filter(|&w| w != found.kind) {
-        return usage_error(&format!(
+        usage!(
             "--head {} was given, but {} is a {} hybrid (its head Gemm reads '{}'); use --head {} or --head auto",
             wanted.name(),
             args.hybrid.display(),
             found.kind.name(),
             found.input,
             found.kind.name()
-        ));
+        );
     }
     let (mut adv, mut index) = adversarial_rows(&args.adv)?;
+    if adv.is_empty() {
+        anyhow::bail!(
+            "{}: no row has success = true, so there is no adversarial example to repair. Attack with a \
+             larger --eps, with --method pgd (stronger than FGSM), or on more images (--limit), then repair \
+             with that file",
+            args.adv.display()
+        );
+    }
     if let Some(n) = args.samples {
         let n = usize::try_from(n).unwrap_or(usize::MAX).min(adv.len());
         let first: Vec<usize> = (0..n).collect();
@@ -188,19 +238,22 @@ pub fn repair(args: RepairArgs) -> Result<ExitCode> {
             margin: args.margin,
             slack_price: args.slack_price,
             keep_price: args.keep_price,
-            ..Default::default()
+            solve: MarginSettings {
+                solver_max_iter: args.lp_max_iter,
+                ..Default::default()
+            },
         }),
         preserve: args.preserve,
         select: args.select.map(|_| args.p),
         class: ClassSettings {
             repair_bias: args.repair_bias,
+            solver_max_iter: args.lp_max_iter,
             ..Default::default()
         },
         threads: feed.threads,
     };
     let done = repair_hybrid(&hybrid, &adv, &index, &clean, engine.as_ref(), &feed, &settings)
         .with_context(|| format!("repairing {}", args.hybrid.display()))?;
-    save_model(&done.model, &args.output)?;
     if let Some(dump) = &args.dump_lp {
         let rows = |x: &ndarray::Array2<f64>| x.rows().into_iter().map(|row| row.to_vec()).collect::<Vec<_>>();
         let doc = match &done.instance {
@@ -240,6 +293,8 @@ pub fn repair(args: RepairArgs) -> Result<ExitCode> {
             },
         )?;
     }
+    check_status(&done.repair, &args)?;
+    save_model(&done.model, &args.output)?;
     let drawdown = match &args.test {
         Some(path) => {
             let test = args.data_args.load(path, Split::Test)?;

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use nnmend::attack::{self, Loss, Method};
@@ -23,7 +23,7 @@ use nnmend::svm::{NystromSettings, SvmParams};
 
 use super::attack::unit_interval;
 use super::repair::Mode;
-use super::{load_model, print_json, warn, DataArgs, EngineArgs};
+use super::{load_model, print_json, usage, warn, DataArgs, EngineArgs, Global};
 
 /// Arguments of `nnmend run`.
 #[derive(Debug, Args)]
@@ -42,9 +42,6 @@ pub struct RunArgs {
     /// The folder to write (it must not exist, unless --force).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Replace DIR if it exists.
-    #[arg(long)]
-    force: bool,
     /// The attack.
     #[arg(long, value_enum, default_value_t = Method::Fgsm)]
     attack: Method,
@@ -110,19 +107,19 @@ pub struct RunArgs {
 fn check_out(out: &Path, inputs: &[&Path], force: bool) -> Result<()> {
     if out.exists() {
         if !force {
-            bail!(
+            usage!(
                 "{}: already exists; choose another --out, or pass --force to replace it",
                 out.display()
             );
         }
         if !out.is_dir() {
-            bail!("{}: exists and is not a folder", out.display());
+            usage!("{}: exists and is not a folder", out.display());
         }
         let root = std::fs::canonicalize(out).with_context(|| format!("{}", out.display()))?;
         for input in inputs {
             if let Ok(p) = std::fs::canonicalize(input) {
                 if p.starts_with(&root) {
-                    bail!(
+                    usage!(
                         "{}: --force would delete the input {} inside it",
                         out.display(),
                         input.display()
@@ -273,8 +270,8 @@ fn write_figures(outcome: &Outcome, dir: &Path) -> Result<Vec<(String, String)>>
 }
 
 /// Runs `nnmend run`.
-pub fn run(args: RunArgs) -> Result<ExitCode> {
-    check_out(&args.out, &[&args.model, &args.train, &args.test], args.force)?;
+pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
+    check_out(&args.out, &[&args.model, &args.train, &args.test], g.force)?;
     let model = load_model(&args.model)?;
     let mut train = args.data_args.load(&args.train, Split::Train)?;
     let mut test = args.data_args.load(&args.test, Split::Test)?;
@@ -332,8 +329,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     for r in &outcome.report.repairs {
         match r.status {
             Some(nnmend::repair::Status::Solved) => {}
+            Some(status) if r.used => warn(&format!(
+                "the repair LP at ε = {} ended {status:?} (solved to reduced accuracy): RLH uses its solution",
+                r.eps
+            )),
             Some(status) => warn(&format!(
-                "the repair at ε = {} ended {status:?}: its numbers are those of the solver's last iterate",
+                "the repair LP at ε = {} ended {status:?}: RLH is LH unchanged there (more --repair-samples \
+                 or --mode margin may help)",
                 r.eps
             )),
             None => warn(&format!(

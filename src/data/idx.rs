@@ -17,6 +17,8 @@ use super::{has_more, read_up_to, DataError, Dataset, LoadOptions, Pixels, Split
 
 /// Magic number of an IDX file of unsigned bytes with 3 dimensions.
 const IMAGES_MAGIC: u32 = 0x0000_0803;
+/// Deflate's largest expansion (one compressed byte gives at most 1032).
+const MAX_GZIP_RATIO: u64 = 1032;
 /// Magic number of an IDX file of unsigned bytes with 1 dimension.
 const LABELS_MAGIC: u32 = 0x0000_0801;
 
@@ -65,6 +67,8 @@ struct IdxFile {
     dims: Vec<u32>,
     /// Bytes after the header, known up front for uncompressed files only.
     data_len: Option<u64>,
+    /// Size of the file on disk (compressed, for a gzipped one).
+    file_len: u64,
     gzipped: bool,
 }
 
@@ -114,15 +118,26 @@ impl IdxFile {
             reader,
             dims: words[1..].to_vec(),
             data_len: (!gzipped).then(|| file_len.saturating_sub(header_len as u64)),
+            file_len,
             gzipped,
         })
     }
 
     /// Checks that the data after the header is `claimed` bytes long,
     /// where that is known without reading it; `says` describes the header.
+    /// A gzipped file's data is known only once inflated, but deflate expands at most
+    /// 1032:1, so a header claiming more than that is refused before inflating.
     fn check_len(&self, claimed: u64, says: &str) -> Result<(), DataError> {
         match self.data_len {
             Some(have) if have != claimed => Err(self.size_error(says, have)),
+            None if claimed > self.file_len.saturating_mul(MAX_GZIP_RATIO) => Err(DataError::malformed(
+                &self.path,
+                format!(
+                    "IDX header says {says} ({claimed} bytes), but a gzip file of {} bytes inflates to at \
+                     most {MAX_GZIP_RATIO} times that",
+                    self.file_len
+                ),
+            )),
             _ => Ok(()),
         }
     }
@@ -307,10 +322,17 @@ mod tests {
             msg.contains("says 3 images of 28x28 but the decompressed file holds 1234 bytes"),
             "{msg}"
         );
-        // A huge claim in a gzip file fails without allocating for it.
+        // A huge claim in a gzip file fails without inflating it: more than the
+        // compressed bytes can give.
         let img = images_file(u32::MAX, 4096, 4096, &[0u8; 10]);
         let lab = labels_file(u32::MAX, &[]);
         let msg = load_pair(&gz(&img), &gz(&lab), Some(1_000_000)).to_string();
+        assert!(msg.contains("inflates to at most 1032 times that"), "{msg}");
+        // A claim the compressed bytes could give fails while reading, without
+        // allocating for it.
+        let img = images_file(20, 28, 28, &[0u8; 10]);
+        let lab = labels_file(20, &[0u8; 20]);
+        let msg = load_pair(&gz(&img), &gz(&lab), None).to_string();
         assert!(msg.contains("holds 10 bytes"), "{msg}");
     }
 

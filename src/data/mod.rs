@@ -133,6 +133,26 @@ impl Dataset {
         from_labels.max(named)
     }
 
+    /// Fails, naming the first sample at fault, when a label is not a class index of a
+    /// model with `classes` outputs.
+    pub fn check_labels(&self, classes: usize) -> Result<(), DataError> {
+        let bad = self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| usize::try_from(l).map_or(true, |l| l >= classes));
+        match bad {
+            Some((i, l)) => Err(DataError::malformed(
+                &self.source,
+                format!(
+                    "sample {i} has label {l}, but the model has {classes} classes (0..={})",
+                    classes.saturating_sub(1)
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Hex SHA-256 over the pixel encoding, the shape, the pixel values and
     /// the labels, so that a report can say exactly which data it used.
     /// Class names and the source path are left out: the same data read

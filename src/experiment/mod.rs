@@ -30,7 +30,7 @@ use crate::features::{argmax_rows, collect, Feed};
 use crate::hybrid::{fit_kernel_on_features, fit_linear_on_features, FitSettings};
 use crate::onnx::surgery::extractor;
 use crate::onnx::{find_cut, ModelProto};
-use crate::repair::{repair_hybrid, HybridRepair, HybridSettings};
+use crate::repair::{repair_hybrid, HybridRepair, HybridSettings, Status};
 use crate::report::run::FitFigures;
 use crate::svm::{FitReport, LinearSvm, Nystrom, NystromSettings};
 
@@ -339,7 +339,11 @@ pub fn run(
                 &settings.repair,
             )?)
         };
-        let (rlh_model, rlh_head) = match &done {
+        // A stalled or infeasible LP's last iterate is no repair: RLH stays LH.
+        let usable = done
+            .as_ref()
+            .filter(|d| !matches!(d.repair.status, Status::Stalled | Status::Infeasible));
+        let (rlh_model, rlh_head) = match usable {
             Some(d) => (
                 d.model.clone(),
                 Head::Linear(LinearSvm {

@@ -44,18 +44,36 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<ModelProto, OnnxError> {
     Ok(model)
 }
 
-/// Reads and decodes `path` as it is, external-data references left in place.
+/// Protobuf's limit on one message: an ONNX file above it cannot be valid (its weights
+/// must be stored as external data), and reading it would only waste memory.
+pub const MAX_PROTOBUF_BYTES: u64 = 2 << 30;
+
+/// Reads and decodes `path` as it is, external-data references left in place. The
+/// file's size is checked before it is read.
 pub fn load_raw(path: &Path) -> Result<ModelProto, OnnxError> {
-    let bytes = fs::read(path).map_err(|source| OnnxError::Io {
+    let io = |source| OnnxError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let size = fs::metadata(path).map_err(io)?.len();
+    if size > MAX_PROTOBUF_BYTES {
+        return Err(OnnxError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    let bytes = fs::read(path).map_err(io)?;
     decode(path, &bytes)
 }
 
-/// Reads `path` and inlines every tensor stored as external data.
+/// Reads `path`, checks it (see [`super::check`]) and inlines every tensor stored as
+/// external data, each checked against its dims before its bytes are read.
 pub fn load(path: &Path) -> Result<LoadedModel, OnnxError> {
     let mut model = load_raw(path)?;
+    super::check::model(&model).map_err(|e| OnnxError::Invalid {
+        path: path.to_path_buf(),
+        error: Box::new(e),
+    })?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -98,13 +116,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
     crate::atomic::write_with(path, io_err, |file| file.write_all(bytes).map_err(io_err))
 }
 
-/// Fails when `output` names the same file as one of `inputs`, so that no command ever
-/// overwrites what it reads.
+/// Fails when `output` names the same file as one of `inputs` (the same path, a link
+/// to it, or a hard link), so that no command overwrites what it reads.
 pub fn ensure_distinct(output: &Path, inputs: &[&Path]) -> Result<(), OnnxError> {
     let out = fs::canonicalize(output).ok();
     for input in inputs {
         let same = match (&out, fs::canonicalize(input).ok()) {
-            (Some(a), Some(b)) => *a == b,
+            (Some(a), Some(b)) => *a == b || same_inode(a, &b),
             _ => output == *input,
         };
         if same {
@@ -112,12 +130,27 @@ pub fn ensure_distinct(output: &Path, inputs: &[&Path]) -> Result<(), OnnxError>
                 path: output.to_path_buf(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
-                    "refusing to overwrite an input file; choose another output path",
+                    format!("is also an input ({}); refusing to overwrite it", input.display()),
                 ),
             });
         }
     }
     Ok(())
+}
+
+/// Whether two existing paths are hard links to one file.
+#[cfg(unix)]
+fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_inode(_: &Path, _: &Path) -> bool {
+    false
 }
 
 const EXTERNAL: i32 = tensor_proto::DataLocation::External as i32;
@@ -169,6 +202,15 @@ fn inline_external(model_path: &Path, dir: &Path, tensor: &mut TensorProto) -> R
         return Err(fail(format!(
             "offset {offset} + length {length} runs past the end of {} ({size} bytes)",
             file.display()
+        )));
+    }
+    // The dims decide how much is read: a length that disagrees with them (or dims
+    // that overflow) is refused before anything is allocated.
+    let declared = super::check::declared_bytes(tensor).map_err(|e| fail(e.to_string()))?;
+    if let Some(want) = declared.filter(|&want| want != length) {
+        return Err(fail(format!(
+            "dims {:?} call for {want} bytes but the entry gives length {length}",
+            tensor.dims
         )));
     }
     let mut data = vec![0u8; usize::try_from(length).map_err(|_| fail("length too large".into()))?];

@@ -7,6 +7,7 @@
 //! directly: a model nnmend writes is the model it read, minus the nodes it cut away,
 //! plus the nodes it added.
 
+pub mod check;
 pub mod cut;
 pub mod grad;
 pub mod graph;
@@ -33,6 +34,35 @@ pub enum OnnxError {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The file is larger than protobuf allows one message to be.
+    #[error(
+        "{path}: {size} bytes, over protobuf's 2 GiB limit for one message; a model this large must \
+         keep its weights as external data (onnx.save_model(..., save_as_external_data=True))"
+    )]
+    TooLarge {
+        /// The file at fault.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// The model decodes but is not well formed (see [`check`]).
+    #[error("{path}: {error}")]
+    Invalid {
+        /// The file at fault.
+        path: PathBuf,
+        /// What the check found (not a `source`: the message already holds it).
+        error: Box<OnnxError>,
+    },
+    /// An opset version that no ONNX release defines.
+    #[error("opset_import: domain '{domain}' version {version}: {reason}")]
+    Opset {
+        /// The domain (`ai.onnx (default)` for the default one).
+        domain: String,
+        /// The version the file asks for.
+        version: i64,
+        /// Why it is refused.
+        reason: String,
     },
     /// The bytes are not an ONNX model.
     #[error("{path}: not a valid ONNX model: {reason}")]

@@ -50,6 +50,8 @@ pub struct MarginSettings {
     pub lookahead: f64,
     /// clarabel's threads (0: its default, all cores).
     pub solver_threads: u32,
+    /// clarabel's iteration limit per solve; a solve that reaches it ends `Stalled`.
+    pub solver_max_iter: u32,
 }
 
 impl Default for MarginSettings {
@@ -59,6 +61,7 @@ impl Default for MarginSettings {
             max_rounds: 30,
             lookahead: 0.1,
             solver_threads: 0,
+            solver_max_iter: super::paper::DEFAULT_MAX_ITER,
         }
     }
 }
@@ -116,7 +119,7 @@ struct Restricted {
 }
 
 /// Solves the dual over the active pairs.
-fn solve_restricted(p: &MarginProblem, pairs: &[(usize, usize)], threads: u32) -> Restricted {
+fn solve_restricted(p: &MarginProblem, pairs: &[(usize, usize)], threads: u32, max_iter: u32) -> Restricted {
     let (n, d) = p.x.dim();
     let k = p.scores.ncols();
     if pairs.is_empty() {
@@ -159,7 +162,7 @@ fn solve_restricted(p: &MarginProblem, pairs: &[(usize, usize)], threads: u32) -
     b.extend(std::iter::repeat_n(0.0, r));
     let mut cones = vec![SecondOrderConeT(2); weights];
     cones.push(NonnegativeConeT(n + r));
-    let Some((sol, status)) = super::paper::clarabel_lp(&q, &a, &b, &cones, threads) else {
+    let Some((sol, status)) = super::paper::clarabel_lp(&q, &a, &b, &cones, threads, max_iter) else {
         return Restricted {
             gamma: Array2::zeros((k, d)),
             y: vec![0.0; r],
@@ -262,7 +265,7 @@ pub fn solve(p: &MarginProblem, settings: &MarginSettings) -> MarginSolution {
     let mut rounds = 0;
     loop {
         rounds += 1;
-        let sol = solve_restricted(p, &pairs, settings.solver_threads);
+        let sol = solve_restricted(p, &pairs, settings.solver_threads, settings.solver_max_iter);
         iterations += sol.iterations;
         let g = gains(p, &sol.gamma);
         let xi = slacks(p, &g);

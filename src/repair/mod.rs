@@ -18,7 +18,7 @@ use std::time::Instant;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use crate::error::{Error, Result};
-pub use paper::{ClassSettings, ClassSolution, Status};
+pub use paper::{ClassSettings, ClassSolution, Status, DEFAULT_MAX_ITER};
 
 /// A repaired head and how it was found.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -317,7 +317,10 @@ pub fn repair_hybrid(
     }
     if adversarial.is_empty() {
         return Err(Error::Mismatch(
-            "no repair samples: the attack found no adversarial example to repair".into(),
+            "no repair samples: the attack found no adversarial example to repair (no row of the file has \
+             success = true). Attack with a larger --eps, with --method pgd (stronger than FGSM), or on more \
+             images (--limit), then repair with that file"
+                .into(),
         ));
     }
     let mut rows = Vec::with_capacity(index.len());

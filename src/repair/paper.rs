@@ -54,6 +54,8 @@ pub struct ClassSettings {
     pub give_way: bool,
     /// clarabel's threads per class (0: its default, all cores).
     pub solver_threads: u32,
+    /// clarabel's iteration limit per solve; a solve that reaches it ends `Stalled`.
+    pub solver_max_iter: u32,
 }
 
 impl Default for ClassSettings {
@@ -66,6 +68,7 @@ impl Default for ClassSettings {
             generation_ratio: 8,
             give_way: true,
             solver_threads: 0,
+            solver_max_iter: DEFAULT_MAX_ITER,
         }
     }
 }
@@ -101,8 +104,11 @@ impl Status {
     }
 }
 
+/// clarabel's own default iteration limit.
+pub const DEFAULT_MAX_ITER: u32 = 200;
+
 /// Runs clarabel on the LP `minimise qᵀx subject to Ax + s = b, s ∈ cones` with
-/// `threads` factorisation threads: its solution and how it ended, or `None` when
+/// `threads` factorisation threads and at most `max_iter` iterations: its solution and how it ended, or `None` when
 /// clarabel refuses the data. The solver is "auto": faer's supernodal LDLᵀ when the
 /// `faer` feature is on (the default), qdldl otherwise.
 pub(crate) fn clarabel_lp(
@@ -111,10 +117,12 @@ pub(crate) fn clarabel_lp(
     b: &[f64],
     cones: &[SupportedConeT<f64>],
     threads: u32,
+    max_iter: u32,
 ) -> Option<(DefaultSolution<f64>, Status)> {
     let settings = DefaultSettingsBuilder::default()
         .verbose(false)
         .max_threads(threads)
+        .max_iter(max_iter)
         .build()
         .unwrap_or_default();
     let p = CscMatrix::<f64>::zeros((q.len(), q.len()));
@@ -182,7 +190,14 @@ struct Restricted {
 /// each factorisation again. clarabel's multipliers of the rows are the primal: the
 /// cone's second multiplier is γ_j, the sample rows' z₃ − z₄ is the residual r − Xγ − β,
 /// and the multiplier of 1ᵀπ = 0 is β.
-fn solve_restricted(x: ArrayView2<f64>, r: ArrayView1<f64>, cols: &[usize], bias: bool, threads: u32) -> Restricted {
+fn solve_restricted(
+    x: ArrayView2<f64>,
+    r: ArrayView1<f64>,
+    cols: &[usize],
+    bias: bool,
+    threads: u32,
+    max_iter: u32,
+) -> Restricted {
     let s = x.nrows();
     let f = cols.len();
     let nb = usize::from(bias);
@@ -219,7 +234,7 @@ fn solve_restricted(x: ArrayView2<f64>, r: ArrayView1<f64>, cols: &[usize], bias
     if bias {
         cones.push(ZeroConeT(1));
     }
-    let Some((sol, status)) = clarabel_lp(&q, &a, &b, &cones, threads) else {
+    let Some((sol, status)) = clarabel_lp(&q, &a, &b, &cones, threads, max_iter) else {
         return Restricted {
             gamma: vec![0.0; f],
             beta: 0.0,
@@ -310,7 +325,14 @@ pub fn solve_class(x: ArrayView2<f64>, r: ArrayView1<f64>, settings: &ClassSetti
             cols = (0..d).collect();
             inside.iter_mut().for_each(|v| *v = true);
         }
-        let sol = solve_restricted(x, r, &cols, settings.repair_bias, settings.solver_threads);
+        let sol = solve_restricted(
+            x,
+            r,
+            &cols,
+            settings.repair_bias,
+            settings.solver_threads,
+            settings.solver_max_iter,
+        );
         iterations += sol.iterations;
         let (worst, entering) = price(x, &sol.pi, &inside, settings.price_tol);
         let done = entering.is_empty() || full || !matches!(sol.status, Status::Solved | Status::AlmostSolved);

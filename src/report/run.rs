@@ -81,6 +81,9 @@ pub struct RepairFigures {
     pub samples: usize,
     /// The LP's status (the worst over classes); `null` when there was no LP.
     pub status: Option<Status>,
+    /// Whether RLH is this repair's result; false when there was no LP, or when it
+    /// stalled or was infeasible (RLH is then LH unchanged).
+    pub used: bool,
     /// The LP's optimum.
     pub objective: f64,
     /// Seconds in the solver.
@@ -269,6 +272,7 @@ impl Report {
             eps,
             samples: done.map_or(0, |d| d.samples),
             status: r.map(|r| r.status),
+            used: r.is_some_and(|r| !matches!(r.status, Status::Stalled | Status::Infeasible)),
             objective: r.map_or(0.0, |r| r.objective),
             seconds: r.map_or(0.0, |r| r.seconds),
             lp: done.map(|d| d.lp),
@@ -377,7 +381,11 @@ impl Report {
                     "| {} | {} | {} | {:.2} | {:.2} | {generalisation} | {} | {} | {:.2} | {:.4} | {:.4} |",
                     r.eps,
                     r.samples,
-                    format!("{status:?}").to_lowercase(),
+                    if r.used {
+                        format!("{status:?}").to_lowercase()
+                    } else {
+                        format!("{status:?}: not used, RLH = LH").to_lowercase()
+                    },
                     100.0 * r.efficacy,
                     100.0 * r.drawdown,
                     lp.variables,

@@ -254,7 +254,7 @@ fn attack_usage_and_model_errors_are_clear() {
     fails_with(&out, 1, "cannot differentiate the op");
     let before = std::fs::read(&model).unwrap();
     let out = run(&["attack", s(&model), "--data", s(&data), "--eps", "0.1", "-o", s(&model)]);
-    fails_with(&out, 1, "mnist_paper.onnx");
+    fails_with(&out, 2, "mnist_paper.onnx");
     assert_eq!(before, std::fs::read(&model).unwrap(), "the model was overwritten");
 }
 

@@ -160,7 +160,7 @@ fn an_input_is_never_overwritten() {
     let model = tmp.path().join("m.onnx");
     std::fs::copy(fixture("tiny_cnn.onnx"), &model).unwrap();
     let before = std::fs::read(&model).unwrap();
-    fails_with(&run(&["cut", s(&model), "-o", s(&model)]), 1, "overwrite");
+    fails_with(&run(&["cut", s(&model), "-o", s(&model)]), 2, "overwrite");
     assert_eq!(std::fs::read(&model).unwrap(), before);
     let npz = tmp.path().join("test.npz");
     std::fs::copy(fixture("mnist-small-test.npz"), &npz).unwrap();
@@ -168,12 +168,12 @@ fn an_input_is_never_overwritten() {
     let train = fixture("mnist-small");
     fails_with(
         &run(&["fit", s(&model), "--train", s(&train), "--test", s(&npz), "-o", s(&npz)]),
-        1,
+        2,
         "overwrite",
     );
     fails_with(
         &run(&["features", s(&model), "--data", s(&npz), "-o", s(&npz)]),
-        1,
+        2,
         "overwrite",
     );
     assert_eq!(std::fs::read(&npz).unwrap(), data);

@@ -13,6 +13,7 @@ mod determinism;
 mod engines;
 mod external;
 mod grad;
+mod hostile;
 mod hybrid;
 mod kernel;
 mod plot;

@@ -201,7 +201,7 @@ fn run_reports_every_cell_writes_drop_in_models_and_repeats_itself() {
     // An existing folder is never replaced without --force, and nothing is left beside it.
     let before = std::fs::read(out.join("report.json")).unwrap();
     let refused = run_experiment(&out, "2");
-    fails_with(&refused, 1, "already exists");
+    fails_with(&refused, 2, "already exists");
     assert_eq!(std::fs::read(out.join("report.json")).unwrap(), before);
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()

@@ -13,6 +13,16 @@ use flate2::CrcReader;
 
 use crate::data::{read_up_to, DataError};
 
+/// Deflate's largest expansion: a 258-byte match costs at least 2 bits, so one
+/// compressed byte gives at most 1032 bytes.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Entries larger than this (uncompressed) must not compress better than
+/// [`BOMB_RATIO`]: image data compresses a few times, a zip bomb a thousand.
+const BOMB_SIZE: u64 = 256 << 20;
+/// See [`BOMB_SIZE`].
+const BOMB_RATIO: u64 = 100;
+
 /// Largest zip central directory accepted; an NPZ has a handful of entries.
 const MAX_DIRECTORY: u64 = 1 << 24;
 
@@ -214,6 +224,34 @@ impl Archive {
             return Err(what(format!(
                 "zip entry data ({} bytes at {data_at}) runs past the end of the {}-byte file",
                 entry.compressed, self.len
+            )));
+        }
+        // A declared size that its compressed bytes cannot produce is a zip bomb's
+        // claim (or damage): refused before a byte is inflated.
+        let most = match entry.method {
+            0 => entry.compressed,
+            _ => entry.compressed.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(1024),
+        };
+        if entry.size > most {
+            return Err(what(format!(
+                "zip entry declares {} bytes uncompressed from {} compressed bytes, more than {} can give \
+                 (deflate expands at most {MAX_DEFLATE_RATIO}:1): a zip bomb or a damaged file",
+                entry.size,
+                entry.compressed,
+                if entry.method == 0 { "stored data" } else { "deflate" }
+            )));
+        }
+        // Image data never compresses like this; a large entry that does is the other
+        // kind of bomb (one that keeps to deflate's limit), and inflating it would cost
+        // gigabytes of memory.
+        if entry.size > BOMB_SIZE && entry.size / entry.compressed.max(1) > BOMB_RATIO {
+            return Err(what(format!(
+                "zip entry inflates {} compressed bytes to {} ({}:1); arrays over {} MiB compressing more \
+                 than {BOMB_RATIO}:1 are refused as a likely zip bomb (real images do not compress so well)",
+                entry.compressed,
+                entry.size,
+                entry.size / entry.compressed.max(1),
+                BOMB_SIZE >> 20
             )));
         }
         let mut file = File::open(&path).map_err(|e| DataError::io(&path, e))?;
