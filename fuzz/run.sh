@@ -19,6 +19,12 @@ case $target in
   *) max_len=4096 ;;
 esac
 mkdir -p "corpus/$target" "artifacts/$target"
+# The targets write each input's files here; libFuzzer exits without cleaning up.
+shm=/dev/shm
+[ -d "$shm" ] || shm=${TMPDIR:-/tmp}
+NNMEND_FUZZ_SCRATCH=$(mktemp -d "$shm/nnmend-fuzz.XXXXXX")
+export NNMEND_FUZZ_SCRATCH
+trap 'rm -rf "$NNMEND_FUZZ_SCRATCH"' EXIT
 RUSTC_BOOTSTRAP=1 cargo fuzz run -O -a --sanitizer none "$target" -- \
   -runs=1000000 -max_total_time="$seconds" -rss_limit_mb=1024 -timeout=10 \
   -max_len="$max_len" -print_final_stats=1 "$@"

@@ -7,12 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// This process's scratch folder (`/dev/shm` when there is one, so that writing the
-/// files of each input costs no disk I/O).
+/// This process's scratch folder: a new folder in `$NNMEND_FUZZ_SCRATCH` (which
+/// `run.sh` makes and removes; libFuzzer exits without running destructors), else in
+/// `/dev/shm` when there is one, so that writing the files of each input costs no
+/// disk I/O.
 pub fn base() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = if Path::new("/dev/shm").is_dir() {
+        let dir = if let Some(scratch) = std::env::var_os("NNMEND_FUZZ_SCRATCH") {
+            tempfile::Builder::new().prefix("nnmend-fuzz").tempdir_in(scratch)
+        } else if Path::new("/dev/shm").is_dir() {
             tempfile::Builder::new().prefix("nnmend-fuzz").tempdir_in("/dev/shm")
         } else {
             tempfile::tempdir()

@@ -6,25 +6,21 @@
 //! with its own fuzzing, and running it would make each input a thousand times slower.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use nnmend::onnx::{self, graph::Index};
 
-/// A folder in memory holding the model and a small external-data file that a
+/// The scratch folder, holding the model and a small external-data file that a
 /// model's `location` entries can name (`weights.bin`), made once per process.
 fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            tempfile::Builder::new()
-                .prefix("nnmend-fuzz-onnx")
-                .tempdir_in("/dev/shm")
-        } else {
-            tempfile::tempdir()
-        };
-        let dir = base.unwrap().keep();
+        let dir = common::base().clone();
         let weights: Vec<u8> = (0..64u32).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
         std::fs::write(dir.join("weights.bin"), weights).unwrap();
         dir
