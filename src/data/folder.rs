@@ -98,6 +98,27 @@ fn class_folders(dir: &Path) -> Result<Vec<String>, DataError> {
     Ok(entries(dir)?.into_iter().filter(|e| e.2).map(|e| e.0).collect())
 }
 
+/// The most memory one decoded image may take. Decoding, the conversion to 8 bits
+/// and the split into planes each hold a copy, so a 480 KB PNG of 13000x13000 black
+/// pixels, which the `image` crate's own 512 MiB limit lets through, took 1.5 GB.
+/// 64 MiB is a 4096x4096 RGBA image, far larger than any CNN input.
+const MAX_IMAGE_BYTES: u64 = 64 << 20;
+
+/// Decodes one image, refusing one that would take more than [`MAX_IMAGE_BYTES`].
+fn decode(bytes: &[u8], format: ImageFormat) -> Result<DynamicImage, String> {
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_IMAGE_BYTES);
+    reader.limits(limits);
+    reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => format!(
+            "{format:?} image would take more than {} MiB once decoded; images this large are refused",
+            MAX_IMAGE_BYTES >> 20
+        ),
+        e => format!("cannot decode {format:?} image: {e}"),
+    })
+}
+
 /// Shape and pixels (`[C, H, W]` order) of one decoded image.
 fn planes(img: &DynamicImage) -> ([usize; 3], Vec<u8>) {
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -169,8 +190,7 @@ pub(crate) fn load(dir: &Path, opts: &LoadOptions) -> Result<Dataset, DataError>
             }
             continue;
         };
-        let img = image::load_from_memory_with_format(&bytes, format)
-            .map_err(|e| DataError::malformed(path, format!("cannot decode {format:?} image: {e}")))?;
+        let img = decode(&bytes, format).map_err(|e| DataError::malformed(path, e))?;
         let (dims, data) = planes(&img);
         match &shape {
             None => {
@@ -324,6 +344,28 @@ mod tests {
         std::fs::write(d.join("a/2.png"), b"text").unwrap();
         let msg = load(d, &opts(Split::Train, None)).unwrap_err().to_string();
         assert!(msg.contains("neither PNG nor JPEG"), "{msg}");
+    }
+
+    #[test]
+    fn png_whose_pixels_would_take_half_a_gigabyte_is_refused() {
+        // A 1x1 PNG whose header says 13000x13000: 507 MB of RGB once decoded, under
+        // the image crate's 512 MiB limit. Filled with real (compressible) pixels,
+        // such a 480 KB file made nnmend use 1.5 GB.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("a")).unwrap();
+        rgb(1).save(d.join("a/1.png")).unwrap();
+        let mut png = std::fs::read(d.join("a/1.png")).unwrap();
+        png[16..24].copy_from_slice(&[0, 0, 0x32, 0xc8, 0, 0, 0x32, 0xc8]);
+        let mut crc = flate2::Crc::new();
+        crc.update(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+        std::fs::write(d.join("a/1.png"), &png).unwrap();
+        let msg = load(d, &opts(Split::Train, None)).unwrap_err().to_string();
+        assert!(
+            msg.contains("a/1.png") && msg.contains("more than 64 MiB once decoded"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -112,6 +112,14 @@ impl Preprocess {
             for (c, mut plane) in x.axis_iter_mut(Axis(1)).enumerate() {
                 let m = mean.as_ref().map_or(0.0, |m| m[c]);
                 let s = std.as_ref().map_or(1.0, |s| s[c]);
+                // (x - m) / s is monotone in x, so pixels in [0, 1] stay finite if
+                // both ends do; a tiny std (1e-40) or a huge mean would feed Inf.
+                if let Some(v) = [0.0f32, 1.0].map(|v| (v - m) / s).into_iter().find(|v| !v.is_finite()) {
+                    return Err(DataError::Shape(format!(
+                        "mean {m} and std {s} of channel {c} take pixel values in [0, 1] to {v}; \
+                         the std is too small or the mean too large"
+                    )));
+                }
                 // Division rather than multiplying by 1/s, to match the
                 // training frameworks bit for bit.
                 plane.mapv_inplace(|v| (v - m) / s);
@@ -257,6 +265,26 @@ mod tests {
         let e = to_nchw(arr2(&[[0.0f32; 5]]).view().into_dyn(), Layout::Flat, [1, 2, 3]).unwrap_err();
         assert!(e.to_string().contains("[N, 6]"), "{e}");
         assert!("chw".parse::<Layout>().is_err());
+    }
+
+    #[test]
+    fn std_so_small_that_inputs_overflow_to_inf_is_refused() {
+        // `--std 1e-40` passed the finite-and-non-zero check and fed the model Inf.
+        let x = raw();
+        let e = pp(&[], &[1e-40], Layout::Nchw).apply(x.view()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("of channel 0 take pixel values in [0, 1] to inf"),
+            "{e}"
+        );
+        let e = pp(&[0.0, -3e38], &[1.0, 0.5], Layout::Flat)
+            .apply(x.view())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("channel 1") && e.to_string().contains("inf"),
+            "{e}"
+        );
+        assert!(pp(&[0.5], &[1e-30], Layout::Nchw).apply(x.view()).is_ok());
     }
 
     #[test]

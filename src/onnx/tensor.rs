@@ -42,11 +42,16 @@ pub fn element_count(t: &TensorProto) -> Result<usize, OnnxError> {
 }
 
 fn from_raw<const N: usize, T>(t: &TensorProto, raw: &[u8], conv: impl Fn([u8; N]) -> T) -> Result<Vec<T>, OnnxError> {
+    // The dims are the file's word: their element count fits in usize, but its size
+    // in bytes may not.
     let n = element_count(t)?;
-    if raw.len() != n * N {
+    let want = n
+        .checked_mul(N)
+        .ok_or_else(|| bad(t, format!("dims {:?} call for more bytes than memory holds", t.dims)))?;
+    if raw.len() != want {
         return Err(bad(
             t,
-            format!("raw_data holds {} bytes, dims call for {}", raw.len(), n * N),
+            format!("raw_data holds {} bytes, dims call for {want}", raw.len()),
         ));
     }
     Ok(raw
@@ -115,5 +120,38 @@ pub fn from_i64(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
         data_type: Some(INT64),
         raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_data_whose_byte_count_overflows_is_refused() {
+        // 2^62 floats are 2^64 bytes, which wrapped to 0 and matched an empty
+        // raw_data (an overflow panic with debug assertions on).
+        for data_type in [FLOAT, DOUBLE] {
+            let t = TensorProto {
+                name: Some("w".into()),
+                dims: vec![1 << 62],
+                data_type: Some(data_type),
+                raw_data: Some(Vec::new()),
+                ..Default::default()
+            };
+            let err = to_f32(&t).unwrap_err().to_string();
+            assert!(
+                err.contains("tensor 'w'") && err.contains("more bytes than memory holds"),
+                "{err}"
+            );
+        }
+        let t = TensorProto {
+            dims: vec![1 << 61, 2],
+            data_type: Some(INT64),
+            raw_data: Some(Vec::new()),
+            ..Default::default()
+        };
+        assert!(to_i64(&t).is_err());
     }
 }

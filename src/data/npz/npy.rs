@@ -58,10 +58,16 @@ enum Lit {
     None,
 }
 
+/// How deeply a header's literals may nest. Real headers nest three deep (the dict,
+/// the shape tuple, its integers; a structured dtype adds two); the bound keeps a
+/// hostile header of a million `[` (1 KB once deflated) from overflowing the stack.
+const MAX_DEPTH: usize = 16;
+
 /// A recursive-descent parser for the dict literal of a `.npy` header.
 struct LitParser<'a> {
     s: &'a [u8],
     i: usize,
+    depth: usize,
 }
 
 impl LitParser<'_> {
@@ -104,6 +110,16 @@ impl LitParser<'_> {
     }
 
     fn value(&mut self) -> Result<Lit, String> {
+        if self.depth >= MAX_DEPTH {
+            return Err(format!("literals nest more than {MAX_DEPTH} deep at byte {}", self.i));
+        }
+        self.depth += 1;
+        let lit = self.literal();
+        self.depth -= 1;
+        lit
+    }
+
+    fn literal(&mut self) -> Result<Lit, String> {
         match self.peek() {
             Some(q @ (b'\'' | b'"')) => {
                 let start = self.i + 1;
@@ -164,7 +180,11 @@ impl LitParser<'_> {
 
 impl NpyHeader {
     fn parse(text: &[u8]) -> Result<NpyHeader, String> {
-        let mut p = LitParser { s: text, i: 0 };
+        let mut p = LitParser {
+            s: text,
+            i: 0,
+            depth: 0,
+        };
         let Lit::Dict(items) = p.value()? else {
             return Err("header is not a dict".into());
         };
@@ -364,5 +384,17 @@ mod tests {
                 big_endian: true
             })
         );
+    }
+
+    #[test]
+    fn npy_header_nested_a_million_deep_is_refused() {
+        // Found by review, not by the fuzzer: a fuzz input cannot grow to the
+        // megabyte this takes, but a deflated NPZ entry holds it in 1 KB.
+        for open in [b'[', b'(', b'{'] {
+            let err = NpyHeader::parse(&vec![open; 1 << 20]).unwrap_err();
+            assert!(err.contains("nest more than 16 deep"), "{err}");
+        }
+        let h = NpyHeader::parse(b"{'descr': '<f4', 'fortran_order': False, 'shape': (((((1,),),),),), 'x': [[[[]]]]}");
+        assert!(h.unwrap_err().contains("not an integer"));
     }
 }
