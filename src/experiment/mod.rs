@@ -84,15 +84,27 @@ impl Head {
     }
 }
 
-/// A test set as the images that differ from the clean test set: the features and
-/// NN's predictions of the clean set, with some rows replaced.
+/// An adversarial test set as what differs from the clean one: the rows replaced by
+/// adversarial examples, with their extractor features and NN's predictions.
 struct TestSet {
-    /// `[n, D]` extractor features.
-    features: Array2<f32>,
-    /// NN's prediction per image.
-    nn: Vec<usize>,
-    /// The rows replaced by adversarial examples.
+    /// The rows replaced.
     replaced: Vec<usize>,
+    /// `[replaced, D]` extractor features of the adversarial examples.
+    features: Array2<f32>,
+    /// NN's prediction for each adversarial example.
+    nn: Vec<usize>,
+}
+
+impl TestSet {
+    /// Predictions on the whole set: `clean` (on the clean test set) with the
+    /// replaced rows' predictions `rows` put in.
+    fn merge(&self, clean: &[usize], rows: &[usize]) -> Vec<usize> {
+        let mut out = clean.to_vec();
+        for (&i, &p) in self.replaced.iter().zip(rows) {
+            out[i] = p;
+        }
+        out
+    }
 }
 
 /// One repaired hybrid and what was measured of it.
@@ -297,19 +309,15 @@ pub fn run(
     let replace = |adv: &Adversarial, label: &str| -> Result<TestSet> {
         replaced_set(
             adv,
-            test,
-            (&f_test, &nn_test),
+            (test, f_test.ncols()),
             layout,
             (extractor_session.as_ref(), nn_session.as_ref()),
             feed,
             label,
         )
     };
-    let data = TestSet {
-        features: f_test.clone(),
-        nn: nn_test.clone(),
-        replaced: Vec::new(),
-    };
+    // Each head's predictions on the clean test set, made once.
+    let clean: Vec<Vec<usize>> = heads.iter().map(|(_, h)| h.predict(f_test.view())).collect();
     for (ei, &eps) in settings.eps.iter().enumerate() {
         let (adv_rows, index) = &samples[ei];
         clock.phase(
@@ -376,32 +384,34 @@ pub fn run(
             ("HADV", replace(lh_adv, "HADV")?),
             ("RHADV", replace(rlh_adv, "RHADV")?),
         ];
-        let mut all: Vec<(&str, &TestSet)> = vec![("Data", &data)];
-        all.extend(sets.iter().map(|(n, s)| (*n, s)));
-        for (set_name, set) in &all {
-            report.push_cell("NN", set_name, eps, accuracy(&set.nn, &test.labels), set.replaced.len());
-            for (name, head) in heads.iter().chain([("RLH", &rlh_head)].iter()) {
-                let predicted = head.predict(set.features.view());
-                report.push_cell(
-                    name,
-                    set_name,
-                    eps,
-                    accuracy(&predicted, &test.labels),
-                    set.replaced.len(),
-                );
+        let rlh_clean = rlh_head.predict(f_test.view());
+        report.push_cell("NN", "Data", eps, accuracy(&nn_test, &test.labels), 0);
+        for ((name, _), predicted) in heads.iter().zip(&clean) {
+            report.push_cell(name, "Data", eps, accuracy(predicted, &test.labels), 0);
+        }
+        report.push_cell("RLH", "Data", eps, accuracy(&rlh_clean, &test.labels), 0);
+        let rlh_entry = ("RLH", &rlh_head);
+        for (set_name, set) in &sets {
+            let adversarial = set.replaced.len();
+            let nn = set.merge(&nn_test, &set.nn);
+            report.push_cell("NN", set_name, eps, accuracy(&nn, &test.labels), adversarial);
+            let all = heads.iter().zip(&clean).chain([(&rlh_entry, &rlh_clean)]);
+            for ((name, head), clean) in all {
+                let predicted = set.merge(clean, &head.predict(set.features.view()));
+                report.push_cell(name, set_name, eps, accuracy(&predicted, &test.labels), adversarial);
             }
         }
         // Generalisation: the share of HADV's adversarial examples that RLH gets right.
         let hadv = &sets[1].1;
-        let rlh_on_hadv = rlh_head.predict(hadv.features.view());
         let fixed = hadv
             .replaced
             .iter()
-            .filter(|&&i| rlh_on_hadv[i] as i64 == test.labels[i])
+            .zip(rlh_head.predict(hadv.features.view()))
+            .filter(|(&i, p)| *p as i64 == test.labels[i])
             .count();
         let generalisation = (!hadv.replaced.is_empty()).then(|| fixed as f64 / hadv.replaced.len() as f64);
-        let lh_data = accuracy(&lh.predict(data.features.view()), &test.labels).1;
-        let rlh_data = accuracy(&rlh_head.predict(data.features.view()), &test.labels).1;
+        let lh_data = accuracy(&clean[0], &test.labels).1;
+        let rlh_data = accuracy(&rlh_clean, &test.labels).1;
         report.push_attack(eps, "NN", &nn_attack.results[ei]);
         report.push_attack(eps, "LH", &lh_attack.results[ei]);
         if let Some(r) = rlh_attack.results.first() {
@@ -442,35 +452,31 @@ fn successes(adv: &Adversarial) -> Vec<usize> {
         .collect()
 }
 
-/// The test set with the images at `rows` replaced by `adv`'s: features and NN's
-/// predictions are computed for those rows only.
+/// The test set with the images `adv`'s attack flipped replaced by its adversarial
+/// examples: features and NN's predictions are computed for those rows only.
 fn replaced_set(
     adv: &Adversarial,
-    test: &Dataset,
-    (f_test, nn_test): (&Array2<f32>, &[usize]),
+    (test, dim): (&Dataset, usize),
     layout: Layout,
     (extractor, nn): (&dyn Session, &dyn Session),
     feed: &Feed,
     label: &str,
 ) -> Result<TestSet> {
-    let rows = successes(adv);
-    let mut features = f_test.clone();
-    let mut predictions = nn_test.to_vec();
-    if !rows.is_empty() {
-        let images = adv.images.select(Axis(0), &rows);
-        let labels = rows.iter().map(|&i| test.labels[i]).collect();
-        let ds = images_dataset(images, layout, labels, test)?;
-        let f = collect(extractor, &ds, feed, 0, label)?;
-        let p = predict(nn, &ds, feed, label)?;
-        for (k, &i) in rows.iter().enumerate() {
-            features.row_mut(i).assign(&f.row(k));
-            predictions[i] = p[k];
-        }
+    let replaced = successes(adv);
+    if replaced.is_empty() {
+        return Ok(TestSet {
+            replaced,
+            features: Array2::zeros((0, dim)),
+            nn: Vec::new(),
+        });
     }
+    let images = adv.images.select(Axis(0), &replaced);
+    let labels = replaced.iter().map(|&i| test.labels[i]).collect();
+    let ds = images_dataset(images, layout, labels, test)?;
     Ok(TestSet {
-        features,
-        nn: predictions,
-        replaced: rows,
+        features: collect(extractor, &ds, feed, 0, label)?,
+        nn: predict(nn, &ds, feed, label)?,
+        replaced,
     })
 }
 
