@@ -29,7 +29,11 @@ fn in_flight() -> MutexGuard<'static, Vec<PathBuf>> {
 pub fn remove_in_flight() -> usize {
     let guard = in_flight();
     for path in guard.iter() {
-        let _ = std::fs::remove_file(path);
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
     }
     let n = guard.len();
     // Held until the process exits.
@@ -78,6 +82,53 @@ pub fn write_with<E>(
     persisted
 }
 
+/// A temporary folder for an output that is a whole folder (`nnmend run`'s): filled,
+/// then renamed into place with [`TempFolder::persist`]. Listed in flight like the
+/// temporary files, so Ctrl-C removes it; dropped unpersisted, it deletes itself.
+#[derive(Debug)]
+pub struct TempFolder {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl TempFolder {
+    /// Creates an empty temporary folder in `parent`.
+    pub fn new_in(parent: &Path) -> io::Result<Self> {
+        let mut list = in_flight();
+        let dir = tempfile::Builder::new().prefix(".nnmend-").tempdir_in(parent)?;
+        let path = dir.path().to_path_buf();
+        list.push(path.clone());
+        Ok(Self { dir: Some(dir), path })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the folder to `to` (which must not exist).
+    pub fn persist(mut self, to: &Path) -> io::Result<()> {
+        let mut list = in_flight();
+        let renamed = std::fs::rename(&self.path, to);
+        if renamed.is_ok() {
+            // Renamed away: nothing left for the TempDir to delete.
+            if let Some(dir) = self.dir.take() {
+                let _ = dir.keep();
+            }
+        }
+        list.retain(|p| *p != self.path);
+        renamed
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let mut list = in_flight();
+        drop(self.dir.take());
+        list.retain(|p| *p != self.path);
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -109,5 +160,33 @@ mod tests {
         write_with(&path, |e| e, |f| f.write_all(b"new")).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_temporary_folder_is_listed_until_it_is_persisted_or_dropped() {
+        let parent = tempfile::tempdir().unwrap();
+        let listed = |p: &Path| in_flight().iter().any(|q| q == p);
+        let dropped = TempFolder::new_in(parent.path()).unwrap();
+        let path = dropped.path().to_path_buf();
+        std::fs::write(path.join("half"), b"x").unwrap();
+        assert!(listed(&path));
+        drop(dropped);
+        assert!(
+            !path.exists() && !listed(&path),
+            "a dropped folder goes, with its files"
+        );
+
+        let kept = TempFolder::new_in(parent.path()).unwrap();
+        let path = kept.path().to_path_buf();
+        std::fs::write(path.join("whole"), b"y").unwrap();
+        let out = parent.path().join("out");
+        kept.persist(&out).unwrap();
+        assert!(!listed(&path));
+        assert_eq!(std::fs::read(out.join("whole")).unwrap(), b"y");
+        assert_eq!(
+            std::fs::read_dir(parent.path()).unwrap().count(),
+            1,
+            "only the output is left"
+        );
     }
 }

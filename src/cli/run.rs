@@ -3,7 +3,7 @@
 //! test set at every ε), with its report, figures and repaired models written to DIR.
 //!
 //! DIR appears whole or not at all: everything is written into a temporary folder
-//! beside it, which is renamed to DIR at the end.
+//! beside it (removed on failure or Ctrl-C), which is renamed to DIR at the end.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -139,9 +139,7 @@ fn write_outputs(outcome: &Outcome, args: &RunArgs) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".nnmend-run-")
-        .tempdir_in(parent)
+    let tmp = nnmend::atomic::TempFolder::new_in(parent)
         .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
     let dir = tmp.path();
     std::fs::create_dir(dir.join("models")).with_context(|| format!("creating {}/models", dir.display()))?;
@@ -168,27 +166,25 @@ fn write_outputs(outcome: &Outcome, args: &RunArgs) -> Result<()> {
     std::fs::write(dir.join("report.md"), md).context("writing report.md")?;
 
     // The folder is complete: swap it in.
-    let kept = tmp.keep();
     let old = if args.out.exists() {
-        let old = parent.join(format!(
-            ".nnmend-run-old-{}",
-            kept.file_name().map_or("x".into(), |n| n.to_string_lossy())
-        ));
-        std::fs::rename(&args.out, &old).with_context(|| format!("moving the old {} aside", args.out.display()))?;
-        Some(old)
+        let old = tempfile::Builder::new()
+            .prefix(".nnmend-old-")
+            .tempdir_in(parent)
+            .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
+        let aside = old.path().join("old");
+        std::fs::rename(&args.out, &aside).with_context(|| format!("moving the old {} aside", args.out.display()))?;
+        Some((old, aside))
     } else {
         None
     };
-    if let Err(e) = std::fs::rename(&kept, &args.out) {
-        let _ = std::fs::remove_dir_all(&kept);
-        if let Some(old) = &old {
-            let _ = std::fs::rename(old, &args.out);
+    if let Err(e) = tmp.persist(&args.out) {
+        if let Some((_, aside)) = &old {
+            let _ = std::fs::rename(aside, &args.out);
         }
         return Err(e).with_context(|| format!("renaming the results to {}", args.out.display()));
     }
-    if let Some(old) = old {
-        std::fs::remove_dir_all(&old).with_context(|| format!("removing the old {}", old.display()))?;
-    }
+    // Dropping the holder deletes the old folder.
+    drop(old);
     Ok(())
 }
 
