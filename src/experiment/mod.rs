@@ -30,7 +30,7 @@ use crate::features::{argmax_rows, collect, Feed};
 use crate::hybrid::{fit_kernel_on_features, fit_linear_on_features, FitSettings};
 use crate::onnx::surgery::extractor;
 use crate::onnx::{find_cut, ModelProto};
-use crate::repair::{repair_hybrid, HybridRepair, HybridSettings, Status};
+use crate::repair::{repair_hybrid, HybridSettings};
 use crate::report::run::FitFigures;
 use crate::svm::{FitReport, LinearSvm, Nystrom, NystromSettings};
 
@@ -112,10 +112,9 @@ impl TestSet {
 pub struct Repaired {
     /// The radius its repair samples were made at.
     pub eps: f32,
-    /// The repaired model (drop-in ONNX); LH itself when no repair sample was found.
+    /// The repaired model (drop-in ONNX); LH itself when there was no repair sample
+    /// or the LP did not solve. Its figures are in the report's `repairs`.
     pub model: ModelProto,
-    /// The repair, unless no training image could be flipped at this ε.
-    pub repair: Option<HybridRepair>,
     /// The training images the repair samples came from.
     pub index: Vec<i64>,
 }
@@ -348,22 +347,20 @@ pub fn run(
             )?)
         };
         // A stalled or infeasible LP's last iterate is no repair: RLH stays LH.
-        let usable = done
-            .as_ref()
-            .filter(|d| !matches!(d.repair.status, Status::Stalled | Status::Infeasible));
+        let usable = done.as_ref().filter(|d| d.repair.status.usable());
         let (rlh_model, rlh_head) = match usable {
             Some(d) => (
-                d.model.clone(),
+                &d.model,
                 Head::Linear(LinearSvm {
                     weights: d.repair.weights.clone(),
                     bias: d.repair.bias.clone(),
                 }),
             ),
-            None => (lh_model.clone(), lh.clone()),
+            None => (&lh_model, lh.clone()),
         };
 
         clock.phase("attack.RLH", &format!("ε = {eps}: attacking RLH on the test set"));
-        let rlh_target = Target::new(&rlh_model, engine, test, feed, settings.loss)?;
+        let rlh_target = Target::new(rlh_model, engine, test, feed, settings.loss)?;
         let mut one = attack_settings.clone();
         one.eps = vec![eps];
         let rlh_attack = attack::run(&rlh_target, test, &one)?;
@@ -424,10 +421,13 @@ pub fn run(
             generalisation,
             hadv.replaced.len(),
         );
+        let model = match done {
+            Some(d) if d.repair.status.usable() => d.model,
+            _ => lh_model.clone(),
+        };
         repaired.push(Repaired {
             eps,
-            model: rlh_model,
-            repair: done,
+            model,
             index: index.clone(),
         });
     }

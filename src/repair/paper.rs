@@ -89,6 +89,12 @@ pub enum Status {
 }
 
 impl Status {
+    /// Whether the solve gave weights to use: solved, or solved to reduced accuracy.
+    /// A stalled or infeasible solve's last iterate is no repair.
+    pub fn usable(self) -> bool {
+        matches!(self, Status::Solved | Status::AlmostSolved)
+    }
+
     /// The worst of several solves' statuses (solved < almost solved < stalled <
     /// infeasible); `Solved` when there are none.
     pub fn worst(statuses: impl IntoIterator<Item = Status>) -> Status {

@@ -272,7 +272,7 @@ impl Report {
             eps,
             samples: done.map_or(0, |d| d.samples),
             status: r.map(|r| r.status),
-            used: r.is_some_and(|r| !matches!(r.status, Status::Stalled | Status::Infeasible)),
+            used: r.is_some_and(|r| r.status.usable()),
             objective: r.map_or(0.0, |r| r.objective),
             seconds: r.map_or(0.0, |r| r.seconds),
             lp: done.map(|d| d.lp),
