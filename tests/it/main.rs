@@ -12,6 +12,7 @@ mod data;
 mod determinism;
 mod engines;
 mod external;
+mod golden;
 mod grad;
 mod hostile;
 mod hybrid;
