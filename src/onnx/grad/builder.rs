@@ -1,4 +1,4 @@
-//! Emitting the nodes of a gradient graph.
+//! Reading the forward graph's nodes and emitting the nodes of a gradient graph.
 //!
 //! [`Builder`] hands out fresh tensor names under a prefix, keeps the new nodes and
 //! constants, and hides the opset differences of the few ops whose signature changed
@@ -7,6 +7,8 @@
 
 use super::super::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto, TensorProto};
 use super::super::tensor;
+use super::super::OnnxError;
+use super::{unsupported, Ctx, PROBE_BATCH};
 
 /// An integer attribute.
 pub fn int(name: &str, v: i64) -> AttributeProto {
@@ -39,6 +41,96 @@ pub fn float(name: &str, v: f32) -> AttributeProto {
     };
     a.set_type(AttributeType::Float);
     a
+}
+
+// Reading a node of the forward graph: its attributes, inputs and outputs.
+
+fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute.iter().find(|a| a.name() == name)
+}
+
+fn wrong_type(node: &NodeProto, name: &str, want: &str) -> OnnxError {
+    unsupported(node, format!("attribute '{name}' should be {want}"))
+}
+
+fn type_is(a: &AttributeProto, t: AttributeType) -> bool {
+    a.r#type.is_none() || a.r#type() == t
+}
+
+/// An integer attribute, or `default` when absent.
+pub fn attr_int(node: &NodeProto, name: &str, default: i64) -> Result<i64, OnnxError> {
+    match attr(node, name) {
+        None => Ok(default),
+        Some(a) if type_is(a, AttributeType::Int) => a.i.ok_or_else(|| wrong_type(node, name, "an integer")),
+        Some(_) => Err(wrong_type(node, name, "an integer")),
+    }
+}
+
+/// An integer-list attribute, when present.
+pub fn attr_ints(node: &NodeProto, name: &str) -> Result<Option<Vec<i64>>, OnnxError> {
+    match attr(node, name) {
+        None => Ok(None),
+        Some(a) if type_is(a, AttributeType::Ints) => Ok(Some(a.ints.clone())),
+        Some(_) => Err(wrong_type(node, name, "a list of integers")),
+    }
+}
+
+/// A float attribute, or `default` when absent.
+pub fn attr_float(node: &NodeProto, name: &str, default: f32) -> Result<f32, OnnxError> {
+    match attr(node, name) {
+        None => Ok(default),
+        Some(a) if type_is(a, AttributeType::Float) => a.f.ok_or_else(|| wrong_type(node, name, "a float")),
+        Some(_) => Err(wrong_type(node, name, "a float")),
+    }
+}
+
+/// A string attribute, or `default` when absent.
+pub fn attr_string(node: &NodeProto, name: &str, default: &str) -> Result<String, OnnxError> {
+    match attr(node, name) {
+        None => Ok(default.to_string()),
+        Some(a) if type_is(a, AttributeType::String) => {
+            a.s.as_ref()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .ok_or_else(|| wrong_type(node, name, "a string"))
+        }
+        Some(_) => Err(wrong_type(node, name, "a string")),
+    }
+}
+
+/// Input `k` of `node`, or "" when it has fewer (a missing shape then says so).
+pub fn input(node: &NodeProto, k: usize) -> &str {
+    node.input.get(k).map(String::as_str).unwrap_or("")
+}
+
+/// The first output of `node`, or "".
+pub fn output(node: &NodeProto) -> &str {
+    node.output.first().map(String::as_str).unwrap_or("")
+}
+
+/// The shape of a tensor on the path as a Reshape target with a free batch: the
+/// measured batch goes back to `-1`. Fails when the batch is not on axis 0.
+pub fn batched(ctx: &Ctx, node: &NodeProto, tensor: &str) -> Result<Vec<i64>, OnnxError> {
+    let shape = ctx.shape(node, tensor)?;
+    if shape.first() != Some(&PROBE_BATCH) {
+        return Err(unsupported(
+            node,
+            format!("the batch is not on axis 0 of '{}' (shape {shape:?})", tensor),
+        ));
+    }
+    let mut out = vec![-1];
+    out.extend(shape[1..].iter().map(|&d| d as i64));
+    Ok(out)
+}
+
+/// Normalises a possibly negative axis for a tensor of rank `rank`.
+pub fn axis(node: &NodeProto, a: i64, rank: usize) -> Result<usize, OnnxError> {
+    let r = rank as i64;
+    let a = if a < 0 { a + r } else { a };
+    if (0..r).contains(&a) {
+        Ok(a as usize)
+    } else {
+        Err(unsupported(node, format!("axis {a} is out of range for rank {rank}")))
+    }
 }
 
 /// New nodes and constants of a gradient graph.

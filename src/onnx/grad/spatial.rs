@@ -19,8 +19,7 @@
 
 use super::super::proto::NodeProto;
 use super::super::OnnxError;
-use super::builder::{int, ints};
-use super::rules::{attr_int, attr_ints, attr_string, batched, input, output};
+use super::builder::{attr_int, attr_ints, attr_string, batched, input, int, ints, output};
 use super::{unsupported, Ctx};
 
 /// Where a window sits: kernel, strides, dilations and padding per spatial axis,
