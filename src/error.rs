@@ -1,9 +1,15 @@
 //! The crate-level error: one variant per layer, each keeping that layer's message
 //! (which already names the file, node, tensor or sample at fault).
 
+use crate::attack::AttackError;
 use crate::data::DataError;
 use crate::engine::EngineError;
+use crate::experiment::ExperimentError;
+use crate::features::FeedError;
+use crate::hybrid::FitError;
 use crate::onnx::OnnxError;
+use crate::repair::RepairError;
+use crate::report::ReportError;
 use crate::svm::SvmError;
 
 /// Anything a pipeline step can fail with.
@@ -18,9 +24,27 @@ pub enum Error {
     /// Reading or preprocessing data.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// Feeding a data set to a model.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    /// Fitting a hybrid's head.
+    #[error(transparent)]
+    Fit(#[from] FitError),
     /// Fitting the SVM.
     #[error(transparent)]
     Svm(#[from] SvmError),
+    /// Setting up or running an attack.
+    #[error(transparent)]
+    Attack(#[from] AttackError),
+    /// Setting up a repair.
+    #[error(transparent)]
+    Repair(#[from] RepairError),
+    /// Setting up or running the experiment.
+    #[error(transparent)]
+    Experiment(#[from] ExperimentError),
+    /// Writing the experiment's report.
+    #[error(transparent)]
+    Report(#[from] ReportError),
     /// A file nnmend writes could not be written.
     #[error("{path}: {source}")]
     Write {
@@ -29,9 +53,6 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A model and a data set that do not fit together.
-    #[error("{0}")]
-    Mismatch(String),
 }
 
 /// Shorthand for results of pipeline steps.

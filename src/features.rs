@@ -34,6 +34,35 @@ impl Default for Feed {
     }
 }
 
+/// A model and a data set that do not fit together, or a model whose outputs do not
+/// behave.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// A model input that is not an image.
+    #[error(
+        "cannot tell the layout of a model input of shape [N, {}]: expected [N, C, H, W] or [N, H, W, C] with 1 \
+         or 3 channels, or [N, D]",
+        .0.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    Layout(Vec<usize>),
+    /// Images of another shape than the model takes.
+    #[error("{}: images are {}x{}x{} (C x H x W), but the model takes samples of shape {sample:?}", .data.display(), .image[0], .image[1], .image[2])]
+    Images {
+        /// The data set.
+        data: std::path::PathBuf,
+        /// Its image shape `[C, H, W]`.
+        image: [usize; 3],
+        /// The model's sample shape.
+        sample: Vec<usize>,
+    },
+    /// A model output missing or shaped otherwise than a batch of rows.
+    #[error("{0}")]
+    Output(String),
+    /// A broken invariant (a bug).
+    #[error("internal error: {0}")]
+    Invariant(&'static str),
+}
+
 /// The layout of a model input, read from its shape without the batch:
 /// `[C, H, W]` with C ∈ {1, 3} is NCHW, `[H, W, C]` is NHWC, `[D]` is flat.
 pub fn layout_of(sample_shape: &[usize]) -> Result<Layout> {
@@ -41,11 +70,7 @@ pub fn layout_of(sample_shape: &[usize]) -> Result<Layout> {
         [c, _, _] if *c == 1 || *c == 3 => Ok(Layout::Nchw),
         [_, _, c] if *c == 1 || *c == 3 => Ok(Layout::Nhwc),
         [_] => Ok(Layout::Flat),
-        other => Err(Error::Mismatch(format!(
-            "cannot tell the layout of a model input of shape [N, {}]: expected [N, C, H, W] or [N, H, W, C] \
-             with 1 or 3 channels, or [N, D]",
-            other.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
-        ))),
+        other => Err(FeedError::Layout(other.to_vec()).into()),
     }
 }
 
@@ -56,7 +81,7 @@ pub fn image_shape_of(sample_shape: &[usize]) -> Result<(Layout, [usize; 3])> {
     let image = match (layout, sample_shape) {
         (Layout::Nhwc, [h, w, c]) | (Layout::Nchw, [c, h, w]) => [*c, *h, *w],
         (_, [d]) => [1, 1, *d],
-        (_, other) => return Err(Error::Mismatch(format!("no image shape in the input shape {other:?}"))),
+        (_, other) => return Err(FeedError::Layout(other.to_vec()).into()),
     };
     Ok((layout, image))
 }
@@ -72,11 +97,12 @@ pub fn preprocess_for(ds: &Dataset, sample_shape: &[usize], feed: &Feed) -> Resu
         Layout::Flat => vec![c * h * w],
     };
     if expected != sample_shape {
-        return Err(Error::Mismatch(format!(
-            "{}: images are {c}x{h}x{w} (C x H x W), but the model takes samples of shape {:?}",
-            ds.source.display(),
-            sample_shape
-        )));
+        return Err(FeedError::Images {
+            data: ds.source.clone(),
+            image: [c, h, w],
+            sample: sample_shape.to_vec(),
+        }
+        .into());
     }
     Ok(Preprocess {
         mean: feed.mean.clone(),
@@ -128,7 +154,7 @@ pub fn collect(session: &dyn Session, ds: &Dataset, feed: &Feed, output: usize, 
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(Error::Mismatch("a feature worker panicked".into())))
+                    .unwrap_or_else(|_| Err(FeedError::Invariant("a feature worker panicked").into()))
             })
             .collect()
     });
@@ -149,21 +175,24 @@ fn run_batch(
     let x = pre.batch(ds, range)?;
     let mut outs = session.run(x.view())?;
     if output >= outs.len() {
-        return Err(Error::Mismatch(format!(
+        return Err(FeedError::Output(format!(
             "the model returned {} outputs, output {output} was asked for",
             outs.len()
-        )));
+        ))
+        .into());
     }
     let out = outs.swap_remove(output);
     if out.shape().first() != Some(&b) {
-        return Err(Error::Mismatch(format!(
+        return Err(FeedError::Output(format!(
             "the model returned output of shape {:?} for a batch of {b}",
             out.shape()
-        )));
+        ))
+        .into());
     }
     let d = out.len() / b;
-    out.into_shape_with_order((b, d))
-        .map_err(|e| Error::Mismatch(format!("output of a batch of {b}: {e}")))
+    Ok(out
+        .into_shape_with_order((b, d))
+        .map_err(|e| FeedError::Output(format!("output of a batch of {b}: {e}")))?)
 }
 
 /// One worker's part of [`collect`]: the images in `range`, batch by batch, written
@@ -184,11 +213,12 @@ fn fill(
         let end = (start + batch).min(range.end);
         let out = run_batch(session, ds, pre, start..end, output)?;
         if out.ncols() != rows.ncols() {
-            return Err(Error::Mismatch(format!(
+            return Err(FeedError::Output(format!(
                 "output width changed from {} to {} between batches",
                 rows.ncols(),
                 out.ncols()
-            )));
+            ))
+            .into());
         }
         let at = start - range.start;
         rows.slice_axis_mut(Axis(0), Slice::from(at..at + out.nrows()))
@@ -213,6 +243,30 @@ pub fn argmax_rows(scores: &Array2<f32>) -> Vec<usize> {
                 .0
         })
         .collect()
+}
+
+/// How many predictions are right.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Accuracy {
+    /// Images evaluated.
+    pub n: usize,
+    /// Correctly classified images.
+    pub correct: usize,
+    /// `correct / n` (0 for no image).
+    pub accuracy: f64,
+}
+
+impl Accuracy {
+    /// The accuracy of `predicted` classes against `labels`, row for row.
+    pub fn of(predicted: &[usize], labels: &[i64]) -> Self {
+        let correct = predicted.iter().zip(labels).filter(|(&p, &l)| p as i64 == l).count();
+        let n = labels.len();
+        Self {
+            n,
+            correct,
+            accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+        }
+    }
 }
 
 /// Writes `features` `[N, D]` and `labels` `[N]` to an `.npz` (keys `features`, `labels`),

@@ -7,17 +7,77 @@
 //! The `*_on_features` functions fit on features already extracted, so that one
 //! extraction serves both hybrids.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use ndarray::{Array2, ArrayView2};
 
 use crate::data::Dataset;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::features::{argmax_rows, collect, Feed};
+use crate::error::Result;
+use crate::features::{argmax_rows, collect, Accuracy, Feed};
+use crate::head::Head;
 use crate::onnx::surgery::{extractor, hybrid, kernel_hybrid, set_metadata, KernelMap};
 use crate::onnx::{find_cut, Cut, ModelProto};
 use crate::svm::{self, FitReport, LinearSvm, Nystrom, NystromSettings, SvmParams};
+
+/// Training data a head cannot be fitted on.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    /// No training image.
+    #[error("{}: the training set is empty", .0.display())]
+    Empty(PathBuf),
+    /// Fewer than two classes present.
+    #[error(
+        "{}: the {n} training images hold {only}; a linear head needs samples of at least two classes (image \
+         folders list their images class by class, so the first images of one hold the first classes only)",
+        .data.display()
+    )]
+    OneClass {
+        /// The training set.
+        data: PathBuf,
+        /// Its images.
+        n: usize,
+        /// The one class present, or `none`.
+        only: String,
+    },
+    /// Features that do not match the training set row for row.
+    #[error("{}: {rows} feature rows for {n} training images", .data.display())]
+    Rows {
+        /// The training set.
+        data: PathBuf,
+        /// Feature rows given.
+        rows: usize,
+        /// Training images.
+        n: usize,
+    },
+    /// The same features for every image: nothing to separate.
+    #[error(
+        "{}: the extractor gives every one of the {n} training images the same features at {tensor} ({what}), so \
+         an SVM has nothing to separate",
+        .data.display()
+    )]
+    Degenerate {
+        /// The training set.
+        data: PathBuf,
+        /// Its images.
+        n: usize,
+        /// The cut tensor.
+        tensor: String,
+        /// `all zero` or `identical rows`.
+        what: &'static str,
+    },
+    /// The Nyström map could not be fitted.
+    #[error("{}: features at '{tensor}': {error}", .data.display())]
+    Kernel {
+        /// The training set.
+        data: PathBuf,
+        /// The cut tensor.
+        tensor: String,
+        /// Why.
+        error: crate::svm::KernelError,
+    },
+}
 
 /// Settings of a hybrid fit.
 #[derive(Debug, Clone, Default)]
@@ -28,25 +88,30 @@ pub struct FitSettings {
     pub svm: SvmParams,
     /// How images are fed to the extractor.
     pub feed: Feed,
+    /// The kernel hybrid's Nyström map; `None` fits the linear hybrid.
+    pub kernel: Option<NystromSettings>,
 }
 
-/// A fitted hybrid and how it was obtained.
+/// A fitted hybrid, linear or kernel, and how it was obtained.
 #[derive(Debug)]
-pub struct FitOutcome {
+pub struct Fitted {
     /// The hybrid ONNX model, ready to save.
     pub model: ModelProto,
+    /// Its head, as the model holds it (a kernel head in the model's units).
+    pub head: Head,
     /// Where the original was cut.
     pub cut: Cut,
-    /// Number of features D.
+    /// Number of extractor features D.
     pub feature_dim: usize,
-    /// The SVM head.
-    pub svm: LinearSvm,
     /// The SVM solver's report (iterations, violations, duality gaps).
     pub report: FitReport,
     /// Accuracy of the hybrid on the training set.
     pub train_accuracy: f64,
-    /// Seconds spent extracting features.
+    /// Seconds spent extracting features (0 when they were given).
     pub extract_seconds: f64,
+    /// Seconds spent fitting the Nyström map and mapping the training features (0 for
+    /// a linear head).
+    pub map_seconds: f64,
     /// Training samples used.
     pub n_train: usize,
     /// Classes of the head with no training sample (their hyperplanes only push
@@ -54,160 +119,107 @@ pub struct FitOutcome {
     pub missing_classes: Vec<usize>,
 }
 
-/// Cuts `model`, extracts features of `train` with `engine`, fits the SVM and builds
-/// the hybrid. The hybrid records its provenance in `metadata_props`.
-pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &FitSettings) -> Result<FitOutcome> {
+/// Cuts `model`, extracts features of `train` with `engine`, fits the head
+/// ([`fit_on_features`]) and builds the hybrid. The hybrid records its provenance in
+/// `metadata_props`.
+pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &FitSettings) -> Result<Fitted> {
     // Checked before the (long) extraction too.
     class_counts(model, train)?;
     let (cut, features, extract_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
-    let mut outcome = fit_linear_on_features(model, &cut, features.view(), train, settings)?;
-    outcome.extract_seconds = extract_seconds;
-    Ok(outcome)
+    let mut fitted = fit_on_features(model, &cut, features.view(), train, settings)?;
+    fitted.extract_seconds = extract_seconds;
+    Ok(fitted)
 }
 
-/// What [`fit`] does after the extraction: fits the linear SVM on `features` `[N, D]`
-/// (the extractor of `model` at `cut` run over `train`, row i being image i) and builds
-/// the hybrid. `extract_seconds` is 0 in the outcome; `settings.at` is not used (the
-/// cut is given).
-pub fn fit_linear_on_features(
+/// What [`fit`] does after the extraction, on `features` `[N, D]` (the extractor of
+/// `model` at `cut` run over `train`, row i being image i): the linear SVM on the
+/// features (LH), or with `settings.kernel` the Nyström map of the RBF kernel and the
+/// linear SVM on the mapped features (KH, written extractor → Nyström map → Gemm by
+/// [`crate::onnx::surgery::kernel_hybrid`]; the landmarks are drawn with the kernel
+/// settings' seed). `extract_seconds` is 0 in the outcome; `settings.at` is not used
+/// (the cut is given).
+pub fn fit_on_features(
     model: &ModelProto,
     cut: &Cut,
     features: ArrayView2<f32>,
     train: &Dataset,
     settings: &FitSettings,
-) -> Result<FitOutcome> {
-    let counts = class_counts(model, train)?;
-    check_rows(features, train, cut)?;
-    let n_classes = counts.len();
-    let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
-    let (svm, report) = fit_svm(features, &labels, n_classes, settings)?;
-    let train_accuracy = accuracy(&svm.predict(features), &labels);
-    let mut out = hybrid(model, cut, svm.weights.view(), svm.bias.view())?;
-    set_provenance(&mut out, "linear-svm", cut, train, settings);
-    Ok(FitOutcome {
-        missing_classes: missing(&counts),
-        model: out,
-        feature_dim: features.ncols(),
-        cut: cut.clone(),
-        svm,
-        report,
-        train_accuracy,
-        extract_seconds: 0.0,
-        n_train: labels.len(),
-    })
-}
-
-/// A fitted kernel hybrid (KH) and how it was obtained.
-#[derive(Debug)]
-pub struct KernelFitOutcome {
-    /// The kernel hybrid ONNX model, ready to save.
-    pub model: ModelProto,
-    /// Where the original was cut.
-    pub cut: Cut,
-    /// Number of extractor features D.
-    pub feature_dim: usize,
-    /// The Nyström map from the D features to the head's [`Nystrom::dim`] inputs.
-    pub nystrom: Nystrom,
-    /// The linear SVM on the Nyström features `nystrom.transform(x)`. The ONNX model
-    /// writes the same head in other units (φ·s and W/s, see `nnmend.kernel.scale`):
-    /// the same scores.
-    pub svm: LinearSvm,
-    /// The SVM solver's report.
-    pub report: FitReport,
-    /// Accuracy of the kernel hybrid on the training set.
-    pub train_accuracy: f64,
-    /// Seconds spent extracting features (0 when they were given).
-    pub extract_seconds: f64,
-    /// Seconds spent fitting the Nyström map and mapping the training features.
-    pub map_seconds: f64,
-    /// Training samples used.
-    pub n_train: usize,
-    /// Classes with no training sample (never predicted).
-    pub missing_classes: Vec<usize>,
-}
-
-/// The kernel hybrid on precomputed `features` `[N, D]` (the extractor of `model` at
-/// `cut` run over `train`): fits the Nyström map of the RBF kernel on them, the linear
-/// SVM on the mapped features φ, and writes extractor → Nyström map → Gemm
-/// ([`crate::onnx::surgery::kernel_hybrid`]). The landmarks are drawn with
-/// `nystrom.seed`; the SVM uses `settings.svm`.
-pub fn fit_kernel_on_features(
-    model: &ModelProto,
-    cut: &Cut,
-    features: ArrayView2<f32>,
-    train: &Dataset,
-    settings: &FitSettings,
-    nystrom: &NystromSettings,
-) -> Result<KernelFitOutcome> {
+) -> Result<Fitted> {
     let counts = class_counts(model, train)?;
     check_rows(features, train, cut)?;
     let n_classes = counts.len();
     let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
     let started = Instant::now();
-    let map = Nystrom::fit(features, nystrom)
-        .map_err(|e| Error::Mismatch(format!("{}: features at '{}': {e}", train.source.display(), cut.tensor)))?;
-    let phi = map.transform(features);
-    let map_seconds = started.elapsed().as_secs_f64();
-    let (svm, report) = fit_svm(phi.view(), &labels, n_classes, settings)?;
-    let train_accuracy = accuracy(&svm.predict(phi.view()), &labels);
-    let scale = export_scale(map.dim());
-    let projection = map.projection().mapv(|v| v * scale);
-    let weights = svm.weights.mapv(|v| v / scale);
-    let kernel = KernelMap {
-        landmarks: map.landmark_matrix(),
-        landmark_norms: map.landmark_norms(),
-        gamma: map.gamma(),
-        projection: projection.view(),
+    let map = match &settings.kernel {
+        Some(nystrom) => Some(Nystrom::fit(features, nystrom).map_err(|error| FitError::Kernel {
+            data: train.source.clone(),
+            tensor: cut.tensor.clone(),
+            error,
+        })?),
+        None => None,
     };
-    let mut out = kernel_hybrid(model, cut, &kernel, weights.view(), svm.bias.view())?;
-    set_provenance(&mut out, KERNEL_HEAD, cut, train, settings);
-    set_metadata(&mut out, "nnmend.kernel", "rbf");
-    set_metadata(&mut out, "nnmend.kernel.landmarks", &map.landmarks().to_string());
-    set_metadata(&mut out, "nnmend.kernel.gamma", &map.gamma().to_string());
-    set_metadata(&mut out, "nnmend.kernel.dim", &map.dim().to_string());
-    set_metadata(&mut out, "nnmend.kernel.seed", &nystrom.seed.to_string());
-    set_metadata(&mut out, "nnmend.kernel.scale", &scale.to_string());
-    Ok(KernelFitOutcome {
+    let phi = map.as_ref().map(|m| m.transform(features));
+    let map_seconds = if map.is_some() {
+        started.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
+    let x = phi.as_ref().map_or(features, |phi| phi.view());
+    let (svm, report) = fit_svm(x, &labels, n_classes, settings)?;
+    let train_accuracy = Accuracy::of(&svm.predict(x), &train.labels).accuracy;
+    let head = match map {
+        Some(map) => Head::kernel(map, svm),
+        None => Head::linear(svm),
+    };
+    let out = match &head.map {
+        Some(kernel) => {
+            let map = &kernel.nystrom;
+            let projection = map.projection().mapv(|v| v * kernel.scale);
+            let onnx_map = KernelMap {
+                landmarks: map.landmark_matrix(),
+                landmark_norms: map.landmark_norms(),
+                gamma: map.gamma(),
+                projection: projection.view(),
+            };
+            let mut out = kernel_hybrid(
+                model,
+                cut,
+                &onnx_map,
+                head.linear.weights.view(),
+                head.linear.bias.view(),
+            )?;
+            set_provenance(&mut out, KERNEL_HEAD, cut, train, settings);
+            let seed = settings.kernel.as_ref().map_or(0, |k| k.seed);
+            for (key, value) in [
+                ("nnmend.kernel", "rbf".to_string()),
+                ("nnmend.kernel.landmarks", map.landmarks().to_string()),
+                ("nnmend.kernel.gamma", map.gamma().to_string()),
+                ("nnmend.kernel.dim", map.dim().to_string()),
+                ("nnmend.kernel.seed", seed.to_string()),
+                ("nnmend.kernel.scale", kernel.scale.to_string()),
+            ] {
+                set_metadata(&mut out, key, &value);
+            }
+            out
+        }
+        None => {
+            let mut out = hybrid(model, cut, head.linear.weights.view(), head.linear.bias.view())?;
+            set_provenance(&mut out, "linear-svm", cut, train, settings);
+            out
+        }
+    };
+    Ok(Fitted {
         missing_classes: missing(&counts),
         model: out,
+        head,
         feature_dim: features.ncols(),
         cut: cut.clone(),
-        nystrom: map,
-        svm,
         report,
         train_accuracy,
         extract_seconds: 0.0,
         map_seconds,
         n_train: labels.len(),
     })
-}
-
-/// Cuts `model`, extracts features of `train` with `engine`, and fits the kernel
-/// hybrid on them ([`fit_kernel_on_features`]).
-pub fn fit_kernel(
-    model: &ModelProto,
-    train: &Dataset,
-    engine: &dyn Engine,
-    settings: &FitSettings,
-    nystrom: &NystromSettings,
-) -> Result<KernelFitOutcome> {
-    class_counts(model, train)?;
-    let (cut, features, extract_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
-    let mut outcome = fit_kernel_on_features(model, &cut, features.view(), train, settings, nystrom)?;
-    outcome.extract_seconds = extract_seconds;
-    Ok(outcome)
-}
-
-/// The unit in which the kernel hybrid writes its Nyström features: the power of two
-/// nearest √r for r features. φ·φ ≈ k(x, x) = 1, so φ's components are of order 1/√r;
-/// the repair LPs price a unit of weight change like a unit of slack, and on features
-/// that small every change costs more than the slack it saves (nothing would be
-/// repaired). The graph computes s·φ with P·s and the Gemm holds W/s: a power of two
-/// scales f32 values exactly, so the scores are bit for bit those of W on φ.
-fn export_scale(r: usize) -> f32 {
-    let exponent = (r.max(1) as f64).sqrt().log2().round();
-    // r ≤ usize::MAX keeps the exponent below 33.
-    2f32.powi(exponent as i32)
 }
 
 /// The value of `nnmend.head` in a kernel hybrid's `metadata_props`.
@@ -217,10 +229,7 @@ pub const KERNEL_HEAD: &str = "kernel-svm-nystrom";
 /// model's classes, or fewer than two classes present.
 fn class_counts(model: &ModelProto, train: &Dataset) -> Result<Vec<usize>> {
     if train.is_empty() {
-        return Err(Error::Mismatch(format!(
-            "{}: the training set is empty",
-            train.source.display()
-        )));
+        return Err(FitError::Empty(train.source.clone()).into());
     }
     // The hybrid replaces the model, so it keeps the model's classes: a label outside
     // them is an error in the data (and a label of 10⁹ must not size the head).
@@ -250,13 +259,12 @@ fn class_counts(model: &ModelProto, train: &Dataset) -> Result<Vec<usize>> {
                 .map_or(String::new(), |n| format!(" ({n})"));
             format!("only class {c}{name}")
         });
-        return Err(Error::Mismatch(format!(
-            "{}: the {} training images hold {only}; a linear head needs samples of at least two classes \
-             (image folders list their images class by class, so --limit N keeps the first classes only: \
-             use all of the data, or an .npz of a shuffled subset)",
-            train.source.display(),
-            train.len()
-        )));
+        return Err(FitError::OneClass {
+            data: train.source.clone(),
+            n: train.len(),
+            only,
+        }
+        .into());
     }
     Ok(counts)
 }
@@ -265,23 +273,22 @@ fn class_counts(model: &ModelProto, train: &Dataset) -> Result<Vec<usize>> {
 /// every image (nothing to separate).
 fn check_rows(features: ArrayView2<f32>, train: &Dataset, cut: &Cut) -> Result<()> {
     if features.nrows() != train.len() {
-        return Err(Error::Mismatch(format!(
-            "{}: {} feature rows for {} training images",
-            train.source.display(),
-            features.nrows(),
-            train.len()
-        )));
+        return Err(FitError::Rows {
+            data: train.source.clone(),
+            rows: features.nrows(),
+            n: train.len(),
+        }
+        .into());
     }
     if let Some(zero) = identical_rows(features) {
         let what = if zero { "all zero" } else { "identical rows" };
-        return Err(Error::Mismatch(format!(
-            "{}: the extractor gives every one of the {} training images the same features at {} ({what}), \
-             so an SVM has nothing to separate; check --mean/--std against the model's training, and that the \
-             images are not blank (or cut elsewhere with --at)",
-            train.source.display(),
-            train.len(),
-            cut.tensor
-        )));
+        return Err(FitError::Degenerate {
+            data: train.source.clone(),
+            n: train.len(),
+            tensor: cut.tensor.clone(),
+            what,
+        }
+        .into());
     }
     Ok(())
 }
@@ -296,11 +303,6 @@ fn fit_svm(
     let fitted = svm::fit(x, labels, n_classes, &settings.svm);
     spinner.finish_and_clear();
     Ok(fitted?)
-}
-
-fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
-    let correct = predicted.iter().zip(labels).filter(|(p, l)| p == l).count();
-    correct as f64 / labels.len().max(1) as f64
 }
 
 fn missing(counts: &[usize]) -> Vec<usize> {
@@ -359,35 +361,11 @@ pub fn extract(
     Ok((cut, features, started.elapsed().as_secs_f64()))
 }
 
-/// Accuracy of a classifier: how many of `ds`'s images its first output's argmax gets right.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Accuracy {
-    /// Images evaluated.
-    pub n: usize,
-    /// Correctly classified images.
-    pub correct: usize,
-    /// `correct / n`.
-    pub accuracy: f64,
-}
-
 /// Runs `model` on every image of `ds` and counts correct argmax predictions.
 pub fn evaluate(model: &ModelProto, ds: &Dataset, engine: &dyn Engine, feed: &Feed) -> Result<(Accuracy, Vec<usize>)> {
     let session = engine.prepare(model)?;
     let scores = collect(session.as_ref(), ds, feed, 0, "eval")?;
     ds.check_labels(scores.ncols())?;
     let predicted = argmax_rows(&scores);
-    let correct = predicted
-        .iter()
-        .zip(&ds.labels)
-        .filter(|(&p, &l)| p as i64 == l)
-        .count();
-    let n = ds.len();
-    Ok((
-        Accuracy {
-            n,
-            correct,
-            accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
-        },
-        predicted,
-    ))
+    Ok((Accuracy::of(&predicted, &ds.labels), predicted))
 }

@@ -34,10 +34,12 @@
 pub mod atomic;
 pub mod attack;
 pub mod data;
+pub mod doc;
 pub mod engine;
 pub mod error;
 pub mod experiment;
 pub mod features;
+pub mod head;
 pub mod hybrid;
 pub mod inspect;
 pub mod onnx;

@@ -31,7 +31,14 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            match cli::hint(&err) {
+                Some(hint) => {
+                    let _ = writeln!(std::io::stderr(), "error: {err:#}; {hint}");
+                }
+                None => {
+                    let _ = writeln!(std::io::stderr(), "error: {err:#}");
+                }
+            }
             if err.chain().any(|c| c.downcast_ref::<cli::UsageError>().is_some()) {
                 ExitCode::from(cli::EXIT_USAGE)
             } else {

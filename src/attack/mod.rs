@@ -12,7 +12,9 @@
 //! classified correctly both clean and attacked, and the success rate is the share of
 //! correctly classified images the attack flips.
 
+mod error;
 pub mod fgsm;
+pub mod file;
 pub mod pgd;
 mod target;
 
@@ -24,9 +26,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::{to_nchw, Dataset, Layout, Pixels};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::features::{argmax_rows, Feed};
 pub use crate::onnx::grad::Loss;
+pub use error::AttackError;
+pub use file::AdversarialFile;
 pub use target::{gradient_model, normalization, Gradient, Target};
 
 /// The attack to run.
@@ -131,21 +135,16 @@ pub struct Outcome {
 
 fn check(settings: &Settings) -> Result<()> {
     if settings.eps.is_empty() {
-        return Err(Error::Mismatch("no ε given".into()));
+        return Err(AttackError::NoEps.into());
     }
     if let Some(bad) = settings.eps.iter().find(|e| !(0.0..=1.0).contains(*e)) {
-        return Err(Error::Mismatch(format!(
-            "ε = {bad} is outside [0, 1]; ε is measured in [0, 1] pixel space"
-        )));
+        return Err(AttackError::EpsRange(*bad).into());
     }
     if settings.method == Method::Pgd && settings.steps == 0 {
-        return Err(Error::Mismatch("PGD needs at least one step".into()));
+        return Err(AttackError::NoSteps.into());
     }
     if !(settings.step_ratio.is_finite() && settings.step_ratio > 0.0) {
-        return Err(Error::Mismatch(format!(
-            "the PGD step ratio {} must be a positive number",
-            settings.step_ratio
-        )));
+        return Err(AttackError::StepRatio(settings.step_ratio).into());
     }
     Ok(())
 }
@@ -187,7 +186,7 @@ fn for_batches<T: Send>(
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(Error::Mismatch("an attack worker panicked".into())))
+                    .unwrap_or_else(|_| Err(AttackError::Invariant("an attack worker panicked").into()))
             })
             .collect()
     });
@@ -372,10 +371,11 @@ impl Target {
 pub fn adversarial_test_set(ds: &Dataset, adv: &Adversarial, layout: Layout) -> Result<Dataset> {
     let n = ds.len();
     if adv.success.len() != n || adv.images.len_of(Axis(0)) != n {
-        return Err(Error::Mismatch(format!(
-            "{} adversarial rows for a data set of {n} images",
-            adv.success.len()
-        )));
+        return Err(AttackError::Rows {
+            rows: adv.success.len(),
+            images: n,
+        }
+        .into());
     }
     let mut pixels = ds.pixels.to_f32(0..n);
     let images = to_nchw(adv.images.view(), layout, ds.image_shape())?;

@@ -7,7 +7,9 @@ use ndarray::{Array1, Array2, ArrayD, ArrayViewD, Axis, Ix1, Ix2};
 
 use crate::data::{Dataset, Layout, Preprocess};
 use crate::engine::{Engine, Session};
-use crate::error::{Error, Result};
+use crate::error::Result;
+
+use super::AttackError;
 use crate::features::{layout_of, preprocess_for, Feed};
 use crate::onnx::grad::{self, Loss, Normalization, PROBE_BATCH};
 use crate::onnx::ModelProto;
@@ -16,23 +18,26 @@ use crate::onnx::ModelProto;
 /// of a model whose inputs are laid out as `layout`, for images of shape `[C, H, W]`.
 pub fn normalization(layout: Layout, image: [usize; 3], feed: &Feed) -> Result<Normalization> {
     let [c, h, w] = image;
-    let spread = |name: &str, v: &[f32], default: f32| -> Result<Vec<f32>> {
+    let spread = |name: &'static str, v: &[f32], default: f32| -> Result<Vec<f32>> {
         match v.len() {
             0 => Ok(vec![default; c]),
             1 => Ok(vec![v[0]; c]),
             k if k == c => Ok(v.to_vec()),
-            k => Err(Error::Mismatch(format!(
-                "{name} has {k} values but the images have {c} channel(s); give one value or one per channel"
-            ))),
+            k => Err(AttackError::Channels {
+                name,
+                values: k,
+                channels: c,
+            }
+            .into()),
         }
     };
-    let mean = spread("--mean", &feed.mean, 0.0)?;
-    let std = spread("--std", &feed.std, 1.0)?;
+    let mean = spread("the mean", &feed.mean, 0.0)?;
+    let std = spread("the std", &feed.std, 1.0)?;
     if let Some(bad) = std.iter().find(|s| !s.is_finite() || **s == 0.0) {
-        return Err(Error::Mismatch(format!("std {bad} is not a finite non-zero number")));
+        return Err(AttackError::Std(*bad).into());
     }
     if let Some(bad) = mean.iter().find(|m| !m.is_finite()) {
-        return Err(Error::Mismatch(format!("mean {bad} is not finite")));
+        return Err(AttackError::Mean(*bad).into());
     }
     Ok(match layout {
         Layout::Nchw => Normalization {
@@ -136,9 +141,7 @@ impl Target {
         let probe = ArrayD::<f32>::zeros([1].iter().chain(&sample).copied().collect::<Vec<_>>());
         let classes = forward.run(probe.view())?.first().map_or(0, |z| z.len());
         if classes < 2 {
-            return Err(Error::Mismatch(format!(
-                "the model returns {classes} class score(s); an attack needs at least 2"
-            )));
+            return Err(AttackError::Classes(classes).into());
         }
         Ok(Self {
             grad: grad_session,
@@ -154,14 +157,14 @@ impl Target {
     pub fn one_hot(&self, labels: &[i64], first: usize) -> Result<Array2<f32>> {
         let mut t = Array2::zeros((labels.len(), self.classes));
         for (i, &l) in labels.iter().enumerate() {
-            let k = usize::try_from(l).ok().filter(|&k| k < self.classes).ok_or_else(|| {
-                Error::Mismatch(format!(
-                    "sample {} has label {l}, but the model has {} classes (0..{})",
-                    first + i,
-                    self.classes,
-                    self.classes - 1
-                ))
-            })?;
+            let k = usize::try_from(l)
+                .ok()
+                .filter(|&k| k < self.classes)
+                .ok_or(AttackError::Label {
+                    sample: first + i,
+                    label: l,
+                    classes: self.classes,
+                })?;
             t[[i, k]] = 1.0;
         }
         Ok(t)
@@ -172,7 +175,7 @@ impl Target {
         let target = target.view().into_dyn();
         let shape = pixels.shape().to_vec();
         let mut outs = self.grad.run_many(&[pixels, target])?.into_iter();
-        let bad = |what: &str| Error::Mismatch(format!("the gradient graph returned no usable '{what}'"));
+        let bad = AttackError::Output;
         let logits = outs
             .next()
             .and_then(|z| z.into_dimensionality::<Ix2>().ok())
@@ -183,7 +186,7 @@ impl Target {
             .ok_or_else(|| bad("loss"))?;
         let grad = outs.next().ok_or_else(|| bad("grad"))?;
         if grad.shape() != shape.as_slice() || logits.nrows() != grad.len_of(Axis(0)) {
-            return Err(bad("grad"));
+            return Err(bad("grad").into());
         }
         Ok(Gradient { logits, loss, grad })
     }
@@ -196,9 +199,9 @@ impl Target {
             .run(pixels)?
             .into_iter()
             .next()
-            .ok_or_else(|| Error::Mismatch("the forward graph returned nothing".into()))?;
+            .ok_or(AttackError::Output("logits"))?;
         let k = z.len().checked_div(b).unwrap_or(0);
-        z.into_shape_with_order((b, k))
-            .map_err(|e| Error::Mismatch(format!("logits of a batch of {b}: {e}")))
+        Ok(z.into_shape_with_order((b, k))
+            .map_err(|_| AttackError::Output("logits"))?)
     }
 }

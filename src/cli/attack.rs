@@ -7,24 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use ndarray::{concatenate, ArrayD, Axis};
-use serde_json::json;
 
-use nnmend::attack::{self, Loss, Method, Settings, Target};
-use nnmend::data::{write_npz, NpzArrays, Split};
+use nnmend::attack::{self, AdversarialFile, Loss, Method, Settings, Target};
+use nnmend::data::Split;
+use nnmend::doc::AttackDoc;
 
-use super::{load_model, print_json, DataArgs, EngineArgs, Global};
-
-pub(super) fn unit_interval(s: &str) -> Result<f32, String> {
-    let v: f32 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!(
-            "ε = {v} is outside [0, 1]; ε is measured in [0, 1] pixel space"
-        ))
-    }
-}
+use super::{load_model, print_json, unit_interval, DataArgs, EngineArgs, Global};
 
 /// Arguments of `nnmend attack`.
 #[derive(Debug, Args)]
@@ -81,10 +69,10 @@ pub fn attack(args: AttackArgs, g: &Global) -> Result<ExitCode> {
     }
     let model = load_model(&args.model)?;
     let ds = args.data_args.load(&args.data, Split::Test)?;
-    let engine = args.engine.engine()?;
-    let feed = args.data_args.feed(&args.engine);
+    let (engine, feed) = args.engine.open(&args.data_args)?;
     let target = Target::new(&model, engine.as_ref(), &ds, &feed, args.loss)
         .with_context(|| format!("building the gradient graph of {}", args.model.display()))?;
+    let pgd = args.method == Method::Pgd;
     let settings = Settings {
         method: args.method,
         eps: args.eps.clone(),
@@ -96,50 +84,26 @@ pub fn attack(args: AttackArgs, g: &Global) -> Result<ExitCode> {
         feed,
     };
     let outcome = attack::run(&target, &ds, &settings)?;
-
     if let Some(out) = &args.output {
-        let mut xs: Vec<ArrayD<f32>> = Vec::new();
-        let (mut index, mut y, mut eps, mut success) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for adv in &outcome.adversarial {
-            let keep: Vec<usize> = (0..ds.len())
-                .filter(|&i| !args.only_successful || adv.success[i])
-                .collect();
-            xs.push(adv.images.select(Axis(0), &keep));
-            for &i in &keep {
-                index.push(i as i64);
-                y.push(ds.labels[i]);
-                eps.push(adv.eps);
-                success.push(adv.success[i]);
-            }
-        }
-        let views: Vec<_> = xs.iter().map(|a| a.view()).collect();
-        let x = concatenate(Axis(0), &views).context("stacking the adversarial images")?;
-        let arrays = NpzArrays {
-            index: Some(&index),
-            eps: Some(&eps),
-            success: Some(&success),
-            ..NpzArrays::new(x.view(), &y)
-        };
-        write_npz(out, &arrays)?;
+        AdversarialFile::new(&outcome, &ds, args.only_successful)?.save(out)?;
     }
-
     if args.json {
-        print_json(&json!({
-            "model": args.model,
-            "data": args.data,
-            "engine": args.engine.describe(),
-            "method": args.method,
-            "loss": args.loss,
-            "steps": (args.method == Method::Pgd).then_some(settings.steps),
-            "step_ratio": (args.method == Method::Pgd).then_some(settings.step_ratio),
-            "random_start": args.random_start,
-            "early_stop": (args.method == Method::Pgd).then_some(!args.keep_going),
-            "seed": args.seed,
-            "results": outcome.results,
-            "clean_seconds": outcome.clean_seconds,
-            "seconds": outcome.seconds,
-            "output": args.output,
-        }))?;
+        print_json(&AttackDoc {
+            engine: engine.describe(),
+            method: args.method,
+            loss: args.loss,
+            steps: pgd.then_some(settings.steps),
+            step_ratio: pgd.then_some(settings.step_ratio),
+            random_start: args.random_start,
+            early_stop: pgd.then_some(!args.keep_going),
+            seed: args.seed,
+            results: outcome.results,
+            clean_seconds: outcome.clean_seconds,
+            seconds: outcome.seconds,
+            model: args.model,
+            data: args.data,
+            output: args.output,
+        })?;
     } else {
         let mut out = std::io::stdout().lock();
         writeln!(out, "eps      clean    robust   success  seconds")?;

@@ -6,9 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::json;
-
 use nnmend::data::Split;
+use nnmend::doc::{EvalDoc, EvalRow};
 use nnmend::hybrid::evaluate;
 
 use super::{load_model, print_json, DataArgs, EngineArgs, EXIT_GATE};
@@ -37,8 +36,7 @@ pub struct EvalArgs {
 /// Runs `nnmend eval`.
 pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     let ds = args.data_args.load(&args.data, Split::Test)?;
-    let engine = args.engine.engine()?;
-    let feed = args.data_args.feed(&args.engine);
+    let (engine, feed) = args.engine.open(&args.data_args)?;
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for path in &args.models {
@@ -48,19 +46,19 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         if args.min_accuracy.is_some_and(|min| acc.accuracy < min) {
             failed.push(path.display().to_string());
         }
-        rows.push((path.clone(), acc));
+        rows.push(EvalRow::new(path.clone(), acc));
     }
     if args.json {
-        print_json(&json!({
-            "models": rows.iter().map(|(p, a)| json!({"path": p, "n": a.n, "correct": a.correct, "accuracy": a.accuracy})).collect::<Vec<_>>(),
-            "min_accuracy": args.min_accuracy,
-            "passed": failed.is_empty(),
-            "engine": args.engine.describe(),
-        }))?;
+        print_json(&EvalDoc {
+            models: rows,
+            min_accuracy: args.min_accuracy,
+            passed: failed.is_empty(),
+            engine: engine.describe(),
+        })?;
     } else {
         let mut out = std::io::stdout().lock();
-        for (p, a) in &rows {
-            writeln!(out, "{:.4}  {}/{}  {}", a.accuracy, a.correct, a.n, p.display())?;
+        for r in &rows {
+            writeln!(out, "{:.4}  {}/{}  {}", r.accuracy, r.correct, r.n, r.path.display())?;
         }
     }
     if !failed.is_empty() {

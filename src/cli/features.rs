@@ -8,9 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::json;
-
 use nnmend::data::Split;
+use nnmend::doc::{CutRef, FeaturesDoc};
 use nnmend::hybrid::extract;
 
 use super::{load_model, print_json, warn, DataArgs, EngineArgs, Global};
@@ -43,8 +42,7 @@ pub fn features(args: FeaturesArgs, g: &Global) -> Result<ExitCode> {
     g.refuse_overwrite(&args.output, &[&args.model, &args.data])?;
     let model = load_model(&args.model)?;
     let ds = args.data_args.load(&args.data, Split::Train)?;
-    let engine = args.engine.engine()?;
-    let feed = args.data_args.feed(&args.engine);
+    let (engine, feed) = args.engine.open(&args.data_args)?;
     let (cut, features, seconds) = extract(&model, &ds, engine.as_ref(), args.at.as_deref(), &feed)
         .with_context(|| format!("extracting features of {}", args.model.display()))?;
     if let Some(w) = &cut.warning {
@@ -52,12 +50,18 @@ pub fn features(args: FeaturesArgs, g: &Global) -> Result<ExitCode> {
     }
     nnmend::features::write_features(&args.output, &features, &ds.labels)?;
     if args.json {
-        print_json(&json!({
-            "output": args.output, "n": features.nrows(), "feature_dim": features.ncols(),
-            "cut": {"tensor": cut.tensor, "op": cut.op, "fallback": cut.fallback()},
-            "seconds": seconds,
-            "engine": args.engine.describe(),
-        }))?;
+        print_json(&FeaturesDoc {
+            output: args.output,
+            n: features.nrows(),
+            feature_dim: features.ncols(),
+            cut: CutRef {
+                fallback: cut.fallback(),
+                tensor: cut.tensor,
+                op: cut.op,
+            },
+            seconds,
+            engine: engine.describe(),
+        })?;
     } else {
         writeln!(
             std::io::stdout().lock(),

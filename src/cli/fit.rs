@@ -8,12 +8,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use serde_json::json;
 
 use nnmend::data::Split;
-use nnmend::hybrid::{evaluate, fit as fit_hybrid, fit_kernel, FitSettings};
-use nnmend::onnx::{Cut, ModelProto};
-use nnmend::svm::{FitReport, Loss, NystromSettings, SvmParams};
+use nnmend::doc::FitDoc;
+use nnmend::hybrid::{evaluate, fit as fit_hybrid, FitSettings};
+use nnmend::svm::{Loss, NystromSettings, SvmParams};
 
 use super::{load_model, positive, print_json, save_model, usage, warn, DataArgs, EngineArgs, Global};
 
@@ -101,8 +100,14 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
     let model = load_model(&args.model)?;
     let train = args.data.load(&args.train, Split::Train)?;
     let test = args.test.as_ref().map(|t| args.data.load(t, Split::Test)).transpose()?;
-    let engine = args.engine.engine()?;
-    let feed = args.data.feed(&args.engine);
+    let (engine, feed) = args.engine.open(&args.data)?;
+    let kernel = (args.head == HeadArg::Kernel).then(|| NystromSettings {
+        landmarks: args.landmarks.map_or(NystromSettings::default().landmarks, |m| {
+            usize::try_from(m).unwrap_or(usize::MAX)
+        }),
+        gamma: args.gamma,
+        seed: args.seed,
+    });
     let settings = FitSettings {
         at: args.at.clone(),
         svm: SvmParams {
@@ -116,157 +121,86 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
             seed: args.seed,
         },
         feed: feed.clone(),
+        kernel: kernel.clone(),
     };
-    let outcome = match args.head {
-        HeadArg::Linear => {
-            let o = fit_hybrid(&model, &train, engine.as_ref(), &settings)
-                .with_context(|| format!("fitting a hybrid of {}", args.model.display()))?;
-            Fitted {
-                model: o.model,
-                cut: o.cut,
-                feature_dim: o.feature_dim,
-                report: o.report,
-                train_accuracy: o.train_accuracy,
-                extract_seconds: o.extract_seconds,
-                n_train: o.n_train,
-                missing_classes: o.missing_classes,
-                kernel: serde_json::Value::Null,
-            }
+    let fitted = fit_hybrid(&model, &train, engine.as_ref(), &settings)
+        .with_context(|| format!("fitting a hybrid of {}", args.model.display()))?;
+    if let (Some(asked), Some(map)) = (&kernel, &fitted.head.map) {
+        if map.nystrom.landmarks() < asked.landmarks {
+            warn(&format!(
+                "{} landmarks asked for, but {} holds {} training images: all of them are landmarks",
+                asked.landmarks,
+                args.train.display(),
+                fitted.n_train
+            ));
         }
-        HeadArg::Kernel => {
-            let nystrom = NystromSettings {
-                landmarks: args.landmarks.map_or(NystromSettings::default().landmarks, |m| {
-                    usize::try_from(m).unwrap_or(usize::MAX)
-                }),
-                gamma: args.gamma,
-                seed: args.seed,
-            };
-            let o = fit_kernel(&model, &train, engine.as_ref(), &settings, &nystrom)
-                .with_context(|| format!("fitting a kernel hybrid of {}", args.model.display()))?;
-            if o.nystrom.landmarks() < nystrom.landmarks {
-                warn(&format!(
-                    "{} landmarks asked for, but {} holds {} training images: all of them are landmarks",
-                    nystrom.landmarks,
-                    args.train.display(),
-                    o.n_train
-                ));
-            }
-            Fitted {
-                kernel: json!({
-                    "kernel": "rbf",
-                    "landmarks": o.nystrom.landmarks(),
-                    "gamma": o.nystrom.gamma(),
-                    "dim": o.nystrom.dim(),
-                    "seed": args.seed,
-                    "map_seconds": o.map_seconds,
-                }),
-                model: o.model,
-                cut: o.cut,
-                feature_dim: o.feature_dim,
-                report: o.report,
-                train_accuracy: o.train_accuracy,
-                extract_seconds: o.extract_seconds,
-                n_train: o.n_train,
-                missing_classes: o.missing_classes,
-            }
-        }
-    };
-    if let Some(w) = &outcome.cut.warning {
+    }
+    if let Some(w) = &fitted.cut.warning {
         warn(w);
     }
-    if !outcome.missing_classes.is_empty() {
+    if !fitted.missing_classes.is_empty() {
         warn(&format!(
             "{}: no training image of class(es) {:?}; the hybrid will never predict them (with an image \
              folder, --limit N keeps the first classes only)",
             args.train.display(),
-            outcome.missing_classes
+            fitted.missing_classes
         ));
     }
-    if !outcome.report.converged() {
+    let r = &fitted.report;
+    if !r.converged() {
         warn(&format!(
             "the SVM solver stopped at --max-iter {} before reaching --tol {} (largest violation left: {:.3e}); \
              the head is usable but not optimal: raise --max-iter, or lower --c for features that are far from \
              linearly separable",
             args.max_iter,
             args.tol,
-            outcome.report.classes.iter().map(|c| c.violation).fold(0.0, f64::max)
+            r.classes.iter().map(|c| c.violation).fold(0.0, f64::max)
         ));
     }
     let test_acc = match &test {
-        Some(ds) => Some(evaluate(&outcome.model, ds, engine.as_ref(), &feed)?.0),
+        Some(ds) => Some(evaluate(&fitted.model, ds, engine.as_ref(), &feed)?.0),
         None => None,
     };
-    save_model(&outcome.model, &args.output)?;
-    let r = &outcome.report;
+    save_model(&fitted.model, &args.output)?;
     if args.json {
-        print_json(&json!({
-            "engine": args.engine.describe(),
-            "output": args.output,
-            "head": match args.head { HeadArg::Linear => "linear", HeadArg::Kernel => "kernel" },
-            "kernel": outcome.kernel,
-            "cut": {"tensor": outcome.cut.tensor, "node": outcome.cut.node, "op": outcome.cut.op,
-                    "fallback": outcome.cut.fallback(), "feature_dim": outcome.feature_dim},
-            "n_train": outcome.n_train,
-            "train_accuracy": outcome.train_accuracy,
-            "test": test_acc,
-            "extract_seconds": outcome.extract_seconds,
-            "svm": {
-                "c": args.c,
-                "loss": format!("{:?}", args.loss),
-                "objective": r.objective(),
-                "converged": r.converged(),
-                "max_gap": r.max_gap(),
-                "seconds": r.seconds,
-                "classes": r.classes.iter().map(|c| json!({
-                    "class": c.class, "iterations": c.iterations, "converged": c.converged,
-                    "violation": c.violation, "primal": c.primal, "dual": c.dual,
-                    "support_vectors": c.support_vectors,
-                })).collect::<Vec<_>>(),
-            },
-        }))?;
-    } else {
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "cut at {} ({}), D = {}",
-            outcome.cut.tensor, outcome.cut.op, outcome.feature_dim
-        )?;
-        if args.head == HeadArg::Kernel {
-            writeln!(
-                out,
-                "RBF kernel head: {} landmarks, gamma {}, {} Nyström features",
-                outcome.kernel["landmarks"], outcome.kernel["gamma"], outcome.kernel["dim"]
-            )?;
-        }
-        writeln!(
-            out,
-            "features of {} images in {:.2} s; SVM (C = {}) fitted in {:.2} s, objective {:.6}, {}",
-            outcome.n_train,
-            outcome.extract_seconds,
-            args.c,
-            r.seconds,
-            r.objective(),
-            if r.converged() { "converged" } else { "NOT converged" }
-        )?;
-        writeln!(out, "train accuracy {:.4}", outcome.train_accuracy)?;
-        if let Some(t) = &test_acc {
-            writeln!(out, "test accuracy  {:.4} ({}/{})", t.accuracy, t.correct, t.n)?;
-        }
-        writeln!(out, "wrote {}", args.output.display())?;
+        print_json(&FitDoc::new(
+            &fitted,
+            &settings,
+            args.output,
+            test_acc,
+            engine.describe(),
+        ))?;
+        return Ok(ExitCode::SUCCESS);
     }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "cut at {} ({}), D = {}",
+        fitted.cut.tensor, fitted.cut.op, fitted.feature_dim
+    )?;
+    if let Some(map) = &fitted.head.map {
+        writeln!(
+            out,
+            "RBF kernel head: {} landmarks, gamma {}, {} Nyström features",
+            map.nystrom.landmarks(),
+            map.nystrom.gamma(),
+            map.nystrom.dim()
+        )?;
+    }
+    writeln!(
+        out,
+        "features of {} images in {:.2} s; SVM (C = {}) fitted in {:.2} s, objective {:.6}, {}",
+        fitted.n_train,
+        fitted.extract_seconds,
+        args.c,
+        r.seconds,
+        r.objective(),
+        if r.converged() { "converged" } else { "NOT converged" }
+    )?;
+    writeln!(out, "train accuracy {:.4}", fitted.train_accuracy)?;
+    if let Some(t) = &test_acc {
+        writeln!(out, "test accuracy  {:.4} ({}/{})", t.accuracy, t.correct, t.n)?;
+    }
+    writeln!(out, "wrote {}", args.output.display())?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// What both heads report.
-struct Fitted {
-    model: ModelProto,
-    cut: Cut,
-    feature_dim: usize,
-    report: FitReport,
-    train_accuracy: f64,
-    extract_seconds: f64,
-    n_train: usize,
-    missing_classes: Vec<usize>,
-    /// The Nyström map's figures (null for the linear head).
-    kernel: serde_json::Value,
 }

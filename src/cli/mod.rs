@@ -123,6 +123,32 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// What to try, for the errors whose cure is a command-line option: the library says
+/// what is wrong, the command line names the option.
+pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    use nnmend::attack::AttackError;
+    use nnmend::hybrid::FitError;
+    use nnmend::repair::RepairError;
+    err.chain()
+        .find_map(|cause| match cause.downcast_ref::<nnmend::Error>()? {
+            nnmend::Error::Fit(FitError::Degenerate { .. }) => Some(
+                "check --mean/--std against the model's training, and that the images are not blank (or cut \
+             elsewhere with --at)",
+            ),
+            nnmend::Error::Fit(FitError::OneClass { .. }) => {
+                Some("--limit N keeps the first images only: use all of the data, or an .npz of a shuffled subset")
+            }
+            nnmend::Error::Repair(RepairError::NoSamples) => Some(
+                "attack with a larger --eps, with --method pgd (stronger than FGSM), or on more images (--limit), \
+             then repair with that file",
+            ),
+            nnmend::Error::Attack(AttackError::Channels { .. }) => {
+                Some("--mean and --std take one value, or one per channel")
+            }
+            _ => None,
+        })
+}
+
 /// Which half of a data set to read.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum SplitArg {
@@ -185,9 +211,9 @@ impl EngineArgs {
         )?)
     }
 
-    /// The engine in use, for `--json` reports (ONNX Runtime's version and library).
-    fn describe(&self) -> serde_json::Value {
-        engine::describe(self.backend)
+    /// The engine, and how `data` feeds images to it.
+    fn open(&self, data: &DataArgs) -> Result<(Box<dyn Engine>, Feed)> {
+        Ok((self.engine()?, data.feed(self)))
     }
 }
 
@@ -224,11 +250,9 @@ impl DataArgs {
     }
 }
 
-/// Loads a model, external data included.
+/// Loads a model, external data included, its weights checked to be finite.
 fn load_model(path: &Path) -> Result<ModelProto> {
-    let model = onnx::load(path)?.model;
-    onnx::graph::check_finite_weights(&model).with_context(|| format!("{}", path.display()))?;
-    Ok(model)
+    Ok(onnx::load_model(path)?)
 }
 
 /// Saves `model` to `out` atomically.
@@ -237,11 +261,33 @@ fn save_model(model: &ModelProto, out: &Path) -> Result<()> {
 }
 
 /// Prints one JSON document on stdout.
-fn print_json(value: &serde_json::Value) -> Result<()> {
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// Parses a number in `[0, 1]`: a radius ε in pixel space.
+fn unit_interval(s: &str) -> Result<f32, String> {
+    let v: f32 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "ε = {v} is outside [0, 1]; ε is measured in [0, 1] pixel space"
+        ))
+    }
+}
+
+/// Parses a finite number ≥ 0.
+fn non_negative(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a finite number ≥ 0"))
+    }
 }
 
 /// Parses a finite number > 0.

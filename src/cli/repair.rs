@@ -10,15 +10,17 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use serde_json::json;
 
-use nnmend::data::{self, Dataset, Split};
+use nnmend::attack::file::read_successful;
+use nnmend::data::Split;
+use nnmend::doc::{RepairDoc, RepairFacts};
+use nnmend::head::HeadKind;
 use nnmend::hybrid::evaluate;
-use nnmend::repair::head::{self, HeadKind};
+use nnmend::onnx::head;
 use nnmend::repair::margin::MarginSettings;
-use nnmend::repair::{repair_hybrid, ClassSettings, HybridSettings, Instance, MarginOptions, Status};
+use nnmend::repair::{repair_hybrid, ClassSettings, MarginOptions, Settings, Status};
 
-use super::{load_model, print_json, save_model, usage, warn, DataArgs, EngineArgs, Global};
+use super::{load_model, non_negative, print_json, save_model, usage, warn, DataArgs, EngineArgs, Global};
 
 /// Which hybrid the repair expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,15 +49,6 @@ enum Select {
     /// Only features whose clean and adversarial values differ by a Wilcoxon
     /// signed-rank test (p below `--p`) change.
     Wilcoxon,
-}
-
-fn non_negative(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("{v} is not a finite number ≥ 0"))
-    }
 }
 
 /// Arguments of `nnmend repair`.
@@ -127,30 +120,6 @@ pub struct RepairArgs {
     engine: EngineArgs,
 }
 
-/// The successful rows of an `attack -o` file, and their `index` column.
-fn adversarial_rows(path: &Path) -> Result<(Dataset, Vec<i64>)> {
-    let ds = data::load(path, &Default::default()).with_context(|| format!("reading {}", path.display()))?;
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut npz = ndarray_npy::NpzReader::new(file).with_context(|| format!("{}: not an .npz", path.display()))?;
-    let index: ndarray::Array1<i64> = npz.by_name("index").with_context(|| {
-        format!(
-            "{}: no int64 'index' column (write it with `nnmend attack -o`)",
-            path.display()
-        )
-    })?;
-    let success: Option<ndarray::Array1<bool>> = npz.by_name("success").ok();
-    if index.len() != ds.len() {
-        anyhow::bail!("{}: {} images but {} indices", path.display(), ds.len(), index.len());
-    }
-    let keep: Vec<usize> = (0..ds.len())
-        .filter(|&i| success.as_ref().is_none_or(|s| s.get(i).copied().unwrap_or(false)))
-        .collect();
-    let rows = ds
-        .select(&keep)
-        .with_context(|| format!("{}: rows out of range", path.display()))?;
-    Ok((rows, keep.iter().map(|&i| index[i]).collect()))
-}
-
 /// A repair whose LP was not solved writes nothing: its weights are whatever the
 /// solver held when it stopped. One solved to reduced accuracy is written, with a
 /// warning.
@@ -213,7 +182,7 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
             found.kind.name()
         );
     }
-    let (mut adv, mut index) = adversarial_rows(&args.adv)?;
+    let (mut adv, mut index) = read_successful(&args.adv)?;
     if adv.is_empty() {
         anyhow::bail!(
             "{}: no row has success = true, so there is no adversarial example to repair. Attack with a \
@@ -224,16 +193,12 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     }
     if let Some(n) = args.samples {
         let n = usize::try_from(n).unwrap_or(usize::MAX).min(adv.len());
-        let first: Vec<usize> = (0..n).collect();
-        adv = adv
-            .select(&first)
-            .with_context(|| format!("{}: rows out of range", args.adv.display()))?;
+        adv = adv.take(n);
         index.truncate(n);
     }
     let clean = args.data_args.load(&args.train, Split::Train)?;
-    let engine = args.engine.engine()?;
-    let feed = args.data_args.feed(&args.engine);
-    let settings = HybridSettings {
+    let (engine, feed) = args.engine.open(&args.data_args)?;
+    let settings = Settings {
         margin: matches!(args.mode, Mode::Margin).then_some(MarginOptions {
             margin: args.margin,
             slack_price: args.slack_price,
@@ -255,115 +220,46 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     let done = repair_hybrid(&hybrid, &adv, &index, &clean, engine.as_ref(), &feed, &settings)
         .with_context(|| format!("repairing {}", args.hybrid.display()))?;
     if let Some(dump) = &args.dump_lp {
-        let rows = |x: &ndarray::Array2<f64>| x.rows().into_iter().map(|row| row.to_vec()).collect::<Vec<_>>();
-        let doc = match &done.instance {
-            Instance::Paper { x, residuals } => json!({
-                "mode": "paper",
-                "repair_bias": args.repair_bias,
-                "x": rows(x),
-                "classes": residuals.columns().into_iter().map(|c| json!({"r": c.to_vec()})).collect::<Vec<_>>(),
-            }),
-            Instance::Margin {
-                x,
-                scores,
-                labels,
-                margin,
-                price,
-            } => json!({
-                "mode": "margin",
-                "repair_bias": args.repair_bias,
-                "x": rows(x),
-                "scores": rows(scores),
-                "labels": labels,
-                "margin": margin,
-                "price": price,
-            }),
-        };
-        nnmend::atomic::write_with(
-            dump,
-            |source| nnmend::Error::Write {
-                path: dump.clone(),
-                source,
-            },
-            |file| {
-                serde_json::to_writer(std::io::BufWriter::new(file), &doc).map_err(|e| nnmend::Error::Write {
-                    path: dump.clone(),
-                    source: std::io::Error::other(e),
-                })
-            },
-        )?;
+        done.fix.instance.save(dump)?;
     }
-    check_status(&done.repair, &args)?;
+    check_status(&done.fix.repair, &args)?;
     save_model(&done.model, &args.output)?;
-    let drawdown = match &args.test {
-        Some(path) => {
-            let test = args.data_args.load(path, Split::Test)?;
-            let (before, _) = evaluate(&hybrid, &test, engine.as_ref(), &feed)?;
-            let (after, _) = evaluate(&done.model, &test, engine.as_ref(), &feed)?;
-            Some((before.accuracy - after.accuracy, before.accuracy, after.accuracy))
+    let mut facts = RepairFacts::default();
+    if let Some(path) = &args.test {
+        let test = args.data_args.load(path, Split::Test)?;
+        let (before, _) = evaluate(&hybrid, &test, engine.as_ref(), &feed)?;
+        let (after, _) = evaluate(&done.model, &test, engine.as_ref(), &feed)?;
+        facts.accuracy = Some((before.accuracy, after.accuracy));
+    }
+    if let Some(path) = &args.adv_test {
+        let (held_out, _) = read_successful(path)?;
+        if !held_out.is_empty() {
+            let (after, _) = evaluate(&done.model, &held_out, engine.as_ref(), &feed)?;
+            facts.generalisation = Some((after.accuracy, held_out.len()));
         }
-        None => None,
-    };
-    let generalisation = match &args.adv_test {
-        Some(path) => {
-            let (held_out, _) = adversarial_rows(path)?;
-            if held_out.is_empty() {
-                None
-            } else {
-                let (after, _) = evaluate(&done.model, &held_out, engine.as_ref(), &feed)?;
-                Some((after.accuracy, held_out.len()))
-            }
-        }
-        None => None,
-    };
-    let r = &done.repair;
+    }
     if args.json {
-        print_json(&json!({
-            "status": r.status,
-            "objective": r.objective,
-            "seconds": r.seconds,
-            "lp": done.lp,
-            "change": {"l1": r.l1, "linf": r.linf},
-            "efficacy": done.efficacy,
-            "efficacy_before": done.efficacy_before,
-            "drawdown": drawdown.map(|d| d.0),
-            "accuracy": drawdown.map(|d| json!({"before": d.1, "after": d.2})),
-            "generalisation": generalisation.map(|g| g.0),
-            "held_out": generalisation.map(|g| g.1),
-            "samples": done.samples,
-            "unfixed": done.unfixed,
-            "features": {"changeable": done.changeable, "total": done.feature_dim},
-            "mode": if r.margin.is_some() { "margin" } else { "paper" },
-            "head": done.head,
-            "margin": r.margin.as_ref().map(|m| json!({
-                "margin": args.margin, "slack_price": args.slack_price, "keep_price": args.keep_price,
-                "preserve": args.preserve, "iterations": m.iterations, "rounds": m.rounds,
-                "active_constraints": m.active, "gap": m.gap,
-                "short_repair_samples": m.xi.iter().take(done.samples).filter(|v| **v > 1e-6).count(),
-                "short_preservation_samples": m.xi.iter().skip(done.samples).filter(|v| **v > 1e-6).count(),
-            })),
-            "classes": r.classes.iter().map(|c| json!({
-                "status": c.status, "objective": c.objective, "iterations": c.iterations,
-                "rounds": c.rounds, "columns": c.columns, "dual_violation": c.dual_violation, "gap": c.gap,
-                "largest_slack": c.delta.iter().cloned().fold(0.0, f64::max), "seconds": c.seconds,
-            })).collect::<Vec<_>>(),
-            "engine": args.engine.describe(),
-            "output": args.output,
-        }))?;
-    } else {
-        let mut out = std::io::stdout().lock();
+        let output = args.output.clone();
+        print_json(&RepairDoc::new(&done, &settings, &facts, engine.describe(), output))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (fix, r) = (&done.fix, &done.fix.repair);
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:?}: objective {:.6}, |ΔW|₁ {:.4}, |ΔW|∞ {:.4}, {} samples, efficacy {:.4} (was {:.4}), {:.1} s",
+        r.status, r.objective, r.l1, r.linf, fix.samples, fix.efficacy, fix.efficacy_before, r.seconds
+    )?;
+    if let Some((before, after)) = facts.accuracy {
         writeln!(
             out,
-            "{:?}: objective {:.6}, |ΔW|₁ {:.4}, |ΔW|∞ {:.4}, {} samples, efficacy {:.4} (was {:.4}), {:.1} s",
-            r.status, r.objective, r.l1, r.linf, done.samples, done.efficacy, done.efficacy_before, r.seconds
+            "clean accuracy {before:.4} -> {after:.4} (drawdown {:.4})",
+            before - after
         )?;
-        if let Some((dd, before, after)) = drawdown {
-            writeln!(out, "clean accuracy {before:.4} -> {after:.4} (drawdown {dd:.4})")?;
-        }
-        if let Some((g, n)) = generalisation {
-            writeln!(out, "held-out adversarials fixed: {g:.4} of {n}")?;
-        }
-        writeln!(out, "wrote {}", args.output.display())?;
     }
+    if let Some((g, n)) = facts.generalisation {
+        writeln!(out, "held-out adversarials fixed: {g:.4} of {n}")?;
+    }
+    writeln!(out, "wrote {}", args.output.display())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@
 //! beside it (removed on failure or Ctrl-C), which is renamed to DIR at the end.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -14,16 +14,14 @@ use clap::Args;
 
 use nnmend::attack::{self, Loss, Method};
 use nnmend::data::Split;
-use nnmend::experiment::{self, Outcome, Settings};
+use nnmend::experiment::{self, Inputs, Model, Settings, TestSet};
 use nnmend::hybrid::FitSettings;
-use nnmend::repair::{ClassSettings, HybridSettings, MarginOptions};
-use nnmend::report::plot::{self, Cell, Chart, Series};
-use nnmend::report::run::model_file;
+use nnmend::repair::{self, ClassSettings, MarginOptions};
+use nnmend::report::{folder, ReportError};
 use nnmend::svm::{NystromSettings, SvmParams};
 
-use super::attack::unit_interval;
 use super::repair::Mode;
-use super::{load_model, print_json, usage, warn, DataArgs, EngineArgs, Global};
+use super::{load_model, print_json, unit_interval, usage, warn, DataArgs, EngineArgs, Global};
 
 /// Arguments of `nnmend run`.
 #[derive(Debug, Args)]
@@ -103,171 +101,18 @@ pub struct RunArgs {
     engine: EngineArgs,
 }
 
-/// Refuses an output folder that exists (without `force`) or that holds an input.
-fn check_out(out: &Path, inputs: &[&Path], force: bool) -> Result<()> {
-    if out.exists() {
-        if !force {
-            usage!(
-                "{}: already exists; choose another --out, or pass --force to replace it",
-                out.display()
-            );
-        }
-        if !out.is_dir() {
-            usage!("{}: exists and is not a folder", out.display());
-        }
-        let root = std::fs::canonicalize(out).with_context(|| format!("{}", out.display()))?;
-        for input in inputs {
-            if let Ok(p) = std::fs::canonicalize(input) {
-                if p.starts_with(&root) {
-                    usage!(
-                        "{}: --force would delete the input {} inside it",
-                        out.display(),
-                        input.display()
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes every output into a temporary folder beside `out`, then renames it to `out`.
-fn write_outputs(outcome: &Outcome, args: &RunArgs) -> Result<()> {
-    let parent = args
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = nnmend::atomic::TempFolder::new_in(parent)
-        .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
-    let dir = tmp.path();
-    std::fs::create_dir(dir.join("models")).with_context(|| format!("creating {}/models", dir.display()))?;
-    nnmend::onnx::save(&outcome.lh, &dir.join("models/LH.onnx"))?;
-    if let Some(kh) = &outcome.kh {
-        nnmend::onnx::save(kh, &dir.join("models/KH.onnx"))?;
-    }
-    let figures = write_figures(outcome, dir)?;
-    for r in &outcome.repaired {
-        nnmend::onnx::save(&r.model, &dir.join(model_file(r.eps)))?;
-    }
-    let mut doc = serde_json::to_value(&outcome.report)?;
-    if let Some(map) = doc.as_object_mut() {
-        map.insert("model".into(), serde_json::json!(args.model));
-        map.insert("engine".into(), args.engine.describe());
-    }
-    let json = serde_json::to_string_pretty(&doc)?;
-    std::fs::write(dir.join("report.json"), format!("{json}\n")).context("writing report.json")?;
-    let title = format!(
-        "nnmend run: {}",
-        args.model.file_name().map_or("model".into(), |n| n.to_string_lossy())
-    );
-    let md = outcome.report.markdown(&title, &figures);
-    std::fs::write(dir.join("report.md"), md).context("writing report.md")?;
-
-    // The folder is complete: swap it in.
-    let old = if args.out.exists() {
-        let old = tempfile::Builder::new()
-            .prefix(".nnmend-old-")
-            .tempdir_in(parent)
-            .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
-        let aside = old.path().join("old");
-        std::fs::rename(&args.out, &aside).with_context(|| format!("moving the old {} aside", args.out.display()))?;
-        Some((old, aside))
-    } else {
-        None
-    };
-    if let Err(e) = tmp.persist(&args.out) {
-        if let Some((_, aside)) = &old {
-            let _ = std::fs::rename(aside, &args.out);
-        }
-        return Err(e).with_context(|| format!("renaming the results to {}", args.out.display()));
-    }
-    // Dropping the holder deletes the old folder.
-    drop(old);
-    Ok(())
-}
-
-/// ε as the decimal the user typed (0.05, not 0.0500000007…, f32's nearest value).
-fn decimal(e: f32) -> f64 {
-    e.to_string().parse().unwrap_or(f64::from(e))
-}
-
-/// What each test set is, for the figures' titles.
-fn describe(set: &str) -> &'static str {
-    match set {
-        "Data" => "the clean test images",
-        "NADV" => "test images flipped by the attack on NN replaced",
-        "HADV" => "test images flipped by the attack on LH replaced",
-        _ => "test images flipped by the attack on RLH replaced",
-    }
-}
-
-/// Draws the accuracy charts (one per test set, a line per model) and the example
-/// grid into `dir`; returns their (caption, file) pairs for report.md.
-fn write_figures(outcome: &Outcome, dir: &Path) -> Result<Vec<(String, String)>> {
-    let report = &outcome.report;
-    let eps = report.eps();
-    let mut figures = Vec::new();
-    for set in experiment::TEST_SETS {
-        let series = report
-            .models()
-            .into_iter()
-            .map(|m| Series {
-                label: m.to_string(),
-                points: eps
-                    .iter()
-                    .map(|&e| (decimal(e), report.accuracy(m, set, e).unwrap_or(f64::NAN)))
-                    .collect(),
-            })
-            .collect();
-        let chart = Chart {
-            title: format!("Accuracy on {set} ({})", describe(set)),
-            x_label: "ε (L∞ radius, pixels in [0, 1])".into(),
-            y_label: "Accuracy".into(),
-            x_ticks: eps.iter().map(|&e| decimal(e)).collect(),
-            series,
-            y_range: (0.0, 1.0),
-        };
-        let name = format!("accuracy_{set}");
-        plot::write_chart(
-            &chart,
-            &dir.join(format!("{name}.svg")),
-            &dir.join(format!("{name}.png")),
-        )?;
-        figures.push((chart.title, format!("{name}.png")));
-    }
-    if !outcome.examples.is_empty() {
-        let mut headers = vec!["clean".to_string()];
-        headers.extend(eps.iter().map(|e| format!("ε = {e}")));
-        let rows: Vec<Vec<Cell>> = outcome
-            .examples
-            .iter()
-            .map(|ex| {
-                ex.images
-                    .iter()
-                    .zip(&ex.predicted)
-                    .map(|(image, &p)| Cell {
-                        image: image.clone(),
-                        caption: format!("{} → {p}", ex.label),
-                        wrong: p as i64 != ex.label,
-                    })
-                    .collect()
-            })
-            .collect();
-        plot::write_grid(&headers, &rows, &dir.join("examples.png"))?;
-        figures.push((
-            "Test images and NN's adversarial examples at each ε (caption: label → NN's prediction; red: wrong)"
-                .to_string(),
-            "examples.png".to_string(),
-        ));
-    }
-    Ok(figures)
-}
-
 /// Runs `nnmend run`.
 pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
-    check_out(&args.out, &[&args.model, &args.train, &args.test], g.force)?;
+    match folder::check(&args.out, &[&args.model, &args.train, &args.test], g.force) {
+        Err(e @ ReportError::Exists(_)) => usage!("{e}; choose another --out, or pass --force to replace it"),
+        Err(ReportError::HoldsInput { out, input }) => usage!(
+            "{}: --force would delete the input {} inside it",
+            out.display(),
+            input.display()
+        ),
+        Err(e @ ReportError::NotAFolder(_)) => usage!("{e}"),
+        other => other?,
+    }
     let model = load_model(&args.model)?;
     let mut train = args.data_args.load(&args.train, Split::Train)?;
     let mut test = args.data_args.load(&args.test, Split::Test)?;
@@ -277,8 +122,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
     if let Some(n) = args.test_limit {
         test = test.take(n);
     }
-    let engine = args.engine.engine()?;
-    let feed = args.data_args.feed(&args.engine);
+    let (engine, feed) = args.engine.open(&args.data_args)?;
     let settings = Settings {
         eps: args.eps.clone(),
         attack: attack::Settings {
@@ -299,6 +143,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
                 ..Default::default()
             },
             feed: feed.clone(),
+            kernel: None,
         },
         kernel: (!args.no_kernel).then(|| NystromSettings {
             landmarks: usize::try_from(args.landmarks).unwrap_or(usize::MAX),
@@ -306,7 +151,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
             seed: args.seed,
         }),
         repair_samples: usize::try_from(args.repair_samples).unwrap_or(usize::MAX),
-        repair: HybridSettings {
+        repair: repair::Settings {
             margin: matches!(args.mode, Mode::Margin).then(MarginOptions::default),
             select: None,
             class: ClassSettings {
@@ -320,7 +165,13 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         examples: args.examples,
         log: !args.quiet,
     };
-    let outcome = experiment::run(&model, &train, &test, engine.as_ref(), &settings)
+    let inputs = Inputs {
+        model: &model,
+        path: &args.model,
+        train: &train,
+        test: &test,
+    };
+    let outcome = experiment::run(&inputs, engine.as_ref(), &settings)
         .with_context(|| format!("running the experiment on {}", args.model.display()))?;
     for r in &outcome.report.repairs {
         match r.status {
@@ -340,7 +191,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
             )),
         }
     }
-    write_outputs(&outcome, &args)?;
+    folder::write(&outcome, &args.out)?;
     if args.json {
         let mut doc = serde_json::to_value(&outcome.report)?;
         if let Some(map) = doc.as_object_mut() {
@@ -352,17 +203,17 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         let report = &outcome.report;
         writeln!(out, "eps      NN/Data  LH/Data  RLH/Data NN/NADV  LH/HADV  RLH/RHADV")?;
         for e in report.eps() {
-            let a = |m: &str, s: &str| report.accuracy(m, s, e).map_or(f64::NAN, |v| 100.0 * v);
+            let a = |m: Model, s: TestSet| report.accuracy(m, s, e).map_or(f64::NAN, |v| 100.0 * v);
             writeln!(
                 out,
                 "{:<8} {:<8.2} {:<8.2} {:<8.2} {:<8.2} {:<8.2} {:.2}",
                 e,
-                a("NN", "Data"),
-                a("LH", "Data"),
-                a("RLH", "Data"),
-                a("NN", "NADV"),
-                a("LH", "HADV"),
-                a("RLH", "RHADV")
+                a(Model::NN, TestSet::Data),
+                a(Model::LH, TestSet::Data),
+                a(Model::RLH, TestSet::Data),
+                a(Model::NN, TestSet::NADV),
+                a(Model::LH, TestSet::HADV),
+                a(Model::RLH, TestSet::RHADV)
             )?;
         }
         writeln!(out, "wrote {}", args.out.display())?;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array4, Axis};
 use sha2::{Digest, Sha256};
 
-pub use npz::{write_npz, NpzArrays};
+pub use npz::{load_attack, write_npz, AttackColumns, NpzArrays};
 pub use preprocess::{to_nchw, Layout, Preprocess};
 
 /// Which half of a dataset that ships a train and a test part to read.

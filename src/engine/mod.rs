@@ -167,6 +167,9 @@ pub trait Engine: Send + Sync {
     /// Prepares `model` (f32 data inputs, each batched on axis 0) for batched runs; a
     /// fixed batch of 1 on the first input is relaxed to a symbolic batch first.
     fn prepare(&self, model: &ModelProto) -> Result<Box<dyn Session>, EngineError>;
+    /// The runtime in words, for reports: `{"name", "version"}`, and ONNX Runtime's
+    /// library.
+    fn describe(&self) -> serde_json::Value;
 }
 
 /// Settings an engine may use.
@@ -212,20 +215,5 @@ pub fn engine_with(backend: Backend, options: EngineOptions) -> Result<Box<dyn E
         Backend::Ort => Err(EngineError::NotCompiled("ort")),
         #[cfg(not(feature = "ort"))]
         Backend::OrtCuda => Err(EngineError::NotCompiled("ort-cuda")),
-    }
-}
-
-/// The engine's runtime in words, for reports: `tract`, or ONNX Runtime's version and
-/// library.
-pub fn describe(backend: Backend) -> serde_json::Value {
-    match backend {
-        Backend::Tract => serde_json::json!({"name": "tract", "version": "0.23.9"}),
-        #[cfg(feature = "ort")]
-        _ => match self::ort::runtime() {
-            Ok(r) => serde_json::json!({"name": "onnxruntime", "version": r.version, "library": r.library}),
-            Err(e) => serde_json::json!({"name": "onnxruntime", "error": e.to_string()}),
-        },
-        #[cfg(not(feature = "ort"))]
-        _ => serde_json::json!({"name": "onnxruntime", "error": "not compiled in"}),
     }
 }

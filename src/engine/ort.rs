@@ -178,6 +178,13 @@ impl Engine for Ort {
         self.name
     }
 
+    fn describe(&self) -> serde_json::Value {
+        match runtime() {
+            Ok(r) => serde_json::json!({"name": "onnxruntime", "version": r.version, "library": r.library}),
+            Err(e) => serde_json::json!({"name": "onnxruntime", "error": e.to_string()}),
+        }
+    }
+
     fn prepare(&self, model: &ModelProto) -> Result<Box<dyn Session>, EngineError> {
         let name = self.name;
         let loaded = load()?;

@@ -14,6 +14,9 @@ use crate::onnx::ModelProto;
 
 const NAME: &str = "tract";
 
+/// tract's version (pinned in Cargo.toml; a test keeps the two equal).
+pub const VERSION: &str = "0.23.9";
+
 /// The tract engine.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tract;
@@ -34,6 +37,10 @@ fn prepare_err(e: impl std::fmt::Display) -> EngineError {
 impl Engine for Tract {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"name": NAME, "version": VERSION})
     }
 
     fn prepare(&self, model: &ModelProto) -> Result<Box<dyn Session>, EngineError> {
@@ -102,5 +109,17 @@ impl Session for TractSession {
 
     fn sample_shape(&self) -> &[usize] {
         &self.samples[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_is_the_pinned_one() {
+        let manifest = include_str!("../../Cargo.toml");
+        assert!(
+            manifest.contains(&format!("tract-onnx = {{ version = \"={}\"", super::VERSION)),
+            "Cargo.toml pins another tract"
+        );
     }
 }

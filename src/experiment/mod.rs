@@ -12,34 +12,62 @@
 //!
 //! The extractor is the expensive part, and every hybrid shares it, so it runs once on
 //! the clean test images and then only on the images an attack replaced; the heads are
-//! applied to those features directly. NN runs the same way. Everything is seeded, so
-//! a rerun gives the same numbers.
+//! applied to those features directly, and the repair works on features too. NN runs
+//! the same way. Everything is seeded, so a rerun gives the same numbers. The result
+//! is a [`Report`] (every number) with the models and examples to write;
+//! [`crate::report`] renders it.
 
+mod clock;
+pub mod report;
+mod samples;
+
+use std::path::Path;
 use std::time::Instant;
 
-use ndarray::{Array2, ArrayD, ArrayView2, Axis};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use ndarray::Array2;
 
-use crate::attack::{self, Adversarial, Loss, Target};
-use crate::data::{to_nchw, Dataset, Layout, Pixels};
-use crate::engine::{Engine, Session};
-use crate::error::{Error, Result};
-use crate::features::{argmax_rows, collect, Feed};
-use crate::hybrid::{fit_kernel_on_features, fit_linear_on_features, FitSettings};
+use crate::attack::{self, Loss, Target};
+use crate::data::Dataset;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::features::{collect, Accuracy};
+use crate::head::Head;
+use crate::hybrid::{fit_on_features, FitSettings, Fitted};
 use crate::onnx::surgery::extractor;
-use crate::onnx::{find_cut, ModelProto};
-use crate::repair::{repair_hybrid, HybridSettings};
-use crate::report::run::FitFigures;
-use crate::svm::{FitReport, LinearSvm, Nystrom, NystromSettings};
+use crate::onnx::{find_cut, head as onnx_head, ModelProto};
+use crate::repair::hybrid::originals;
+use crate::repair::{self, preservation_rows, repair_head, HeadRepair, Samples};
+use crate::svm::NystromSettings;
 
-pub use crate::report::run::{Cell, Report};
+use clock::Clock;
+pub use report::{model_file, Cell, Model, Report, TestSet};
+use samples::{examples, predict, repair_samples, Replaced};
 
-/// The models of the experiment, in report order.
-pub const MODELS: [&str; 4] = ["NN", "LH", "KH", "RLH"];
-/// The test sets of the experiment, in report order.
-pub const TEST_SETS: [&str; 4] = ["Data", "NADV", "HADV", "RHADV"];
+/// What can stop the experiment before it starts, or break inside it.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    /// No radius to attack at.
+    #[error("no ε to attack at")]
+    NoEps,
+    /// Zero repair samples asked for.
+    #[error("the repair needs at least one sample per ε")]
+    NoRepairSamples,
+    /// Training and test images of different shapes.
+    #[error("{train} holds {train_shape:?} images but {test} holds {test_shape:?}")]
+    Shapes {
+        /// The training set.
+        train: String,
+        /// Its image shape.
+        train_shape: [usize; 3],
+        /// The test set.
+        test: String,
+        /// Its image shape.
+        test_shape: [usize; 3],
+    },
+    /// A broken invariant (a bug).
+    #[error("internal error: {0}")]
+    Invariant(&'static str),
+}
 
 /// How to run the experiment.
 #[derive(Debug, Clone)]
@@ -50,14 +78,14 @@ pub struct Settings {
     pub attack: attack::Settings,
     /// The loss the attacks follow.
     pub loss: Loss,
-    /// The hybrids' fit (cut, SVM, feed).
+    /// The hybrids' fit (cut, SVM, feed); its `kernel` is not used (see below).
     pub fit: FitSettings,
     /// The kernel hybrid's Nyström map; `None` leaves KH out.
     pub kernel: Option<NystromSettings>,
     /// Repair samples per ε (1 reproduces the paper).
     pub repair_samples: usize,
     /// The repair's formulation and solve.
-    pub repair: HybridSettings,
+    pub repair: repair::Settings,
     /// Seed of the choice of training images attacked for repair samples.
     pub seed: u64,
     /// Test images shown in the example grid.
@@ -66,48 +94,20 @@ pub struct Settings {
     pub log: bool,
 }
 
-/// A head applied to extractor features.
-#[derive(Debug, Clone)]
-enum Head {
-    /// `z = W f + b`.
-    Linear(LinearSvm),
-    /// `z = W φ(f) + b`, φ the Nyström map of the RBF kernel.
-    Kernel(Box<Nystrom>, LinearSvm),
+/// The data of an experiment.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The network (NN).
+    pub model: &'a ModelProto,
+    /// Where it was read from, for the report.
+    pub path: &'a Path,
+    /// Training images: the hybrids are fitted on them, repair samples made from them.
+    pub train: &'a Dataset,
+    /// Test images: every model is measured on them.
+    pub test: &'a Dataset,
 }
 
-impl Head {
-    fn predict(&self, features: ArrayView2<f32>) -> Vec<usize> {
-        match self {
-            Head::Linear(svm) => svm.predict(features),
-            Head::Kernel(map, svm) => svm.predict(map.transform(features).view()),
-        }
-    }
-}
-
-/// An adversarial test set as what differs from the clean one: the rows replaced by
-/// adversarial examples, with their extractor features and NN's predictions.
-struct TestSet {
-    /// The rows replaced.
-    replaced: Vec<usize>,
-    /// `[replaced, D]` extractor features of the adversarial examples.
-    features: Array2<f32>,
-    /// NN's prediction for each adversarial example.
-    nn: Vec<usize>,
-}
-
-impl TestSet {
-    /// Predictions on the whole set: `clean` (on the clean test set) with the
-    /// replaced rows' predictions `rows` put in.
-    fn merge(&self, clean: &[usize], rows: &[usize]) -> Vec<usize> {
-        let mut out = clean.to_vec();
-        for (&i, &p) in self.replaced.iter().zip(rows) {
-            out[i] = p;
-        }
-        out
-    }
-}
-
-/// One repaired hybrid and what was measured of it.
+/// One repaired hybrid.
 #[derive(Debug, Clone)]
 pub struct Repaired {
     /// The radius its repair samples were made at.
@@ -147,91 +147,67 @@ pub struct Outcome {
     pub examples: Vec<Example>,
 }
 
-/// Times the phases.
-struct Clock {
-    log: bool,
-    phases: Vec<(String, f64)>,
-    current: Option<(String, Instant)>,
-    step: usize,
-}
-
-impl Clock {
-    fn new(log: bool) -> Self {
-        Self {
-            log,
-            phases: Vec::new(),
-            current: None,
-            step: 0,
-        }
-    }
-
-    fn phase(&mut self, name: &str, what: &str) {
-        self.stop();
-        self.step += 1;
-        if self.log {
-            eprintln!("nnmend run [{}] {what}", self.step);
-        }
-        self.current = Some((name.to_string(), Instant::now()));
-    }
-
-    fn stop(&mut self) {
-        if let Some((name, started)) = self.current.take() {
-            let seconds = started.elapsed().as_secs_f64();
-            match self.phases.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, s)) => *s += seconds,
-                None => self.phases.push((name, seconds)),
-            }
-        }
-    }
-}
-
-/// A data set of `images` (in `layout`, `[0, 1]`) with `labels`, shaped like `like`.
-fn images_dataset(images: ArrayD<f32>, layout: Layout, labels: Vec<i64>, like: &Dataset) -> Result<Dataset> {
-    let pixels = to_nchw(images.view(), layout, like.image_shape())?;
-    Ok(Dataset {
-        pixels: Pixels::F32(pixels),
-        labels,
-        classes: like.classes.clone(),
-        source: like.source.clone(),
+/// The settings that matter for reproducing the numbers, as the report records them.
+fn settings_json(settings: &Settings) -> serde_json::Value {
+    let a = &settings.attack;
+    let pgd = a.method == attack::Method::Pgd;
+    let svm = &settings.fit.svm;
+    let margin = settings.repair.margin.is_some();
+    serde_json::json!({
+        "eps": settings.eps,
+        "attack": {
+            "method": a.method,
+            "loss": settings.loss,
+            "steps": pgd.then_some(a.steps),
+            "step_ratio": pgd.then_some(a.step_ratio),
+            "random_start": pgd.then_some(a.random_start),
+            "early_stop": pgd.then_some(a.early_stop),
+        },
+        "svm": {"c": svm.c, "loss": format!("{:?}", svm.loss), "tol": svm.tol, "max_iter": svm.max_iter},
+        "repair": {
+            "mode": settings.repair.mode(),
+            "samples": settings.repair_samples,
+            "repair_bias": settings.repair.class.repair_bias,
+            "preserve": margin.then_some(settings.repair.preserve),
+        },
+        "kernel": settings.kernel.as_ref().map(|k| serde_json::json!({
+            "landmarks": k.landmarks, "gamma": k.gamma, "seed": k.seed,
+        })),
+        "seed": settings.seed,
+        "batch": settings.fit.feed.batch,
+        "threads": settings.fit.feed.threads,
+        "mean": settings.fit.feed.mean,
+        "std": settings.fit.feed.std,
     })
 }
 
-/// Predictions of a prepared classifier on every image of `ds`.
-fn predict(session: &dyn Session, ds: &Dataset, feed: &Feed, label: &str) -> Result<Vec<usize>> {
-    if ds.is_empty() {
-        return Ok(Vec::new());
+/// The report's figures of a fit that started at `started`.
+fn figures(fitted: &Fitted, started: Instant) -> report::FitFigures {
+    report::FitFigures {
+        train_accuracy: fitted.train_accuracy,
+        converged: fitted.report.converged(),
+        objective: fitted.report.objective(),
+        seconds: started.elapsed().as_secs_f64(),
     }
-    Ok(argmax_rows(&collect(session, ds, feed, 0, label)?))
 }
 
-fn accuracy(predicted: &[usize], labels: &[i64]) -> (usize, f64) {
-    let correct = predicted.iter().zip(labels).filter(|(&p, &l)| p as i64 == l).count();
-    let n = labels.len();
-    (correct, if n == 0 { 0.0 } else { correct as f64 / n as f64 })
-}
-
-/// Runs the whole experiment of the seed paper on `model` with `train` and `test`.
-pub fn run(
-    model: &ModelProto,
-    train: &Dataset,
-    test: &Dataset,
-    engine: &dyn Engine,
-    settings: &Settings,
-) -> Result<Outcome> {
+/// Runs the whole experiment of the seed paper on `inputs` with `engine`.
+pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<Outcome> {
+    let Inputs { model, train, test, .. } = *inputs;
     if settings.eps.is_empty() {
-        return Err(Error::Mismatch("no ε to attack at".into()));
+        return Err(ExperimentError::NoEps.into());
     }
     if settings.repair_samples == 0 {
-        return Err(Error::Mismatch("the repair needs at least one sample per ε".into()));
+        return Err(ExperimentError::NoRepairSamples.into());
     }
     if train.image_shape() != test.image_shape() {
-        return Err(Error::Mismatch(format!(
-            "{} holds {:?} images but {} holds {:?}",
-            train.source.display(),
-            train.image_shape(),
-            test.source.display(),
-            test.image_shape()
-        )));
+        return Err(ExperimentError::Shapes {
+            train: train.source.display().to_string(),
+            train_shape: train.image_shape(),
+            test: test.source.display().to_string(),
+            test_shape: test.image_shape(),
+        }
+        .into());
     }
     let feed = &settings.fit.feed;
     let mut clock = Clock::new(settings.log);
@@ -248,9 +224,12 @@ pub fn run(
 
     clock.phase("fit.LH", "fitting LH (linear SVM)");
     let started = Instant::now();
-    let lh_fit = fit_linear_on_features(model, &cut, f_train.view(), train, &settings.fit)?;
-    let mut fits = vec![("LH", figures(&lh_fit.report, lh_fit.train_accuracy, started))];
-    let (lh_model, lh) = (lh_fit.model, Head::Linear(lh_fit.svm));
+    let linear = FitSettings {
+        kernel: None,
+        ..settings.fit.clone()
+    };
+    let lh = fit_on_features(model, &cut, f_train.view(), train, &linear)?;
+    let mut fits = vec![(Model::LH, figures(&lh, started))];
     let mut kh = None;
     if let Some(nystrom) = &settings.kernel {
         clock.phase(
@@ -261,9 +240,13 @@ pub fn run(
             ),
         );
         let started = Instant::now();
-        let k = fit_kernel_on_features(model, &cut, f_train.view(), train, &settings.fit, nystrom)?;
-        fits.push(("KH", figures(&k.report, k.train_accuracy, started)));
-        kh = Some((k.model, Head::Kernel(Box::new(k.nystrom), k.svm)));
+        let kernel = FitSettings {
+            kernel: Some(nystrom.clone()),
+            ..settings.fit.clone()
+        };
+        let fitted = fit_on_features(model, &cut, f_train.view(), train, &kernel)?;
+        fits.push((Model::KH, figures(&fitted, started)));
+        kh = Some(fitted);
     }
     drop(f_train);
 
@@ -273,9 +256,9 @@ pub fn run(
     );
     let f_test = collect(extractor_session.as_ref(), test, feed, 0, "features")?;
     let nn_test = predict(nn_session.as_ref(), test, feed, "NN")?;
-    let mut heads: Vec<(&str, &Head)> = vec![("LH", &lh)];
-    if let Some((_, head)) = &kh {
-        heads.push(("KH", head));
+    let mut heads: Vec<(Model, &Head)> = vec![(Model::LH, &lh.head)];
+    if let Some(k) = &kh {
+        heads.push((Model::KH, &k.head));
     }
 
     // Attacks on NN and LH over the test set, all ε at once (FGSM shares the
@@ -290,7 +273,7 @@ pub fn run(
     let layout = nn_target.layout;
     drop(nn_target);
     clock.phase("attack.LH", "attacking LH on the test set");
-    let lh_target = Target::new(&lh_model, engine, test, feed, settings.loss)?;
+    let lh_target = Target::new(&lh.model, engine, test, feed, settings.loss)?;
     let lh_attack = attack::run(&lh_target, test, &attack_settings)?;
 
     clock.phase("repair.samples", "attacking LH on training images for repair samples");
@@ -303,10 +286,27 @@ pub fn run(
     )?;
     drop(lh_target);
 
-    let mut report = Report::new(settings, train, test, &cut, f_test.ncols(), fits);
+    let mut report = Report {
+        model: inputs.path.display().to_string(),
+        engine: engine.describe(),
+        versions: report::versions(),
+        settings: settings_json(settings),
+        train: report::DataFigures::of(train),
+        test: report::DataFigures::of(test),
+        cut: report::CutFigures {
+            tensor: cut.tensor.clone(),
+            feature_dim: f_test.ncols(),
+        },
+        fits: fits.into_iter().collect(),
+        cells: Vec::new(),
+        attacks: Vec::new(),
+        repairs: Vec::new(),
+        timings: Vec::new(),
+    };
+    let repairer = Repairer::new(&lh.model, train, extractor_session.as_ref(), feed, &settings.repair)?;
     let mut repaired = Vec::with_capacity(settings.eps.len());
-    let replace = |adv: &Adversarial, label: &str| -> Result<TestSet> {
-        replaced_set(
+    let replace = |adv: &attack::Adversarial, label: &str| -> Result<Replaced> {
+        Replaced::new(
             adv,
             (test, f_test.ncols()),
             layout,
@@ -317,6 +317,7 @@ pub fn run(
     };
     // Each head's predictions on the clean test set, made once.
     let clean: Vec<Vec<usize>> = heads.iter().map(|(_, h)| h.predict(f_test.view())).collect();
+    let nn_data = Accuracy::of(&nn_test, &test.labels);
     for (ei, &eps) in settings.eps.iter().enumerate() {
         let (adv_rows, index) = &samples[ei];
         clock.phase(
@@ -328,39 +329,27 @@ pub fn run(
         );
         let done = if adv_rows.is_empty() {
             // Nothing to repair with: RLH is LH, and the report says why.
-            if settings.log {
-                eprintln!(
-                    "nnmend run: the attack at ε = {eps} flipped none of the training images it tried: \
-                     RLH is LH unchanged at this ε (a larger ε or --attack pgd finds repair samples)"
-                );
-            }
+            clock.note(&format!(
+                "the attack at ε = {eps} flipped none of the training images it tried: RLH is LH unchanged at \
+                 this ε (a larger ε or --attack pgd finds repair samples)"
+            ));
             None
         } else {
-            Some(repair_hybrid(
-                &lh_model,
-                adv_rows,
-                index,
-                train,
-                engine,
-                feed,
-                &settings.repair,
-            )?)
+            Some(repairer.repair(&lh.head, adv_rows, index)?)
         };
         // A stalled or infeasible LP's last iterate is no repair: RLH stays LH.
         let usable = done.as_ref().filter(|d| d.repair.status.usable());
-        let (rlh_model, rlh_head) = match usable {
-            Some(d) => (
-                &d.model,
-                Head::Linear(LinearSvm {
-                    weights: d.repair.weights.clone(),
-                    bias: d.repair.bias.clone(),
-                }),
-            ),
-            None => (&lh_model, lh.clone()),
+        let rlh_head = match usable {
+            Some(d) => lh.head.with_linear(d.linear.clone()),
+            None => lh.head.clone(),
+        };
+        let rlh_model = match usable {
+            Some(d) => repairer.write(d)?,
+            None => lh.model.clone(),
         };
 
         clock.phase("attack.RLH", &format!("ε = {eps}: attacking RLH on the test set"));
-        let rlh_target = Target::new(rlh_model, engine, test, feed, settings.loss)?;
+        let rlh_target = Target::new(&rlh_model, engine, test, feed, settings.loss)?;
         let mut one = attack_settings.clone();
         one.eps = vec![eps];
         let rlh_attack = attack::run(&rlh_target, test, &one)?;
@@ -370,32 +359,37 @@ pub fn run(
             "evaluate",
             &format!("ε = {eps}: evaluating every model on every test set"),
         );
-        let nn_adv = &nn_attack.adversarial[ei];
-        let lh_adv = &lh_attack.adversarial[ei];
         let rlh_adv = rlh_attack
             .adversarial
             .first()
-            .ok_or_else(|| Error::Mismatch("the attack on RLH returned nothing".into()))?;
+            .ok_or(ExperimentError::Invariant("the attack on RLH returned nothing"))?;
         let sets = [
-            ("NADV", replace(nn_adv, "NADV")?),
-            ("HADV", replace(lh_adv, "HADV")?),
-            ("RHADV", replace(rlh_adv, "RHADV")?),
+            (TestSet::NADV, replace(&nn_attack.adversarial[ei], "NADV")?),
+            (TestSet::HADV, replace(&lh_attack.adversarial[ei], "HADV")?),
+            (TestSet::RHADV, replace(rlh_adv, "RHADV")?),
         ];
         let rlh_clean = rlh_head.predict(f_test.view());
-        report.push_cell("NN", "Data", eps, accuracy(&nn_test, &test.labels), 0);
+        report.push_cell(Model::NN, TestSet::Data, eps, nn_data, 0);
         for ((name, _), predicted) in heads.iter().zip(&clean) {
-            report.push_cell(name, "Data", eps, accuracy(predicted, &test.labels), 0);
+            report.push_cell(*name, TestSet::Data, eps, Accuracy::of(predicted, &test.labels), 0);
         }
-        report.push_cell("RLH", "Data", eps, accuracy(&rlh_clean, &test.labels), 0);
-        let rlh_entry = ("RLH", &rlh_head);
+        let rlh_data = Accuracy::of(&rlh_clean, &test.labels);
+        report.push_cell(Model::RLH, TestSet::Data, eps, rlh_data, 0);
+        let rlh_entry = (Model::RLH, &rlh_head);
         for (set_name, set) in &sets {
             let adversarial = set.replaced.len();
             let nn = set.merge(&nn_test, &set.nn);
-            report.push_cell("NN", set_name, eps, accuracy(&nn, &test.labels), adversarial);
+            report.push_cell(Model::NN, *set_name, eps, Accuracy::of(&nn, &test.labels), adversarial);
             let all = heads.iter().zip(&clean).chain([(&rlh_entry, &rlh_clean)]);
             for ((name, head), clean) in all {
                 let predicted = set.merge(clean, &head.predict(set.features.view()));
-                report.push_cell(name, set_name, eps, accuracy(&predicted, &test.labels), adversarial);
+                report.push_cell(
+                    *name,
+                    *set_name,
+                    eps,
+                    Accuracy::of(&predicted, &test.labels),
+                    adversarial,
+                );
             }
         }
         // Generalisation: the share of HADV's adversarial examples that RLH gets right.
@@ -407,182 +401,106 @@ pub fn run(
             .filter(|(&i, p)| *p as i64 == test.labels[i])
             .count();
         let generalisation = (!hadv.replaced.is_empty()).then(|| fixed as f64 / hadv.replaced.len() as f64);
-        let lh_data = accuracy(&clean[0], &test.labels).1;
-        let rlh_data = accuracy(&rlh_clean, &test.labels).1;
-        report.push_attack(eps, "NN", &nn_attack.results[ei]);
-        report.push_attack(eps, "LH", &lh_attack.results[ei]);
+        let lh_data = Accuracy::of(&clean[0], &test.labels).accuracy;
+        report.push_attack(eps, Model::NN, &nn_attack.results[ei]);
+        report.push_attack(eps, Model::LH, &lh_attack.results[ei]);
         if let Some(r) = rlh_attack.results.first() {
-            report.push_attack(eps, "RLH", r);
+            report.push_attack(eps, Model::RLH, r);
         }
         report.push_repair(
             eps,
             done.as_ref(),
-            lh_data - rlh_data,
+            lh_data - rlh_data.accuracy,
             generalisation,
             hadv.replaced.len(),
         );
-        let model = match done {
-            Some(d) if d.repair.status.usable() => d.model,
-            _ => lh_model.clone(),
-        };
         repaired.push(Repaired {
             eps,
-            model,
+            model: rlh_model,
             index: index.clone(),
         });
     }
-    clock.stop();
+    report.timings = clock.finish();
     let examples = examples(test, &nn_attack, &nn_test, layout, settings.examples);
-    report.timings = clock.phases;
     Ok(Outcome {
         report,
-        lh: lh_model,
-        kh: kh.map(|(m, _)| m),
+        lh: lh.model,
+        kh: kh.map(|k| k.model),
         repaired,
         examples,
     })
 }
 
-fn successes(adv: &Adversarial) -> Vec<usize> {
-    adv.success
-        .iter()
-        .enumerate()
-        .filter(|(_, &s)| s)
-        .map(|(i, _)| i)
-        .collect()
+/// Repairs LH's head on features from the experiment's extractor: what the repair
+/// needs once (where the head sits in LH's graph, the preserved training images'
+/// features) is prepared once for every ε.
+struct Repairer<'a> {
+    lh: &'a ModelProto,
+    site: onnx_head::HeadSite,
+    train: &'a Dataset,
+    extractor: &'a dyn crate::engine::Session,
+    feed: &'a crate::features::Feed,
+    settings: &'a repair::Settings,
+    preserve: (Array2<f32>, Vec<i64>),
 }
 
-/// The test set with the images `adv`'s attack flipped replaced by its adversarial
-/// examples: features and NN's predictions are computed for those rows only.
-fn replaced_set(
-    adv: &Adversarial,
-    (test, dim): (&Dataset, usize),
-    layout: Layout,
-    (extractor, nn): (&dyn Session, &dyn Session),
-    feed: &Feed,
-    label: &str,
-) -> Result<TestSet> {
-    let replaced = successes(adv);
-    if replaced.is_empty() {
-        return Ok(TestSet {
-            replaced,
-            features: Array2::zeros((0, dim)),
-            nn: Vec::new(),
-        });
-    }
-    let images = adv.images.select(Axis(0), &replaced);
-    let labels = replaced.iter().map(|&i| test.labels[i]).collect();
-    let ds = images_dataset(images, layout, labels, test)?;
-    Ok(TestSet {
-        features: collect(extractor, &ds, feed, 0, label)?,
-        nn: predict(nn, &ds, feed, label)?,
-        replaced,
-    })
-}
-
-/// The report's figures of a fit that started at `started`.
-fn figures(report: &FitReport, train_accuracy: f64, started: Instant) -> FitFigures {
-    FitFigures {
-        train_accuracy,
-        converged: report.converged(),
-        objective: report.objective(),
-        seconds: started.elapsed().as_secs_f64(),
-    }
-}
-
-/// Per ε, up to `wanted` adversarial examples of LH made from training images, with
-/// those images' indices. The training images are tried in a seeded random order, in
-/// chunks that grow fourfold, each attacked only at the radii still short of samples.
-fn repair_samples(
-    target: &Target,
-    train: &Dataset,
-    settings: &attack::Settings,
-    wanted: usize,
-    seed: u64,
-) -> Result<Vec<(Dataset, Vec<i64>)>> {
-    let n = train.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let k = settings.eps.len();
-    let mut images: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); k];
-    let mut index: Vec<Vec<i64>> = vec![Vec::new(); k];
-    let (mut start, mut chunk) = (0, wanted.saturating_mul(4).max(256));
-    while start < n {
-        let short: Vec<usize> = (0..k).filter(|&e| index[e].len() < wanted).collect();
-        if short.is_empty() {
-            break;
-        }
-        let end = n.min(start.saturating_add(chunk));
-        let pool = train
-            .select(&order[start..end])
-            .ok_or_else(|| Error::Mismatch("a training index is out of range".into()))?;
-        let mut s = settings.clone();
-        s.eps = short.iter().map(|&e| settings.eps[e]).collect();
-        let outcome = attack::run(target, &pool, &s)?;
-        for (&e, adv) in short.iter().zip(&outcome.adversarial) {
-            for r in successes(adv).into_iter().take(wanted - index[e].len()) {
-                images[e].push(adv.images.index_axis(Axis(0), r).to_owned());
-                index[e].push(order[start + r] as i64);
+impl<'a> Repairer<'a> {
+    fn new(
+        lh: &'a ModelProto,
+        train: &'a Dataset,
+        extractor: &'a dyn crate::engine::Session,
+        feed: &'a crate::features::Feed,
+        settings: &'a repair::Settings,
+    ) -> Result<Self> {
+        let site = onnx_head::find(lh)?;
+        let preserve = match settings.margin {
+            Some(_) => {
+                let rows = preservation_rows(train.len(), settings.preserve);
+                let kept = train
+                    .select(&rows)
+                    .ok_or(ExperimentError::Invariant("a preservation index is out of range"))?;
+                (collect(extractor, &kept, feed, 0, "features")?, kept.labels)
             }
-        }
-        start = end;
-        chunk = chunk.saturating_mul(4);
-    }
-    let mut out = Vec::with_capacity(k);
-    for (imgs, idx) in images.into_iter().zip(index) {
-        let mut dims = vec![imgs.len()];
-        dims.extend(target.pixels_shape(train));
-        let views: Vec<_> = imgs.iter().map(|a| a.view().insert_axis(Axis(0))).collect();
-        let stacked = if views.is_empty() {
-            ArrayD::zeros(dims)
-        } else {
-            ndarray::concatenate(Axis(0), &views)
-                .map_err(|e| Error::Mismatch(format!("stacking repair samples: {e}")))?
+            None => (Array2::zeros((0, site.weights.ncols())), Vec::new()),
         };
-        let labels = idx.iter().map(|&i| train.labels[i as usize]).collect();
-        out.push((images_dataset(stacked, target.layout, labels, train)?, idx));
-    }
-    Ok(out)
-}
-
-/// Up to `count` test images that NN's attack flips at the largest ε (or any, if it
-/// flips fewer), clean and attacked at every ε.
-fn examples(
-    test: &Dataset,
-    outcome: &attack::Outcome,
-    nn_test: &[usize],
-    layout: Layout,
-    count: usize,
-) -> Vec<Example> {
-    let Some(last) = outcome.adversarial.last() else {
-        return Vec::new();
-    };
-    let mut rows: Vec<usize> = successes(last).into_iter().take(count).collect();
-    for i in 0..test.len() {
-        if rows.len() >= count {
-            break;
-        }
-        if !rows.contains(&i) {
-            rows.push(i);
-        }
-    }
-    rows.into_iter()
-        .filter_map(|i| {
-            let clean = test.pixels.to_f32(i..i + 1).index_axis(Axis(0), 0).to_owned();
-            let mut images = vec![clean];
-            let mut predicted = vec![*nn_test.get(i)?];
-            for adv in &outcome.adversarial {
-                let one = adv.images.select(Axis(0), &[i]);
-                let nchw = to_nchw(one.view(), layout, test.image_shape()).ok()?;
-                images.push(nchw.index_axis(Axis(0), 0).to_owned());
-                predicted.push(*adv.predicted.get(i)?);
-            }
-            Some(Example {
-                index: i,
-                label: test.labels[i],
-                images,
-                predicted,
-            })
+        Ok(Self {
+            lh,
+            site,
+            train,
+            extractor,
+            feed,
+            settings,
+            preserve,
         })
-        .collect()
+    }
+
+    /// Repairs `head` with the adversarial training images `adversarial`, whose clean
+    /// originals are the training images at `index`.
+    fn repair(&self, head: &Head, adversarial: &Dataset, index: &[i64]) -> Result<HeadRepair> {
+        let rows = originals(index, &adversarial.labels, self.train)?;
+        let originals = self
+            .train
+            .select(&rows)
+            .ok_or(ExperimentError::Invariant("a repair sample's index is out of range"))?;
+        let f_adv = collect(self.extractor, adversarial, self.feed, 0, "features")?;
+        let f_clean = collect(self.extractor, &originals, self.feed, 0, "features")?;
+        let (adv_in, clean_in, kept_in) = (
+            head.inputs(f_adv.view()),
+            head.inputs(f_clean.view()),
+            head.inputs(self.preserve.0.view()),
+        );
+        let samples = Samples {
+            adversarial: adv_in.view(),
+            labels: &adversarial.labels,
+            originals: clean_in.view(),
+            preserve: kept_in.view(),
+            preserve_labels: &self.preserve.1,
+        };
+        Ok(repair_head(&head.linear, &samples, self.settings)?)
+    }
+
+    /// LH's model with the repaired head of `fix`.
+    fn write(&self, fix: &HeadRepair) -> Result<ModelProto> {
+        repair::hybrid::write(self.lh, &self.site, self.settings, fix)
+    }
 }

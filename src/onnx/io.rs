@@ -66,6 +66,18 @@ pub fn load_raw(path: &Path) -> Result<ModelProto, OnnxError> {
     decode(path, &bytes)
 }
 
+/// Reads a model for use: [`load`], then every float weight checked to be finite
+/// ([`super::graph::check_finite_weights`]), so that NaN weights are refused naming the
+/// initializer rather than turning every output into NaN.
+pub fn load_model(path: &Path) -> Result<ModelProto, OnnxError> {
+    let model = load(path)?.model;
+    super::graph::check_finite_weights(&model).map_err(|e| OnnxError::Invalid {
+        path: path.to_path_buf(),
+        error: Box::new(e),
+    })?;
+    Ok(model)
+}
+
 /// Reads `path`, checks it (see [`super::check`]) and inlines every tensor stored as
 /// external data, each checked against its dims before its bytes are read.
 pub fn load(path: &Path) -> Result<LoadedModel, OnnxError> {

@@ -11,13 +11,14 @@ pub mod check;
 pub mod cut;
 pub mod grad;
 pub mod graph;
+pub mod head;
 pub mod io;
 pub mod proto;
 pub mod surgery;
 pub mod tensor;
 
 pub use cut::{find_cut, Cut};
-pub use io::{load, save, LoadedModel};
+pub use io::{load, load_model, save, LoadedModel};
 pub use proto::ModelProto;
 
 use std::path::PathBuf;

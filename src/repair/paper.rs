@@ -31,7 +31,9 @@ use clarabel::solver::{
     DefaultSettingsBuilder, DefaultSolution, DefaultSolver, IPSolver, SolverStatus, SupportedConeT,
     SupportedConeT::{NonnegativeConeT, SecondOrderConeT, ZeroConeT},
 };
-use ndarray::{ArrayView1, ArrayView2};
+use ndarray::{ArrayView1, ArrayView2, Axis};
+
+use super::{Repair, RepairError};
 
 /// How one class is solved.
 #[derive(Debug, Clone, Copy)]
@@ -374,4 +376,119 @@ pub fn solve_class(x: ArrayView2<f64>, r: ArrayView1<f64>, settings: &ClassSetti
             cols.push(j);
         }
     }
+}
+
+/// The paper's repair for every class: `weights` `[k, d]` and `bias` `[k]` of the head,
+/// `features` `[S, d]` of the repair samples, `targets` `[S, k]` their wanted decision
+/// values. With `allowed`, only those features' weights may change (the Wilcoxon
+/// selection, [`wilcoxon::select`]). The classes are independent and run on
+/// `threads` threads.
+pub fn repair(
+    weights: ArrayView2<f32>,
+    bias: ArrayView1<f32>,
+    features: ArrayView2<f32>,
+    targets: ArrayView2<f32>,
+    allowed: Option<&[usize]>,
+    settings: &ClassSettings,
+    threads: usize,
+) -> Result<Repair, RepairError> {
+    let (k, d) = weights.dim();
+    let s = features.nrows();
+    if features.ncols() != d || bias.len() != k || targets.dim() != (s, k) {
+        return Err(RepairError::Shape(format!(
+            "head [{k}, {d}] with bias of {}, features {:?} and targets {:?} do not fit together",
+            bias.len(),
+            features.dim(),
+            targets.dim()
+        )));
+    }
+    if let Some((i, _)) = features.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(RepairError::NonFinite {
+            sample: i / d.max(1),
+            feature: i % d.max(1),
+        });
+    }
+    let started = Instant::now();
+    let x = features.mapv(f64::from);
+    let w = weights.mapv(f64::from);
+    let scores = x.dot(&w.t()) + &bias.mapv(f64::from);
+    let residuals = targets.mapv(f64::from) - &scores;
+    let columns: Vec<usize> = match allowed {
+        Some(cols) => {
+            if let Some(bad) = cols.iter().find(|&&j| j >= d) {
+                return Err(RepairError::Shape(format!(
+                    "feature {bad} is out of range for {d} features"
+                )));
+            }
+            cols.to_vec()
+        }
+        None => (0..d).collect(),
+    };
+    let x = if allowed.is_some() {
+        x.select(Axis(1), &columns)
+    } else {
+        x
+    };
+    let classes = solve_classes(x.view(), residuals.view(), settings, threads)?;
+    let mut new_w = weights.to_owned();
+    let mut new_b = bias.to_owned();
+    let (mut l1, mut linf) = (0.0f64, 0.0f64);
+    let mut classes = classes;
+    for (i, c) in classes.iter_mut().enumerate() {
+        // Back from the allowed columns to all d features.
+        let mut full = vec![0.0; d];
+        for (&j, g) in columns.iter().zip(&c.gamma) {
+            full[j] = *g;
+        }
+        c.gamma = full;
+        for (j, g) in c.gamma.iter().enumerate() {
+            new_w[[i, j]] += *g as f32;
+            l1 += g.abs();
+            linf = linf.max(g.abs());
+        }
+        new_b[i] += c.beta as f32;
+        l1 += c.beta.abs();
+        linf = linf.max(c.beta.abs());
+    }
+    let status = Status::worst(classes.iter().map(|c| c.status));
+    Ok(Repair {
+        weights: new_w,
+        bias: new_b,
+        objective: classes.iter().map(|c| c.objective).sum(),
+        classes,
+        margin: None,
+        status,
+        l1,
+        linf,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Solves the paper's program for every class: `x` `[S, d]` the repair samples'
+/// (changeable) features, `residuals` `[S, k]`. The classes are independent and run on
+/// `threads` threads.
+pub fn solve_classes(
+    x: ArrayView2<f64>,
+    residuals: ArrayView2<f64>,
+    settings: &ClassSettings,
+    threads: usize,
+) -> Result<Vec<ClassSolution>, RepairError> {
+    let k = residuals.ncols();
+    if residuals.nrows() != x.nrows() {
+        return Err(RepairError::Shape(format!(
+            "{} repair samples but {} rows of residuals",
+            x.nrows(),
+            residuals.nrows()
+        )));
+    }
+    let workers = threads.clamp(1, k.max(1));
+    // The cores left over by the class workers go to each solve's factorisation.
+    let mut settings = *settings;
+    if settings.solver_threads == 0 {
+        settings.solver_threads = u32::try_from((threads / workers).max(1)).unwrap_or(1);
+    }
+    let settings = &settings;
+    Ok(crate::parallel::map_indices(k, workers, |i| {
+        solve_class(x, residuals.index_axis(Axis(1), i), settings)
+    }))
 }

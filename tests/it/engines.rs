@@ -143,6 +143,7 @@ pub fn runs_hybrid_heads(engine: &dyn Engine) {
         at: None,
         svm: Default::default(),
         feed: feed(1, 64),
+        kernel: None,
     };
     let fitted = nnmend::hybrid::fit(&model("tiny_cnn.onnx"), &train, engine, &settings).unwrap();
     let ds = test_images(200);

@@ -82,8 +82,7 @@ fn the_quick_start_in_paper_mode_matches_its_record() {
         .output()
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let mut models = serde_json::Map::new();
     let mut files: Vec<_> = std::fs::read_dir(out.join("models"))
         .unwrap()

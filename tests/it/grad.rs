@@ -361,9 +361,11 @@ fn a_kernel_hybrid_matches_finite_differences() {
         landmarks: 50,
         ..Default::default()
     };
-    let kh = nnmend::hybrid::fit_kernel(&original, &train, &Tract, &Default::default(), &nystrom)
-        .unwrap()
-        .model;
+    let settings = nnmend::hybrid::FitSettings {
+        kernel: Some(nystrom),
+        ..Default::default()
+    };
+    let kh = nnmend::hybrid::fit(&original, &train, &Tract, &settings).unwrap().model;
     let g = graphs(&kh, &identity(), Loss::Ce);
     let x = batch_of(&g, 2, 13);
     let d: usize = g.sample.iter().product();

@@ -9,7 +9,7 @@ use ndarray::{Array1, Array2, Array4, Axis};
 use nnmend::data::{self, LoadOptions, Split};
 use nnmend::engine::{tract::Tract, Engine};
 use nnmend::features::{argmax_rows, collect, Feed};
-use nnmend::hybrid::{evaluate, extract, fit_kernel_on_features, fit_linear_on_features, FitSettings};
+use nnmend::hybrid::{evaluate, extract, fit_on_features, FitSettings};
 use nnmend::onnx::surgery::KERNEL_FEATURES;
 use nnmend::svm::NystromSettings;
 
@@ -132,9 +132,9 @@ fn fitting_on_precomputed_features_gives_the_models_scores() {
     let (cut, features, _) = extract(&original, &train, &Tract, None, &settings.feed).unwrap();
 
     // The linear hybrid from precomputed features is the one `fit` writes.
-    let linear = fit_linear_on_features(&original, &cut, features.view(), &train, &settings).unwrap();
+    let linear = fit_on_features(&original, &cut, features.view(), &train, &settings).unwrap();
     let direct = nnmend::hybrid::fit(&original, &train, &Tract, &settings).unwrap();
-    assert_eq!(linear.svm, direct.svm);
+    assert_eq!(linear.head, direct.head);
     assert_eq!(linear.model.graph, direct.model.graph);
 
     // One extraction serves the kernel head too; the library's map and SVM give the
@@ -144,24 +144,27 @@ fn fitting_on_precomputed_features_gives_the_models_scores() {
         gamma: None,
         seed: 1,
     };
-    let kernel = fit_kernel_on_features(&original, &cut, features.view(), &train, &settings, &nystrom).unwrap();
-    assert_eq!(kernel.nystrom.landmarks(), 150);
+    let with_kernel = FitSettings {
+        kernel: Some(nystrom),
+        ..settings.clone()
+    };
+    let kernel = fit_on_features(&original, &cut, features.view(), &train, &with_kernel).unwrap();
+    let map = &kernel.head.map.as_ref().unwrap().nystrom;
+    assert_eq!(map.landmarks(), 150);
     assert!(kernel.report.converged());
     assert!(kernel.train_accuracy > 0.9, "{}", kernel.train_accuracy);
     let (_, test_features, _) = extract(&original, &test, &Tract, None, &settings.feed).unwrap();
-    let scores = kernel
-        .svm
-        .decision(kernel.nystrom.transform(test_features.view()).view());
+    let scores = kernel.head.decision(test_features.view());
     let session = Tract.prepare(&kernel.model).unwrap();
     let from_model = collect(session.as_ref(), &test, &Feed::default(), 0, "").unwrap();
     assert!(max_rel_diff(&scores, &from_model) <= 1e-5, "scores differ");
     assert_eq!(argmax_rows(&scores), argmax_rows(&from_model));
 
     // The same seed draws the same landmarks; rows and images must agree in number.
-    let again = fit_kernel_on_features(&original, &cut, features.view(), &train, &settings, &nystrom).unwrap();
-    assert_eq!(again.nystrom, kernel.nystrom);
+    let again = fit_on_features(&original, &cut, features.view(), &train, &with_kernel).unwrap();
+    assert_eq!(again.head, kernel.head);
     let short = features.slice(ndarray::s![..10, ..]);
-    let err = fit_kernel_on_features(&original, &cut, short, &train, &settings, &nystrom).unwrap_err();
+    let err = fit_on_features(&original, &cut, short, &train, &with_kernel).unwrap_err();
     assert!(err.to_string().contains("10 feature rows for 400"), "{err}");
 }
 

@@ -120,7 +120,7 @@ fn a_head_is_repaired_class_by_class() {
     let b = Array1::from_shape_fn(k, |_| rng.random_range(-0.5f32..0.5));
     let f = Array2::from_shape_fn((s, d), |_| rng.random_range(0.0f32..2.0));
     let targets = Array2::from_shape_fn((s, k), |_| rng.random_range(-2.0f32..2.0));
-    let one = repair::paper(
+    let one = repair::paper::repair(
         w.view(),
         b.view(),
         f.view(),
@@ -130,7 +130,7 @@ fn a_head_is_repaired_class_by_class() {
         1,
     )
     .unwrap();
-    let two = repair::paper(
+    let two = repair::paper::repair(
         w.view(),
         b.view(),
         f.view(),
@@ -155,7 +155,7 @@ fn a_head_is_repaired_class_by_class() {
             );
         }
     }
-    let mismatch = repair::paper(
+    let mismatch = repair::paper::repair(
         w.view(),
         b.view(),
         f.view(),
@@ -167,7 +167,7 @@ fn a_head_is_repaired_class_by_class() {
     assert!(mismatch.is_err());
     // Only the allowed features change, and the fit can only get worse with fewer.
     let allowed = [3, 7, 20];
-    let some = repair::paper(
+    let some = repair::paper::repair(
         w.view(),
         b.view(),
         f.view(),
@@ -185,7 +185,7 @@ fn a_head_is_repaired_class_by_class() {
         }
     }
     assert!(some.objective >= one.objective - 1e-6);
-    let bad = repair::paper(
+    let bad = repair::paper::repair(
         w.view(),
         b.view(),
         f.view(),

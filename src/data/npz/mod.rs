@@ -189,6 +189,49 @@ pub(crate) fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, DataError
     })
 }
 
+/// The per-sample arrays an attack file (`nnmend attack -o`) stores beside `x` and `y`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttackColumns {
+    /// Each row's image index in the data set the attack ran on.
+    pub index: Vec<i64>,
+    /// Each row's radius, when stored.
+    pub eps: Option<Vec<f32>>,
+    /// Whether each row is a successful adversarial example, when stored.
+    pub success: Option<Vec<bool>>,
+}
+
+/// Reads an attack file: the data set of its rows, and its `index` (required), `eps`
+/// and `success` arrays, each checked to hold one entry per row.
+pub fn load_attack(path: &Path) -> Result<(Dataset, AttackColumns), DataError> {
+    let ds = load(path, &LoadOptions::default())?;
+    let n = ds.len();
+    let mut archive = Archive::open(path)?;
+    let column = |archive: &mut Archive, name: &str| -> Result<Option<NpyStream>, DataError> {
+        if !archive.contains(name) {
+            return Ok(None);
+        }
+        let stream = NpyStream::open(archive, name)?;
+        if stream.count != n {
+            return Err(stream.bad(format!("holds {} entries for {n} images", stream.count)));
+        }
+        Ok(Some(stream))
+    };
+    let index = match column(&mut archive, "index")? {
+        Some(mut s) => s.read_labels(n)?,
+        None => {
+            return Err(DataError::malformed(
+                path,
+                "no 'index' array: an attack file (written by `nnmend attack -o`) has one".to_string(),
+            ))
+        }
+    };
+    let eps = column(&mut archive, "eps")?.map(|mut s| s.read_f32(n)).transpose()?;
+    let success = column(&mut archive, "success")?
+        .map(|mut s| s.read_bools(n))
+        .transpose()?;
+    Ok((ds, AttackColumns { index, eps, success }))
+}
+
 /// Checks that float pixels lie in `[0, 1]` (NaN does not), naming the
 /// first offending sample.
 fn check_unit(a: Array4<f32>, x: &NpyStream) -> Result<Array4<f32>, DataError> {

@@ -323,6 +323,39 @@ impl NpyStream {
         Ok(out)
     }
 
+    /// The first `n` elements as `bool` (NumPy's `|b1`: one byte, non-zero is true).
+    pub(super) fn read_bools(&mut self, n: usize) -> Result<Vec<bool>, DataError> {
+        if self.dtype.kind != b'b' || self.dtype.size != 1 {
+            return Err(self.bad(format!("has dtype {}; expected bool", self.header.descr)));
+        }
+        self.read(n, |b| b[0] != 0)
+    }
+
+    /// The first `n` elements as `f32` (float32 or float64).
+    pub(super) fn read_f32(&mut self, n: usize) -> Result<Vec<f32>, DataError> {
+        let Dtype { kind, size, big_endian } = self.dtype;
+        match (kind, size) {
+            (b'f', 4) => self.read(n, |b| {
+                let b = [b[0], b[1], b[2], b[3]];
+                if big_endian {
+                    f32::from_be_bytes(b)
+                } else {
+                    f32::from_le_bytes(b)
+                }
+            }),
+            (b'f', 8) => self.read(n, |b| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                (if big_endian {
+                    f64::from_be_bytes(a)
+                } else {
+                    f64::from_le_bytes(a)
+                }) as f32
+            }),
+            _ => Err(self.bad(format!("has dtype {}; expected float32 or float64", self.header.descr))),
+        }
+    }
+
     /// The first `n` elements as `i64` labels (any integer dtype).
     pub(super) fn read_labels(&mut self, n: usize) -> Result<Vec<i64>, DataError> {
         let Dtype { kind, size, big_endian } = self.dtype;

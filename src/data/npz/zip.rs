@@ -184,6 +184,12 @@ impl Archive {
     }
 
     /// The entry NumPy would load as array `name` (`name.npy`, or `name`).
+    /// Whether the archive holds the array `name` (as `name.npy` or `name`).
+    pub(super) fn contains(&self, name: &str) -> bool {
+        let with_ext = format!("{name}.npy");
+        self.entries.iter().any(|e| e.name == with_ext || e.name == name)
+    }
+
     pub(super) fn find(&self, name: &str) -> Result<Entry, DataError> {
         let with_ext = format!("{name}.npy");
         self.entries

@@ -1,5 +1,6 @@
-//! The linear head of a hybrid: reading its weights and bias, and writing repaired
-//! ones back in place, so the repaired model keeps every name and shape.
+//! Where a hybrid's head sits in its ONNX graph: reading the head Gemm's weights and
+//! bias, and writing repaired ones back in place, so the repaired model keeps every
+//! name and shape.
 //!
 //! The head is the Gemm that computes the classifier's output (through a trailing
 //! Softmax, LogSoftmax or Identity). In the linear hybrid (LH) it reads the extractor's
@@ -9,34 +10,16 @@
 
 use ndarray::{Array1, Array2};
 
-use crate::onnx::graph::{node_label, Index};
-use crate::onnx::proto::{GraphProto, NodeProto};
-use crate::onnx::surgery::{set_metadata, FEATURES};
-use crate::onnx::{tensor, ModelProto, OnnxError};
-
-/// What a hybrid's head reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HeadKind {
-    /// The linear hybrid: the Gemm reads the extractor's `features`.
-    Linear,
-    /// The kernel hybrid: the Gemm reads the Nyström features φ.
-    Kernel,
-}
-
-impl HeadKind {
-    /// `linear` or `kernel`, as the command line spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            HeadKind::Linear => "linear",
-            HeadKind::Kernel => "kernel",
-        }
-    }
-}
+use super::graph::{node_label, Index};
+use super::proto::{GraphProto, NodeProto};
+use super::surgery::{set_metadata, FEATURES};
+use super::{tensor, ModelProto, OnnxError};
+use crate::head::HeadKind;
+use crate::svm::LinearSvm;
 
 /// The `Gemm(x, W, b, transB=1)` that ends a hybrid.
 #[derive(Debug, Clone)]
-pub struct Head {
+pub struct HeadSite {
     /// Linear or kernel hybrid.
     pub kind: HeadKind,
     /// The tensor the Gemm reads: `features` (LH) or the Nyström features (KH).
@@ -58,7 +41,7 @@ fn not_a_head(reason: impl Into<String>) -> OnnxError {
     ))
 }
 
-fn int_attr(node: &crate::onnx::proto::NodeProto, name: &str, default: i64) -> i64 {
+fn int_attr(node: &NodeProto, name: &str, default: i64) -> i64 {
     node.attribute
         .iter()
         .find(|a| a.name() == name)
@@ -66,7 +49,7 @@ fn int_attr(node: &crate::onnx::proto::NodeProto, name: &str, default: i64) -> i
         .unwrap_or(default)
 }
 
-fn float_attr(node: &crate::onnx::proto::NodeProto, name: &str) -> f32 {
+fn float_attr(node: &NodeProto, name: &str) -> f32 {
     node.attribute
         .iter()
         .find(|a| a.name() == name)
@@ -82,7 +65,7 @@ fn producer<'a>(graph: &'a GraphProto, index: &Index, tensor: &str) -> Option<&'
 /// Finds the hybrid's head: the Gemm computing the first graph output (through a
 /// trailing Softmax, LogSoftmax or Identity), reading either `features` (a linear
 /// hybrid) or a Nyström map's `MatMul(Exp(…), P)` (a kernel hybrid).
-pub fn find(model: &ModelProto) -> Result<Head, OnnxError> {
+pub fn find(model: &ModelProto) -> Result<HeadSite, OnnxError> {
     let graph = model
         .graph
         .as_ref()
@@ -161,7 +144,7 @@ pub fn find(model: &ModelProto) -> Result<Head, OnnxError> {
             weights.nrows()
         )));
     }
-    Ok(Head {
+    Ok(HeadSite {
         kind,
         input,
         weight_name: w_name,
@@ -171,11 +154,21 @@ pub fn find(model: &ModelProto) -> Result<Head, OnnxError> {
     })
 }
 
-/// A copy of `model` whose head holds `weights` and `bias`, with `provenance` in its
-/// `metadata_props`.
+impl HeadSite {
+    /// The head's linear part as the model holds it.
+    pub fn linear(&self) -> LinearSvm {
+        LinearSvm {
+            weights: self.weights.clone(),
+            bias: self.bias.clone(),
+        }
+    }
+}
+
+/// A copy of `model` whose head (at `head`) holds `weights` and `bias`, with
+/// `provenance` in its `metadata_props`.
 pub fn replace(
     model: &ModelProto,
-    head: &Head,
+    head: &HeadSite,
     weights: &Array2<f32>,
     bias: &Array1<f32>,
     provenance: &[(&str, String)],

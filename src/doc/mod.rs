@@ -1,0 +1,301 @@
+//! The `--json` documents the commands print, as types: each command prints exactly one
+//! of these on stdout. The keys scripts rely on are the CLI contract
+//! (`../shared/docs/ARCHITECTURE.md`); more may be added, none renamed. Accuracies and
+//! rates are fractions in `[0, 1]`, times are seconds. `inspect --json` prints
+//! [`crate::inspect::Inspection`], and `run --json` the experiment's
+//! [`crate::experiment::Report`].
+
+mod fit;
+mod repair;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::attack::{EpsResult, Loss, Method};
+use crate::features::Accuracy;
+use crate::repair::instance::Solved;
+use crate::repair::{ClassSolution, Status};
+
+pub use fit::{FitDoc, KernelDoc, SvmClassDoc, SvmDoc};
+pub use repair::{BeforeAfter, ChangeDoc, MarginDoc, RepairDoc, RepairFacts};
+
+/// One model of `eval --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalRow {
+    /// The model file.
+    pub path: PathBuf,
+    /// Images evaluated.
+    pub n: usize,
+    /// Correctly classified.
+    pub correct: usize,
+    /// `correct / n`.
+    pub accuracy: f64,
+}
+
+impl EvalRow {
+    /// The row of `path` with `accuracy`.
+    pub fn new(path: PathBuf, accuracy: Accuracy) -> Self {
+        Self {
+            path,
+            n: accuracy.n,
+            correct: accuracy.correct,
+            accuracy: accuracy.accuracy,
+        }
+    }
+}
+
+/// `eval --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalDoc {
+    /// One entry per model, in argument order.
+    pub models: Vec<EvalRow>,
+    /// The gate, when given.
+    pub min_accuracy: Option<f64>,
+    /// Whether every model passed the gate.
+    pub passed: bool,
+    /// The engine.
+    pub engine: serde_json::Value,
+}
+
+/// `attack --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttackDoc {
+    /// The model attacked.
+    pub model: PathBuf,
+    /// The data attacked.
+    pub data: PathBuf,
+    /// The engine.
+    pub engine: serde_json::Value,
+    /// FGSM or PGD.
+    pub method: Method,
+    /// The loss followed.
+    pub loss: Loss,
+    /// PGD's iterations.
+    pub steps: Option<usize>,
+    /// PGD's step over ε.
+    pub step_ratio: Option<f32>,
+    /// Whether PGD started at a random point.
+    pub random_start: bool,
+    /// Whether PGD stops an image at its first misclassified iterate.
+    pub early_stop: Option<bool>,
+    /// The seed.
+    pub seed: u64,
+    /// One entry per ε.
+    pub results: Vec<EpsResult>,
+    /// Seconds of the clean pass.
+    pub clean_seconds: f64,
+    /// Seconds in all.
+    pub seconds: f64,
+    /// The attack file written, if any.
+    pub output: Option<PathBuf>,
+}
+
+/// Where a model was cut, as `cut --json` and `features --json` report it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeaturesDoc {
+    /// The features file.
+    pub output: PathBuf,
+    /// Images.
+    pub n: usize,
+    /// Features per image.
+    pub feature_dim: usize,
+    /// The cut.
+    pub cut: CutRef,
+    /// Seconds of the extraction.
+    pub seconds: f64,
+    /// The engine.
+    pub engine: serde_json::Value,
+}
+
+/// A cut, briefly.
+#[derive(Debug, Clone, Serialize)]
+pub struct CutRef {
+    /// The tensor the extractor ends at.
+    pub tensor: String,
+    /// The op that computes it.
+    pub op: String,
+    /// Whether the cut fell back from the last pooling layer.
+    pub fallback: bool,
+}
+
+/// One class of a paper-mode LP in `lp --json` and `repair --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LpClassDoc {
+    /// How its solve ended.
+    pub status: Status,
+    /// Its optimum.
+    pub objective: f64,
+    /// clarabel's iterations.
+    pub iterations: u32,
+    /// Column-generation rounds.
+    pub rounds: usize,
+    /// Features in the final restricted problem.
+    pub columns: usize,
+    /// The certified relative gap.
+    pub gap: f64,
+    /// max_j (|X_jᵀ π| − 1) (`repair` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dual_violation: Option<f64>,
+    /// The largest remaining slack (`repair` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub largest_slack: Option<f64>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+impl LpClassDoc {
+    /// The figures of `c`; `detail` adds the dual violation and the largest slack.
+    pub fn new(c: &ClassSolution, detail: bool) -> Self {
+        Self {
+            status: c.status,
+            objective: c.objective,
+            iterations: c.iterations,
+            rounds: c.rounds,
+            columns: c.columns,
+            gap: c.gap,
+            dual_violation: detail.then_some(c.dual_violation),
+            largest_slack: detail.then(|| c.delta.iter().copied().fold(0.0, f64::max)),
+            seconds: c.seconds,
+        }
+    }
+}
+
+/// `lp --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LpDoc {
+    /// `paper` or `margin`.
+    pub mode: &'static str,
+    /// The worst status.
+    pub status: Status,
+    /// The optimum.
+    pub objective: f64,
+    /// Seconds of the solve.
+    pub seconds: f64,
+    /// Rows of `x`.
+    pub samples: usize,
+    /// Columns of `x`.
+    pub features: usize,
+    /// The certified gap.
+    pub gap: f64,
+    /// Threads used.
+    pub threads: usize,
+    /// Paper mode: one entry per class.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<LpClassDoc>,
+    /// Margin mode: constraint-generation rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<usize>,
+    /// Margin mode: clarabel's iterations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<u32>,
+    /// Margin mode: constraints in the final active set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_constraints: Option<usize>,
+}
+
+impl LpDoc {
+    /// The document of an instance of `mode` with `x` of `(samples, features)`, solved
+    /// as `solved` in `seconds` on `threads` threads.
+    pub fn new(
+        mode: &'static str,
+        (samples, features): (usize, usize),
+        solved: &Solved,
+        seconds: f64,
+        threads: usize,
+    ) -> Self {
+        let mut doc = Self {
+            mode,
+            status: solved.status(),
+            objective: solved.objective(),
+            seconds,
+            samples,
+            features,
+            gap: solved.gap(),
+            threads,
+            classes: Vec::new(),
+            rounds: None,
+            iterations: None,
+            active_constraints: None,
+        };
+        match solved {
+            Solved::Paper(classes) => doc.classes = classes.iter().map(|c| LpClassDoc::new(c, false)).collect(),
+            Solved::Margin(m) => {
+                doc.rounds = Some(m.rounds);
+                doc.iterations = Some(m.iterations);
+                doc.active_constraints = Some(m.active);
+            }
+        }
+        doc
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The keys `doc` serialises to.
+    fn keys(doc: &impl Serialize) -> Vec<String> {
+        serde_json::to_value(doc)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn has(doc: &impl Serialize, contract: &[&str]) {
+        let keys = keys(doc);
+        for key in contract {
+            assert!(keys.iter().any(|k| k == key), "'{key}' missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn eval_and_attack_documents_keep_the_contract_keys() {
+        let row = EvalRow::new("m.onnx".into(), Accuracy::of(&[1, 0], &[1, 1]));
+        has(&row, &["path", "n", "correct", "accuracy"]);
+        assert_eq!(serde_json::to_value(&row).unwrap()["accuracy"], 0.5);
+        let eval = EvalDoc {
+            models: vec![row],
+            min_accuracy: None,
+            passed: true,
+            engine: serde_json::Value::Null,
+        };
+        has(&eval, &["models"]);
+        let result = EpsResult {
+            eps: 0.1,
+            n: 4,
+            clean_accuracy: 1.0,
+            robust_accuracy: 0.5,
+            success_rate: 0.5,
+            clean_correct: 4,
+            robust_correct: 2,
+            successes: 2,
+            seconds: 0.0,
+        };
+        has(
+            &result,
+            &["eps", "n", "clean_accuracy", "robust_accuracy", "success_rate"],
+        );
+        let attack = AttackDoc {
+            model: "m.onnx".into(),
+            data: "d".into(),
+            engine: serde_json::Value::Null,
+            method: Method::Fgsm,
+            loss: Loss::Ce,
+            steps: None,
+            step_ratio: None,
+            random_start: false,
+            early_stop: None,
+            seed: 0,
+            results: vec![result],
+            clean_seconds: 0.0,
+            seconds: 0.0,
+            output: None,
+        };
+        has(&attack, &["results"]);
+    }
+}

@@ -1,0 +1,156 @@
+//! `repair --json`.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::head::HeadKind;
+use crate::repair::{HybridRepair, LpSize, MarginOptions, Settings, Status};
+
+use super::LpClassDoc;
+
+/// The weights' change.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ChangeDoc {
+    /// Σ|ΔW| (+ Σ|Δb|).
+    pub l1: f64,
+    /// max |ΔW|.
+    pub linf: f64,
+}
+
+/// Clean accuracy before and after a repair.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BeforeAfter {
+    /// The hybrid's.
+    pub before: f64,
+    /// The repaired hybrid's.
+    pub after: f64,
+}
+
+/// The margin program's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct MarginDoc {
+    /// The margin wanted.
+    pub margin: f64,
+    /// Price of a repair sample's slack.
+    pub slack_price: f64,
+    /// Price of a preserved sample's slack.
+    pub keep_price: f64,
+    /// Training images preserved (besides the originals).
+    pub preserve: usize,
+    /// clarabel's iterations.
+    pub iterations: u32,
+    /// Constraint-generation rounds.
+    pub rounds: usize,
+    /// Constraints in the final active set.
+    pub active_constraints: usize,
+    /// The certified gap.
+    pub gap: f64,
+    /// Repair samples short of their margin.
+    pub short_repair_samples: usize,
+    /// Preserved samples short of theirs.
+    pub short_preservation_samples: usize,
+}
+
+/// What was measured of a repair beyond the repair itself.
+#[derive(Debug, Clone, Default)]
+pub struct RepairFacts {
+    /// Clean accuracy before and after (`--test`).
+    pub accuracy: Option<(f64, f64)>,
+    /// Share of held-out adversarial examples fixed, and how many (`--adv-test`).
+    pub generalisation: Option<(f64, usize)>,
+}
+
+/// `repair --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepairDoc {
+    /// How the LP ended (the worst class).
+    pub status: Status,
+    /// Its optimum.
+    pub objective: f64,
+    /// Seconds of the solve.
+    pub seconds: f64,
+    /// The LP's size.
+    pub lp: LpSize,
+    /// The weights' change.
+    pub change: ChangeDoc,
+    /// Share of repair samples classified right after the repair.
+    pub efficacy: f64,
+    /// The same before it.
+    pub efficacy_before: f64,
+    /// Clean accuracy before minus after (`null` without `--test`).
+    pub drawdown: Option<f64>,
+    /// Clean accuracy before and after (`null` without `--test`).
+    pub accuracy: Option<BeforeAfter>,
+    /// Share of held-out adversarial examples classified right (`null` without
+    /// `--adv-test`, or when it holds none).
+    pub generalisation: Option<f64>,
+    /// Held-out adversarial examples.
+    pub held_out: Option<usize>,
+    /// Repair samples.
+    pub samples: usize,
+    /// The repair samples still wrong, by `index`.
+    pub unfixed: Vec<i64>,
+    /// Changeable and total features.
+    pub features: serde_json::Value,
+    /// `paper` or `margin`.
+    pub mode: &'static str,
+    /// Linear or kernel hybrid.
+    pub head: HeadKind,
+    /// Margin mode's figures.
+    pub margin: Option<MarginDoc>,
+    /// Paper mode's classes.
+    pub classes: Vec<LpClassDoc>,
+    /// The engine.
+    pub engine: serde_json::Value,
+    /// The repaired model.
+    pub output: PathBuf,
+}
+
+impl RepairDoc {
+    /// The document of `done`, repaired with `settings`.
+    pub fn new(
+        done: &HybridRepair,
+        settings: &Settings,
+        facts: &RepairFacts,
+        engine: serde_json::Value,
+        output: PathBuf,
+    ) -> Self {
+        let fix = &done.fix;
+        let r = &fix.repair;
+        let options = settings.margin.unwrap_or_default();
+        Self {
+            status: r.status,
+            objective: r.objective,
+            seconds: r.seconds,
+            lp: fix.lp,
+            change: ChangeDoc { l1: r.l1, linf: r.linf },
+            efficacy: fix.efficacy,
+            efficacy_before: fix.efficacy_before,
+            drawdown: facts.accuracy.map(|(before, after)| before - after),
+            accuracy: facts.accuracy.map(|(before, after)| BeforeAfter { before, after }),
+            generalisation: facts.generalisation.map(|g| g.0),
+            held_out: facts.generalisation.map(|g| g.1),
+            samples: fix.samples,
+            unfixed: done.unfixed.clone(),
+            features: serde_json::json!({"changeable": fix.changeable, "total": fix.feature_dim}),
+            mode: settings.mode(),
+            head: done.head,
+            margin: r.margin.as_ref().map(|m| MarginDoc {
+                margin: options.margin,
+                slack_price: options.slack_price,
+                keep_price: options.keep_price,
+                preserve: settings.preserve,
+                iterations: m.iterations,
+                rounds: m.rounds,
+                active_constraints: m.active,
+                gap: m.gap,
+                short_repair_samples: m.xi.iter().take(fix.samples).filter(|v| **v > 1e-6).count(),
+                short_preservation_samples: m.xi.iter().skip(fix.samples).filter(|v| **v > 1e-6).count(),
+            }),
+            classes: r.classes.iter().map(|c| LpClassDoc::new(c, true)).collect(),
+            engine,
+            output,
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Repairing a hybrid written as ONNX: its head is read out of the graph
+//! ([`crate::onnx::head`]), the features it reads are extracted with an engine (the
+//! extractor's `features` in a linear hybrid, the Nyström features in a kernel hybrid),
+//! [`super::repair_head`] repairs it, and the repaired weights are written back in
+//! place, with the repair's provenance in `metadata_props`.
+
+use crate::data::Dataset;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::features::{collect, Feed};
+use crate::head::HeadKind;
+use crate::onnx::head::{self, HeadSite};
+use crate::onnx::surgery::extractor;
+use crate::onnx::{find_cut, ModelProto};
+
+use super::{preservation_rows, repair_head, HeadRepair, RepairError, Samples, Settings};
+
+/// A repaired hybrid and the figures of its repair.
+#[derive(Debug, Clone)]
+pub struct HybridRepair {
+    /// The repaired model: the hybrid with its head's weights (and bias) replaced.
+    pub model: ModelProto,
+    /// Linear or kernel hybrid.
+    pub head: HeadKind,
+    /// The repair of its head.
+    pub fix: HeadRepair,
+    /// The repair samples still misclassified after it, by their `index` (their
+    /// image's position in the data the attack ran on).
+    pub unfixed: Vec<i64>,
+}
+
+/// The rows of `clean` that the repair samples came from, checked: each `index` must
+/// point into `clean` and carry the sample's label.
+pub fn originals(index: &[i64], labels: &[i64], clean: &Dataset) -> Result<Vec<usize>, RepairError> {
+    let data = || clean.source.display().to_string();
+    index
+        .iter()
+        .zip(labels)
+        .enumerate()
+        .map(|(sample, (&i, &label))| {
+            let at = usize::try_from(i)
+                .ok()
+                .filter(|&i| i < clean.len())
+                .ok_or_else(|| RepairError::Index {
+                    sample,
+                    index: i,
+                    data: data(),
+                    len: clean.len(),
+                })?;
+            if clean.labels[at] != label {
+                return Err(RepairError::Original {
+                    sample,
+                    label,
+                    index: at,
+                    data: data(),
+                    original: clean.labels[at],
+                });
+            }
+            Ok(at)
+        })
+        .collect()
+}
+
+/// The `metadata_props` a repaired model records.
+pub fn provenance(settings: &Settings, kind: HeadKind, fix: &HeadRepair) -> Vec<(&'static str, String)> {
+    vec![
+        ("nnmend.repair.mode", settings.mode().to_string()),
+        ("nnmend.repair.head", kind.name().to_string()),
+        ("nnmend.repair.samples", fix.samples.to_string()),
+        ("nnmend.repair.objective", format!("{}", fix.repair.objective)),
+        (
+            "nnmend.repair.status",
+            format!("{:?}", fix.repair.status).to_lowercase(),
+        ),
+        ("nnmend.repair.bias", settings.class.repair_bias.to_string()),
+        (
+            "nnmend.repair.select",
+            settings.select.map_or("none".into(), |p| format!("wilcoxon p < {p}")),
+        ),
+    ]
+}
+
+/// `hybrid` with the repaired head of `fix` written in at `site`, and its provenance.
+pub fn write(hybrid: &ModelProto, site: &HeadSite, settings: &Settings, fix: &HeadRepair) -> Result<ModelProto> {
+    let provenance = provenance(settings, site.kind, fix);
+    Ok(head::replace(
+        hybrid,
+        site,
+        &fix.linear.weights,
+        &fix.linear.bias,
+        &provenance,
+    )?)
+}
+
+/// Repairs `hybrid` (a linear or kernel hybrid written by `nnmend fit`, see
+/// [`head::find`]): the repair samples are the images of `adversarial`, whose clean
+/// originals are the images of `clean` at `index`. In margin mode,
+/// `settings.preserve` images of `clean` ([`preservation_rows`]) join the preservation
+/// set.
+pub fn repair_hybrid(
+    hybrid: &ModelProto,
+    adversarial: &Dataset,
+    index: &[i64],
+    clean: &Dataset,
+    engine: &dyn Engine,
+    feed: &Feed,
+    settings: &Settings,
+) -> Result<HybridRepair> {
+    let site = head::find(hybrid)?;
+    if index.len() != adversarial.len() {
+        return Err(RepairError::Shape(format!(
+            "{} repair samples but {} indices",
+            adversarial.len(),
+            index.len()
+        ))
+        .into());
+    }
+    if adversarial.is_empty() {
+        return Err(RepairError::NoSamples.into());
+    }
+    let rows = originals(index, &adversarial.labels, clean)?;
+    let pick = |rows: &[usize]| {
+        clean
+            .select(rows)
+            .ok_or_else(|| RepairError::Shape("an index is out of range".into()))
+    };
+    let originals = pick(&rows)?;
+    // The repair features are what the head reads: `features` in a linear hybrid,
+    // the Nyström features in a kernel hybrid.
+    let cut = find_cut(hybrid, Some(&site.input))?;
+    let session = engine.prepare(&extractor(hybrid, &cut, None)?)?;
+    let f_adv = collect(session.as_ref(), adversarial, feed, 0, "features")?;
+    let f_clean = collect(session.as_ref(), &originals, feed, 0, "features")?;
+    let kept = match settings.margin {
+        Some(_) => Some(pick(&preservation_rows(clean.len(), settings.preserve))?),
+        None => None,
+    };
+    let f_kept = match &kept {
+        Some(kept) => collect(session.as_ref(), kept, feed, 0, "features")?,
+        None => ndarray::Array2::zeros((0, f_adv.ncols())),
+    };
+    let d = site.weights.ncols();
+    if f_adv.ncols() != d {
+        return Err(RepairError::Shape(format!(
+            "the extractor gives {} features, the head takes {d}",
+            f_adv.ncols()
+        ))
+        .into());
+    }
+    let samples = Samples {
+        adversarial: f_adv.view(),
+        labels: &adversarial.labels,
+        originals: f_clean.view(),
+        preserve: f_kept.view(),
+        preserve_labels: kept.as_ref().map_or(&[], |k| &k.labels),
+    };
+    let fix = repair_head(&site.linear(), &samples, settings)?;
+    let model = write(hybrid, &site, settings, &fix)?;
+    Ok(HybridRepair {
+        model,
+        head: site.kind,
+        unfixed: fix.unfixed.iter().map(|&r| index[r]).collect(),
+        fix,
+    })
+}

@@ -1,0 +1,139 @@
+//! `report.md`: the experiment's report for people, its tables laid out like the seed
+//! paper's (clean accuracy, then accuracy on each adversarial test set per ε), with the
+//! repair's figures, the attacks' success rates, the figures and the timings.
+
+use std::fmt::Write as _;
+
+use crate::experiment::{Model, Report, TestSet};
+
+/// The report as Markdown, titled `title`, with the `figures` (caption, file) shown
+/// as images.
+pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> String {
+    let r = report;
+    let mut md = String::new();
+    let eps = r.eps();
+    let models = r.models();
+    let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.2}", 100.0 * v));
+    let _ = writeln!(md, "# {title}\n");
+    let _ = writeln!(
+        md,
+        "Training set: `{}` ({} images). Test set: `{}` ({} images). Cut at `{}` ({} features). \
+         Attack: {}. Repair: {} mode, {} sample(s) per ε. Seed {}.\n",
+        r.train.source,
+        r.train.n,
+        r.test.source,
+        r.test.n,
+        r.cut.tensor,
+        r.cut.feature_dim,
+        r.settings["attack"]["method"].as_str().unwrap_or("?").to_uppercase(),
+        r.settings["repair"]["mode"].as_str().unwrap_or("?"),
+        r.settings["repair"]["samples"],
+        r.settings["seed"],
+    );
+    let _ = writeln!(
+        md,
+        "Accuracies are percentages of the {} test images. ε is the L∞ radius in [0, 1] pixel space. \
+         NADV, HADV and RHADV are the test set with every image that the attack on NN, LH or RLH flips \
+         replaced by its adversarial example.\n",
+        r.test.n
+    );
+    let _ = writeln!(md, "## Clean test accuracy (Data)\n");
+    let _ = writeln!(md, "| model | accuracy (%) |\n| --- | --- |");
+    for m in models.iter().filter(|m| **m != Model::RLH) {
+        let _ = writeln!(
+            md,
+            "| {m} | {} |",
+            pct(eps.first().and_then(|&e| r.accuracy(*m, TestSet::Data, e)))
+        );
+    }
+    for &e in &eps {
+        let _ = writeln!(
+            md,
+            "| RLH (ε = {e}) | {} |",
+            pct(r.accuracy(Model::RLH, TestSet::Data, e))
+        );
+    }
+    for set in TestSet::ALL.iter().skip(1) {
+        let _ = writeln!(md, "\n## Accuracy on {set} (%)\n");
+        let names: Vec<&str> = models.iter().map(|m| m.name()).collect();
+        let _ = writeln!(md, "| ε | {} |", names.join(" | "));
+        let _ = writeln!(md, "| --- |{}", " --- |".repeat(models.len()));
+        for &e in &eps {
+            let row: Vec<String> = models.iter().map(|m| pct(r.accuracy(*m, *set, e))).collect();
+            let _ = writeln!(md, "| {e} | {} |", row.join(" | "));
+        }
+    }
+    let _ = writeln!(md, "\n## Repair\n");
+    let _ = writeln!(
+        md,
+        "| ε | samples | status | efficacy (%) | drawdown (pp) | generalisation (%) | LP variables | LP constraints | LP time (s) | ‖ΔW‖₁ | ‖ΔW‖∞ |"
+    );
+    let _ = writeln!(md, "| --- |{}", " --- |".repeat(10));
+    for rep in &r.repairs {
+        let generalisation = rep.generalisation.map_or("– (no HADV example)".into(), |g| {
+            format!("{:.2} of {}", 100.0 * g, rep.held_out)
+        });
+        let _ = match (&rep.status, &rep.lp) {
+            (Some(status), Some(lp)) => writeln!(
+                md,
+                "| {} | {} | {} | {:.2} | {:.2} | {generalisation} | {} | {} | {:.2} | {:.4} | {:.4} |",
+                rep.eps,
+                rep.samples,
+                if rep.used {
+                    format!("{status:?}").to_lowercase()
+                } else {
+                    format!("{status:?}: not used, RLH = LH").to_lowercase()
+                },
+                100.0 * rep.efficacy,
+                100.0 * rep.drawdown,
+                lp.variables,
+                lp.constraints,
+                rep.seconds,
+                rep.l1,
+                rep.linf
+            ),
+            _ => writeln!(
+                md,
+                "| {} | 0 | no repair: the attack flipped no training image, RLH = LH | – | 0.00 | {generalisation} | – | – | – | 0 | 0 |",
+                rep.eps
+            ),
+        };
+    }
+    let _ = writeln!(md, "\n## Attack success rates (%)\n");
+    let _ = writeln!(md, "| ε | NN | LH | RLH |\n| --- | --- | --- | --- |");
+    for &e in &eps {
+        let rate = |t: Model| {
+            r.attacks
+                .iter()
+                .find(|a| a.eps == e && a.target == t)
+                .map_or("–".into(), |a| format!("{:.2}", 100.0 * a.success_rate))
+        };
+        let _ = writeln!(
+            md,
+            "| {e} | {} | {} | {} |",
+            rate(Model::NN),
+            rate(Model::LH),
+            rate(Model::RLH)
+        );
+    }
+    if !figures.is_empty() {
+        let _ = writeln!(md, "\n## Figures\n");
+        for (caption, file) in figures {
+            let _ = writeln!(md, "![{caption}]({file})");
+        }
+    }
+    let _ = writeln!(md, "\n## Timings\n\n| phase | seconds |\n| --- | --- |");
+    for (phase, s) in &r.timings {
+        let _ = writeln!(md, "| {phase} | {s:.1} |");
+    }
+    let total: f64 = r.timings.iter().map(|(_, s)| s).sum();
+    let _ = writeln!(md, "| total | {total:.1} |");
+    let _ = writeln!(
+        md,
+        "\nnnmend {}, tract {}, clarabel {}.",
+        r.versions.get("nnmend").map_or("?", String::as_str),
+        r.versions.get("tract").map_or("?", String::as_str),
+        r.versions.get("clarabel").map_or("?", String::as_str),
+    );
+    md
+}
