@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::head::HeadKind;
-use crate::repair::{HybridRepair, LpSize, MarginOptions, Settings, Status};
+use crate::repair::{HybridRepair, LpSize, Settings, Status};
 
 use super::LpClassDoc;
 
