@@ -41,6 +41,20 @@ pub fn remove_in_flight() -> usize {
     n
 }
 
+/// `e` without the temporary file's path that tempfile appends to its errors (`… at
+/// path ".nnmend-x1y2.tmp"`): a message names the user's output, never a temporary
+/// file.
+pub fn plain(e: io::Error) -> io::Error {
+    if e.raw_os_error().is_some() {
+        return e;
+    }
+    let text = e.to_string();
+    match text.split_once(" at path ") {
+        Some((cause, _)) => io::Error::new(e.kind(), cause.to_string()),
+        None => e,
+    }
+}
+
 /// Creates `path` atomically, with `write` filling the file. `io_err` turns the
 /// I/O errors of creating, syncing and renaming into the caller's error type.
 pub fn write_with<E>(
@@ -60,7 +74,7 @@ pub fn write_with<E>(
             .prefix(".nnmend-")
             .suffix(".tmp")
             .tempfile_in(dir)
-            .map_err(&io_err)?;
+            .map_err(|e| io_err(plain(e)))?;
         list.push(tmp.path().to_path_buf());
         tmp
     };
@@ -95,7 +109,10 @@ impl TempFolder {
     /// Creates an empty temporary folder in `parent`.
     pub fn new_in(parent: &Path) -> io::Result<Self> {
         let mut list = in_flight();
-        let dir = tempfile::Builder::new().prefix(".nnmend-").tempdir_in(parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix(".nnmend-")
+            .tempdir_in(parent)
+            .map_err(plain)?;
         let path = dir.path().to_path_buf();
         list.push(path.clone());
         Ok(Self { dir: Some(dir), path })

@@ -46,7 +46,7 @@ pub enum Error {
     #[error(transparent)]
     Report(#[from] ReportError),
     /// A file nnmend writes could not be written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Write {
         /// The file being written.
         path: std::path::PathBuf,

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file at fault.
         path: PathBuf,

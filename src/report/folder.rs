@@ -91,7 +91,7 @@ pub fn write(outcome: &Outcome, out: &Path) -> Result<()> {
         let holder = tempfile::Builder::new()
             .prefix(".nnmend-old-")
             .tempdir_in(parent)
-            .map_err(io(parent))?;
+            .map_err(|e| io(parent)(crate::atomic::plain(e)))?;
         let aside: PathBuf = holder.path().join("old");
         std::fs::rename(out, &aside).map_err(io(out))?;
         Some((holder, aside))

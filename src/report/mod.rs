@@ -30,7 +30,7 @@ pub enum ReportError {
     #[error(transparent)]
     Plot(#[from] plot::PlotError),
     /// The output folder could not be read.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}", .path.display())]
     Io {
         /// The folder.
         path: PathBuf,

@@ -78,7 +78,7 @@ pub struct Chart {
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
     /// The file could not be written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The figure being written.
         path: PathBuf,
@@ -94,7 +94,7 @@ pub enum PlotError {
         message: String,
     },
     /// The PNG encoder failed.
-    #[error("{path}: encoding the PNG failed: {source}")]
+    #[error("{path}: encoding the PNG failed")]
     Encode {
         /// The figure being encoded.
         path: PathBuf,

@@ -18,6 +18,7 @@ mod hostile;
 mod hybrid;
 mod kernel;
 mod plot;
+mod regression;
 mod repair;
 mod robustness;
 mod roundtrip;
