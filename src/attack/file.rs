@@ -71,16 +71,49 @@ impl AdversarialFile {
     }
 }
 
+/// The successful rows of an attack file.
+#[derive(Debug, Clone)]
+pub struct Successful {
+    /// Their images, as a data set.
+    pub images: Dataset,
+    /// Each row's image index in the data set attacked.
+    pub index: Vec<i64>,
+    /// Each row's radius (empty when the file has no `eps`).
+    pub eps: Vec<f32>,
+}
+
+impl Successful {
+    /// The first `n` rows.
+    pub fn take(mut self, n: usize) -> Self {
+        self.images = self.images.take(n);
+        self.index.truncate(n);
+        self.eps.truncate(n);
+        self
+    }
+
+    /// The radius of every row, when they share one.
+    pub fn radius(&self) -> Option<f32> {
+        let first = *self.eps.first()?;
+        self.eps.iter().all(|&e| e == first).then_some(first)
+    }
+}
+
 /// The successful rows of the attack file at `path` (every row, when it has no
-/// `success` array) as a data set, with their `index` column.
-pub fn read_successful(path: &Path) -> Result<(Dataset, Vec<i64>)> {
+/// `success` array).
+pub fn read_successful(path: &Path) -> Result<Successful> {
     let (ds, columns) = load_attack(path)?;
     let keep: Vec<usize> = match &columns.success {
         Some(success) => (0..ds.len()).filter(|&i| success[i]).collect(),
         None => (0..ds.len()).collect(),
     };
-    let rows = ds
+    let images = ds
         .select(&keep)
         .ok_or(AttackError::Invariant("an attack file's row is out of range"))?;
-    Ok((rows, keep.iter().map(|&i| columns.index[i]).collect()))
+    Ok(Successful {
+        images,
+        index: keep.iter().map(|&i| columns.index[i]).collect(),
+        eps: columns
+            .eps
+            .map_or_else(Vec::new, |e| keep.iter().map(|&i| e[i]).collect()),
+    })
 }

@@ -16,6 +16,7 @@ mod error;
 pub mod fgsm;
 pub mod file;
 pub mod pgd;
+pub mod protocol;
 mod target;
 
 use std::ops::Range;
@@ -355,6 +356,15 @@ fn pgd_batch(
 }
 
 impl Target {
+    /// The model's prediction for every image of `ds`.
+    pub fn predict(&self, ds: &Dataset, feed: &Feed) -> Result<Vec<usize>> {
+        let batches = for_batches(ds.len(), feed, "predict", |r| {
+            let x = self.pixels.batch(ds, r)?;
+            Ok(argmax_rows(&self.logits(x.view())?))
+        })?;
+        Ok(batches.into_iter().flat_map(|(_, p)| p).collect())
+    }
+
     /// The shape of one sample of `ds` as this model takes it.
     pub fn pixels_shape(&self, ds: &Dataset) -> Vec<usize> {
         let [c, h, w] = ds.image_shape();

@@ -12,12 +12,16 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
 use nnmend::attack::file::read_successful;
+use nnmend::attack::protocol::{self, Protocol, Robustness};
+use nnmend::attack::{self, Loss, Method};
 use nnmend::data::Split;
 use nnmend::doc::{RepairDoc, RepairFacts};
+use nnmend::features::Feed;
 use nnmend::head::HeadKind;
 use nnmend::hybrid::evaluate;
 use nnmend::onnx::head;
 use nnmend::repair::margin::MarginSettings;
+use nnmend::repair::rounds::RoundSettings;
 use nnmend::repair::{repair_hybrid, ClassSettings, MarginOptions, Settings, Status};
 
 use super::{load_model, non_negative, print_json, save_model, usage, warn, DataArgs, EngineArgs, Global};
@@ -51,6 +55,98 @@ enum Select {
     Wilcoxon,
 }
 
+/// How a head is repaired: the options `repair` and `run` share.
+#[derive(Debug, Args)]
+pub(super) struct RepairOptions {
+    /// The formulation.
+    #[arg(long, value_enum, default_value_t = Mode::Margin)]
+    pub mode: Mode,
+    /// Margin mode: the margin (score of the label minus the best other) wanted for
+    /// every repair sample.
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
+    pub margin: f64,
+    /// Margin mode: price of a unit of a repair sample's shortfall.
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
+    pub slack_price: f64,
+    /// Margin mode: price of a unit of a preservation sample's loss of margin.
+    #[arg(long, default_value_t = 10.0, value_parser = non_negative, allow_negative_numbers = true)]
+    pub keep_price: f64,
+    /// Margin mode: N training images, evenly spaced through them, join the
+    /// preservation set (with the repair samples' clean originals).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub preserve: usize,
+    /// Restrict the change to the features an attack moves.
+    #[arg(long, value_enum)]
+    select: Option<Select>,
+    /// The p-value threshold of `--select wilcoxon`.
+    #[arg(long, default_value_t = 0.1, requires = "select")]
+    p: f64,
+    /// Let the bias change too.
+    #[arg(long)]
+    pub repair_bias: bool,
+    /// clarabel's iteration limit per LP solve; a solve that reaches it stalls, and a
+    /// stalled repair writes no model.
+    #[arg(long, value_name = "N", default_value_t = nnmend::repair::DEFAULT_MAX_ITER,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub lp_max_iter: u32,
+    /// Attack-in-the-loop repair: rounds in all, the first included; each later round
+    /// attacks the repaired model on the pool and repairs again with what it finds.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: u64,
+    /// Training images the rounds attack (a seeded random choice).
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub pool: usize,
+    /// PGD iterations of the rounds' attacks (a random start, steps of 2.5·ε/N).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub round_steps: u64,
+}
+
+impl RepairOptions {
+    /// The repair's settings, with `threads` threads.
+    pub fn settings(&self, threads: usize) -> Settings {
+        Settings {
+            margin: matches!(self.mode, Mode::Margin).then_some(MarginOptions {
+                margin: self.margin,
+                slack_price: self.slack_price,
+                keep_price: self.keep_price,
+                solve: MarginSettings {
+                    solver_max_iter: self.lp_max_iter,
+                    ..Default::default()
+                },
+            }),
+            preserve: self.preserve,
+            select: self.select.map(|_| self.p),
+            class: ClassSettings {
+                repair_bias: self.repair_bias,
+                solver_max_iter: self.lp_max_iter,
+                ..Default::default()
+            },
+            threads,
+        }
+    }
+
+    /// The loop's settings at radius `eps`.
+    pub fn rounds(&self, eps: f32, seed: u64, feed: &Feed) -> RoundSettings {
+        let steps = self.round_steps as usize;
+        RoundSettings {
+            rounds: usize::try_from(self.rounds).unwrap_or(usize::MAX),
+            pool: self.pool,
+            attack: attack::Settings {
+                method: Method::Pgd,
+                eps: vec![eps],
+                steps,
+                step_ratio: 2.5 / steps as f32,
+                random_start: true,
+                early_stop: true,
+                seed,
+                feed: feed.clone(),
+            },
+            loss: Loss::Ce,
+            min_gain: 0.005,
+        }
+    }
+}
+
 /// Arguments of `nnmend repair`.
 #[derive(Debug, Args)]
 pub struct RepairArgs {
@@ -65,46 +161,29 @@ pub struct RepairArgs {
     /// Where to write the repaired model.
     #[arg(short, long, value_name = "REPAIRED.onnx")]
     output: PathBuf,
-    /// The formulation.
-    #[arg(long, value_enum, default_value_t = Mode::Paper)]
-    mode: Mode,
     /// The hybrid's head: read from the model (auto), or the kind it must be.
     #[arg(long, value_enum, default_value_t = HeadArg::Auto)]
     head: HeadArg,
     /// Use only the first N repair samples (successful rows of `--adv`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     samples: Option<u64>,
-    /// Margin mode: the margin (score of the label minus the best other) wanted for
-    /// every repair sample.
-    #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
-    margin: f64,
-    /// Margin mode: price of a unit of a repair sample's shortfall.
-    #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
-    slack_price: f64,
-    /// Margin mode: price of a unit of a preservation sample's loss of margin.
-    #[arg(long, default_value_t = 10.0, value_parser = non_negative, allow_negative_numbers = true)]
-    keep_price: f64,
-    /// Margin mode: N images of `--train`, evenly spaced through it, join the
-    /// preservation set (with the repair samples' clean originals).
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    preserve: usize,
-    /// Restrict the change to the features an attack moves.
-    #[arg(long, value_enum)]
-    select: Option<Select>,
-    /// The p-value threshold of `--select wilcoxon`.
-    #[arg(long, default_value_t = 0.1, requires = "select")]
-    p: f64,
-    /// Let the bias change too.
-    #[arg(long)]
-    repair_bias: bool,
-    /// clarabel's iteration limit per LP solve; a solve that reaches it stalls, and a
-    /// stalled repair writes no model.
-    #[arg(long, value_name = "N", default_value_t = nnmend::repair::DEFAULT_MAX_ITER,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    lp_max_iter: u32,
-    /// Clean test data: report the accuracy change (drawdown).
+    #[command(flatten)]
+    repair: RepairOptions,
+    /// The radius of the rounds' attacks and of the robust accuracy [default: the
+    /// `eps` of `--adv`'s rows, when they share one].
+    #[arg(long, value_parser = super::unit_interval)]
+    eps: Option<f32>,
+    /// Seed of the pool's choice and of the attacks' random starts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Clean test data: report the accuracy change (drawdown) and the PGD robust
+    /// accuracy before and after (see --pgd-limit).
     #[arg(long, value_name = "DATA")]
     test: Option<PathBuf>,
+    /// Test images whose robust accuracy is measured: PGD-40 from 3 random starts,
+    /// cross-entropy and margin loss, against each model itself (0: none).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pgd_limit: usize,
     /// Held-out adversarial examples (an `attack -o` file): report the share fixed.
     #[arg(long, value_name = "ADV.npz")]
     adv_test: Option<PathBuf>,
@@ -145,9 +224,9 @@ fn check_status(r: &nnmend::repair::Repair, args: &RepairArgs) -> Result<()> {
              (--samples N), fewer weights (--select wilcoxon){}; `--dump-lp FILE` with `nnmend lp FILE` \
              re-solves the instance on its own",
             r.status,
-            args.lp_max_iter,
+            args.repair.lp_max_iter,
             args.output.display(),
-            if matches!(args.mode, Mode::Paper) {
+            if matches!(args.repair.mode, Mode::Paper) {
                 ", or --mode margin"
             } else {
                 ""
@@ -182,8 +261,8 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
             found.kind.name()
         );
     }
-    let (mut adv, mut index) = read_successful(&args.adv)?;
-    if adv.is_empty() {
+    let mut adv = read_successful(&args.adv)?;
+    if adv.images.is_empty() {
         anyhow::bail!(
             "{}: no row has success = true, so there is no adversarial example to repair. Attack with a \
              larger --eps, with --method pgd (stronger than FGSM), or on more images (--limit), then repair \
@@ -192,33 +271,34 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
         );
     }
     if let Some(n) = args.samples {
-        let n = usize::try_from(n).unwrap_or(usize::MAX).min(adv.len());
-        adv = adv.take(n);
-        index.truncate(n);
+        adv = adv.take(usize::try_from(n).unwrap_or(usize::MAX));
+    }
+    let eps = args.eps.or_else(|| adv.radius());
+    if eps.is_none() && (args.repair.rounds > 1 || (args.test.is_some() && args.pgd_limit > 0)) {
+        usage!(
+            "{}: its rows have no single eps; give the radius of the rounds' attacks and of the robust accuracy \
+             with --eps",
+            args.adv.display()
+        );
     }
     let clean = args.data_args.load(&args.train, Split::Train)?;
     let (engine, feed) = args.engine.open(&args.data_args)?;
-    let settings = Settings {
-        margin: matches!(args.mode, Mode::Margin).then_some(MarginOptions {
-            margin: args.margin,
-            slack_price: args.slack_price,
-            keep_price: args.keep_price,
-            solve: MarginSettings {
-                solver_max_iter: args.lp_max_iter,
-                ..Default::default()
-            },
-        }),
-        preserve: args.preserve,
-        select: args.select.map(|_| args.p),
-        class: ClassSettings {
-            repair_bias: args.repair_bias,
-            solver_max_iter: args.lp_max_iter,
-            ..Default::default()
-        },
-        threads: feed.threads,
+    let settings = args.repair.settings(feed.threads);
+    let rounds = match eps {
+        Some(eps) if args.repair.rounds > 1 => args.repair.rounds(eps, args.seed, &feed),
+        _ => RoundSettings::single(),
     };
-    let done = repair_hybrid(&hybrid, &adv, &index, &clean, engine.as_ref(), &feed, &settings)
-        .with_context(|| format!("repairing {}", args.hybrid.display()))?;
+    let done = repair_hybrid(
+        &hybrid,
+        &adv.images,
+        &adv.index,
+        &clean,
+        engine.as_ref(),
+        &feed,
+        &settings,
+        &rounds,
+    )
+    .with_context(|| format!("repairing {}", args.hybrid.display()))?;
     if let Some(dump) = &args.dump_lp {
         done.fix.instance.save(dump)?;
     }
@@ -230,9 +310,21 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
         let (before, _) = evaluate(&hybrid, &test, engine.as_ref(), &feed)?;
         let (after, _) = evaluate(&done.model, &test, engine.as_ref(), &feed)?;
         facts.accuracy = Some((before.accuracy, after.accuracy));
+        if let Some(eps) = eps.filter(|_| args.pgd_limit > 0) {
+            let first = test.take(args.pgd_limit);
+            let protocol = Protocol {
+                seed: args.seed,
+                ..Protocol::default()
+            };
+            let robust = |model| -> Result<Option<Robustness>> {
+                let measured = protocol::measure(model, engine.as_ref(), &first, &[eps], &protocol, &feed)?;
+                Ok(measured.into_iter().next().map(|m| m.robustness))
+            };
+            facts.robustness = robust(&hybrid)?.zip(robust(&done.model)?);
+        }
     }
     if let Some(path) = &args.adv_test {
-        let (held_out, _) = read_successful(path)?;
+        let held_out = read_successful(path)?.images;
         if !held_out.is_empty() {
             let (after, _) = evaluate(&done.model, &held_out, engine.as_ref(), &feed)?;
             facts.generalisation = Some((after.accuracy, held_out.len()));
@@ -259,6 +351,29 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     }
     if let Some((g, n)) = facts.generalisation {
         writeln!(out, "held-out adversarials fixed: {g:.4} of {n}")?;
+    }
+    if let Some((before, after)) = &facts.robustness {
+        writeln!(
+            out,
+            "PGD robust accuracy at ε = {} on {} test images: {:.4} -> {:.4}",
+            after.eps, after.n, before.robust_accuracy, after.robust_accuracy
+        )?;
+    }
+    for r in &done.rounds {
+        writeln!(
+            out,
+            "round {}: {} samples (+{}), {:?}, objective {:.4}, efficacy {:.4}, pool robust accuracy {}, LP {:.1} s, \
+             attack {:.1} s",
+            r.round,
+            r.samples,
+            r.new_samples,
+            r.status,
+            r.objective,
+            r.efficacy,
+            r.pool_robust_accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+            r.lp_seconds,
+            r.attack_seconds
+        )?;
     }
     writeln!(out, "wrote {}", args.output.display())?;
     Ok(ExitCode::SUCCESS)

@@ -16,11 +16,10 @@ use nnmend::attack::{self, Loss, Method};
 use nnmend::data::Split;
 use nnmend::experiment::{self, Inputs, Model, Settings, TestSet};
 use nnmend::hybrid::FitSettings;
-use nnmend::repair::{self, ClassSettings, MarginOptions};
 use nnmend::report::{folder, ReportError};
 use nnmend::svm::{NystromSettings, SvmParams};
 
-use super::repair::Mode;
+use super::repair::RepairOptions;
 use super::{load_model, print_json, unit_interval, usage, warn, DataArgs, EngineArgs, Global};
 
 /// Arguments of `nnmend run`.
@@ -56,15 +55,8 @@ pub struct RunArgs {
     /// (1 is the paper's setting; more repair more).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     repair_samples: u64,
-    /// The repair's formulation.
-    #[arg(long, value_enum, default_value_t = Mode::Paper)]
-    mode: Mode,
-    /// Margin mode: training images kept right by the repair.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    preserve: usize,
-    /// Let the repair change the bias too.
-    #[arg(long)]
-    repair_bias: bool,
+    #[command(flatten)]
+    repair: RepairOptions,
     /// KH's Nyström landmarks (training images whose features span its kernel map).
     #[arg(long, value_name = "M", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     landmarks: u64,
@@ -151,16 +143,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
             seed: args.seed,
         }),
         repair_samples: usize::try_from(args.repair_samples).unwrap_or(usize::MAX),
-        repair: repair::Settings {
-            margin: matches!(args.mode, Mode::Margin).then(MarginOptions::default),
-            select: None,
-            class: ClassSettings {
-                repair_bias: args.repair_bias,
-                ..Default::default()
-            },
-            threads: feed.threads,
-            preserve: args.preserve,
-        },
+        repair: args.repair.settings(feed.threads),
         seed: args.seed,
         examples: args.examples,
         log: !args.quiet,

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array4, Axis};
+use ndarray::{Array4, ArrayD, Axis};
 use sha2::{Digest, Sha256};
 
 pub use npz::{load_attack, write_npz, AttackColumns, NpzArrays};
@@ -209,6 +209,23 @@ impl Dataset {
             labels: rows.iter().map(|&r| self.labels[r]).collect(),
             classes: self.classes.clone(),
             source: self.source.clone(),
+        })
+    }
+
+    /// A data set of `images` (in a model's input `layout`, pixels in `[0, 1]`) with
+    /// `labels`, its classes and source those of `like`, whose images it must match.
+    pub fn from_layout(
+        images: ArrayD<f32>,
+        layout: Layout,
+        labels: Vec<i64>,
+        like: &Dataset,
+    ) -> Result<Dataset, DataError> {
+        let pixels = to_nchw(images.view(), layout, like.image_shape())?;
+        Ok(Dataset {
+            pixels: Pixels::F32(pixels),
+            labels,
+            classes: like.classes.clone(),
+            source: like.source.clone(),
         })
     }
 

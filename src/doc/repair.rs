@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::attack::protocol::Robustness;
 use crate::head::HeadKind;
+use crate::repair::rounds::Round;
 use crate::repair::{HybridRepair, LpSize, Settings, Status};
 
 use super::LpClassDoc;
@@ -59,6 +61,17 @@ pub struct RepairFacts {
     pub accuracy: Option<(f64, f64)>,
     /// Share of held-out adversarial examples fixed, and how many (`--adv-test`).
     pub generalisation: Option<(f64, usize)>,
+    /// PGD robust accuracy on the test images before and after (`--test`).
+    pub robustness: Option<(Robustness, Robustness)>,
+}
+
+/// Robust accuracy before and after a repair.
+#[derive(Debug, Clone, Serialize)]
+pub struct RobustDoc {
+    /// The hybrid's.
+    pub before: Robustness,
+    /// The repaired hybrid's.
+    pub after: Robustness,
 }
 
 /// `repair --json`.
@@ -87,6 +100,13 @@ pub struct RepairDoc {
     pub generalisation: Option<f64>,
     /// Held-out adversarial examples.
     pub held_out: Option<usize>,
+    /// PGD robust accuracy on the test images before and after (`null` without
+    /// `--test`).
+    pub robustness: Option<RobustDoc>,
+    /// Every round of the loop (one for a single repair).
+    pub rounds: Vec<Round>,
+    /// The round whose model was written.
+    pub chosen_round: usize,
     /// Repair samples.
     pub samples: usize,
     /// The repair samples still wrong, by `index`.
@@ -131,6 +151,12 @@ impl RepairDoc {
             accuracy: facts.accuracy.map(|(before, after)| BeforeAfter { before, after }),
             generalisation: facts.generalisation.map(|g| g.0),
             held_out: facts.generalisation.map(|g| g.1),
+            robustness: facts
+                .robustness
+                .clone()
+                .map(|(before, after)| RobustDoc { before, after }),
+            rounds: done.rounds.clone(),
+            chosen_round: done.chosen,
             samples: fix.samples,
             unfixed: done.unfixed.clone(),
             features: serde_json::json!({"changeable": fix.changeable, "total": fix.feature_dim}),

@@ -7,23 +7,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::attack::{self, Adversarial, Target};
-use crate::data::{to_nchw, Dataset, Layout, Pixels};
+use crate::data::{to_nchw, Dataset, Layout};
 use crate::engine::Session;
 use crate::error::Result;
 use crate::features::{argmax_rows, collect, Feed};
 
 use super::{Example, ExperimentError};
-
-/// A data set of `images` (in `layout`, `[0, 1]`) with `labels`, shaped like `like`.
-pub(super) fn images_dataset(images: ArrayD<f32>, layout: Layout, labels: Vec<i64>, like: &Dataset) -> Result<Dataset> {
-    let pixels = to_nchw(images.view(), layout, like.image_shape())?;
-    Ok(Dataset {
-        pixels: Pixels::F32(pixels),
-        labels,
-        classes: like.classes.clone(),
-        source: like.source.clone(),
-    })
-}
 
 /// Predictions of a prepared classifier on every image of `ds`.
 pub(super) fn predict(session: &dyn Session, ds: &Dataset, feed: &Feed, label: &str) -> Result<Vec<usize>> {
@@ -75,7 +64,7 @@ impl Replaced {
         }
         let images = adv.images.select(Axis(0), &replaced);
         let labels = replaced.iter().map(|&i| test.labels[i]).collect();
-        let ds = images_dataset(images, layout, labels, test)?;
+        let ds = Dataset::from_layout(images, layout, labels, test)?;
         Ok(Self {
             features: collect(extractor, &ds, feed, 0, label)?,
             nn: predict(nn, &ds, feed, label)?,
@@ -145,7 +134,7 @@ pub(super) fn repair_samples(
                 .map_err(|_| ExperimentError::Invariant("repair samples differ in shape"))?
         };
         let labels = idx.iter().map(|&i| train.labels[i as usize]).collect();
-        out.push((images_dataset(stacked, target.layout, labels, train)?, idx));
+        out.push((Dataset::from_layout(stacked, target.layout, labels, train)?, idx));
     }
     Ok(out)
 }

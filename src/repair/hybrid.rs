@@ -13,7 +13,12 @@ use crate::onnx::head::{self, HeadSite};
 use crate::onnx::surgery::extractor;
 use crate::onnx::{find_cut, ModelProto};
 
-use super::{preservation_rows, repair_head, HeadRepair, RepairError, Samples, Settings};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::rounds::{Loop, Round, RoundSettings};
+use super::{preservation_rows, HeadRepair, RepairError, Settings};
 
 /// A repaired hybrid and the figures of its repair.
 #[derive(Debug, Clone)]
@@ -22,11 +27,15 @@ pub struct HybridRepair {
     pub model: ModelProto,
     /// Linear or kernel hybrid.
     pub head: HeadKind,
-    /// The repair of its head.
+    /// The repair of its head (the chosen round's).
     pub fix: HeadRepair,
     /// The repair samples still misclassified after it, by their `index` (their
     /// image's position in the data the attack ran on).
     pub unfixed: Vec<i64>,
+    /// Every round of the loop (one, for a single repair).
+    pub rounds: Vec<Round>,
+    /// The round whose model this is.
+    pub chosen: usize,
 }
 
 /// The rows of `clean` that the repair samples came from, checked: each `index` must
@@ -92,11 +101,25 @@ pub fn write(hybrid: &ModelProto, site: &HeadSite, settings: &Settings, fix: &He
     )?)
 }
 
+/// The pool of an attack-in-the-loop repair: `count` images of `clean` in a seeded
+/// random order, with their indices.
+pub fn pool(clean: &Dataset, count: usize, seed: u64) -> Result<(Dataset, Vec<i64>)> {
+    let mut rows: Vec<usize> = (0..clean.len()).collect();
+    rows.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    rows.truncate(count.min(clean.len()));
+    let pool = clean
+        .select(&rows)
+        .ok_or_else(|| RepairError::Shape("a pool index is out of range".into()))?;
+    Ok((pool, rows.iter().map(|&r| r as i64).collect()))
+}
+
 /// Repairs `hybrid` (a linear or kernel hybrid written by `nnmend fit`, see
 /// [`head::find`]): the repair samples are the images of `adversarial`, whose clean
 /// originals are the images of `clean` at `index`. In margin mode,
 /// `settings.preserve` images of `clean` ([`preservation_rows`]) join the preservation
-/// set.
+/// set. With `rounds.rounds` above 1, the repair is attacked in a loop on `pool`
+/// images of `clean` ([`super::rounds`]).
+#[allow(clippy::too_many_arguments)]
 pub fn repair_hybrid(
     hybrid: &ModelProto,
     adversarial: &Dataset,
@@ -105,6 +128,7 @@ pub fn repair_hybrid(
     engine: &dyn Engine,
     feed: &Feed,
     settings: &Settings,
+    rounds: &RoundSettings,
 ) -> Result<HybridRepair> {
     let site = head::find(hybrid)?;
     if index.len() != adversarial.len() {
@@ -129,37 +153,41 @@ pub fn repair_hybrid(
     // the Nyström features in a kernel hybrid.
     let cut = find_cut(hybrid, Some(&site.input))?;
     let session = engine.prepare(&extractor(hybrid, &cut, None)?)?;
-    let f_adv = collect(session.as_ref(), adversarial, feed, 0, "features")?;
-    let f_clean = collect(session.as_ref(), &originals, feed, 0, "features")?;
-    let kept = match settings.margin {
-        Some(_) => Some(pick(&preservation_rows(clean.len(), settings.preserve))?),
-        None => None,
+    let reads = |ds: &Dataset| collect(session.as_ref(), ds, feed, 0, "features");
+    let (f_kept, kept_labels) = match settings.margin {
+        Some(_) => {
+            let kept = pick(&preservation_rows(clean.len(), settings.preserve))?;
+            (reads(&kept)?, kept.labels)
+        }
+        None => (ndarray::Array2::zeros((0, site.weights.ncols())), Vec::new()),
     };
-    let f_kept = match &kept {
-        Some(kept) => collect(session.as_ref(), kept, feed, 0, "features")?,
-        None => ndarray::Array2::zeros((0, f_adv.ncols())),
+    let pool = if rounds.rounds > 1 {
+        Some(pool(clean, rounds.pool, rounds.attack.seed)?)
+    } else {
+        None
     };
-    let d = site.weights.ncols();
-    if f_adv.ncols() != d {
-        return Err(RepairError::Shape(format!(
-            "the extractor gives {} features, the head takes {d}",
-            f_adv.ncols()
-        ))
-        .into());
+    let linear = site.linear();
+    let looped = Loop {
+        hybrid,
+        site: &site,
+        linear: &linear,
+        reads: &reads,
+        engine,
+        feed,
+        pool: pool.as_ref().map(|(p, i)| (p, i.as_slice())),
+        preserve: (&f_kept, &kept_labels),
+        settings,
+    };
+    let outcome = looped.run(Some((adversarial, &originals, index)), rounds)?;
+    if outcome.fix.linear.n_features() != site.weights.ncols() {
+        return Err(RepairError::Shape("the extractor and the head disagree on the features".into()).into());
     }
-    let samples = Samples {
-        adversarial: f_adv.view(),
-        labels: &adversarial.labels,
-        originals: f_clean.view(),
-        preserve: f_kept.view(),
-        preserve_labels: kept.as_ref().map_or(&[], |k| &k.labels),
-    };
-    let fix = repair_head(&site.linear(), &samples, settings)?;
-    let model = write(hybrid, &site, settings, &fix)?;
     Ok(HybridRepair {
-        model,
+        model: outcome.model,
         head: site.kind,
-        unfixed: fix.unfixed.iter().map(|&r| index[r]).collect(),
-        fix,
+        unfixed: outcome.fix.unfixed.iter().map(|&r| outcome.index[r]).collect(),
+        fix: outcome.fix,
+        rounds: outcome.rounds,
+        chosen: outcome.chosen,
     })
 }

@@ -99,6 +99,9 @@ pub struct MarginSolution {
     pub rounds: usize,
     /// Constraints (s, k) in the final active set, of N·(K − 1).
     pub active: usize,
+    /// That active set: a later solve of a grown problem may start from it.
+    #[serde(skip)]
+    pub pairs: Vec<(usize, usize)>,
     /// Certified relative gap: (objective − dual bound) / max(1, objective).
     pub gap: f64,
     /// Seconds in all.
@@ -232,6 +235,14 @@ fn dual_bound(p: &MarginProblem, pairs: &[(usize, usize)], y: &[f64]) -> f64 {
 
 /// Solves the margin program (see the module's documentation).
 pub fn solve(p: &MarginProblem, settings: &MarginSettings) -> MarginSolution {
+    solve_from(p, settings, &[])
+}
+
+/// [`solve`], with the pairs `warm` (sample, class) in the active set from the start:
+/// clarabel cannot warm-start its iterates, but the constraints that bound a similar
+/// problem (the same samples with more added, in an attack-in-the-loop repair) spare
+/// the rounds that would find them again. Out-of-range pairs are ignored.
+pub fn solve_from(p: &MarginProblem, settings: &MarginSettings, warm: &[(usize, usize)]) -> MarginSolution {
     let started = Instant::now();
     let n = p.x.nrows();
     let k = p.scores.ncols();
@@ -259,6 +270,12 @@ pub fn solve(p: &MarginProblem, settings: &MarginSettings) -> MarginSolution {
                 active[s * k + c] = true;
                 pairs.push((s, c));
             }
+        }
+    }
+    for &(s, c) in warm {
+        if s < n && c < k && c != p.labels[s] && !active[s * k + c] {
+            active[s * k + c] = true;
+            pairs.push((s, c));
         }
     }
     let mut iterations = 0;
@@ -308,6 +325,7 @@ pub fn solve(p: &MarginProblem, settings: &MarginSettings) -> MarginSolution {
                 active: pairs.len(),
                 gap: ((objective - bound).max(0.0) / objective.abs().max(1.0)),
                 seconds: started.elapsed().as_secs_f64(),
+                pairs,
             };
         }
         for (s, c) in entering.into_iter().chain(near) {

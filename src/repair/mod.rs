@@ -19,6 +19,7 @@ pub mod hybrid;
 pub mod instance;
 pub mod margin;
 pub mod paper;
+pub mod rounds;
 pub mod wilcoxon;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
@@ -206,6 +207,18 @@ fn class_indices(labels: &[i64], k: usize) -> Result<Vec<usize>, RepairError> {
 /// `settings` chooses: the paper's (each repair sample should get the decision values
 /// the head gives its clean original) or the margin one.
 pub fn repair_head(linear: &LinearSvm, samples: &Samples, settings: &Settings) -> Result<HeadRepair, RepairError> {
+    repair_head_from(linear, samples, settings, &[])
+}
+
+/// [`repair_head`], with the margin program's active set started from `warm` (pairs
+/// (row, class) of the program: repair samples, then their originals, then the
+/// preserved samples; see [`margin::solve_from`]).
+pub fn repair_head_from(
+    linear: &LinearSvm,
+    samples: &Samples,
+    settings: &Settings,
+    warm: &[(usize, usize)],
+) -> Result<HeadRepair, RepairError> {
     let (k, d) = linear.weights.dim();
     let s = samples.adversarial.nrows();
     if s == 0 {
@@ -266,8 +279,7 @@ pub fn repair_head(linear: &LinearSvm, samples: &Samples, settings: &Settings) -
         Some(options) => margin_repair(
             linear,
             samples,
-            settings,
-            options,
+            (settings, options, warm),
             (adv64.view(), clean64.view()),
             &cols,
         )?,
@@ -296,8 +308,7 @@ pub fn repair_head(linear: &LinearSvm, samples: &Samples, settings: &Settings) -
 fn margin_repair(
     linear: &LinearSvm,
     samples: &Samples,
-    settings: &Settings,
-    options: &MarginOptions,
+    (settings, options, warm): (&Settings, &MarginOptions, &[(usize, usize)]),
     (adv64, clean64): (ArrayView2<f64>, ArrayView2<f64>),
     cols: &[usize],
 ) -> Result<(Repair, LpSize, Instance), RepairError> {
@@ -341,7 +352,7 @@ fn margin_repair(
     if solve.solver_threads == 0 {
         solve.solver_threads = u32::try_from(settings.threads.max(1)).unwrap_or(1);
     }
-    let solution = margin::solve(&problem, &solve);
+    let solution = margin::solve_from(&problem, &solve, warm);
     let mut new_w = linear.weights.clone();
     let mut new_b = linear.bias.clone();
     let (mut l1, mut linf) = (0.0f64, 0.0f64);

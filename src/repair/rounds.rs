@@ -1,0 +1,330 @@
+//! Attack-in-the-loop repair: a repair that a fresh attack cannot undo as easily.
+//!
+//! Round 0 repairs the head with the adversarial examples given (or, when none are,
+//! with those an attack on the hybrid finds in the pool). Each round then attacks the
+//! repaired model on the *pool* (training images the loop may attack), adds the
+//! adversarial examples that succeed to the repair samples (keeping the earlier ones,
+//! with their clean originals in the preservation set) and solves again, from the
+//! original head. The margin program's active set is carried from one round to the
+//! next: clarabel cannot warm-start its iterates, but most constraints that bound one
+//! round bound the next. The loop stops after the rounds asked for, or once the pool's
+//! robust accuracy stops improving; the round whose model was most robust on the pool
+//! is the result.
+
+use std::time::Instant;
+
+use ndarray::{concatenate, Array2, Axis};
+
+use crate::attack::{self, Loss, Target};
+use crate::data::Dataset;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::features::Feed;
+use crate::onnx::head::HeadSite;
+use crate::onnx::ModelProto;
+use crate::svm::LinearSvm;
+
+use super::{repair_head_from, HeadRepair, LpSize, RepairError, Samples, Settings, Status};
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct RoundSettings {
+    /// Rounds in all, round 0 included (1 is a single repair).
+    pub rounds: usize,
+    /// Training images in the pool the rounds attack (drawn with the attack's seed).
+    pub pool: usize,
+    /// The attack run on the pool after each round (its `eps`: the repair's radius).
+    pub attack: attack::Settings,
+    /// The loss it follows.
+    pub loss: Loss,
+    /// The loop stops when a round's pool robust accuracy gains less than this over
+    /// the best round before it.
+    pub min_gain: f64,
+}
+
+impl RoundSettings {
+    /// A single repair: no loop, no attack.
+    pub fn single() -> Self {
+        Self {
+            rounds: 1,
+            pool: 0,
+            attack: attack::Settings::default(),
+            loss: Loss::Ce,
+            min_gain: 0.0,
+        }
+    }
+}
+
+/// One round of the loop.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Round {
+    /// 0, 1, …
+    pub round: usize,
+    /// Repair samples in this round's program (every round's so far).
+    pub samples: usize,
+    /// Repair samples this round added.
+    pub new_samples: usize,
+    /// How the LP ended.
+    pub status: Status,
+    /// Its optimum.
+    pub objective: f64,
+    /// Share of all the repair samples so far classified right after this round.
+    pub efficacy: f64,
+    /// Share of the pool classified right and not flipped by the attack, after this
+    /// round (`null` when there is no pool to attack).
+    pub pool_robust_accuracy: Option<f64>,
+    /// The LP's size.
+    pub lp: LpSize,
+    /// Constraints in the margin program's final active set.
+    pub active_constraints: Option<usize>,
+    /// Seconds in the solver.
+    pub lp_seconds: f64,
+    /// Seconds attacking the pool.
+    pub attack_seconds: f64,
+}
+
+/// What the loop produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The chosen round's repair (its `unfixed` are rows of all the repair samples).
+    pub fix: HeadRepair,
+    /// Each repair sample's image index in the training data (the chosen round's).
+    pub index: Vec<i64>,
+    /// The chosen round's model.
+    pub model: ModelProto,
+    /// Every round.
+    pub rounds: Vec<Round>,
+    /// The round chosen: the one most robust on the pool (the earliest of equals).
+    pub chosen: usize,
+    /// The pool's robust accuracy before any repair, when the loop attacked the hybrid
+    /// itself for round 0's samples.
+    pub pool_before: Option<f64>,
+}
+
+/// The repair samples so far, as what the head's linear part reads.
+struct Pile {
+    adversarial: Array2<f32>,
+    originals: Array2<f32>,
+    labels: Vec<i64>,
+    index: Vec<i64>,
+}
+
+/// Repair samples joining the pile: their adversarial images, their originals as the
+/// linear part reads them, and those originals' training indices.
+struct Batch {
+    images: Dataset,
+    originals: Array2<f32>,
+    index: Vec<i64>,
+}
+
+impl Pile {
+    fn push(&mut self, adversarial: &Array2<f32>, batch: &Batch) -> Result<(), RepairError> {
+        let stack = |a: &Array2<f32>, b: &Array2<f32>| {
+            concatenate(Axis(0), &[a.view(), b.view()])
+                .map_err(|e| RepairError::Shape(format!("adding repair samples: {e}")))
+        };
+        self.adversarial = stack(&self.adversarial, adversarial)?;
+        self.originals = stack(&self.originals, &batch.originals)?;
+        self.labels.extend_from_slice(&batch.images.labels);
+        self.index.extend_from_slice(&batch.index);
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+}
+
+/// What the loop works on.
+pub struct Loop<'a> {
+    /// The hybrid being repaired (the model every round's head is written into).
+    pub hybrid: &'a ModelProto,
+    /// Where its head sits.
+    pub site: &'a HeadSite,
+    /// Its head's linear part, before any repair.
+    pub linear: &'a LinearSvm,
+    /// What the linear part reads, for a set of images: the extractor's features, or
+    /// the Nyström features.
+    pub reads: &'a (dyn Fn(&Dataset) -> Result<Array2<f32>> + Sync),
+    /// The engine that runs the attacks.
+    pub engine: &'a dyn Engine,
+    /// How images are fed.
+    pub feed: &'a Feed,
+    /// The pool: training images the loop may attack, with their training indices
+    /// (none: one repair, no attack).
+    pub pool: Option<(&'a Dataset, &'a [i64])>,
+    /// The preserved training images, as the linear part reads them, and their labels.
+    pub preserve: (&'a Array2<f32>, &'a [i64]),
+    /// The repair's formulation.
+    pub settings: &'a Settings,
+}
+
+/// Remaps a margin program's active pairs after `added` repair samples joined the
+/// `before` there were: rows are repair samples, then their originals, then the
+/// preserved samples.
+fn remap(pairs: &[(usize, usize)], before: usize, added: usize) -> Vec<(usize, usize)> {
+    pairs
+        .iter()
+        .map(|&(s, c)| {
+            let row = if s < before {
+                s
+            } else if s < 2 * before {
+                s + added
+            } else {
+                s + 2 * added
+            };
+            (row, c)
+        })
+        .collect()
+}
+
+impl Loop<'_> {
+    /// Attacks `model` on the pool: the pool's robust accuracy, and the successful
+    /// adversarial examples as the next repair samples.
+    fn attack(
+        &self,
+        model: &ModelProto,
+        rounds: &RoundSettings,
+        pool_features: &Array2<f32>,
+    ) -> Result<Option<(f64, Batch)>> {
+        let Some((pool, pool_index)) = self.pool else {
+            return Ok(None);
+        };
+        let target = Target::new(model, self.engine, pool, self.feed, rounds.loss)?;
+        let outcome = attack::run(&target, pool, &rounds.attack)?;
+        let (Some(result), Some(adv)) = (outcome.results.first(), outcome.adversarial.first()) else {
+            return Err(RepairError::Shape("the pool attack returned nothing".into()).into());
+        };
+        let rows: Vec<usize> = (0..pool.len()).filter(|&i| adv.success[i]).collect();
+        let images = adv.images.select(Axis(0), &rows);
+        let labels = rows.iter().map(|&i| pool.labels[i]).collect();
+        let batch = Batch {
+            images: Dataset::from_layout(images, target.layout, labels, pool)?,
+            originals: pool_features.select(Axis(0), &rows),
+            index: rows.iter().map(|&i| pool_index[i]).collect(),
+        };
+        Ok(Some((result.robust_accuracy, batch)))
+    }
+
+    /// Runs the loop from the repair samples `initial`: adversarial images, their clean
+    /// originals, and those originals' training indices. With none, round 0's samples
+    /// come from an attack on the hybrid itself (which needs a pool).
+    pub fn run(&self, initial: Option<(&Dataset, &Dataset, &[i64])>, rounds: &RoundSettings) -> Result<Outcome> {
+        let pool_features = match self.pool {
+            Some((pool, _)) => (self.reads)(pool)?,
+            None => Array2::zeros((0, self.linear.n_features())),
+        };
+        let d = self.linear.n_features();
+        let mut pile = Pile {
+            adversarial: Array2::zeros((0, d)),
+            originals: Array2::zeros((0, d)),
+            labels: Vec::new(),
+            index: Vec::new(),
+        };
+        let mut pool_before = None;
+        let mut attack_seconds = 0.0;
+        let mut pending = match initial {
+            Some((images, originals, index)) => Batch {
+                images: images.clone(),
+                originals: (self.reads)(originals)?,
+                index: index.to_vec(),
+            },
+            None => {
+                let started = Instant::now();
+                let (accuracy, batch) = self
+                    .attack(self.hybrid, rounds, &pool_features)?
+                    .ok_or(RepairError::NoSamples)?;
+                pool_before = Some(accuracy);
+                attack_seconds = started.elapsed().as_secs_f64();
+                batch
+            }
+        };
+        let mut history: Vec<Round> = Vec::new();
+        let mut best: Option<(f64, HeadRepair, ModelProto, usize, Vec<i64>)> = None;
+        let mut warm: Vec<(usize, usize)> = Vec::new();
+        let last = rounds.rounds.max(1) - 1;
+        for round in 0..=last {
+            if pending.images.is_empty() && round > 0 {
+                break;
+            }
+            let before = pile.len();
+            let added = pending.images.len();
+            let adversarial = (self.reads)(&pending.images)?;
+            pile.push(&adversarial, &pending)?;
+            let samples = Samples {
+                adversarial: pile.adversarial.view(),
+                labels: &pile.labels,
+                originals: pile.originals.view(),
+                preserve: self.preserve.0.view(),
+                preserve_labels: self.preserve.1,
+            };
+            let fix = repair_head_from(self.linear, &samples, self.settings, &remap(&warm, before, added))?;
+            if let Some(m) = &fix.repair.margin {
+                warm.clone_from(&m.pairs);
+            }
+            let model = super::hybrid::write(self.hybrid, self.site, self.settings, &fix)?;
+            let usable = fix.repair.status.usable();
+            // The last round is attacked too, to report how robust it is; a single
+            // repair (no pool) is not.
+            let started = Instant::now();
+            let attacked = if usable {
+                self.attack(&model, rounds, &pool_features)?
+            } else {
+                None
+            };
+            history.push(Round {
+                round,
+                samples: pile.len(),
+                new_samples: added,
+                status: fix.repair.status,
+                objective: fix.repair.objective,
+                efficacy: fix.efficacy,
+                pool_robust_accuracy: attacked.as_ref().map(|a| a.0),
+                lp: fix.lp,
+                active_constraints: fix.repair.margin.as_ref().map(|m| m.active),
+                lp_seconds: fix.repair.seconds,
+                attack_seconds: attack_seconds + started.elapsed().as_secs_f64(),
+            });
+            attack_seconds = 0.0;
+            let accuracy = attacked.as_ref().map_or(f64::NEG_INFINITY, |a| a.0);
+            let previous = best.as_ref().map(|b| b.0);
+            if usable && previous.is_none_or(|p| accuracy > p) {
+                best = Some((accuracy, fix, model, round, pile.index.clone()));
+            }
+            let stalled = previous.is_some_and(|p| accuracy < p + rounds.min_gain);
+            match attacked {
+                Some((_, next)) if usable && !stalled && round < last => pending = next,
+                _ => break,
+            }
+        }
+        match best {
+            Some((_, fix, model, chosen, index)) => Ok(Outcome {
+                fix,
+                index,
+                model,
+                rounds: history,
+                chosen,
+                pool_before,
+            }),
+            None => Err(RepairError::Unsolved {
+                round: history.len().saturating_sub(1),
+                status: history.last().map_or(Status::Stalled, |r| r.status),
+            }
+            .into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn active_pairs_follow_their_rows_when_samples_join() {
+        // Two repair samples (rows 0, 1), their originals (2, 3), one preserved (4);
+        // three samples join: originals move to 5, 6 and the preserved one to 10.
+        let pairs = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)];
+        assert_eq!(
+            super::remap(&pairs, 2, 3),
+            vec![(0, 1), (1, 2), (5, 3), (6, 4), (10, 5)]
+        );
+    }
+}
