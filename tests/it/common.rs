@@ -13,7 +13,7 @@ pub fn fixture(rel: &str) -> PathBuf {
     let p = root().join("fixtures").join(rel);
     assert!(
         p.exists(),
-        "fixture {} is missing; see tools/ for the script that makes it",
+        "fixture {} is missing; fixtures/README.md names the script that makes it",
         p.display()
     );
     p
@@ -42,11 +42,12 @@ pub fn shared_models() -> Vec<PathBuf> {
     models
 }
 
-/// The Python used for cross-checks (`NNMEND_PYTHON`, else `python3`).
+/// A cross-check script of `tools/reference/`, run by the Python `NNMEND_PYTHON` names
+/// (else `python3`).
 pub fn python(script: &str) -> Command {
     let py = std::env::var("NNMEND_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut cmd = Command::new(py);
-    cmd.arg(root().join("tools").join(script));
+    cmd.arg(root().join("tools").join("reference").join(script));
     cmd
 }
 

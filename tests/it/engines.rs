@@ -370,7 +370,7 @@ mod ort_cli {
 }
 
 /// The CUDA instance: only on a machine with a GPU and onnxruntime-gpu
-/// (`tools/gpu-check.sh` runs it with `--ignored`).
+/// (`tools/bench/gpu-check.sh` runs it with `--ignored`).
 #[cfg(feature = "cuda")]
 mod ort_cuda {
     use super::*;

@@ -6,7 +6,7 @@
 //!
 //! With `NNMEND_HOSTILE_DIR` set, each case keeps its files in a folder of that name
 //! and writes `cases.jsonl` (its command lines and exit codes), which
-//! `tools/hostile_memory.py` replays to measure peak memory.
+//! `tools/bench/hostile_memory.py` replays to measure peak memory.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -101,7 +101,7 @@ impl Case {
             self.name
         );
         if self._tmp.is_none() {
-            // One line per command of the case, for tools/hostile_memory.py.
+            // One line per command of the case, for tools/bench/hostile_memory.py.
             let line = serde_json::json!({"name": self.name, "args": args, "code": code});
             let mut f = std::fs::OpenOptions::new()
                 .create(true)

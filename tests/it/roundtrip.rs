@@ -50,7 +50,7 @@ fn shared_models_reencode_byte_for_byte() {
 
 #[test]
 fn the_everything_fixture_survives_a_second_round_trip_unchanged() {
-    // tools/make_proto_fixture.py sets every message and field of the IR. prost writes a
+    // tools/fixtures/make_proto_fixture.py sets every message and field of the IR. prost writes a
     // oneof at its own tag, so bytes may move within a TypeProto, but once re-encoded,
     // the encoding is stable.
     let path = fixture("proto_everything.onnx");

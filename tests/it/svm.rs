@@ -1,5 +1,5 @@
 //! The linear SVM against scikit-learn's LinearSVC, on values recorded by
-//! `tools/svm_reference.py` (MNIST pixels) and `tools/crosscheck.py` (CNN features):
+//! `tools/reference/svm_reference.py` (MNIST pixels) and `tools/reference/crosscheck.py` (CNN features):
 //! test accuracy at least sklearn's minus 0.1 pp, objective within 1e-3 relative.
 
 use ndarray::Array2;
@@ -104,7 +104,7 @@ fn cnn_features(model: &str, split: Split) -> (Array2<f32>, Vec<usize>) {
 
 #[test]
 fn matches_sklearn_on_cnn_features() {
-    // tools/crosscheck.py: LinearSVC(C=1, squared hinge) on onnxruntime's features.
+    // tools/reference/crosscheck.py: LinearSVC(C=1, squared hinge) on onnxruntime's features.
     for name in ["tiny_cnn", "mnist_paper"] {
         let r = reference(&format!("{name}.json"));
         let svm_ref = &r["svm"];

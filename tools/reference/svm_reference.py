@@ -22,7 +22,7 @@ train and test accuracy, and the first 50 test predictions.
 
 Needs: pip install numpy scikit-learn
 Run from the project root:
-    python3 tools/svm_reference.py
+    python3 tools/reference/svm_reference.py
 """
 
 import gzip

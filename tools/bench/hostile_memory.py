@@ -4,10 +4,10 @@
 Runs the hostile tests once with NNMEND_HOSTILE_DIR set, so that every case keeps its
 files and writes cases.jsonl (its command lines and expected exit codes); then replays
 each command in a fresh child process and reads that child's own peak resident set
-size from os.wait4 (ru_maxrss, KiB on Linux). Prints a Markdown table for TESTING.md
+size from os.wait4 (ru_maxrss, KiB on Linux). Prints a Markdown table for docs/TESTING.md
 and exits 1 when a case exits with another code or peaks at 1 GiB or more.
 
-    python3 tools/hostile_memory.py [--bin target/debug/nnmend] [--dir target/hostile]
+    python3 tools/bench/hostile_memory.py [--bin target/debug/nnmend] [--dir target/hostile]
 """
 
 import argparse
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LIMIT_KIB = 1 << 20  # 1 GiB
 
 

@@ -4,7 +4,7 @@ Needs the pyenv `python3` with onnx, onnxruntime and numpy
 (`pip install onnx onnxruntime numpy`). The Rust integration tests call it.
 
 Run from the project root:
-    python3 tools/ort_run.py [--check] MODEL INPUT.npy OUTPUT.npy
+    python3 tools/reference/ort_run.py [--check] MODEL INPUT.npy OUTPUT.npy
 
 INPUT.npy is float32 [N, ...] in the model's own input layout (NCHW, NHWC or flat).
 A model whose batch dimension is fixed to 1 is run image by image.

@@ -6,8 +6,8 @@ these numbers, so they need no Python themselves.
 Needs the pyenv `python3` with onnx, onnxruntime, numpy and scikit-learn
 (`pip install onnx onnxruntime numpy scikit-learn`).
 
-Run from the project root, after tools/make_fixtures.py and tools/train_mnist.py:
-    python3 tools/crosscheck.py
+Run from the project root, after tools/fixtures/make_fixtures.py and tools/train/train_mnist.py:
+    python3 tools/reference/crosscheck.py
 
 Reads fixtures/tiny_cnn.onnx, fixtures/mnist_paper.onnx and the fixture subsets in
 fixtures/mnist-small/ (2,000 train, 500 test; pixels / 255, NCHW, no mean/std).
@@ -42,7 +42,8 @@ import onnxruntime
 import sklearn
 from sklearn.svm import LinearSVC
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(TOOLS, folder) for folder in ("common", "reference")]
 from mnist_idx import load_split, to_nchw_float  # noqa: E402
 from ort_common import data_inputs, find_cut, flat, run, tensor_type, with_output  # noqa: E402
 

@@ -4,7 +4,7 @@ Needs the pyenv `python3` with numpy and scipy. The Rust tests call it on instan
 they generate, to check nnmend's optimum.
 
 Run from the project root:
-    python3 tools/lp_reference.py INSTANCE.json
+    python3 tools/reference/lp_reference.py INSTANCE.json
 
 INSTANCE.json holds `x` (S rows of d features), `r` (S residuals) and `repair_bias`;
 or, as `nnmend repair --dump-lp` writes it, `classes` (a list of {`r`}) in place of

@@ -29,7 +29,7 @@ Needs: the Debian python `/usr/bin/python3` with PyTorch 1.13 (CPU), onnx and nu
 (packages `python3-torch`, `python3-onnx`, `python3-numpy`). One thread, for determinism.
 
 Run from the project root:
-    /usr/bin/python3 tools/torch_reference.py [--data ../shared/datasets/mnist] [-n 2000]
+    /usr/bin/python3 tools/reference/torch_reference.py [--data ../shared/datasets/mnist] [-n 2000]
 
 Reads fixtures/mnist_paper.onnx, the MNIST test split in --data, and (for the checks)
 fixtures/mnist-small/ and fixtures/reference/mnist_paper_logits.npy. Writes:
@@ -65,7 +65,8 @@ import torch
 from onnx import numpy_helper
 from torch.nn import functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(TOOLS, folder) for folder in ("common", "train")]
 from mnist_idx import load_split, to_nchw_float  # noqa: E402
 from train_mnist import MnistNN  # noqa: E402
 

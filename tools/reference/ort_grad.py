@@ -4,7 +4,7 @@ Needs the pyenv `python3` with onnx, onnxruntime and numpy. The Rust integration
 tests call it to check that the graphs nnmend writes run unchanged in ONNX Runtime.
 
 Run from the project root:
-    python3 tools/ort_grad.py [--fd] GRAD.onnx PIXELS.npy TARGET.npy OUT_PREFIX
+    python3 tools/reference/ort_grad.py [--fd] GRAD.onnx PIXELS.npy TARGET.npy OUT_PREFIX
 
 GRAD.onnx is written by `nnmend grad`: inputs `pixels` and `target`, outputs
 `logits`, `loss` and `grad`. `onnx.checker.check_model(full_check=True)` runs first.

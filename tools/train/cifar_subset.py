@@ -1,6 +1,6 @@
 """Write a seeded random subset of the decoded CIFAR-10 JPEG images as .npz.
 
-`tools/train_cifar.py` caches the decoded images of ../shared/datasets/cifar10-jpeg.tar.gz
+`tools/train/train_cifar.py` caches the decoded images of ../shared/datasets/cifar10-jpeg.tar.gz
 in target/cifar-cache/{train,test}.npz (`x` uint8 [N,32,32,3] NHWC, `y` int64). The
 image folders of that archive list their images class by class, so the first N images
 are one or two classes only; this script takes N images at random (seeded), in random
@@ -8,7 +8,7 @@ order (so that `--limit M` on the result is a random subset too), which nnmend r
 like any other .npz.
 
 Run from the project root (any python3 with numpy):
-    python3 tools/cifar_subset.py --split train --n 10000 --seed 0
+    python3 tools/train/cifar_subset.py --split train --n 10000 --seed 0
         -> target/cifar-cache/train_10k.npz
 """
 

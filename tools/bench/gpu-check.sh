@@ -12,15 +12,15 @@
 # put back together and checked with sha256 there.
 #
 # Steps (each `device` call is one line below; run them in order):
-#   here:    tools/gpu-check.sh prepare              build, strip, stage target/gpu-carry/
-#   device:  tools/gpu-check.sh probe                carry target/gpu-carry/bin; ~1 min
+#   here:    tools/bench/gpu-check.sh prepare              build, strip, stage target/gpu-carry/
+#   device:  tools/bench/gpu-check.sh probe                carry target/gpu-carry/bin; ~1 min
 #            (reports whether the machine's onnxruntime offers CUDAExecutionProvider)
-#   device:  tools/gpu-check.sh receive data         carry target/gpu-carry/data; ~1 min
+#   device:  tools/bench/gpu-check.sh receive data         carry target/gpu-carry/data; ~1 min
 #   only if probe said no CUDA EP:
-#     here:  tools/gpu-check.sh prepare-ort          pip download onnxruntime-gpu, split
-#     device: tools/gpu-check.sh receive ort-N       carry target/gpu-carry/ort-N; one
+#     here:  tools/bench/gpu-check.sh prepare-ort          pip download onnxruntime-gpu, split
+#     device: tools/bench/gpu-check.sh receive ort-N       carry target/gpu-carry/ort-N; one
 #            call per chunk (4 chunks, ~1 min each)
-#   device:  tools/gpu-check.sh run                  suite + benchmark; ~5 min; results
+#   device:  tools/bench/gpu-check.sh run                  suite + benchmark; ~5 min; results
 #            in $OUT (gpu-check.md, gpu-check.json)
 # GPU_CHECK_DRY=1 makes probe/receive/run work on this machine (CPU provider, the CPU
 # instance of the suite), to check the script before spending device time.
@@ -30,7 +30,7 @@
 # MNIST images, against onnxruntime-python's CUDA EP) 3 min: about 8 minutes, 12 with
 # the library chunks; within the 15-minute budget with room for one rerun of `run`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 CARRY=target/gpu-carry
 STATE=/tmp/nnmend-gpu
@@ -58,7 +58,7 @@ for line in sys.stdin:
         size=$(du -sm "$CARRY/$d" | cut -f1)
         [ "$size" -lt 64 ] || die "$CARRY/$d is ${size} MiB, over the 64 MiB a call carries"
     done
-    echo "staged; next: device call \`tools/gpu-check.sh probe\` carrying $CARRY/bin"
+    echo "staged; next: device call \`tools/bench/gpu-check.sh probe\` carrying $CARRY/bin"
 }
 
 prepare_ort() {
@@ -83,7 +83,7 @@ PY
         cp "$wheel_dir/ort-gpu.sha256" "$CARRY/ort-$i/"
         i=$((i + 1))
     done
-    echo "$i chunks staged: device calls \`tools/gpu-check.sh receive ort-K\` for K in 0..$((i - 1))"
+    echo "$i chunks staged: device calls \`tools/bench/gpu-check.sh receive ort-K\` for K in 0..$((i - 1))"
 }
 
 probe() {
@@ -150,7 +150,7 @@ run_checks() {
         echo "## benchmark"
         mkdir -p "$w/mnist" && cp "$data"/*.gz "$w/mnist/"
         [ -d "$w/cifar10" ] || tar -C "$w" -xzf "$data/cifar10-jpeg.tar.gz"
-        python3 tools/gpu-bench.py --nnmend "$nn" --mnist "$w/mnist" --cifar "$w/cifar10" \
+        python3 tools/bench/gpu-bench.py --nnmend "$nn" --mnist "$w/mnist" --cifar "$w/cifar10" \
             --cifar-model "$data/pytorch18_cifar_resnet2b.onnx" --json "$out/gpu-check.json" \
             --provider "$([ -n "${GPU_CHECK_DRY:-}" ] && echo cpu || echo cuda)"
     } 2>&1 | tee "$out/gpu-check.md"

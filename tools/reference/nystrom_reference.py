@@ -4,7 +4,7 @@ Needs the pyenv `python3` with onnx and numpy. The Rust integration tests call i
 check what onnxruntime computes at `nnmend_kernel_features` against the formula.
 
 Run from the project root:
-    python3 tools/nystrom_reference.py KH.onnx FEATURES.npy OUTPUT.npy
+    python3 tools/reference/nystrom_reference.py KH.onnx FEATURES.npy OUTPUT.npy
 
 KH.onnx is a kernel hybrid written by `nnmend fit --head kernel`. FEATURES.npy holds
 the extractor's features f (float32 [N, D], e.g. onnxruntime's value of the tensor

@@ -21,7 +21,7 @@ Times are the extraction alone, as each side measures it (nnmend: the `seconds` 
 Needs: a release build with ONNX Runtime (`cargo build --release --features ort`), the
 pyenv `python3` with numpy, onnxruntime and pillow (`pip install pillow`).
 Run from the project root:
-    python3 tools/bench_engines.py [--threads 1 2] [--batch 64] [--cases mnist cifar]
+    python3 tools/bench/bench_engines.py [--threads 1 2] [--batch 64] [--cases mnist cifar]
 Prints a Markdown table per case; `--json FILE` saves the raw numbers.
 """
 
@@ -75,7 +75,7 @@ def sh(cmd):
 
 def mnist_sets():
     """The 60k train and 10k test MNIST images as float32 .npz files in [0, 1]."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
     from mnist_idx import load_split  # noqa: E402
 
     paths = []

@@ -15,7 +15,7 @@ measures it; wall times of the whole process are listed too.
 Needs: pyenv `python3` with numpy, onnxruntime, scikit-learn; a release build:
     cargo build --release --examples
 Run from the project root:
-    python3 tools/bench_hybrid.py [--model fixtures/mnist_paper.onnx] [--c 1.0]
+    python3 tools/bench/bench_hybrid.py [--model fixtures/mnist_paper.onnx] [--c 1.0]
 Writes BENCH_DIR (default /tmp/nnmend-bench) with the features and `bench.json`.
 """
 

@@ -12,14 +12,14 @@ Debian packages installed for this benchmark only:
 update-alternatives).
 
 Run from the project root:
-    /usr/bin/python3 tools/paper_stack.py [--model fixtures/mnist_paper.onnx]
+    /usr/bin/python3 tools/bench/paper_stack.py [--model fixtures/mnist_paper.onnx]
         [--data ../shared/datasets/mnist] [--train-limit N] [--test-limit N]
         [--eps 0.05,0.1] [--repair-samples 1] [--kh-train N] [--threads 2]
         [--seed 0] [--batch 500] [--check-full-test] [--json-out FILE] [--dump-lp PREFIX]
 
 Steps (the names are the phases of `timings`):
 - load: MNIST IDX(.gz), the first --train-limit training and --test-limit test images,
-  pixels / 255, no mean/std; the MNIST-NN of tools/train_mnist.py with the weights of
+  pixels / 255, no mean/std; the MNIST-NN of tools/train/train_mnist.py with the weights of
   the ONNX file's initializers (their names are the module's state_dict keys).
 - features: the output of the last MaxPool, flattened (800 values), for the training
   and test images.
@@ -35,7 +35,7 @@ Steps (the names are the phases of `timings`):
   repair_samples: FGSM against LH on the training images, batch by batch, until
   --repair-samples successful ones are found (the first ones, in data order).
   repair_lp: the paper's LP (eq. 3), the formulation of `nnmend repair --mode paper`
-  (src/repair/paper.rs; tools/lp_reference.py), per class i with weights w_i, bias b_i
+  (src/repair/paper.rs; tools/reference/lp_reference.py), per class i with weights w_i, bias b_i
   (unchanged), repair samples x_s (features of the adversarial images) and targets
   y_s = LH's decision values on their clean originals, residual r_s = y_s - (w_i.x_s + b_i):
       minimise  sum_j (gamma+_j + gamma-_j) + sum_s delta_s
@@ -69,7 +69,7 @@ import platform
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
@@ -89,7 +89,7 @@ def parse_args(argv=None):
     ap.add_argument("--json-out", help="write the results here")
     ap.add_argument("--dump-lp", metavar="PREFIX",
                     help="write each eps's LP as PREFIX_eps<E>.json in `nnmend repair --dump-lp`'s format "
-                         "(for tools/lp_reference.py or `nnmend lp`)")
+                         "(for tools/reference/lp_reference.py or `nnmend lp`)")
     args = ap.parse_args(argv)
     try:
         args.eps = [float(e) for e in args.eps.split(",") if e.strip()]
@@ -114,7 +114,8 @@ import torch  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(TOOLS, folder) for folder in ("common", "train")]
 from mnist_idx import load_split, to_nchw_float  # noqa: E402
 from train_mnist import MnistNN  # noqa: E402
 
@@ -154,7 +155,7 @@ def load_model(path):
     net = MnistNN()
     missing = set(net.state_dict()) - set(state)
     if missing:
-        raise SystemExit(f"{path}: no initializer for {sorted(missing)}; is it tools/train_mnist.py's MNIST-NN?")
+        raise SystemExit(f"{path}: no initializer for {sorted(missing)}; is it tools/train/train_mnist.py's MNIST-NN?")
     net.load_state_dict({k: state[k] for k in net.state_dict()})
     net.eval()
     for p in net.parameters():

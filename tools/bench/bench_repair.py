@@ -5,7 +5,7 @@ Needs the pyenv `python3` with numpy, scipy and cvxopt (`pip install cvxopt`), a
 release build (`cargo build --release`).
 
 Run from the project root:
-    python3 tools/bench_repair.py DUMP.json [DUMP.json ...] [--threads 1,2]
+    python3 tools/bench/bench_repair.py DUMP.json [DUMP.json ...] [--threads 1,2]
         [--cvxopt-timeout 600] [--cvxopt-classes 1] [--classes K] [--json OUT.json]
 
 For each paper-mode instance (S samples, d features, k classes):

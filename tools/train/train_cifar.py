@@ -25,7 +25,7 @@ Needs: the Debian python `/usr/bin/python3` with PyTorch 1.13 (CPU), onnx 1.12 a
 PIL (packages `python3-torch`, `python3-onnx`, `python3-pil`).
 
 Run from the project root:
-    /usr/bin/python3 tools/train_cifar.py [--epochs 15] [--threads 2] [--seed 0]
+    /usr/bin/python3 tools/train/train_cifar.py [--epochs 15] [--threads 2] [--seed 0]
 
 Reads ../shared/datasets/cifar10-jpeg.tar.gz (50,000 train and 10,000 test JPEGs;
 class index = alphabetical folder order). The decoded pixels are cached in

@@ -4,7 +4,7 @@ exact RBF SVC on the same CNN features, and with scikit-learn's Nystroem + Linea
 Needs the pyenv `python3` with numpy and scikit-learn, and a built `nnmend` binary.
 
 Run from the project root, e.g. on MNIST with the paper's MNIST-NN:
-    python3 tools/kh_vs_svc.py --model fixtures/mnist_paper.onnx \
+    python3 tools/bench/kh_vs_svc.py --model fixtures/mnist_paper.onnx \
         --data ../shared/datasets/mnist --subset 10000 --json-out kh_vs_svc.json
 
 What it does, in one run:

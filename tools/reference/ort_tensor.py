@@ -4,7 +4,7 @@ Needs the pyenv `python3` with onnx, onnxruntime and numpy
 (`pip install onnx onnxruntime numpy`). The Rust integration tests call it.
 
 Run from the project root:
-    python3 tools/ort_tensor.py MODEL TENSOR INPUT.npy OUTPUT.npy
+    python3 tools/reference/ort_tensor.py MODEL TENSOR INPUT.npy OUTPUT.npy
 
 MODEL is any ONNX file (fixtures/*.onnx, ../shared/models/*.onnx, ...). TENSOR is the
 name of any tensor a node produces (or a graph output); it is added as an extra graph

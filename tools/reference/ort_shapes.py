@@ -5,7 +5,7 @@ tests call it to measure the tensor shapes nnmend's gradient transform needs whe
 tract cannot run a model.
 
 Run from the project root:
-    python3 tools/ort_shapes.py MODEL.onnx BATCH
+    python3 tools/reference/ort_shapes.py MODEL.onnx BATCH
 
 The model's single input gets a batch of BATCH zero samples (float32). Prints one
 JSON object, output name -> shape. Exit codes: 0 success, 1 runtime error, 2 usage.

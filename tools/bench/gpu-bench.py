@@ -1,6 +1,6 @@
 """Throughput of nnmend's ONNX Runtime CUDA backend against onnxruntime-python's CUDA EP.
 
-Run by `tools/gpu-check.sh run` on the GPU machine; `--provider cpu` runs the same
+Run by `tools/bench/gpu-check.sh run` on the GPU machine; `--provider cpu` runs the same
 measurements with the CPU execution provider (`--backend ort`), as a dry run anywhere.
 
 Measures, batch 256, on the same graphs nnmend writes:
@@ -12,7 +12,7 @@ Measures, batch 256, on the same graphs nnmend writes:
 
 Needs numpy and onnxruntime (onnxruntime-gpu for CUDA); Pillow to decode the CIFAR JPEGs
 for the Python side (without it, that side runs on random pixels of the same shape).
-Usage: python3 tools/gpu-bench.py --nnmend BIN --mnist DIR --cifar DIR --cifar-model M
+Usage: python3 tools/bench/gpu-bench.py --nnmend BIN --mnist DIR --cifar DIR --cifar-model M
        [--provider cuda|cpu] [--json OUT]
 Prints a Markdown table.
 """

@@ -41,12 +41,12 @@ and one warm-up batch (pytorch, onnxruntime).
 
 Needs: pyenv `python3` with numpy and onnxruntime; `/usr/bin/python3` with PyTorch 1.13
 and onnx (for the pytorch peer, which reads its weights from the ONNX file via
-tools/torch_reference.py); for the other two, a release build and its gradient graph:
+tools/reference/torch_reference.py); for the other two, a release build and its gradient graph:
     cargo build --release
     target/release/nnmend grad fixtures/mnist_paper.onnx -o /tmp/mnist_grad.onnx
 Run from the project root:
-    python3 tools/bench_attack.py --grad-graph /tmp/mnist_grad.onnx [--threads 1] [--n 2000]
-    python3 tools/bench_attack.py --quick        # N = 512, a smoke run
+    python3 tools/bench/bench_attack.py --grad-graph /tmp/mnist_grad.onnx [--threads 1] [--n 2000]
+    python3 tools/bench/bench_attack.py --quick        # N = 512, a smoke run
 Prints a Markdown table (images/s, accuracies, nnmend/peer speed ratios) and writes
 nothing unless --json FILE is given (then the raw numbers as JSON). At N = 2,000 the
 pytorch peer alone takes about 70 s on one core (2 minutes with --torch-fc linear).
@@ -61,8 +61,8 @@ import time
 
 import numpy as np
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, TOOLS)
+TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(TOOLS, folder) for folder in ("common", "reference", "train")]
 from mnist_idx import load_split, to_nchw_float  # noqa: E402
 
 TORCH_PYTHON = "/usr/bin/python3"

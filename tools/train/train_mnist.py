@@ -10,7 +10,7 @@ Needs: the Debian python `/usr/bin/python3` with PyTorch 1.13 (CPU) and onnx 1.1
 (packages `python3-torch`, `python3-onnx`, `python3-numpy`).
 
 Run from the project root:
-    /usr/bin/python3 tools/train_mnist.py [--epochs 3] [--seed 0]
+    /usr/bin/python3 tools/train/train_mnist.py [--epochs 3] [--seed 0]
 
 Reads ../shared/datasets/mnist/*.gz (all 60,000 train and 10,000 test images).
 Writes:
@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(TOOLS, folder) for folder in ("common",)]
 from mnist_idx import load_split, to_nchw_float  # noqa: E402
 
 

@@ -1,12 +1,12 @@
 """Time the whole MNIST experiment: `nnmend run` against the seed paper's stack
-(tools/paper_stack.py: PyTorch, scikit-learn, cvxopt), same model, data, radii, limits
+(tools/bench/paper_stack.py: PyTorch, scikit-learn, cvxopt), same model, data, radii, limits
 and seed, each in its own child process; wall time and peak RSS of each.
 
 Needs only the standard library (any python3); the children need a release build of
 nnmend and the Debian `/usr/bin/python3` with the packages paper_stack.py names.
 
 Run from the project root:
-    python3 tools/bench_run.py [--nnmend target/release/nnmend]
+    python3 tools/bench/bench_run.py [--nnmend target/release/nnmend]
         [--model fixtures/mnist_paper.onnx] [--data ../shared/datasets/mnist]
         [--eps 0.05,0.1] [--train-limit N] [--test-limit N] [--repair-samples 1]
         [--threads 2] [--seed 0] [--kh-train N] [--timeout S]
@@ -18,7 +18,7 @@ The children:
   --mode paper --repair-samples N --seed S --threads T --json`, with `--limit N` when
   both limits are equal, else `--train-limit`/`--test-limit`; its cells are read from
   DIR/report.json. --nnmend-arg appends an argument (repeat it for several).
-- paper stack: `/usr/bin/python3 tools/paper_stack.py` with the same settings and
+- paper stack: `/usr/bin/python3 tools/bench/paper_stack.py` with the same settings and
   `--json-out`. --kh-train caps its KH training set (nnmend's is not capped; the table
   says so).
 Each child runs under `/usr/bin/time -v` when that exists (its "Maximum resident set
@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GNU_TIME = "/usr/bin/time"
 
 
@@ -123,7 +123,7 @@ def nnmend_cmd(args, out_dir):
 
 
 def stack_cmd(args, json_out):
-    cmd = [args.stack_python, os.path.join(ROOT, "tools", "paper_stack.py"), "--model", args.model,
+    cmd = [args.stack_python, os.path.join(ROOT, "tools", "bench", "paper_stack.py"), "--model", args.model,
            "--data", args.data, "--eps", args.eps, "--repair-samples", str(args.repair_samples),
            "--threads", str(args.threads), "--seed", str(args.seed), "--json-out", json_out]
     for flag, value in (("--train-limit", args.train_limit), ("--test-limit", args.test_limit),

@@ -3,7 +3,7 @@
 Needs the pyenv `python3` with numpy and scipy (1.17 here).
 
 Run from the project root:
-    python3 tools/wilcoxon_reference.py
+    python3 tools/reference/wilcoxon_reference.py
 
 Writes fixtures/reference/wilcoxon.json: a list of cases, each with `x` and `y` (paired
 samples), and scipy's `statistic` and `pvalue` from
