@@ -85,7 +85,8 @@ pub fn shares_a_model_among_workers(engine: &dyn Engine) {
 
 /// A model exported with a fixed batch of 1 runs batches, equal to one image at a time.
 pub fn relaxes_fixed_batches(engine: &dyn Engine, tol: f32) {
-    let m = onnx::load(&shared("models/pytorch16_mnist_avgpool.onnx"))
+    let Some(shared) = shared() else { return };
+    let m = onnx::load(&shared.path("models/pytorch16_mnist_avgpool.onnx"))
         .unwrap()
         .model;
     let ds = test_images(12);
@@ -310,19 +311,22 @@ mod ort_cli {
 
     #[test]
     fn an_old_onnxruntime_is_refused_with_its_version() {
-        // .ci/run downloads the onnxruntime 1.20.1 wheel into target/ort-old.
+        // tools/test.sh downloads the onnxruntime 1.20.1 wheel into target/ort-old.
         let dir = root().join("target").join("ort-old");
         let wheel = std::fs::read_dir(&dir)
             .ok()
-            .and_then(|d| d.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|e| e == "whl")))
+            .and_then(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .find(|p| p.extension().is_some_and(|e| e == "whl"))
+            })
             .unwrap_or_else(|| {
                 panic!(
-                    "no onnxruntime 1.20.1 wheel in {}: run `python3 -m pip download onnxruntime==1.20.1 --no-deps -d target/ort-old`",
+                    "no onnxruntime 1.20.1 wheel in {}: tools/test.sh downloads it",
                     dir.display()
                 )
             });
         let tmp = tempdir();
-        let py = std::env::var("NNMEND_PYTHON").unwrap_or_else(|_| "python3".into());
+        let py = python_bin();
         let script = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nname = next(n for n in z.namelist() if '/libonnxruntime.so.' in n)\nprint(z.extract(name, sys.argv[2]))";
         let out = ok({
             let mut c = std::process::Command::new(py);

@@ -963,8 +963,9 @@ fn interrupt(args: &[&str], out_dir: &Path, ready: impl Fn(&[String]) -> bool) -
 
 #[test]
 fn ctrl_c_during_work_exits_130_and_leaves_nothing() {
+    let Some(shared) = shared() else { return };
     let out_dir = tempdir();
-    let data = shared("datasets/mnist");
+    let data = shared.path("datasets/mnist");
     let model = fixture("tiny_cnn.onnx");
     let adv = out_dir.path().join("adv.npz");
     let args = [
@@ -993,7 +994,8 @@ fn ctrl_c_during_work_exits_130_and_leaves_nothing() {
 #[test]
 fn ctrl_c_while_an_output_is_written_removes_the_temporary_file() {
     let out_dir = tempdir();
-    let data = shared("datasets/mnist");
+    let Some(shared) = shared() else { return };
+    let data = shared.path("datasets/mnist");
     let model = fixture("mnist_paper.onnx");
     let features = out_dir.path().join("features.npz");
     // 30,000 rows of 800 features compress for long enough to be caught mid-write.
