@@ -9,7 +9,8 @@ numpy (`pip install onnx onnxruntime numpy`).
   output depends on; this is the cut nnmend makes.
 - `with_output`: a copy of the model with an intermediate tensor added as a graph output,
   typed from shape inference (FLOAT with no shape when inference cannot type it).
-- `run`: run a model on CPU onnxruntime, image by image when its batch dimension is fixed to 1.
+- `run`: run a model on CPU onnxruntime, image by image when its batch dimension is fixed to 1
+  (unless told to use a given batch size exactly).
 """
 
 import numpy as np
@@ -139,15 +140,20 @@ def session(model):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def run(model, x, outputs, batch=256):
-    """Run `model` on float32 `x` and return the listed outputs, concatenated over the batch."""
+def run(model, x, outputs, batch=256, exact=False):
+    """Run `model` on float32 `x` and return the listed outputs, concatenated over the batch.
+
+    Batches of `batch` images, or one image at a time when the model's batch dimension
+    is fixed to 1, unless `exact`: then always batches of `batch` (the last one may be
+    smaller), which onnxruntime refuses for a model that takes only one image.
+    """
     inputs = data_inputs(model)
     if len(inputs) != 1:
         names = ", ".join(value.name for value in inputs)
         raise ValueError(f"model has {len(inputs)} data inputs ({names}); expected one")
     name = inputs[0].name
     sess = session(model)
-    step = 1 if batch_is_one(model) else batch
+    step = 1 if batch_is_one(model) and not exact else batch
     x = np.ascontiguousarray(x, dtype=np.float32)
     parts = [sess.run(outputs, {name: x[i : i + step]}) for i in range(0, len(x), step)]
     return [np.concatenate([part[k] for part in parts], axis=0) for k in range(len(outputs))]
