@@ -191,6 +191,19 @@ fn ort_backends_say_they_are_not_compiled_in() {
     );
 }
 
+/// Runs in the default build and in one with `--features ort` alone; the `cuda` build
+/// checks instead that ort-cuda fails without a GPU.
+#[test]
+#[cfg(not(feature = "cuda"))]
+fn cuda_without_the_feature_says_so() {
+    let model = fixture("tiny_cnn.onnx");
+    fails_with(
+        &run(&["inspect", s(&model), "--backend", "ort-cuda"]),
+        1,
+        "built without ONNX Runtime CUDA support (rebuild with `--features cuda`)",
+    );
+}
+
 /// Regression: cutting a hybrid at its own `features` tensor made the shape probe ask
 /// tract for an output nothing produced, and tract panicked.
 #[test]

@@ -342,17 +342,6 @@ mod ort_cli {
     }
 
     #[test]
-    #[cfg(not(feature = "cuda"))]
-    fn cuda_without_the_feature_says_so() {
-        let model = fixture("tiny_cnn.onnx");
-        fails_with(
-            &run(&["inspect", s(&model), "--backend", "ort-cuda"]),
-            1,
-            "built without ONNX Runtime CUDA support (rebuild with `--features cuda`)",
-        );
-    }
-
-    #[test]
     #[cfg(feature = "cuda")]
     fn cuda_without_a_gpu_fails_instead_of_falling_back() {
         // On a GPU machine this test cannot fail the way it expects; gpu-check.sh
