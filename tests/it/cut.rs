@@ -85,11 +85,71 @@ fn cuts_at_the_last_pooling_node() {
     }
 }
 
+/// The cuts `tools/reference/crosscheck.py` found with its own reading of the graph (the
+/// last pooling node, in topological order, that the first output depends on), keyed by
+/// model path as the script names them; `null` where it found no pooling node.
+fn recorded_cuts() -> serde_json::Map<String, serde_json::Value> {
+    let path = fixture("reference/cuts.json");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    doc.as_object().unwrap().clone()
+}
+
+/// nnmend's cut of the model at `path` against the one recorded for it.
+fn check_recorded_cut(path: &std::path::Path, recorded: &serde_json::Value) {
+    let name = path.display();
+    let model = load(path).unwrap().model;
+    match (recorded.is_null(), find_cut(&model, None)) {
+        // No pooling node and no convolution: refused.
+        (true, Err(err)) => assert!(matches!(err, OnnxError::NoExtractor(_)), "{name}: {err}"),
+        // No pooling node: nnmend falls back to the tensor entering the dense head.
+        (true, Ok(cut)) => assert!(cut.fallback(), "{name}: cut at {} by {:?}", cut.tensor, cut.rule),
+        // A pooling node, in a model nnmend refuses for its two data inputs.
+        (false, Err(err)) => assert!(err.to_string().contains("data inputs"), "{name}: {err}"),
+        (false, Ok(cut)) => {
+            assert_eq!(cut.rule, CutRule::LastPooling, "{name}");
+            assert_eq!(cut.tensor, recorded["tensor"], "{name}: tensor");
+            assert_eq!(cut.node, recorded["node"], "{name}: node");
+            assert_eq!(cut.op, recorded["op"], "{name}: op");
+            // Where onnx's shape inference gave the cut tensor fixed sizes, the features
+            // tract measures have them.
+            let inferred: Option<Vec<usize>> = recorded["inferred_shape"]
+                .as_array()
+                .and_then(|dims| dims[1..].iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
+            if let Some(dims) = inferred {
+                let seen = nnmend::inspect::inspect(&model, &Tract, None).unwrap();
+                assert_eq!(seen.cut.feature_shape, dims, "{name}: feature shape");
+            }
+        }
+    }
+}
+
 #[test]
-fn cuts_at_the_last_average_pooling_node() {
+fn cuts_equal_the_recorded_ones_on_the_fixtures() {
+    let cuts = recorded_cuts();
+    let mut checked = 0;
+    for (key, recorded) in &cuts {
+        if let Some(rel) = key.strip_prefix("fixtures/") {
+            check_recorded_cut(&fixture(rel), recorded);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} fixture cuts recorded: {:?}", cuts.keys());
+}
+
+#[test]
+fn cuts_equal_the_recorded_ones_on_the_shared_models() {
     let Some(shared) = shared() else { return };
-    let avgpool = load(&shared.path("models/pytorch16_mnist_avgpool.onnx")).unwrap().model;
-    assert_eq!(find_cut(&avgpool, None).unwrap().op, "AveragePool");
+    let cuts = recorded_cuts();
+    // Every shared model has its recorded cut, the average-pooling one among them.
+    for path in shared.models() {
+        let key = format!("../shared/models/{}", path.file_name().unwrap().to_string_lossy());
+        let recorded = cuts.get(&key).unwrap_or_else(|| panic!("no cut recorded for {key}"));
+        check_recorded_cut(&path, recorded);
+    }
+    assert!(
+        cuts.values().any(|c| c["op"] == "AveragePool"),
+        "no average-pooling cut recorded"
+    );
 }
 
 #[test]
