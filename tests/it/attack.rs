@@ -147,7 +147,7 @@ fn adversarial_images_stay_in_the_eps_ball_and_the_unit_box() {
 }
 
 #[test]
-fn pgd_is_stronger_than_fgsm_and_seeded() {
+fn pgd_is_stronger_than_fgsm_and_the_same_for_a_seed() {
     let ds = mnist_test(96);
     let target = Target::new(&mnist_nn(), &Tract, &ds, &feed(2), Loss::Ce).unwrap();
     let fgsm = attack::run(&target, &ds, &settings(Method::Fgsm, &[0.15], 2)).unwrap();
@@ -169,7 +169,7 @@ fn pgd_is_stronger_than_fgsm_and_seeded() {
 }
 
 #[test]
-fn the_adversarial_test_set_scores_the_robust_accuracy() {
+fn the_adversarial_test_set_scores_the_same_as_the_robust_accuracy() {
     let ds = mnist_test(96);
     let target = Target::new(&mnist_nn(), &Tract, &ds, &feed(2), Loss::Ce).unwrap();
     let outcome = attack::run(&target, &ds, &settings(Method::Fgsm, &[0.1], 2)).unwrap();

@@ -503,7 +503,7 @@ fn the_written_gradient_graph_runs_in_onnxruntime_with_the_same_values() {
 }
 
 #[test]
-fn gradients_are_per_sample_and_independent_of_the_batch() {
+fn a_samples_gradient_is_the_same_alone_as_in_a_batch() {
     let model = load(&fixture("mnist_paper.onnx"));
     let g = graphs(&model, &identity(), Loss::Ce);
     let x = batch_of(&g, 5, 2);
