@@ -1,5 +1,5 @@
 //! Fits nnmend's linear SVM on features written by `nnmend features`, timing the fit
-//! alone, for `tools/bench_hybrid.py`:
+//! alone, for `tools/bench/bench_hybrid.py`:
 //!
 //! ```sh
 //! cargo run --release --example fit_features -- TRAIN.npz TEST.npz C TOL MAX_ITER

@@ -5,7 +5,7 @@
 #   fuzz/run.sh TARGET [SECONDS] [extra libFuzzer flags...]
 #
 # Stable Rust: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags. No sanitizer
-# (nnmend forbids unsafe code; see TESTING.md), debug assertions and overflow checks on.
+# (nnmend forbids unsafe code; see docs/TESTING.md), debug assertions and overflow checks on.
 # -rss_limit_mb=1024 makes any input that needs more than 1 GB a finding.
 set -euo pipefail
 cd "$(dirname "$0")"

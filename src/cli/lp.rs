@@ -1,6 +1,6 @@
 //! `nnmend lp DUMP.json`: solve a repair LP written by `nnmend repair --dump-lp`, on its
 //! own. It is how the solver is benchmarked against other LP solvers on identical
-//! instances (`tools/bench_repair.py`), and how a user re-solves an instance offline.
+//! instances (`tools/bench/bench_repair.py`), and how a user re-solves an instance offline.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

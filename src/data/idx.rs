@@ -393,33 +393,4 @@ mod tests {
         let msg = load(dir.path(), &opts(Split::Test, None)).unwrap_err().to_string();
         assert!(msg.contains("t10k-images-idx3-ubyte"), "{msg}");
     }
-
-    /// The real MNIST, which the project keeps next to its root; missing
-    /// data is a failure, not a skip.
-    #[test]
-    fn real_mnist() {
-        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets/mnist"));
-        assert!(
-            dir.is_dir(),
-            "MNIST not found at {}; see ../shared/datasets/README.md",
-            dir.display()
-        );
-        let train = super::super::load(dir, &opts(Split::Train, Some(100))).unwrap();
-        assert_eq!(train.len(), 100);
-        assert_eq!(train.image_shape(), [1, 28, 28]);
-        assert_eq!(&train.labels[..5], &[5, 0, 4, 1, 9]);
-        let mut counts = [0usize; 10];
-        for &l in &train.labels {
-            counts[l as usize] += 1;
-        }
-        assert_eq!(counts, [13, 14, 6, 11, 11, 5, 11, 10, 8, 11]);
-        let test = super::super::load(dir, &opts(Split::Test, Some(100))).unwrap();
-        assert_eq!(&test.labels[..5], &[7, 2, 1, 0, 4]);
-        let Pixels::U8(a) = &train.pixels else {
-            panic!("IDX gives bytes")
-        };
-        // The first digit has ink in the middle and none in the corners.
-        assert_eq!(a[[0, 0, 0, 0]], 0);
-        assert!(a.iter().any(|&v| v == 255));
-    }
 }

@@ -38,7 +38,7 @@ use super::OnnxError;
 pub const FEATURES: &str = "features";
 /// Name of the kernel hybrid's Nyström features φ, the input of its Gemm.
 pub const KERNEL_FEATURES: &str = "nnmend_kernel_features";
-/// Initializer names of the kernel hybrid's map (`tools/nystrom_reference.py` reads them).
+/// Initializer names of the kernel hybrid's map (`tools/reference/nystrom_reference.py` reads them).
 pub const KERNEL_LANDMARKS_T: &str = "nnmend_kernel_landmarks_t";
 /// ‖l_j‖² per landmark, [m].
 pub const KERNEL_LANDMARK_NORMS: &str = "nnmend_kernel_landmark_norms";

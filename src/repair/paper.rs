@@ -49,7 +49,7 @@ pub struct ClassSettings {
     pub max_rounds: usize,
     /// Column generation is tried only with at least this many features per sample
     /// (d ≥ ratio · S); below it the full problem is solved at once, which measured
-    /// faster (BENCHMARKS.md). Generation also gives way to the full problem when a
+    /// faster (docs/BENCHMARKS.md). Generation also gives way to the full problem when a
     /// round prices out more than S/2 columns, or would take in more than d/2.
     pub generation_ratio: usize,
     /// Let column generation give way to the full problem (see `generation_ratio`).
@@ -192,7 +192,7 @@ struct Restricted {
 /// ```
 ///
 /// which has S unknowns in place of 2|F| + S, and one dense row per feature. Measured
-/// before choosing (BENCHMARKS.md): the dual is several times faster than the primal
+/// before choosing (docs/BENCHMARKS.md): the dual is several times faster than the primal
 /// with clarabel, and writing |X_jᵀπ| ≤ 1 as a two-dimensional second-order cone
 /// (one dense row) in place of two inequalities (two dense rows) halves the work of
 /// each factorisation again. clarabel's multipliers of the rows are the primal: the

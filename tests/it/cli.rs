@@ -22,7 +22,8 @@ fn inspect_json_has_the_contract_keys() {
 
 #[test]
 fn inspect_finds_a_cut_in_every_shared_model() {
-    for model in shared_models() {
+    let Some(shared) = shared() else { return };
+    for model in shared.models() {
         let v = json(&run(&["inspect", s(&model), "--json"]));
         assert!(v["cut"]["feature_dim"].as_u64().unwrap() > 0, "{}", model.display());
     }
@@ -187,6 +188,19 @@ fn ort_backends_say_they_are_not_compiled_in() {
         &run(&["inspect", s(&model), "--backend", "ort"]),
         1,
         "without ONNX Runtime support",
+    );
+}
+
+/// Runs in the default build and in one with `--features ort` alone; the `cuda` build
+/// checks instead that ort-cuda fails without a GPU.
+#[test]
+#[cfg(not(feature = "cuda"))]
+fn cuda_without_the_feature_says_so() {
+    let model = fixture("tiny_cnn.onnx");
+    fails_with(
+        &run(&["inspect", s(&model), "--backend", "ort-cuda"]),
+        1,
+        "built without ONNX Runtime CUDA support (rebuild with `--features cuda`)",
     );
 }
 

@@ -1,5 +1,11 @@
 //! Paths to fixtures and shared data, the binary, and the Python cross-check scripts.
+//!
+//! Tests that read the shared folder (`../shared`: the full datasets and third-party
+//! models) start with `let Some(shared) = shared() else { return };`, so that they are
+//! skipped, saying so on stderr, where it is missing; CI sets `NNMEND_REQUIRE_SHARED=1`
+//! to make a missing folder a failure.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -13,40 +19,83 @@ pub fn fixture(rel: &str) -> PathBuf {
     let p = root().join("fixtures").join(rel);
     assert!(
         p.exists(),
-        "fixture {} is missing; see tools/ for the script that makes it",
+        "fixture {} is missing; fixtures/README.md names the script that makes it",
         p.display()
     );
     p
 }
 
-pub fn shared(rel: &str) -> PathBuf {
-    let p = root().join("..").join("shared").join(rel);
+/// The shared data folder (datasets and third-party models): `NNMEND_SHARED` when set,
+/// else `../shared` beside the project.
+pub fn shared_root() -> PathBuf {
+    std::env::var_os("NNMEND_SHARED").map_or_else(|| root().join("..").join("shared"), PathBuf::from)
+}
+
+/// The shared data folder, for a test that needs it.
+pub struct Shared(PathBuf);
+
+impl Shared {
+    /// A file or folder inside it; one that is missing there fails the test.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        let p = self.0.join(rel);
+        assert!(
+            p.exists(),
+            "{} is missing from the shared folder {}",
+            rel,
+            self.0.display()
+        );
+        p
+    }
+
+    /// Every third-party model in its `models/`, sorted by name.
+    pub fn models(&self) -> Vec<PathBuf> {
+        let dir = self.path("models");
+        let mut models: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+            .collect();
+        models.sort();
+        assert!(!models.is_empty(), "no models in {}", dir.display());
+        models
+    }
+}
+
+/// The shared folder, or `None` when it is missing: the calling test then says on
+/// stderr that it is skipped and returns (`let Some(shared) = shared() else { return };`).
+/// With `NNMEND_REQUIRE_SHARED=1` (as in CI) a missing folder fails the test instead.
+pub fn shared() -> Option<Shared> {
+    let dir = shared_root();
+    if dir.is_dir() {
+        return Some(Shared(dir));
+    }
+    let test = std::thread::current().name().unwrap_or("this test").to_string();
+    let required = std::env::var("NNMEND_REQUIRE_SHARED").is_ok_and(|v| v == "1");
     assert!(
-        p.exists(),
-        "{} is missing: the tests need ../shared beside the project",
-        p.display()
+        !required,
+        "{test} needs the shared folder, which is missing ({} is not a folder) while NNMEND_REQUIRE_SHARED=1",
+        dir.display()
     );
-    p
+    // Written to the stream itself, past the test harness's capture, so the skip shows.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: ../shared is missing ({} is not a folder): {test}",
+        dir.display()
+    );
+    None
 }
 
-/// Every third-party model in `../shared/models`.
-pub fn shared_models() -> Vec<PathBuf> {
-    let dir = shared("models");
-    let mut models: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
-        .collect();
-    models.sort();
-    assert!(!models.is_empty(), "no models in {}", dir.display());
-    models
+/// The Python that runs the cross-check scripts: `NNMEND_PYTHON` (`tools/test.sh` sets
+/// it to its virtual environment's), else `python3`.
+pub fn python_bin() -> String {
+    std::env::var("NNMEND_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// The Python used for cross-checks (`NNMEND_PYTHON`, else `python3`).
+/// A cross-check script of `tools/reference/` (onnx, onnxruntime, scikit-learn, scipy),
+/// ready to take its arguments.
 pub fn python(script: &str) -> Command {
-    let py = std::env::var("NNMEND_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut cmd = Command::new(py);
-    cmd.arg(root().join("tools").join(script));
+    let mut cmd = Command::new(python_bin());
+    cmd.arg(root().join("tools").join("reference").join(script));
     cmd
 }
 

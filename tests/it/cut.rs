@@ -51,7 +51,8 @@ fn check_features_against_onnxruntime(path: &std::path::Path, at: Option<&str>) 
 
 #[test]
 fn features_equal_onnxruntime_at_the_cut_on_every_shared_model() {
-    for path in shared_models() {
+    let Some(shared) = shared() else { return };
+    for path in shared.models() {
         let (tensor, fallback) = check_features_against_onnxruntime(&path, None);
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         // The resnet has no pooling layer: the cut falls back to the tensor entering Flatten.
@@ -82,8 +83,73 @@ fn cuts_at_the_last_pooling_node() {
         );
         assert!(cut.head.iter().all(|(_, op)| op != "Conv"), "{name}: {:?}", cut.head);
     }
-    let avgpool = load(&shared("models/pytorch16_mnist_avgpool.onnx")).unwrap().model;
-    assert_eq!(find_cut(&avgpool, None).unwrap().op, "AveragePool");
+}
+
+/// The cuts `tools/reference/crosscheck.py` found with its own reading of the graph (the
+/// last pooling node, in topological order, that the first output depends on), keyed by
+/// model path as the script names them; `null` where it found no pooling node.
+fn recorded_cuts() -> serde_json::Map<String, serde_json::Value> {
+    let path = fixture("reference/cuts.json");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    doc.as_object().unwrap().clone()
+}
+
+/// nnmend's cut of the model at `path` against the one recorded for it.
+fn check_recorded_cut(path: &std::path::Path, recorded: &serde_json::Value) {
+    let name = path.display();
+    let model = load(path).unwrap().model;
+    match (recorded.is_null(), find_cut(&model, None)) {
+        // No pooling node and no convolution: refused.
+        (true, Err(err)) => assert!(matches!(err, OnnxError::NoExtractor(_)), "{name}: {err}"),
+        // No pooling node: nnmend falls back to the tensor entering the dense head.
+        (true, Ok(cut)) => assert!(cut.fallback(), "{name}: cut at {} by {:?}", cut.tensor, cut.rule),
+        // A pooling node, in a model nnmend refuses for its two data inputs.
+        (false, Err(err)) => assert!(err.to_string().contains("data inputs"), "{name}: {err}"),
+        (false, Ok(cut)) => {
+            assert_eq!(cut.rule, CutRule::LastPooling, "{name}");
+            assert_eq!(cut.tensor, recorded["tensor"], "{name}: tensor");
+            assert_eq!(cut.node, recorded["node"], "{name}: node");
+            assert_eq!(cut.op, recorded["op"], "{name}: op");
+            // Where onnx's shape inference gave the cut tensor fixed sizes, the features
+            // tract measures have them.
+            let inferred: Option<Vec<usize>> = recorded["inferred_shape"]
+                .as_array()
+                .and_then(|dims| dims[1..].iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
+            if let Some(dims) = inferred {
+                let seen = nnmend::inspect::inspect(&model, &Tract, None).unwrap();
+                assert_eq!(seen.cut.feature_shape, dims, "{name}: feature shape");
+            }
+        }
+    }
+}
+
+#[test]
+fn cuts_equal_the_recorded_ones_on_the_fixtures() {
+    let cuts = recorded_cuts();
+    let mut checked = 0;
+    for (key, recorded) in &cuts {
+        if let Some(rel) = key.strip_prefix("fixtures/") {
+            check_recorded_cut(&fixture(rel), recorded);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} fixture cuts recorded: {:?}", cuts.keys());
+}
+
+#[test]
+fn cuts_equal_the_recorded_ones_on_the_shared_models() {
+    let Some(shared) = shared() else { return };
+    let cuts = recorded_cuts();
+    // Every shared model has its recorded cut, the average-pooling one among them.
+    for path in shared.models() {
+        let key = format!("../shared/models/{}", path.file_name().unwrap().to_string_lossy());
+        let recorded = cuts.get(&key).unwrap_or_else(|| panic!("no cut recorded for {key}"));
+        check_recorded_cut(&path, recorded);
+    }
+    assert!(
+        cuts.values().any(|c| c["op"] == "AveragePool"),
+        "no average-pooling cut recorded"
+    );
 }
 
 #[test]
@@ -99,7 +165,8 @@ fn the_at_option_overrides_the_cut() {
 
 #[test]
 fn nodes_out_of_order_are_sorted() {
-    let model = load(&shared("models/keras2onnx_mnist_small.onnx")).unwrap().model;
+    let Some(shared) = shared() else { return };
+    let model = load(&shared.path("models/keras2onnx_mnist_small.onnx")).unwrap().model;
     let graph = model.graph.as_ref().unwrap();
     let index = Index::new(graph).unwrap();
     let as_stored: Vec<usize> = (0..graph.node.len()).collect();
@@ -136,12 +203,13 @@ fn an_unknown_at_tensor_is_named() {
 
 #[test]
 fn fixed_batch_models_run_in_batches() {
+    let Some(shared) = shared() else { return };
     // Both VNN-COMP models are exported with a batch of exactly 1.
     for name in [
         "models/pytorch16_mnist_avgpool.onnx",
         "models/pytorch18_cifar_resnet2b.onnx",
     ] {
-        let model = load(&shared(name)).unwrap().model;
+        let model = load(&shared.path(name)).unwrap().model;
         let session = Tract.prepare(&model).unwrap();
         let x = random_input(session.sample_shape(), 5, 1);
         let y = session.run(x.view()).unwrap().remove(0);

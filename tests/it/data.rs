@@ -35,8 +35,9 @@ fn idx_and_npz_fixtures_hold_the_same_images() {
 
 #[test]
 fn the_shared_mnist_has_its_published_class_counts() {
+    let Some(shared) = shared() else { return };
     let train = data::load(
-        &shared("datasets/mnist"),
+        &shared.path("datasets/mnist"),
         &LoadOptions {
             split: Split::Train,
             limit: None,
@@ -49,7 +50,7 @@ fn the_shared_mnist_has_its_published_class_counts() {
     }
     assert_eq!(counts, [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]);
     let test = data::load(
-        &shared("datasets/mnist"),
+        &shared.path("datasets/mnist"),
         &LoadOptions {
             split: Split::Test,
             limit: Some(10),
@@ -58,6 +59,34 @@ fn the_shared_mnist_has_its_published_class_counts() {
     .unwrap();
     assert_eq!(test.len(), 10);
     assert_eq!(&test.labels[..5], &[7, 2, 1, 0, 4]);
+}
+
+#[test]
+fn the_first_shared_mnist_images_read_as_published() {
+    let Some(shared) = shared() else { return };
+    let dir = shared.path("datasets/mnist");
+    let train = data::load(
+        &dir,
+        &LoadOptions {
+            split: Split::Train,
+            limit: Some(100),
+        },
+    )
+    .unwrap();
+    assert_eq!(train.len(), 100);
+    assert_eq!(train.image_shape(), [1, 28, 28]);
+    assert_eq!(&train.labels[..5], &[5, 0, 4, 1, 9]);
+    let mut counts = [0usize; 10];
+    for &l in &train.labels {
+        counts[l as usize] += 1;
+    }
+    assert_eq!(counts, [13, 14, 6, 11, 11, 5, 11, 10, 8, 11]);
+    let data::Pixels::U8(a) = &train.pixels else {
+        panic!("IDX gives bytes")
+    };
+    // The first digit has ink in the middle and none in the corners.
+    assert_eq!(a[[0, 0, 0, 0]], 0);
+    assert!(a.iter().any(|&v| v == 255));
 }
 
 #[test]
@@ -84,8 +113,9 @@ fn mean_and_std_normalise_after_scaling() {
 
 #[test]
 fn the_shared_cifar10_image_folders_read_as_published() {
+    let Some(shared) = shared() else { return };
     let tmp = tempdir();
-    let archive = shared("datasets/cifar10-jpeg.tar.gz");
+    let archive = shared.path("datasets/cifar10-jpeg.tar.gz");
     let mut tar = std::process::Command::new("tar");
     tar.arg("xzf")
         .arg(&archive)

@@ -1,6 +1,8 @@
 //! One suite, instantiated for every engine compiled in: load and run, the symbolic
 //! batch, fixed-batch models, several workers, gradient graphs and hybrid heads, each
-//! against the values onnxruntime-python and PyTorch recorded with the fixtures.
+//! against onnxruntime-python (values recorded with the fixtures, or run live through
+//! `tools/reference/ort_run.py`) and PyTorch's recorded gradients; the workers, which
+//! can only change the order of the work, against one worker.
 //!
 //! Tolerances: 1e-4 on features and logits on the CPU (float32 kernels that sum in
 //! different orders), and the same for gradients relative to their largest entry. The
@@ -58,13 +60,22 @@ pub fn runs_the_fixtures(engine: &dyn Engine, tol: f32) {
     }
 }
 
-/// Any batch size runs, and a sample's output does not depend on its batch.
+/// Any batch size runs, with the logits onnxruntime-python recorded for the first 16
+/// images, and a sample's output does not depend on its batch.
 pub fn runs_any_batch_size(engine: &dyn Engine, tol: f32) {
     let ds = test_images(40);
     let session = engine.prepare(&model("mnist_paper.onnx")).unwrap();
+    let recorded = read_npy2(&fixture("reference/mnist_paper_logits.npy"));
     let one = collect(session.as_ref(), &ds, &feed(1, 1), 0, "").unwrap();
-    for batch in [3, 40] {
+    for batch in [1, 3, 40] {
         let other = collect(session.as_ref(), &ds, &feed(1, batch), 0, "").unwrap();
+        let first = other.slice(ndarray::s![..recorded.nrows(), ..]).to_owned();
+        let diff = max_abs_diff(&first, &recorded);
+        assert!(
+            diff <= tol,
+            "{}: at batch {batch}, logits differ from onnxruntime's by {diff}",
+            engine.name()
+        );
         let diff = max_abs_diff(&one, &other);
         assert!(
             diff <= tol,
@@ -74,8 +85,8 @@ pub fn runs_any_batch_size(engine: &dyn Engine, tol: f32) {
     }
 }
 
-/// Several workers share a prepared model and give the same rows as one.
-pub fn shares_a_model_among_workers(engine: &dyn Engine) {
+/// Determinism: several workers share a prepared model and give the same rows as one.
+pub fn workers_sharing_a_model_give_the_same_rows_as_one(engine: &dyn Engine) {
     let ds = test_images(96);
     let session = engine.prepare(&model("mnist_paper.onnx")).unwrap();
     let one = collect(session.as_ref(), &ds, &feed(1, 16), 0, "").unwrap();
@@ -83,17 +94,46 @@ pub fn shares_a_model_among_workers(engine: &dyn Engine) {
     assert_eq!(one, two, "{}: workers changed the results", engine.name());
 }
 
-/// A model exported with a fixed batch of 1 runs batches, equal to one image at a time.
+/// The first `n` fixture test images as float32 [n, 1, 28, 28] in [0, 1], saved as
+/// `x.npy` in `dir` for the Python cross-checks.
+fn test_images_npy(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let file = std::fs::File::open(fixture("mnist-small-test.npz")).unwrap();
+    let x: ndarray::Array4<f32> = ndarray_npy::NpzReader::new(file).unwrap().by_name("x").unwrap();
+    let path = dir.join("x.npy");
+    write_npy(&path, &x.slice(ndarray::s![..n, .., .., ..]).to_owned());
+    path
+}
+
+/// The first output of the model at `path` in onnxruntime-python on `x` (a model whose
+/// batch is fixed to 1 runs there one image at a time).
+fn onnxruntime_output(path: &std::path::Path, x: &std::path::Path, dir: &std::path::Path) -> Array2<f32> {
+    let out = dir.join("y.npy");
+    let mut cmd = python("ort_run.py");
+    cmd.arg(path).arg(x).arg(&out);
+    ok(cmd);
+    read_npy2(&out)
+}
+
+/// A model exported with a fixed batch of 1 runs batches, with onnxruntime-python's
+/// outputs for one image at a time, and the same as its own one image at a time.
 pub fn relaxes_fixed_batches(engine: &dyn Engine, tol: f32) {
-    let m = onnx::load(&shared("models/pytorch16_mnist_avgpool.onnx"))
-        .unwrap()
-        .model;
+    let Some(shared) = shared() else { return };
+    let path = shared.path("models/pytorch16_mnist_avgpool.onnx");
+    let m = onnx::load(&path).unwrap().model;
     let ds = test_images(12);
     let session = engine.prepare(&m).unwrap();
     let batched = collect(session.as_ref(), &ds, &feed(1, 12), 0, "").unwrap();
     let single = collect(session.as_ref(), &ds, &feed(1, 1), 0, "").unwrap();
     let diff = max_abs_diff(&batched, &single);
-    assert!(diff <= tol, "{}: {diff}", engine.name());
+    assert!(
+        diff <= tol,
+        "{}: batch 12 differs from batch 1 by {diff}",
+        engine.name()
+    );
+    let tmp = tempdir();
+    let theirs = onnxruntime_output(&path, &test_images_npy(tmp.path(), 12), tmp.path());
+    let diff = max_abs_diff(&batched, &theirs);
+    assert!(diff <= tol, "{}: differs from onnxruntime's by {diff}", engine.name());
 }
 
 /// The gradient graph runs and matches PyTorch autograd on MNIST-NN.
@@ -129,7 +169,7 @@ pub fn runs_gradient_graphs(engine: &dyn Engine, tol: f32) {
     );
 }
 
-/// A hybrid fitted with this engine predicts like the same hybrid run by tract.
+/// A hybrid fitted with this engine predicts what onnxruntime-python predicts with it.
 pub fn runs_hybrid_heads(engine: &dyn Engine) {
     let train = data::load(
         &fixture("mnist-small"),
@@ -147,10 +187,17 @@ pub fn runs_hybrid_heads(engine: &dyn Engine) {
     };
     let fitted = nnmend::hybrid::fit(&model("tiny_cnn.onnx"), &train, engine, &settings).unwrap();
     let ds = test_images(200);
-    let (ours, p1) = evaluate(&fitted.model, &ds, engine, &feed(1, 64)).unwrap();
-    let (theirs, p2) = evaluate(&fitted.model, &ds, &nnmend::engine::tract::Tract, &feed(1, 64)).unwrap();
-    assert_eq!(p1, p2, "{}: predictions differ from tract's", engine.name());
-    assert_eq!(ours.correct, theirs.correct);
+    let (ours, predicted) = evaluate(&fitted.model, &ds, engine, &feed(1, 64)).unwrap();
+    let tmp = tempdir();
+    let path = tmp.path().join("lh.onnx");
+    onnx::save(&fitted.model, &path).unwrap();
+    let theirs = onnxruntime_output(&path, &test_images_npy(tmp.path(), 200), tmp.path());
+    assert_eq!(
+        predicted,
+        nnmend::features::argmax_rows(&theirs),
+        "{}: predictions differ from onnxruntime's",
+        engine.name()
+    );
     assert!(ours.accuracy > 0.8, "{}: {ours:?}", engine.name());
 }
 
@@ -174,8 +221,8 @@ macro_rules! engine_suite {
             }
 
             #[test]
-            fn shares_a_model_among_workers() {
-                super::shares_a_model_among_workers(engine().as_ref());
+            fn workers_sharing_a_model_give_the_same_rows_as_one() {
+                super::workers_sharing_a_model_give_the_same_rows_as_one(engine().as_ref());
             }
 
             #[test]
@@ -237,7 +284,7 @@ mod ort_cli {
     }
 
     #[test]
-    fn ort_and_tract_agree_on_features_and_predictions() {
+    fn ort_gives_the_same_features_and_predictions_as_tract() {
         let dir = tempdir();
         let (ours, v) = features("ort", dir.path());
         let (theirs, _) = features("tract", dir.path());
@@ -311,19 +358,22 @@ mod ort_cli {
 
     #[test]
     fn an_old_onnxruntime_is_refused_with_its_version() {
-        // .ci/run downloads the onnxruntime 1.20.1 wheel into target/ort-old.
+        // tools/test.sh downloads the onnxruntime 1.20.1 wheel into target/ort-old.
         let dir = root().join("target").join("ort-old");
         let wheel = std::fs::read_dir(&dir)
             .ok()
-            .and_then(|d| d.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|e| e == "whl")))
+            .and_then(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .find(|p| p.extension().is_some_and(|e| e == "whl"))
+            })
             .unwrap_or_else(|| {
                 panic!(
-                    "no onnxruntime 1.20.1 wheel in {}: run `python3 -m pip download onnxruntime==1.20.1 --no-deps -d target/ort-old`",
+                    "no onnxruntime 1.20.1 wheel in {}: tools/test.sh downloads it",
                     dir.display()
                 )
             });
         let tmp = tempdir();
-        let py = std::env::var("NNMEND_PYTHON").unwrap_or_else(|_| "python3".into());
+        let py = python_bin();
         let script = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nname = next(n for n in z.namelist() if '/libonnxruntime.so.' in n)\nprint(z.extract(name, sys.argv[2]))";
         let out = ok({
             let mut c = std::process::Command::new(py);
@@ -335,17 +385,6 @@ mod ort_cli {
             &eval_with_library(&lib),
             1,
             "expected version >= '1.22.x', but got '1.20.1'",
-        );
-    }
-
-    #[test]
-    #[cfg(not(feature = "cuda"))]
-    fn cuda_without_the_feature_says_so() {
-        let model = fixture("tiny_cnn.onnx");
-        fails_with(
-            &run(&["inspect", s(&model), "--backend", "ort-cuda"]),
-            1,
-            "built without ONNX Runtime CUDA support (rebuild with `--features cuda`)",
         );
     }
 
@@ -371,7 +410,7 @@ mod ort_cli {
 }
 
 /// The CUDA instance: only on a machine with a GPU and onnxruntime-gpu
-/// (`tools/gpu-check.sh` runs it with `--ignored`).
+/// (`tools/bench/gpu-check.sh` runs it with `--ignored`).
 #[cfg(feature = "cuda")]
 mod ort_cuda {
     use super::*;

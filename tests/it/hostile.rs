@@ -6,7 +6,7 @@
 //!
 //! With `NNMEND_HOSTILE_DIR` set, each case keeps its files in a folder of that name
 //! and writes `cases.jsonl` (its command lines and exit codes), which
-//! `tools/hostile_memory.py` replays to measure peak memory.
+//! `tools/bench/hostile_memory.py` replays to measure peak memory.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -101,7 +101,7 @@ impl Case {
             self.name
         );
         if self._tmp.is_none() {
-            // One line per command of the case, for tools/hostile_memory.py.
+            // One line per command of the case, for tools/bench/hostile_memory.py.
             let line = serde_json::json!({"name": self.name, "args": args, "code": code});
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
@@ -936,54 +936,78 @@ fn listing(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Starts `nnmend args`, waits until `ready` holds for the output folder (or the
-/// process ends), sends SIGINT and returns the exit code and stderr.
-fn interrupt(args: &[&str], out_dir: &Path, ready: impl Fn(&[String]) -> bool) -> (Option<i32>, String) {
+/// Starts `nnmend args`, waits until `ready` holds for the lines it has written on
+/// stderr so far and the files in `out_dir` (or fails if the process ends first, or
+/// after two minutes), sends SIGINT and returns the exit code and the whole of stderr.
+fn interrupt(args: &[&str], out_dir: &Path, ready: impl Fn(&[String], &[String]) -> bool) -> (Option<i32>, String) {
     let mut child = nnmend()
         .args(args)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // stderr is read on its own thread, so the child never blocks on a full pipe.
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let seen = || lines.lock().unwrap().clone();
     let started = Instant::now();
-    while !ready(&listing(out_dir)) {
+    while !ready(&seen(), &listing(out_dir)) {
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the command ended before it could be interrupted"
+            "the command ended before it could be interrupted; stderr: {:?}",
+            seen()
         );
-        assert!(started.elapsed() < Duration::from_secs(120), "never ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "never ready; stderr: {:?}",
+            seen()
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     let pid = child.id().to_string();
     let killed = Command::new("kill").args(["-INT", &pid]).status().unwrap();
     assert!(killed.success());
-    let out = child.wait_with_output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    (status.code(), seen().join("\n"))
 }
 
 #[test]
 fn ctrl_c_during_work_exits_130_and_leaves_nothing() {
     let out_dir = tempdir();
-    let data = shared("datasets/mnist");
-    let model = fixture("tiny_cnn.onnx");
-    let adv = out_dir.path().join("adv.npz");
+    let data = fixture("mnist-small");
+    let model = fixture("mnist_paper.onnx");
+    let out = out_dir.path().join("exp");
+    // PGD on 500 test images at three radii runs for far longer than a signal takes.
     let args = [
-        "attack",
+        "run",
         s(&model),
-        "--data",
+        "--train",
         s(&data),
-        "--limit",
-        "10000",
-        "--eps",
-        "0.1",
-        "--method",
+        "--test",
+        s(&data),
+        "--train-limit",
+        "200",
+        "--no-kernel",
+        "--attack",
         "pgd",
-        "-o",
-        s(&adv),
+        "--eps",
+        "0.1,0.2,0.3",
+        "--out",
+        s(&out),
     ];
-    let started = Instant::now();
-    let (code, stderr) = interrupt(&args, out_dir.path(), |_| {
-        started.elapsed() > Duration::from_millis(1500)
+    // Interrupted once run says on stderr that the attack on NN has begun.
+    let (code, stderr) = interrupt(&args, out_dir.path(), |lines, _| {
+        lines.iter().any(|l| l.contains("attacking NN"))
     });
     assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
@@ -993,7 +1017,8 @@ fn ctrl_c_during_work_exits_130_and_leaves_nothing() {
 #[test]
 fn ctrl_c_while_an_output_is_written_removes_the_temporary_file() {
     let out_dir = tempdir();
-    let data = shared("datasets/mnist");
+    let Some(shared) = shared() else { return };
+    let data = shared.path("datasets/mnist");
     let model = fixture("mnist_paper.onnx");
     let features = out_dir.path().join("features.npz");
     // 30,000 rows of 800 features compress for long enough to be caught mid-write.
@@ -1009,7 +1034,7 @@ fn ctrl_c_while_an_output_is_written_removes_the_temporary_file() {
         "-o",
         s(&features),
     ];
-    let (code, stderr) = interrupt(&args, out_dir.path(), |names| {
+    let (code, stderr) = interrupt(&args, out_dir.path(), |_, names| {
         names.iter().any(|n| n.starts_with(".nnmend-") && n.ends_with(".tmp"))
     });
     assert_eq!(code, Some(130), "{stderr}");

@@ -124,7 +124,7 @@ fn fit_head_kernel_runs_in_onnxruntime_with_nnmends_predictions() {
 }
 
 #[test]
-fn fitting_on_precomputed_features_gives_the_models_scores() {
+fn fitting_on_precomputed_features_gives_the_same_hybrids_and_the_models_scores() {
     let original = nnmend::onnx::load(&fixture("mnist_paper.onnx")).unwrap().model;
     let train = mnist(Split::Train, Some(400));
     let test = mnist(Split::Test, Some(200));

@@ -1,6 +1,8 @@
 //! Integration tests: one binary, one module per area. Tests that need the shared
-//! datasets or models fail (never skip) when `../shared` is missing; tests that
-//! cross-check against onnx/onnxruntime call the Python scripts in `tools/`.
+//! datasets or models (`../shared`) are skipped, saying so on stderr, when it is
+//! missing, and fail instead with `NNMEND_REQUIRE_SHARED=1` (see `common::shared`);
+//! tests that cross-check against onnx, onnxruntime, scikit-learn and scipy call the
+//! Python scripts in `tools/reference/`. `tools/test.sh` installs what they need.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 

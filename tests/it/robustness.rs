@@ -7,12 +7,23 @@ use super::common::*;
 use nnmend::engine::{tract::Tract, Engine};
 use nnmend::onnx::{find_cut, io::decode, surgery};
 
+/// How far a damaged model got before it was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Reached {
+    Nothing,
+    Decoded,
+    Cut,
+    Extracted,
+    Prepared,
+    Ran,
+}
+
 #[test]
 fn damaged_models_give_errors_not_panics() {
     let original = std::fs::read(fixture("tiny_cnn.onnx")).unwrap();
     let path = std::path::Path::new("damaged.onnx");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-    let mut decoded = 0;
+    let mut reached = std::collections::BTreeMap::new();
     for _ in 0..300 {
         let mut bytes = original.clone();
         for _ in 0..rng.random_range(1..4) {
@@ -20,21 +31,43 @@ fn damaged_models_give_errors_not_panics() {
             bytes[at] = rng.random();
         }
         let outcome = std::panic::catch_unwind(|| {
-            let Ok(model) = decode(path, &bytes) else { return };
-            let Ok(cut) = find_cut(&model, None) else { return };
-            let Ok(extractor) = surgery::extractor(&model, &cut, None) else {
-                return;
+            let Ok(model) = decode(path, &bytes) else {
+                return Reached::Nothing;
             };
-            if let Ok(session) = Tract.prepare(&extractor) {
-                let mut shape = vec![2];
-                shape.extend(session.sample_shape());
-                let _ = session.run(ndarray::ArrayD::<f32>::zeros(shape).view());
+            let Ok(cut) = find_cut(&model, None) else {
+                return Reached::Decoded;
+            };
+            let Ok(extractor) = surgery::extractor(&model, &cut, None) else {
+                return Reached::Cut;
+            };
+            let Ok(session) = Tract.prepare(&extractor) else {
+                return Reached::Extracted;
+            };
+            let mut shape = vec![2];
+            shape.extend(session.sample_shape());
+            match session.run(ndarray::ArrayD::<f32>::zeros(shape).view()) {
+                Ok(_) => Reached::Ran,
+                Err(_) => Reached::Prepared,
             }
         });
-        assert!(outcome.is_ok(), "a damaged model made nnmend panic");
-        decoded += 1;
+        let Ok(stage) = outcome else {
+            panic!("a damaged model made nnmend panic")
+        };
+        *reached.entry(stage).or_insert(0) += 1;
     }
-    assert_eq!(decoded, 300);
+    // The damage reached every stage: some models fail to decode, some decode but are
+    // refused later, and some run. A stage no damaged model reaches would be untested.
+    for stage in [Reached::Nothing, Reached::Decoded, Reached::Ran] {
+        assert!(
+            reached.contains_key(&stage),
+            "no damaged model stopped at {stage:?}: {reached:?}"
+        );
+    }
+    let past_decoding: usize = reached.range(Reached::Decoded..).map(|(_, n)| n).sum();
+    assert!(
+        past_decoding >= 30,
+        "only {past_decoding} of 300 damaged models decoded: {reached:?}"
+    );
 }
 
 /// `tiny_cnn.onnx` with element `at` of its first initializer read by a `op` node set

@@ -1,5 +1,5 @@
 //! The linear SVM against scikit-learn's LinearSVC, on values recorded by
-//! `tools/svm_reference.py` (MNIST pixels) and `tools/crosscheck.py` (CNN features):
+//! `tools/reference/svm_reference.py` (MNIST pixels) and `tools/reference/crosscheck.py` (CNN features):
 //! test accuracy at least sklearn's minus 0.1 pp, objective within 1e-3 relative.
 
 use ndarray::Array2;
@@ -14,9 +14,10 @@ fn reference(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
-fn pixels(split: Split, limit: usize) -> (Array2<f32>, Vec<usize>) {
+/// The first `limit` images of `data` as flat pixel rows, and their labels.
+fn pixels(data: &std::path::Path, split: Split, limit: usize) -> (Array2<f32>, Vec<usize>) {
     let ds = data::load(
-        &shared("datasets/mnist"),
+        data,
         &LoadOptions {
             split,
             limit: Some(limit),
@@ -66,9 +67,11 @@ fn check(name: &str, reference: &Value, train: (&Array2<f32>, &[usize]), test: (
 
 #[test]
 fn matches_sklearn_on_mnist_pixels() {
+    let Some(shared) = shared() else { return };
+    let mnist = shared.path("datasets/mnist");
     let r = reference("svm_mnist_pixels.json");
-    let (xtr, ytr) = pixels(Split::Train, r["n_train"].as_u64().unwrap() as usize);
-    let (xte, yte) = pixels(Split::Test, r["n_test"].as_u64().unwrap() as usize);
+    let (xtr, ytr) = pixels(&mnist, Split::Train, r["n_train"].as_u64().unwrap() as usize);
+    let (xte, yte) = pixels(&mnist, Split::Test, r["n_test"].as_u64().unwrap() as usize);
     check(
         "squared hinge",
         &r["squared_hinge"],
@@ -81,7 +84,7 @@ fn matches_sklearn_on_mnist_pixels() {
 
 #[test]
 fn the_same_seed_gives_the_same_head() {
-    let (x, y) = pixels(Split::Train, 300);
+    let (x, y) = pixels(&fixture("mnist-small"), Split::Train, 300);
     let params = SvmParams {
         seed: 3,
         ..Default::default()
@@ -104,7 +107,7 @@ fn cnn_features(model: &str, split: Split) -> (Array2<f32>, Vec<usize>) {
 
 #[test]
 fn matches_sklearn_on_cnn_features() {
-    // tools/crosscheck.py: LinearSVC(C=1, squared hinge) on onnxruntime's features.
+    // tools/reference/crosscheck.py: LinearSVC(C=1, squared hinge) on onnxruntime's features.
     for name in ["tiny_cnn", "mnist_paper"] {
         let r = reference(&format!("{name}.json"));
         let svm_ref = &r["svm"];
