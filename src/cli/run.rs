@@ -12,9 +12,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use nnmend::attack::protocol::Protocol;
 use nnmend::attack::{self, Loss, Method};
 use nnmend::data::Split;
-use nnmend::experiment::{self, Inputs, Model, Settings, TestSet};
+use nnmend::experiment::{self, Inputs, Model, Robust, Settings, TestSet};
 use nnmend::hybrid::FitSettings;
 use nnmend::report::{folder, ReportError};
 use nnmend::svm::{NystromSettings, SvmParams};
@@ -78,6 +79,11 @@ pub struct RunArgs {
     /// Use only the first N test images [default: --limit].
     #[arg(long, value_name = "N")]
     test_limit: Option<usize>,
+    /// Test images whose robust accuracy is measured for every model at every ε:
+    /// PGD-40 from 3 random starts, cross-entropy and margin loss, against each model
+    /// itself (0: none).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pgd_limit: usize,
     /// Test images in the example grid.
     #[arg(long, value_name = "N", default_value_t = 6)]
     examples: usize,
@@ -144,6 +150,14 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         }),
         repair_samples: usize::try_from(args.repair_samples).unwrap_or(usize::MAX),
         repair: args.repair.settings(feed.threads),
+        rounds: args.repair.rounds(0.0, args.seed, &feed),
+        protocol: (args.pgd_limit > 0).then(|| Robust {
+            protocol: Protocol {
+                seed: args.seed,
+                ..Protocol::default()
+            },
+            limit: args.pgd_limit,
+        }),
         seed: args.seed,
         examples: args.examples,
         log: !args.quiet,

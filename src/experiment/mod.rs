@@ -18,13 +18,13 @@
 //! [`crate::report`] renders it.
 
 mod clock;
+mod repairer;
 pub mod report;
+mod robust;
 mod samples;
 
 use std::path::Path;
 use std::time::Instant;
-
-use ndarray::Array2;
 
 use crate::attack::{self, Loss, Target};
 use crate::data::Dataset;
@@ -34,13 +34,15 @@ use crate::features::{collect, Accuracy};
 use crate::head::Head;
 use crate::hybrid::{fit_on_features, FitSettings, Fitted};
 use crate::onnx::surgery::extractor;
-use crate::onnx::{find_cut, head as onnx_head, ModelProto};
-use crate::repair::hybrid::originals;
-use crate::repair::{self, preservation_rows, repair_head, HeadRepair, Samples};
+use crate::onnx::{find_cut, ModelProto};
+use crate::repair;
+use crate::repair::rounds::RoundSettings;
 use crate::svm::NystromSettings;
 
 use clock::Clock;
+use repairer::Repairer;
 pub use report::{model_file, Cell, Model, Report, TestSet};
+pub use robust::Robust;
 use samples::{examples, predict, repair_samples, Replaced};
 
 /// What can stop the experiment before it starts, or break inside it.
@@ -86,6 +88,12 @@ pub struct Settings {
     pub repair_samples: usize,
     /// The repair's formulation and solve.
     pub repair: repair::Settings,
+    /// The repair's loop (its attack's `eps` and feed are set per ε); one round is a
+    /// single repair.
+    pub rounds: RoundSettings,
+    /// Robust accuracy under a strong attack, measured of every model at every ε;
+    /// `None` leaves it out.
+    pub protocol: Option<robust::Robust>,
     /// Seed of the choice of training images attacked for repair samples.
     pub seed: u64,
     /// Test images shown in the example grid.
@@ -169,7 +177,13 @@ fn settings_json(settings: &Settings) -> serde_json::Value {
             "samples": settings.repair_samples,
             "repair_bias": settings.repair.class.repair_bias,
             "preserve": margin.then_some(settings.repair.preserve),
+            "rounds": settings.rounds.rounds,
+            "pool": (settings.rounds.rounds > 1).then_some(settings.rounds.pool),
+            "round_steps": (settings.rounds.rounds > 1).then_some(settings.rounds.attack.steps),
         },
+        "robustness": settings.protocol.as_ref().map(|r| serde_json::json!({
+            "protocol": r.protocol, "limit": r.limit,
+        })),
         "kernel": settings.kernel.as_ref().map(|k| serde_json::json!({
             "landmarks": k.landmarks, "gamma": k.gamma, "seed": k.seed,
         })),
@@ -301,9 +315,20 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
         cells: Vec::new(),
         attacks: Vec::new(),
         repairs: Vec::new(),
+        robustness: Vec::new(),
+        transfer: Vec::new(),
         timings: Vec::new(),
     };
-    let repairer = Repairer::new(&lh.model, train, extractor_session.as_ref(), feed, &settings.repair)?;
+    let repairer = Repairer::new(
+        &lh.model,
+        &lh.head,
+        train,
+        extractor_session.as_ref(),
+        engine,
+        feed,
+        &settings.repair,
+        &settings.rounds,
+    )?;
     let mut repaired = Vec::with_capacity(settings.eps.len());
     let replace = |adv: &attack::Adversarial, label: &str| -> Result<Replaced> {
         Replaced::new(
@@ -318,6 +343,41 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
     // Each head's predictions on the clean test set, made once.
     let clean: Vec<Vec<usize>> = heads.iter().map(|(_, h)| h.predict(f_test.view())).collect();
     let nn_data = Accuracy::of(&nn_test, &test.labels);
+    if let Some(robust) = &settings.protocol {
+        clock.phase(
+            "robustness",
+            &format!(
+                "PGD robust accuracy of NN, LH and KH on {} test images",
+                robust.limit.min(test.len())
+            ),
+        );
+        let nn_robust = robust.measure(model, engine, test, &settings.eps, feed)?;
+        let lh_robust = robust.measure(&lh.model, engine, test, &settings.eps, feed)?;
+        report.push_robustness(Model::NN, &nn_robust);
+        report.push_robustness(Model::LH, &lh_robust);
+        if let (Some(k), Some(kh_clean)) = (&kh, clean.get(1)) {
+            report.push_robustness(Model::KH, &robust.measure(&k.model, engine, test, &settings.eps, feed)?);
+            let first = test.take(robust.limit);
+            for (source, measured) in [(Model::NN, &nn_robust), (Model::LH, &lh_robust)] {
+                for m in measured.iter() {
+                    let accuracy = robust::transfer(
+                        m,
+                        (&first, layout),
+                        kh_clean,
+                        (extractor_session.as_ref(), &k.head),
+                        feed,
+                    )?;
+                    report.transfer.push(report::TransferFigures {
+                        source,
+                        target: Model::KH,
+                        eps: m.robustness.eps,
+                        n: accuracy.n,
+                        accuracy: accuracy.accuracy,
+                    });
+                }
+            }
+        }
+    }
     for (ei, &eps) in settings.eps.iter().enumerate() {
         let (adv_rows, index) = &samples[ei];
         clock.phase(
@@ -335,16 +395,19 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
             ));
             None
         } else {
-            Some(repairer.repair(&lh.head, adv_rows, index)?)
+            let mut rounds = settings.rounds.clone();
+            rounds.attack.eps = vec![eps];
+            rounds.attack.feed = feed.clone();
+            Some(repairer.repair(adv_rows, index, &rounds)?)
         };
         // A stalled or infeasible LP's last iterate is no repair: RLH stays LH.
-        let usable = done.as_ref().filter(|d| d.repair.status.usable());
+        let usable = done.as_ref().filter(|d| d.fix.repair.status.usable());
         let rlh_head = match usable {
-            Some(d) => lh.head.with_linear(d.linear.clone()),
+            Some(d) => lh.head.with_linear(d.fix.linear.clone()),
             None => lh.head.clone(),
         };
         let rlh_model = match usable {
-            Some(d) => repairer.write(d)?,
+            Some(d) => d.model.clone(),
             None => lh.model.clone(),
         };
 
@@ -414,6 +477,10 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
             generalisation,
             hadv.replaced.len(),
         );
+        if let Some(robust) = &settings.protocol {
+            clock.phase("robustness", &format!("ε = {eps}: PGD robust accuracy of RLH"));
+            report.push_robustness(Model::RLH, &robust.measure(&rlh_model, engine, test, &[eps], feed)?);
+        }
         repaired.push(Repaired {
             eps,
             model: rlh_model,
@@ -429,78 +496,4 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
         repaired,
         examples,
     })
-}
-
-/// Repairs LH's head on features from the experiment's extractor: what the repair
-/// needs once (where the head sits in LH's graph, the preserved training images'
-/// features) is prepared once for every ε.
-struct Repairer<'a> {
-    lh: &'a ModelProto,
-    site: onnx_head::HeadSite,
-    train: &'a Dataset,
-    extractor: &'a dyn crate::engine::Session,
-    feed: &'a crate::features::Feed,
-    settings: &'a repair::Settings,
-    preserve: (Array2<f32>, Vec<i64>),
-}
-
-impl<'a> Repairer<'a> {
-    fn new(
-        lh: &'a ModelProto,
-        train: &'a Dataset,
-        extractor: &'a dyn crate::engine::Session,
-        feed: &'a crate::features::Feed,
-        settings: &'a repair::Settings,
-    ) -> Result<Self> {
-        let site = onnx_head::find(lh)?;
-        let preserve = match settings.margin {
-            Some(_) => {
-                let rows = preservation_rows(train.len(), settings.preserve);
-                let kept = train
-                    .select(&rows)
-                    .ok_or(ExperimentError::Invariant("a preservation index is out of range"))?;
-                (collect(extractor, &kept, feed, 0, "features")?, kept.labels)
-            }
-            None => (Array2::zeros((0, site.weights.ncols())), Vec::new()),
-        };
-        Ok(Self {
-            lh,
-            site,
-            train,
-            extractor,
-            feed,
-            settings,
-            preserve,
-        })
-    }
-
-    /// Repairs `head` with the adversarial training images `adversarial`, whose clean
-    /// originals are the training images at `index`.
-    fn repair(&self, head: &Head, adversarial: &Dataset, index: &[i64]) -> Result<HeadRepair> {
-        let rows = originals(index, &adversarial.labels, self.train)?;
-        let originals = self
-            .train
-            .select(&rows)
-            .ok_or(ExperimentError::Invariant("a repair sample's index is out of range"))?;
-        let f_adv = collect(self.extractor, adversarial, self.feed, 0, "features")?;
-        let f_clean = collect(self.extractor, &originals, self.feed, 0, "features")?;
-        let (adv_in, clean_in, kept_in) = (
-            head.inputs(f_adv.view()),
-            head.inputs(f_clean.view()),
-            head.inputs(self.preserve.0.view()),
-        );
-        let samples = Samples {
-            adversarial: adv_in.view(),
-            labels: &adversarial.labels,
-            originals: clean_in.view(),
-            preserve: kept_in.view(),
-            preserve_labels: &self.preserve.1,
-        };
-        Ok(repair_head(&head.linear, &samples, self.settings)?)
-    }
-
-    /// LH's model with the repaired head of `fix`.
-    fn write(&self, fix: &HeadRepair) -> Result<ModelProto> {
-        repair::hybrid::write(self.lh, &self.site, self.settings, fix)
-    }
 }

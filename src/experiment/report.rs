@@ -11,10 +11,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::attack::protocol::Measured;
 use crate::attack::EpsResult;
 use crate::data::Dataset;
 use crate::features::Accuracy;
-use crate::repair::{HeadRepair, LpSize, Status};
+use crate::repair::rounds::{self, Round};
+use crate::repair::{LpSize, Status};
 
 /// A model of the experiment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -179,6 +181,45 @@ pub struct RepairFigures {
     pub held_out: usize,
     /// The repaired model's file, relative to the output folder.
     pub model_file: String,
+    /// Every round of the repair's loop (empty without a repair).
+    pub rounds: Vec<Round>,
+    /// The round whose model RLH is.
+    pub chosen_round: usize,
+}
+
+/// A model's robust accuracy at one ε, under the protocol of the report's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct RobustFigures {
+    /// The model, attacked itself.
+    pub model: Model,
+    /// The radius (for RLH, the radius it was repaired at too).
+    pub eps: f32,
+    /// Test images attacked.
+    pub n: usize,
+    /// Share classified right clean.
+    pub clean_accuracy: f64,
+    /// Share classified right clean and unbroken by every run.
+    pub robust_accuracy: f64,
+    /// Images robust.
+    pub robust_correct: usize,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// How a model fares on another model's adversarial examples.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferFigures {
+    /// The model attacked.
+    pub source: Model,
+    /// The model measured on the source's adversarial examples.
+    pub target: Model,
+    /// The radius.
+    pub eps: f32,
+    /// Test images.
+    pub n: usize,
+    /// Share the target classifies right, with the source's flipped images replaced
+    /// by their adversarial examples.
+    pub accuracy: f64,
 }
 
 /// A data set as the report names it.
@@ -240,6 +281,10 @@ pub struct Report {
     pub attacks: Vec<AttackFigures>,
     /// The repair per ε.
     pub repairs: Vec<RepairFigures>,
+    /// Robust accuracy of every model at every ε (empty when not measured).
+    pub robustness: Vec<RobustFigures>,
+    /// NN's and LH's adversarial examples (from the robust accuracy's attacks) on KH.
+    pub transfer: Vec<TransferFigures>,
     /// Seconds per phase, in the order they ran.
     #[serde(serialize_with = "ordered_map")]
     pub timings: Vec<(String, f64)>,
@@ -301,11 +346,12 @@ impl Report {
     pub(super) fn push_repair(
         &mut self,
         eps: f32,
-        done: Option<&HeadRepair>,
+        looped: Option<&rounds::Outcome>,
         drawdown: f64,
         generalisation: Option<f64>,
         held_out: usize,
     ) {
+        let done = looped.map(|l| &l.fix);
         let r = done.map(|d| &d.repair);
         self.repairs.push(RepairFigures {
             eps,
@@ -323,7 +369,32 @@ impl Report {
             generalisation,
             held_out,
             model_file: model_file(eps),
+            rounds: looped.map_or_else(Vec::new, |l| l.rounds.clone()),
+            chosen_round: looped.map_or(0, |l| l.chosen),
         });
+    }
+
+    pub(super) fn push_robustness(&mut self, model: Model, measured: &[Measured]) {
+        for m in measured {
+            let r = &m.robustness;
+            self.robustness.push(RobustFigures {
+                model,
+                eps: r.eps,
+                n: r.n,
+                clean_accuracy: r.clean_accuracy,
+                robust_accuracy: r.robust_accuracy,
+                robust_correct: r.robust_correct,
+                seconds: r.seconds,
+            });
+        }
+    }
+
+    /// The robust accuracy of `model` at `eps`, if measured.
+    pub fn robust_accuracy(&self, model: Model, eps: f32) -> Option<f64> {
+        self.robustness
+            .iter()
+            .find(|r| r.model == model && r.eps == eps)
+            .map(|r| r.robust_accuracy)
     }
 
     /// The accuracy of `model` on `test_set` at `eps`, if measured.

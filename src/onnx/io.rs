@@ -138,12 +138,9 @@ pub fn ensure_distinct(output: &Path, inputs: &[&Path]) -> Result<(), OnnxError>
             _ => output == *input,
         };
         if same {
-            return Err(OnnxError::Io {
-                path: output.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!("is also an input ({}); refusing to overwrite it", input.display()),
-                ),
+            return Err(OnnxError::SameFile {
+                output: output.to_path_buf(),
+                input: input.to_path_buf(),
             });
         }
     }

@@ -36,6 +36,14 @@ pub enum OnnxError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// An output that would replace one of the command's inputs.
+    #[error("{}: is also an input ({}); refusing to overwrite it", .output.display(), .input.display())]
+    SameFile {
+        /// The output.
+        output: PathBuf,
+        /// The input it names.
+        input: PathBuf,
+    },
     /// The file is larger than protobuf allows one message to be.
     #[error(
         "{path}: {size} bytes, over protobuf's 2 GiB limit for one message; a model this large must \

@@ -58,14 +58,6 @@ pub enum RepairError {
         /// The clean image's label.
         original: i64,
     },
-    /// No round of an attack-in-the-loop repair solved its LP.
-    #[error("the repair LP of round {round} ended {status:?}; no round gave a usable repair")]
-    Unsolved {
-        /// The last round.
-        round: usize,
-        /// How its LP ended.
-        status: super::Status,
-    },
     /// An LP dump that cannot be read or is inconsistent.
     #[error("{path}: {reason}")]
     Dump {

@@ -94,7 +94,8 @@ pub struct Outcome {
     pub model: ModelProto,
     /// Every round.
     pub rounds: Vec<Round>,
-    /// The round chosen: the one most robust on the pool (the earliest of equals).
+    /// The round chosen: the one most robust on the pool (the earliest of equals);
+    /// when no round's LP solved, the first, whose status says so.
     pub chosen: usize,
     /// The pool's robust accuracy before any repair, when the loop attacked the hybrid
     /// itself for round 0's samples.
@@ -287,8 +288,10 @@ impl Loop<'_> {
             });
             attack_seconds = 0.0;
             let accuracy = attacked.as_ref().map_or(f64::NEG_INFINITY, |a| a.0);
-            let previous = best.as_ref().map(|b| b.0);
-            if usable && previous.is_none_or(|p| accuracy > p) {
+            let previous = best.as_ref().filter(|b| b.1.repair.status.usable()).map(|b| b.0);
+            // An unusable round is kept only while there is nothing better, so that
+            // the caller sees how its LP ended.
+            if best.is_none() || (usable && previous.is_none_or(|p| accuracy > p)) {
                 best = Some((accuracy, fix, model, round, pile.index.clone()));
             }
             let stalled = previous.is_some_and(|p| accuracy < p + rounds.min_gain);
@@ -306,11 +309,7 @@ impl Loop<'_> {
                 chosen,
                 pool_before,
             }),
-            None => Err(RepairError::Unsolved {
-                round: history.len().saturating_sub(1),
-                status: history.last().map_or(Status::Stalled, |r| r.status),
-            }
-            .into()),
+            None => Err(RepairError::NoSamples.into()),
         }
     }
 }

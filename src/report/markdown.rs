@@ -99,6 +99,8 @@ pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> S
             ),
         };
     }
+    robustness(&mut md, r, &eps, &models);
+    rounds(&mut md, r);
     let _ = writeln!(md, "\n## Attack success rates (%)\n");
     let _ = writeln!(md, "| ε | NN | LH | RLH |\n| --- | --- | --- | --- |");
     for &e in &eps {
@@ -136,4 +138,96 @@ pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> S
         r.versions.get("clarabel").map_or("?", String::as_str),
     );
     md
+}
+
+/// The robust accuracy of every model at every ε, the headline of each repair, and
+/// the transfer of NN's and LH's adversarial examples to KH.
+fn robustness(md: &mut String, r: &Report, eps: &[f32], models: &[Model]) {
+    let Some(first) = r.robustness.first() else {
+        return;
+    };
+    let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.2}", 100.0 * v));
+    let _ = writeln!(
+        md,
+        "\n## Robust accuracy (%)\n\nEach model attacked itself on the first {} test images: PGD with 40 steps \
+         of 2.5·ε/40 from a random start, following the cross-entropy and the margin loss, 3 restarts each; an \
+         image counts if it is classified right and no run flips it.\n",
+        first.n
+    );
+    let names: Vec<&str> = models.iter().map(|m| m.name()).collect();
+    let _ = writeln!(md, "| ε | {} |", names.join(" | "));
+    let _ = writeln!(md, "| --- |{}", " --- |".repeat(models.len()));
+    for &e in eps {
+        let row: Vec<String> = models.iter().map(|m| pct(r.robust_accuracy(*m, e))).collect();
+        let _ = writeln!(md, "| {e} | {} |", row.join(" | "));
+    }
+    let _ = writeln!(
+        md,
+        "\nThe repairs' headline: RLH's clean accuracy, its robust accuracy against itself, its efficacy on every \
+         repair sample, and the repair's time (every round's LP and attack).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| ε | clean (%) | robust (%) | efficacy (%) | seconds |\n| --- | --- | --- | --- | --- |"
+    );
+    for rep in &r.repairs {
+        let seconds: f64 = rep.rounds.iter().map(|x| x.lp_seconds + x.attack_seconds).sum();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2} | {seconds:.1} |",
+            rep.eps,
+            pct(r.accuracy(Model::RLH, TestSet::Data, rep.eps)),
+            pct(r.robust_accuracy(Model::RLH, rep.eps)),
+            100.0 * rep.efficacy
+        );
+    }
+    if !r.transfer.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nKH on NN's and LH's adversarial examples (the first test images, each flipped one replaced): an RBF \
+             head's gradients can mislead an attack, and the examples of another model show whether KH's robust \
+             accuracy is real.\n\n| ε | NN's examples (%) | LH's examples (%) |\n| --- | --- | --- |"
+        );
+        for &e in eps {
+            let on = |source: Model| {
+                pct(r
+                    .transfer
+                    .iter()
+                    .find(|t| t.source == source && t.eps == e)
+                    .map(|t| t.accuracy))
+            };
+            let _ = writeln!(md, "| {e} | {} | {} |", on(Model::NN), on(Model::LH));
+        }
+    }
+}
+
+/// The rounds of each attack-in-the-loop repair.
+fn rounds(md: &mut String, r: &Report) {
+    if r.repairs.iter().all(|rep| rep.rounds.len() < 2) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Repair rounds\n\n| ε | round | samples | status | objective | efficacy (%) | pool robust (%) | LP (s) | \
+         attack (s) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for rep in &r.repairs {
+        for x in &rep.rounds {
+            let chosen = if x.round == rep.chosen_round { " (RLH)" } else { "" };
+            let _ = writeln!(
+                md,
+                "| {} | {}{chosen} | {} | {} | {:.4} | {:.2} | {} | {:.1} | {:.1} |",
+                rep.eps,
+                x.round,
+                x.samples,
+                format!("{:?}", x.status).to_lowercase(),
+                x.objective,
+                100.0 * x.efficacy,
+                x.pool_robust_accuracy
+                    .map_or("–".into(), |a| format!("{:.2}", 100.0 * a)),
+                x.lp_seconds,
+                x.attack_seconds
+            );
+        }
+    }
 }

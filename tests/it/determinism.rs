@@ -77,6 +77,8 @@ fn pipeline(dir: &std::path::Path, threads: &str) -> Vec<(String, Vec<u8>)> {
         s(&data),
         "-o",
         s(&p("rlh.onnx")),
+        "--mode",
+        "paper",
         "--threads",
         threads,
     ]);

@@ -325,6 +325,10 @@ fn repair_writes_a_drop_in_model_and_the_json_contract() {
         s(&p("held.npz")),
         "--dump-lp",
         s(&p("lp.json")),
+        "--mode",
+        "paper",
+        "--pgd-limit",
+        "0",
         "--json",
     ]));
     for key in [
@@ -413,11 +417,23 @@ fn repair_writes_a_drop_in_model_and_the_json_contract() {
         "300",
         "--test",
         s(&data),
+        "--pgd-limit",
+        "30",
         "--dump-lp",
         s(&p("lp_m.json")),
         "--json",
     ]));
     assert_eq!(m["mode"], "margin", "{m}");
+    // The robust accuracy before and after, on the first 30 test images at the
+    // attack's radius.
+    for side in ["before", "after"] {
+        let r = &m["robustness"][side];
+        assert_eq!(r["n"], 30, "{m}");
+        assert!(
+            r["robust_accuracy"].as_f64().unwrap() <= r["clean_accuracy"].as_f64().unwrap(),
+            "{m}"
+        );
+    }
     assert_eq!(m["status"], "solved", "{m}");
     assert!(m["samples"].as_u64().unwrap() <= 40);
     let short = m["margin"]["short_repair_samples"].as_u64().unwrap() as f64;

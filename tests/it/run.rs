@@ -29,6 +29,8 @@ fn run_experiment(out: &Path, threads: &str) -> std::process::Output {
         "3",
         "--landmarks",
         "200",
+        "--pgd-limit",
+        "40",
         "--threads",
         threads,
         "--out",
@@ -122,6 +124,23 @@ fn run_reports_every_cell_writes_drop_in_models_and_repeats_itself() {
         assert_eq!(rep["efficacy"], 1.0, "{rep}");
         assert!(rep["lp"]["variables"].as_u64().unwrap() > 0);
     }
+    // Every model's robust accuracy at every ε, on the first 40 test images, never above
+    // its clean accuracy there; and KH on NN's and LH's adversarial examples.
+    let robustness = r["robustness"].as_array().unwrap();
+    for m in MODELS {
+        for e in EPS {
+            let f = robustness
+                .iter()
+                .find(|f| f["model"] == m && (f["eps"].as_f64().unwrap() - e).abs() < 1e-6)
+                .unwrap_or_else(|| panic!("no robust accuracy of {m} at {e}"));
+            assert_eq!(f["n"], 40, "{f}");
+            assert!(
+                f["robust_accuracy"].as_f64().unwrap() <= f["clean_accuracy"].as_f64().unwrap(),
+                "{f}"
+            );
+        }
+    }
+    assert_eq!(r["transfer"].as_array().unwrap().len(), 4, "{}", r["transfer"]);
     assert!(r["timings"]["total"].as_f64().unwrap() > 0.0);
     assert!(r["versions"]["nnmend"].is_string());
 
@@ -161,6 +180,7 @@ fn run_reports_every_cell_writes_drop_in_models_and_repeats_itself() {
         "## Accuracy on HADV",
         "## Accuracy on RHADV",
         "## Repair",
+        "## Robust accuracy",
     ] {
         assert!(md.contains(heading), "report.md lacks {heading}");
     }
