@@ -21,6 +21,9 @@ pub struct LpArgs {
     /// Threads solving classes side by side [default: one per CPU core].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
+    /// The solver of a margin-mode instance.
+    #[arg(long, value_enum, default_value_t = super::repair::LpSolver::Ipm)]
+    solver: super::repair::LpSolver,
     /// Print one JSON document instead of text.
     #[arg(long)]
     json: bool,
@@ -32,7 +35,7 @@ pub fn lp(args: LpArgs) -> Result<ExitCode> {
     let threads = args
         .threads
         .map_or_else(|| nnmend::features::Feed::default().threads, |t| t as usize);
-    let (solved, seconds) = instance.solve(threads)?;
+    let (solved, seconds) = instance.solve(threads, args.solver.into())?;
     let doc = LpDoc::new(instance.mode(), instance.x.dim(), &solved, seconds, threads);
     if args.json {
         print_json(&doc)?;

@@ -20,7 +20,7 @@ use nnmend::features::Feed;
 use nnmend::head::HeadKind;
 use nnmend::hybrid::evaluate;
 use nnmend::onnx::head;
-use nnmend::repair::margin::MarginSettings;
+use nnmend::repair::margin::{MarginSettings, MarginSolver};
 use nnmend::repair::rounds::RoundSettings;
 use nnmend::repair::{repair_hybrid, ClassSettings, MarginOptions, Settings, Status};
 
@@ -55,6 +55,24 @@ enum Select {
     Wilcoxon,
 }
 
+/// The margin LP's solver (`--lp-solver`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(super) enum LpSolver {
+    /// The structured interior-point method.
+    Ipm,
+    /// clarabel.
+    Clarabel,
+}
+
+impl From<LpSolver> for MarginSolver {
+    fn from(solver: LpSolver) -> Self {
+        match solver {
+            LpSolver::Ipm => MarginSolver::Ipm,
+            LpSolver::Clarabel => MarginSolver::Clarabel,
+        }
+    }
+}
+
 /// How a head is repaired: the options `repair` and `run` share.
 #[derive(Debug, Args)]
 pub(super) struct RepairOptions {
@@ -84,7 +102,11 @@ pub(super) struct RepairOptions {
     /// Let the bias change too.
     #[arg(long)]
     pub repair_bias: bool,
-    /// clarabel's iteration limit per LP solve; a solve that reaches it stalls, and a
+    /// Margin mode: the solver of the LPs (the structured interior-point method, or
+    /// clarabel's general one).
+    #[arg(long, value_enum, default_value_t = LpSolver::Ipm)]
+    pub lp_solver: LpSolver,
+    /// The LP solver's iteration limit per solve; a solve that reaches it stalls, and a
     /// stalled repair writes no model.
     #[arg(long, value_name = "N", default_value_t = nnmend::repair::DEFAULT_MAX_ITER,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -111,6 +133,7 @@ impl RepairOptions {
                 keep_price: self.keep_price,
                 solve: MarginSettings {
                     solver_max_iter: self.lp_max_iter,
+                    solver: self.lp_solver.into(),
                     ..Default::default()
                 },
             }),
@@ -143,6 +166,7 @@ impl RepairOptions {
             },
             loss: Loss::Ce,
             min_gain: 0.005,
+            keep_instances: false,
         }
     }
 }
@@ -187,7 +211,9 @@ pub struct RepairArgs {
     /// Held-out adversarial examples (an `attack -o` file): report the share fixed.
     #[arg(long, value_name = "ADV.npz")]
     adv_test: Option<PathBuf>,
-    /// Write the LP instance as JSON (features, per-class residuals).
+    /// Write the LP instance as JSON (features, per-class residuals); with --rounds,
+    /// the chosen round's, and every round's as FILE's name with `.roundK` before its
+    /// extension.
     #[arg(long, value_name = "FILE")]
     dump_lp: Option<PathBuf>,
     /// Print one JSON document instead of text.
@@ -233,6 +259,16 @@ fn check_status(r: &nnmend::repair::Repair, args: &RepairArgs) -> Result<()> {
             }
         ),
     }
+}
+
+/// Where round `round`'s LP instance goes: `FILE.json` → `FILE.round2.json`.
+fn round_dump(dump: &Path, round: usize) -> PathBuf {
+    let stem = dump.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match dump.extension() {
+        Some(ext) => format!("{stem}.round{round}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.round{round}"),
+    };
+    dump.with_file_name(name)
 }
 
 /// Runs `nnmend repair`.
@@ -284,10 +320,11 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     let clean = args.data_args.load(&args.train, Split::Train)?;
     let (engine, feed) = args.engine.open(&args.data_args)?;
     let settings = args.repair.settings(feed.threads);
-    let rounds = match eps {
+    let mut rounds = match eps {
         Some(eps) if args.repair.rounds > 1 => args.repair.rounds(eps, args.seed, &feed),
         _ => RoundSettings::single(),
     };
+    rounds.keep_instances = rounds.rounds > 1 && args.dump_lp.is_some();
     let done = repair_hybrid(
         &hybrid,
         &adv.images,
@@ -301,6 +338,9 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     .with_context(|| format!("repairing {}", args.hybrid.display()))?;
     if let Some(dump) = &args.dump_lp {
         done.fix.instance.save(dump)?;
+        for (round, instance) in done.instances.iter().enumerate() {
+            instance.save(&round_dump(dump, round))?;
+        }
     }
     check_status(&done.fix.repair, &args)?;
     save_model(&done.model, &args.output)?;

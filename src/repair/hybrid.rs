@@ -36,6 +36,8 @@ pub struct HybridRepair {
     pub rounds: Vec<Round>,
     /// The round whose model this is.
     pub chosen: usize,
+    /// Every round's LP instance, when the loop was asked to keep them.
+    pub instances: Vec<super::Instance>,
 }
 
 /// The rows of `clean` that the repair samples came from, checked: each `index` must
@@ -189,5 +191,6 @@ pub fn repair_hybrid(
         fix: outcome.fix,
         rounds: outcome.rounds,
         chosen: outcome.chosen,
+        instances: outcome.instances,
     })
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use super::margin::{self, MarginProblem, MarginSettings, MarginSolution};
+use super::margin::{self, MarginProblem, MarginSettings, MarginSolution, MarginSolver};
 use super::paper::{solve_classes, ClassSettings, ClassSolution, Status};
 use super::RepairError;
 
@@ -310,8 +310,9 @@ impl Instance {
     }
 
     /// Solves the instance with `threads` threads (classes side by side in paper mode,
-    /// clarabel's factorisation in margin mode): the solution and the seconds it took.
-    pub fn solve(&self, threads: usize) -> Result<(Solved, f64), RepairError> {
+    /// the solver's linear algebra in margin mode, where `solver` solves it): the
+    /// solution and the seconds it took.
+    pub fn solve(&self, threads: usize, solver: MarginSolver) -> Result<(Solved, f64), RepairError> {
         let started = Instant::now();
         let solved = match &self.kind {
             Kind::Paper { residuals } => {
@@ -336,6 +337,7 @@ impl Instance {
                 };
                 let settings = MarginSettings {
                     solver_threads: u32::try_from(threads).unwrap_or(1),
+                    solver,
                     ..Default::default()
                 };
                 Solved::Margin(margin::solve(&problem, &settings))

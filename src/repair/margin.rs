@@ -24,9 +24,10 @@
 //!
 //! where (Mᵀy)_cj = Σ_{s: t_s = c} x_sj Σ_k y_sk − Σ_{s, k = c} x_sj y_sk. Most of the
 //! (K − 1) constraints of a sample are slack (the runner-up class is what binds), so
-//! they are generated: clarabel solves the dual over an active set of pairs (s, k), the
+//! they are generated: the dual is solved over an active set of pairs (s, k), the
 //! primal (its multipliers) is checked against every pair, and violated pairs join the
-//! set until none is left. The restricted problem is a relaxation whose solution is
+//! set until none is left. Each restricted dual is solved by a structured
+//! interior-point method ([`MarginSolver::Ipm`], the default) or by clarabel. The restricted problem is a relaxation whose solution is
 //! feasible for the full one, so it is the full problem's optimum; the dual gives a
 //! certified bound ([`MarginSolution::gap`]).
 
@@ -50,8 +51,22 @@ pub struct MarginSettings {
     pub lookahead: f64,
     /// clarabel's threads (0: its default, all cores).
     pub solver_threads: u32,
-    /// clarabel's iteration limit per solve; a solve that reaches it ends `Stalled`.
+    /// The solver's iteration limit per solve; a solve that reaches it ends `Stalled`.
     pub solver_max_iter: u32,
+    /// Which solver solves each restricted program.
+    pub solver: MarginSolver,
+}
+
+/// The solver of the margin program's restricted duals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MarginSolver {
+    /// The structured interior-point method ([`super::ipm`]): dense normal equations
+    /// over the active pairs, formed class by class at GEMM speed.
+    #[default]
+    Ipm,
+    /// clarabel on the general conic form (sparse LDLᵀ).
+    Clarabel,
 }
 
 impl Default for MarginSettings {
@@ -62,6 +77,7 @@ impl Default for MarginSettings {
             lookahead: 0.1,
             solver_threads: 0,
             solver_max_iter: super::paper::DEFAULT_MAX_ITER,
+            solver: MarginSolver::default(),
         }
     }
 }
@@ -121,8 +137,39 @@ struct Restricted {
     iterations: u32,
 }
 
-/// Solves the dual over the active pairs.
-fn solve_restricted(p: &MarginProblem, pairs: &[(usize, usize)], threads: u32, max_iter: u32) -> Restricted {
+/// Solves the dual over the active pairs with the chosen solver.
+fn solve_restricted(p: &MarginProblem, pairs: &[(usize, usize)], settings: &MarginSettings) -> Restricted {
+    match settings.solver {
+        MarginSolver::Clarabel => solve_clarabel(p, pairs, settings.solver_threads, settings.solver_max_iter),
+        MarginSolver::Ipm => {
+            // A sample priced at 0 has free slack: its pairs never bind (y = 0).
+            let priced: Vec<usize> = (0..pairs.len()).filter(|&a| p.price[pairs[a].0] > 0.0).collect();
+            let kept: Vec<(usize, usize)> = priced.iter().map(|&a| pairs[a]).collect();
+            if kept.is_empty() {
+                return Restricted {
+                    gamma: Array2::zeros((p.scores.ncols(), p.x.ncols())),
+                    y: vec![0.0; pairs.len()],
+                    status: Status::Solved,
+                    iterations: 0,
+                };
+            }
+            let sol = super::ipm::solve(p, &kept, settings.solver_threads as usize, settings.solver_max_iter);
+            let mut y = vec![0.0; pairs.len()];
+            for (&a, &v) in priced.iter().zip(&sol.y) {
+                y[a] = v;
+            }
+            Restricted {
+                gamma: sol.gamma,
+                y,
+                status: sol.status,
+                iterations: sol.iterations,
+            }
+        }
+    }
+}
+
+/// Solves the dual over the active pairs with clarabel.
+fn solve_clarabel(p: &MarginProblem, pairs: &[(usize, usize)], threads: u32, max_iter: u32) -> Restricted {
     let (n, d) = p.x.dim();
     let k = p.scores.ncols();
     if pairs.is_empty() {
@@ -282,7 +329,7 @@ pub fn solve_from(p: &MarginProblem, settings: &MarginSettings, warm: &[(usize, 
     let mut rounds = 0;
     loop {
         rounds += 1;
-        let sol = solve_restricted(p, &pairs, settings.solver_threads, settings.solver_max_iter);
+        let sol = solve_restricted(p, &pairs, settings);
         iterations += sol.iterations;
         let g = gains(p, &sol.gamma);
         let xi = slacks(p, &g);

@@ -17,6 +17,7 @@
 mod error;
 pub mod hybrid;
 pub mod instance;
+mod ipm;
 pub mod margin;
 pub mod paper;
 pub mod rounds;

@@ -40,6 +40,8 @@ pub struct RoundSettings {
     /// The loop stops when a round's pool robust accuracy gains less than this over
     /// the best round before it.
     pub min_gain: f64,
+    /// Keep every round's LP instance ([`Outcome::instances`]), to be written out.
+    pub keep_instances: bool,
 }
 
 impl RoundSettings {
@@ -51,6 +53,7 @@ impl RoundSettings {
             attack: attack::Settings::default(),
             loss: Loss::Ce,
             min_gain: 0.0,
+            keep_instances: false,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct Outcome {
     /// The pool's robust accuracy before any repair, when the loop attacked the hybrid
     /// itself for round 0's samples.
     pub pool_before: Option<f64>,
+    /// Every round's LP instance, in order, when [`RoundSettings::keep_instances`].
+    pub instances: Vec<super::Instance>,
 }
 
 /// The repair samples so far, as what the head's linear part reads.
@@ -243,6 +248,7 @@ impl Loop<'_> {
         let mut history: Vec<Round> = Vec::new();
         let mut best: Option<(f64, HeadRepair, ModelProto, usize, Vec<i64>)> = None;
         let mut warm: Vec<(usize, usize)> = Vec::new();
+        let mut instances = Vec::new();
         let last = rounds.rounds.max(1) - 1;
         for round in 0..=last {
             if pending.images.is_empty() && round > 0 {
@@ -262,6 +268,9 @@ impl Loop<'_> {
             let fix = repair_head_from(self.linear, &samples, self.settings, &remap(&warm, before, added))?;
             if let Some(m) = &fix.repair.margin {
                 warm.clone_from(&m.pairs);
+            }
+            if rounds.keep_instances {
+                instances.push(fix.instance.clone());
             }
             let model = super::hybrid::write(self.hybrid, self.site, self.settings, &fix)?;
             let usable = fix.repair.status.usable();
@@ -308,6 +317,7 @@ impl Loop<'_> {
                 rounds: history,
                 chosen,
                 pool_before,
+                instances,
             }),
             None => Err(RepairError::NoSamples.into()),
         }

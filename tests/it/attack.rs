@@ -317,3 +317,47 @@ fn a_fitted_hybrid_is_attacked_like_the_network() {
         assert!(r["successes"].as_u64().unwrap() > 0, "{}: {r}", m.display());
     }
 }
+
+#[test]
+fn the_robust_accuracy_protocol_agrees_with_pytorch() {
+    // fixtures/reference/pgd_mnist_paper.json: the same protocol (PGD-40 from random
+    // starts, CE and margin loss, 3 restarts, early stop) run in PyTorch on MNIST-NN
+    // (tools/reference/torch_pgd.py). The random starts differ, so the robust counts
+    // agree within a few images, not exactly.
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("reference/pgd_mnist_paper.json")).unwrap()).unwrap();
+    let n = reference["n"].as_u64().unwrap() as usize;
+    let ds = data::load(
+        &fixture("mnist-small-test.npz"),
+        &LoadOptions {
+            limit: Some(n),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let results = reference["results"].as_array().unwrap();
+    let eps: Vec<f32> = results.iter().map(|r| r["eps"].as_f64().unwrap() as f32).collect();
+    let measured = attack::protocol::measure(
+        &mnist_nn(),
+        &Tract,
+        &ds,
+        &eps,
+        &attack::protocol::Protocol::default(),
+        &feed(2),
+    )
+    .unwrap();
+    for (r, m) in results.iter().zip(&measured) {
+        let theirs = r["robust_correct"].as_i64().unwrap();
+        let ours = m.robustness.robust_correct as i64;
+        let tolerance = (n as i64 / 50).max(3);
+        assert!(
+            (ours - theirs).abs() <= tolerance,
+            "eps {}: nnmend {ours} robust of {n}, PyTorch {theirs} (tolerance {tolerance})",
+            m.robustness.eps
+        );
+        assert_eq!(
+            (m.robustness.clean_accuracy * n as f64).round() as i64,
+            reference["clean_correct"].as_i64().unwrap()
+        );
+    }
+}

@@ -5,6 +5,7 @@ use ndarray::{Array1, Array2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use nnmend::repair::margin::MarginSolver;
 use nnmend::repair::{self, paper, ClassSettings, Status};
 
 use crate::common::*;
@@ -604,22 +605,33 @@ fn the_margin_optimum_equals_highs_and_keeps_every_constraint() {
             margin: &margin,
             price: &price,
         };
-        let sol = repair::margin::solve(&problem, &Default::default());
-        assert_eq!(sol.status, Status::Solved, "N={} k={k} d={d}", repair_n + keep);
         let reference = margin_highs(&x, &scores, &labels, &margin, &price);
-        assert!(
-            (sol.objective - reference).abs() <= 1e-6 * reference.abs().max(1.0),
-            "k={k} d={d}: nnmend {} against HiGHS {reference}",
-            sol.objective
-        );
-        assert!(sol.gap <= 1e-6, "certified gap {}", sol.gap);
-        assert!(sol.xi.iter().all(|&v| v >= 0.0));
-        assert!(
-            repair::margin::satisfied(&problem, &sol.gamma, &sol.xi, 1e-6),
-            "a constraint is violated"
-        );
-        // Generation kept the active set below all N·(k − 1) pairs.
-        assert!(sol.active < (repair_n + keep) * (k - 1), "{} active pairs", sol.active);
+        for solver in [MarginSolver::Ipm, MarginSolver::Clarabel] {
+            let settings = repair::margin::MarginSettings {
+                solver,
+                ..Default::default()
+            };
+            let sol = repair::margin::solve(&problem, &settings);
+            assert_eq!(
+                sol.status,
+                Status::Solved,
+                "{solver:?} N={} k={k} d={d}",
+                repair_n + keep
+            );
+            assert!(
+                (sol.objective - reference).abs() <= 1e-6 * reference.abs().max(1.0),
+                "{solver:?} k={k} d={d}: nnmend {} against HiGHS {reference}",
+                sol.objective
+            );
+            assert!(sol.gap <= 1e-6, "{solver:?}: certified gap {}", sol.gap);
+            assert!(sol.xi.iter().all(|&v| v >= 0.0));
+            assert!(
+                repair::margin::satisfied(&problem, &sol.gamma, &sol.xi, 1e-6),
+                "{solver:?}: a constraint is violated"
+            );
+            // Generation kept the active set below all N·(k − 1) pairs.
+            assert!(sol.active < (repair_n + keep) * (k - 1), "{} active pairs", sol.active);
+        }
     }
 }
 
@@ -645,4 +657,122 @@ fn a_feasible_margin_repair_fixes_every_sample() {
         assert!(m >= want - 1e-6, "sample {s}: margin {m} < {want}");
         assert!(m > 0.0, "sample {s} is misclassified");
     }
+}
+
+/// The objective HiGHS finds for an LP dump.
+fn highs_dump(path: &std::path::Path) -> f64 {
+    let mut cmd = python("lp_reference.py");
+    cmd.arg(path);
+    let out: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
+    out["objective"].as_f64().unwrap()
+}
+
+#[test]
+fn a_round_loop_is_checked_round_by_round() {
+    // Three rounds of margin repair on the fixtures: every round's LP, as dumped, has
+    // HiGHS's optimum, and the model written misclassifies in onnxruntime only round
+    // 0's samples that the JSON lists as unfixed.
+    let tmp = tempdir();
+    let p = |name: &str| tmp.path().join(name);
+    let model = fixture("tiny_cnn.onnx");
+    let data = fixture("mnist-small");
+    json(&run(&[
+        "fit",
+        s(&model),
+        "--train",
+        s(&data),
+        "--limit",
+        "600",
+        "-o",
+        s(&p("lh.onnx")),
+        "--json",
+    ]));
+    json(&run(&[
+        "attack",
+        s(&p("lh.onnx")),
+        "--data",
+        s(&data),
+        "--split",
+        "train",
+        "--limit",
+        "150",
+        "--eps",
+        "0.1",
+        "--method",
+        "pgd",
+        "--steps",
+        "5",
+        "-o",
+        s(&p("adv.npz")),
+        "--only-successful",
+        "--json",
+    ]));
+    let v = json(&run(&[
+        "repair",
+        s(&p("lh.onnx")),
+        "--adv",
+        s(&p("adv.npz")),
+        "--train",
+        s(&data),
+        "--limit",
+        "600",
+        "--preserve",
+        "200",
+        "--rounds",
+        "3",
+        "--pool",
+        "150",
+        "--round-steps",
+        "5",
+        "--dump-lp",
+        s(&p("lp.json")),
+        "-o",
+        s(&p("rlh.onnx")),
+        "--json",
+    ]));
+    let rounds = v["rounds"].as_array().unwrap();
+    assert!(rounds.len() >= 2, "the loop stopped after round 0: {v}");
+    for round in rounds {
+        let k = round["round"].as_u64().unwrap();
+        let ours = round["objective"].as_f64().unwrap();
+        let theirs = highs_dump(&p(&format!("lp.round{k}.json")));
+        assert!(
+            (ours - theirs).abs() <= 1e-6 * theirs.abs().max(1.0),
+            "round {k}: nnmend {ours} against HiGHS {theirs}"
+        );
+        assert_eq!(round["status"], "solved", "round {k}");
+    }
+    assert!(p("lp.json").exists(), "the chosen round's dump");
+    // onnxruntime on round 0's samples, with the chosen model.
+    let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(p("adv.npz")).unwrap()).unwrap();
+    let x: ndarray::Array4<f32> = npz.by_name("x").unwrap();
+    let y: Array1<i64> = npz.by_name("y").unwrap();
+    let index: Array1<i64> = npz.by_name("index").unwrap();
+    write_npy(&p("x.npy"), &x);
+    let mut cmd = python("ort_run.py");
+    cmd.arg(p("rlh.onnx")).arg(p("x.npy")).arg(p("scores.npy"));
+    ok(cmd);
+    let scores = read_npy2(&p("scores.npy"));
+    let unfixed: Vec<i64> = v["unfixed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_i64().unwrap())
+        .collect();
+    let mut wrong = 0;
+    for (row, (&label, &at)) in scores.rows().into_iter().zip(y.iter().zip(&index)) {
+        let best = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        if best as i64 != label {
+            wrong += 1;
+            assert!(
+                unfixed.contains(&at),
+                "image {at} is misclassified in onnxruntime but not listed as unfixed"
+            );
+        }
+    }
+    assert!(
+        wrong * 10 <= y.len(),
+        "{wrong} of {} round-0 samples misclassified",
+        y.len()
+    );
 }
