@@ -30,6 +30,8 @@
 //! - [`experiment`]: the seed paper's whole experiment.
 //! - [`report`]: its report: JSON, Markdown tables, figures (accuracy against ε, example grids).
 //! - [`atomic`]: atomic file output.
+//! - [`provenance`]: the version, commit and features of this build, which models and
+//!   reports record.
 
 pub mod atomic;
 pub mod attack;
@@ -45,6 +47,7 @@ pub mod inspect;
 pub mod onnx;
 pub mod parallel;
 pub mod progress;
+pub mod provenance;
 pub mod repair;
 pub mod report;
 pub mod svm;

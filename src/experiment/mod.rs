@@ -304,6 +304,7 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
         model: inputs.path.display().to_string(),
         engine: engine.describe(),
         versions: report::versions(),
+        provenance: crate::provenance::Provenance::current(),
         settings: settings_json(settings),
         train: report::DataFigures::of(train),
         test: report::DataFigures::of(test),

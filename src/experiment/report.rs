@@ -15,6 +15,7 @@ use crate::attack::protocol::Measured;
 use crate::attack::EpsResult;
 use crate::data::Dataset;
 use crate::features::Accuracy;
+use crate::provenance::Provenance;
 use crate::repair::rounds::{self, Round};
 use crate::repair::{LpSize, Status};
 
@@ -265,6 +266,8 @@ pub struct Report {
     pub engine: serde_json::Value,
     /// Versions of nnmend and its engine and solver.
     pub versions: BTreeMap<String, String>,
+    /// The build that made the report: version, commit, features (as `--version --json`).
+    pub provenance: Provenance,
     /// The settings that matter for reproducing the numbers.
     pub settings: serde_json::Value,
     /// The training set.

@@ -132,8 +132,9 @@ pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> S
     let _ = writeln!(md, "| total | {total:.1} |");
     let _ = writeln!(
         md,
-        "\nnnmend {}, tract {}, clarabel {}.",
+        "\nnnmend {} (commit {}), tract {}, clarabel {}.",
         r.versions.get("nnmend").map_or("?", String::as_str),
+        r.provenance.commit,
         r.versions.get("tract").map_or("?", String::as_str),
         r.versions.get("clarabel").map_or("?", String::as_str),
     );

@@ -26,3 +26,4 @@ mod robustness;
 mod roundtrip;
 mod run;
 mod svm;
+mod version;
