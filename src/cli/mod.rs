@@ -8,6 +8,7 @@ mod cut;
 mod eval;
 mod features;
 mod fit;
+mod gate;
 mod grad;
 mod inspect;
 mod lp;

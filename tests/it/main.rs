@@ -14,6 +14,7 @@ mod data;
 mod determinism;
 mod engines;
 mod external;
+mod gates;
 mod golden;
 mod grad;
 mod hostile;
