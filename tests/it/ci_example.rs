@@ -10,7 +10,7 @@
 //! scalars; steps with `name:`, `uses:`, `with:`, `if:` and `run:`, inline or as a `|`
 //! block), which refuses anything else rather than guess.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::common::*;
@@ -118,8 +118,7 @@ fn read(path: &Path) -> Workflow {
 
 /// Runs the workflow's steps as one script with `overrides` of its env.
 fn execute(wf: &Workflow, overrides: &[(&str, &str)]) -> Output {
-    let bin = std::env::var_os("NNMEND_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nnmend")), PathBuf::from);
-    let bin_dir = bin.parent().unwrap().to_path_buf();
+    let bin_dir = nnmend_path().parent().unwrap().to_path_buf();
     let path = std::env::join_paths(
         std::iter::once(bin_dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
     )

@@ -163,3 +163,52 @@ fn models_record_the_version_and_commit() {
     }
     assert_eq!(meta(&p("rlh.onnx"), "nnmend.commit"), v["commit"].as_str().unwrap());
 }
+
+/// Installed by a wheel, nnmend sits beside its virtual environment's `python3`, which
+/// is where the `ort` extra put onnxruntime: that python is asked first, even with no
+/// NNMEND_PYTHON and no `python3` on PATH.
+#[test]
+#[cfg(feature = "ort")]
+fn ort_is_found_through_the_python_beside_the_binary() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let tmp = tempdir();
+    let bin = tmp.path().join("nnmend");
+    std::fs::copy(nnmend_path(), &bin).unwrap();
+    let python = tmp.path().join("python3");
+    // A script rather than a link: a venv's python finds its packages through the path
+    // it was started by, which `sys.executable` gives.
+    let out = ok({
+        let mut c = Command::new(python_bin());
+        c.args(["-c", "import sys; print(sys.executable)"]);
+        c
+    });
+    let target = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    std::fs::write(&python, format!("#!/bin/sh\nexec '{target}' \"$@\"\n")).unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = Command::new(&bin)
+        .args(["--version", "--json", "--backend", "ort"])
+        .env_remove("NNMEND_PYTHON")
+        .env_remove("ORT_DYLIB_PATH")
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert_eq!(v["engine"]["name"], "onnxruntime", "{v}");
+    assert!(
+        v["engine"]["library"].as_str().unwrap().contains("libonnxruntime"),
+        "{v}"
+    );
+    // Without it, nothing is found.
+    std::fs::remove_file(&python).unwrap();
+    let out = Command::new(&bin)
+        .args(["--version", "--backend", "ort"])
+        .env_remove("NNMEND_PYTHON")
+        .env_remove("ORT_DYLIB_PATH")
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    fails_with(&out, 1, "the shared library was not found");
+}
