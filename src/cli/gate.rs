@@ -5,10 +5,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use anyhow::Result;
 use clap::Args;
 use nnmend::gate::{parse_bound, Check, Gate, Quantity};
 
-use super::EXIT_GATE;
+use super::{usage, EXIT_GATE};
 
 /// Bounds on a repair's result; a command given one writes its outputs, then exits 3
 /// when the result misses it.
@@ -44,6 +45,17 @@ impl GateArgs {
     /// Whether a gate on `quantity` was given.
     pub fn has(&self, quantity: Quantity) -> bool {
         self.gates().iter().any(|g| g.quantity == quantity)
+    }
+
+    /// Refuses `--min-robust-accuracy` when `--pgd-limit` is 0 and nothing is attacked.
+    pub fn refuse_unmeasured_robustness(&self, pgd_limit: usize) -> Result<()> {
+        if self.has(Quantity::RobustAccuracy) && pgd_limit == 0 {
+            usage!(
+                "{} needs --pgd-limit N above 0: the robust accuracy is measured on the first N test images",
+                Quantity::RobustAccuracy.flag()
+            );
+        }
+        Ok(())
     }
 }
 

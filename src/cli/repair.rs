@@ -216,13 +216,7 @@ fn refuse_unmeasured_gates(args: &RepairArgs) -> Result<()> {
             );
         }
     }
-    if args.gates.has(Quantity::RobustAccuracy) && args.pgd_limit == 0 {
-        usage!(
-            "{} needs --pgd-limit N above 0: the robust accuracy is measured on the first N test images",
-            Quantity::RobustAccuracy.flag()
-        );
-    }
-    Ok(())
+    args.gates.refuse_unmeasured_robustness(args.pgd_limit)
 }
 
 /// A repair whose LP was not solved writes nothing: its weights are whatever the

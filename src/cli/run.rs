@@ -16,7 +16,6 @@ use nnmend::attack::protocol::Protocol;
 use nnmend::attack::{self, Loss, Method};
 use nnmend::data::Split;
 use nnmend::experiment::{self, Inputs, Model, Robust, Settings, TestSet};
-use nnmend::gate::Quantity;
 use nnmend::hybrid::FitSettings;
 use nnmend::report::{folder, ReportError};
 use nnmend::svm::{NystromSettings, SvmParams};
@@ -115,12 +114,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         Err(e @ ReportError::NotAFolder(_)) => usage!("{e}"),
         other => other?,
     }
-    if args.gates.has(Quantity::RobustAccuracy) && args.pgd_limit == 0 {
-        usage!(
-            "{} needs --pgd-limit N above 0: the robust accuracy is measured on the first N test images",
-            Quantity::RobustAccuracy.flag()
-        );
-    }
+    args.gates.refuse_unmeasured_robustness(args.pgd_limit)?;
     let model = load_model(&args.model)?;
     let mut train = args.data_args.load(&args.train, Split::Train)?;
     let mut test = args.data_args.load(&args.test, Split::Test)?;
