@@ -310,7 +310,8 @@ fn missing(counts: &[usize]) -> Vec<usize> {
 }
 
 fn set_provenance(out: &mut ModelProto, head: &str, cut: &Cut, train: &Dataset, settings: &FitSettings) {
-    set_metadata(out, "nnmend.version", env!("CARGO_PKG_VERSION"));
+    set_metadata(out, "nnmend.version", crate::provenance::VERSION);
+    set_metadata(out, "nnmend.commit", crate::provenance::COMMIT);
     set_metadata(out, "nnmend.head", head);
     set_metadata(out, "nnmend.svm.c", &settings.svm.c.to_string());
     set_metadata(out, "nnmend.svm.loss", &format!("{:?}", settings.svm.loss));

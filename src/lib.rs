@@ -29,7 +29,10 @@
 //! - [`repair`]: the repair LPs of a linear or kernel hybrid's head, solved with clarabel.
 //! - [`experiment`]: the seed paper's whole experiment.
 //! - [`report`]: its report: JSON, Markdown tables, figures (accuracy against ε, example grids).
+//! - [`gate`]: bounds on a result that fail a pipeline step (exit code 3).
 //! - [`atomic`]: atomic file output.
+//! - [`provenance`]: the version, commit and features of this build, which models and
+//!   reports record.
 
 pub mod atomic;
 pub mod attack;
@@ -39,12 +42,14 @@ pub mod engine;
 pub mod error;
 pub mod experiment;
 pub mod features;
+pub mod gate;
 pub mod head;
 pub mod hybrid;
 pub mod inspect;
 pub mod onnx;
 pub mod parallel;
 pub mod progress;
+pub mod provenance;
 pub mod repair;
 pub mod report;
 pub mod svm;

@@ -8,9 +8,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use nnmend::data::Split;
 use nnmend::doc::{EvalDoc, EvalRow};
+use nnmend::gate::{parse_bound, Gate, Quantity};
 use nnmend::hybrid::evaluate;
 
-use super::{load_model, print_json, DataArgs, EngineArgs, EXIT_GATE};
+use super::gate::verdict;
+use super::{load_model, print_json, DataArgs, EngineArgs};
 
 /// Arguments of `nnmend eval`.
 #[derive(Debug, Args)]
@@ -22,7 +24,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DATA")]
     data: PathBuf,
     /// Fail with exit code 3 when any model's accuracy is below this fraction.
-    #[arg(long, value_name = "FRACTION")]
+    #[arg(long, value_name = "FRACTION", value_parser = parse_bound)]
     min_accuracy: Option<f64>,
     /// Print one JSON document instead of text.
     #[arg(long)]
@@ -37,14 +39,18 @@ pub struct EvalArgs {
 pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     let ds = args.data_args.load(&args.data, Split::Test)?;
     let (engine, feed) = args.engine.open(&args.data_args)?;
+    let gate = args.min_accuracy.map(|bound| Gate {
+        quantity: Quantity::Accuracy,
+        bound,
+    });
     let mut rows = Vec::new();
-    let mut failed = Vec::new();
+    let mut checks = Vec::new();
     for path in &args.models {
         let model = load_model(path)?;
         let (acc, _) =
             evaluate(&model, &ds, engine.as_ref(), &feed).with_context(|| format!("evaluating {}", path.display()))?;
-        if args.min_accuracy.is_some_and(|min| acc.accuracy < min) {
-            failed.push(path.display().to_string());
+        if let Some(gate) = &gate {
+            checks.push(gate.check([(acc.accuracy, Some(format!("for {}", path.display())))]));
         }
         rows.push(EvalRow::new(path.clone(), acc));
     }
@@ -52,7 +58,8 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         print_json(&EvalDoc {
             models: rows,
             min_accuracy: args.min_accuracy,
-            passed: failed.is_empty(),
+            passed: checks.iter().all(|c| c.passed),
+            gates: checks.clone(),
             engine: engine.describe(),
         })?;
     } else {
@@ -61,14 +68,5 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
             writeln!(out, "{:.4}  {}/{}  {}", r.accuracy, r.correct, r.n, r.path.display())?;
         }
     }
-    if !failed.is_empty() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "gate failed: accuracy below {} for {}",
-            args.min_accuracy.unwrap_or_default(),
-            failed.join(", ")
-        );
-        return Ok(ExitCode::from(EXIT_GATE));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(verdict(&checks))
 }

@@ -8,11 +8,13 @@ mod cut;
 mod eval;
 mod features;
 mod fit;
+mod gate;
 mod grad;
 mod inspect;
 mod lp;
 mod repair;
 mod run;
+mod version;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -51,12 +53,14 @@ pub(crate) use usage;
 
 /// Repair convolutional neural networks delivered as ONNX files.
 #[derive(Debug, Parser)]
-#[command(name = "nnmend", version, about, long_about = None)]
+#[command(name = "nnmend", about, long_about = None, disable_version_flag = true, arg_required_else_help = true)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
     #[command(flatten)]
     global: Global,
+    #[command(flatten)]
+    version: version::VersionArgs,
 }
 
 /// Options every command takes.
@@ -109,7 +113,13 @@ enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
-    match cli.command {
+    let Some(command) = cli.command else {
+        return version::version(&cli.version);
+    };
+    if cli.version.asked() {
+        usage!("--version takes no command; run `nnmend --version` on its own");
+    }
+    match command {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Cut(a) => cut::cut(a, g),
         Command::Features(a) => features::features(a, g),

@@ -17,6 +17,7 @@ use nnmend::attack::{self, Loss, Method};
 use nnmend::data::Split;
 use nnmend::doc::{RepairDoc, RepairFacts};
 use nnmend::features::Feed;
+use nnmend::gate::Quantity;
 use nnmend::head::HeadKind;
 use nnmend::hybrid::evaluate;
 use nnmend::onnx::head;
@@ -24,6 +25,7 @@ use nnmend::repair::margin::{MarginSettings, MarginSolver};
 use nnmend::repair::rounds::RoundSettings;
 use nnmend::repair::{repair_hybrid, ClassSettings, MarginOptions, Settings, Status};
 
+use super::gate::{verdict, GateArgs};
 use super::{load_model, non_negative, print_json, save_model, usage, warn, DataArgs, EngineArgs, Global};
 
 /// Which hybrid the repair expects.
@@ -216,6 +218,8 @@ pub struct RepairArgs {
     /// extension.
     #[arg(long, value_name = "FILE")]
     dump_lp: Option<PathBuf>,
+    #[command(flatten)]
+    gates: GateArgs,
     /// Print one JSON document instead of text.
     #[arg(long)]
     json: bool,
@@ -223,6 +227,22 @@ pub struct RepairArgs {
     data_args: DataArgs,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+/// Refuses, before any work, a gate whose value this command line does not measure.
+fn refuse_unmeasured_gates(args: &RepairArgs) -> Result<()> {
+    for (quantity, what) in [
+        (Quantity::Drawdown, "the drawdown"),
+        (Quantity::RobustAccuracy, "the robust accuracy"),
+    ] {
+        if args.gates.has(quantity) && args.test.is_none() {
+            usage!(
+                "{} needs --test DATA: {what} is measured on the test images",
+                quantity.flag()
+            );
+        }
+    }
+    args.gates.refuse_unmeasured_robustness(args.pgd_limit)
 }
 
 /// A repair whose LP was not solved writes nothing: its weights are whatever the
@@ -280,6 +300,7 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     if let Some(dump) = &args.dump_lp {
         g.refuse_overwrite(dump, &inputs)?;
     }
+    refuse_unmeasured_gates(&args)?;
     let hybrid = load_model(&args.hybrid)?;
     let found = head::find(&hybrid).with_context(|| format!("{}", args.hybrid.display()))?;
     let wanted = match args.head {
@@ -370,10 +391,17 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
             facts.generalisation = Some((after.accuracy, held_out.len()));
         }
     }
+    let doc = RepairDoc::new(
+        &done,
+        &settings,
+        &facts,
+        engine.describe(),
+        args.output.clone(),
+        &args.gates.gates(),
+    );
     if args.json {
-        let output = args.output.clone();
-        print_json(&RepairDoc::new(&done, &settings, &facts, engine.describe(), output))?;
-        return Ok(ExitCode::SUCCESS);
+        print_json(&doc)?;
+        return Ok(verdict(&doc.gates));
     }
     let (fix, r) = (&done.fix, &done.fix.repair);
     let mut out = std::io::stdout().lock();
@@ -416,5 +444,6 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
         )?;
     }
     writeln!(out, "wrote {}", args.output.display())?;
-    Ok(ExitCode::SUCCESS)
+    drop(out);
+    Ok(verdict(&doc.gates))
 }

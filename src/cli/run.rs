@@ -20,6 +20,7 @@ use nnmend::hybrid::FitSettings;
 use nnmend::report::{folder, ReportError};
 use nnmend::svm::{NystromSettings, SvmParams};
 
+use super::gate::{verdict, GateArgs};
 use super::repair::RepairOptions;
 use super::{load_model, print_json, unit_interval, usage, warn, DataArgs, EngineArgs, Global};
 
@@ -58,6 +59,8 @@ pub struct RunArgs {
     repair_samples: u64,
     #[command(flatten)]
     repair: RepairOptions,
+    #[command(flatten)]
+    gates: GateArgs,
     /// KH's Nyström landmarks (training images whose features span its kernel map).
     #[arg(long, value_name = "M", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     landmarks: u64,
@@ -111,6 +114,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         Err(e @ ReportError::NotAFolder(_)) => usage!("{e}"),
         other => other?,
     }
+    args.gates.refuse_unmeasured_robustness(args.pgd_limit)?;
     let model = load_model(&args.model)?;
     let mut train = args.data_args.load(&args.train, Split::Train)?;
     let mut test = args.data_args.load(&args.test, Split::Test)?;
@@ -161,6 +165,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         seed: args.seed,
         examples: args.examples,
         log: !args.quiet,
+        gates: args.gates.gates(),
     };
     let inputs = Inputs {
         model: &model,
@@ -215,5 +220,5 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         }
         writeln!(out, "wrote {}", args.out.display())?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(verdict(&outcome.report.gates))
 }

@@ -54,6 +54,8 @@ pub struct EvalDoc {
     pub min_accuracy: Option<f64>,
     /// Whether every model passed the gate.
     pub passed: bool,
+    /// The gate judged on each model, in argument order (empty without it).
+    pub gates: Vec<crate::gate::Check>,
     /// The engine.
     pub engine: serde_json::Value,
 }
@@ -262,6 +264,7 @@ mod tests {
             models: vec![row],
             min_accuracy: None,
             passed: true,
+            gates: Vec::new(),
             engine: serde_json::Value::Null,
         };
         has(&eval, &["models"]);

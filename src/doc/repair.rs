@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::attack::protocol::Robustness;
+use crate::gate::{Check, Gate, Quantity};
 use crate::head::HeadKind;
 use crate::repair::rounds::Round;
 use crate::repair::{HybridRepair, LpSize, Settings, Status};
@@ -125,16 +126,19 @@ pub struct RepairDoc {
     pub engine: serde_json::Value,
     /// The repaired model.
     pub output: PathBuf,
+    /// The gates given (`--min-efficacy`, `--max-drawdown`, `--min-robust-accuracy`).
+    pub gates: Vec<Check>,
 }
 
 impl RepairDoc {
-    /// The document of `done`, repaired with `settings`.
+    /// The document of `done`, repaired with `settings`, with `gates` judged on it.
     pub fn new(
         done: &HybridRepair,
         settings: &Settings,
         facts: &RepairFacts,
         engine: serde_json::Value,
         output: PathBuf,
+        gates: &[Gate],
     ) -> Self {
         let fix = &done.fix;
         let r = &fix.repair;
@@ -177,6 +181,26 @@ impl RepairDoc {
             classes: r.classes.iter().map(|c| LpClassDoc::new(c, true)).collect(),
             engine,
             output,
+            gates: Vec::new(),
         }
+        .judged(gates)
+    }
+
+    /// With each of `gates` judged: the efficacy, the drawdown, and the repaired
+    /// model's robust accuracy (a gate whose value was not measured fails).
+    fn judged(mut self, gates: &[Gate]) -> Self {
+        let robust = self.robustness.as_ref().map(|r| &r.after);
+        self.gates = gates
+            .iter()
+            .map(|gate| match gate.quantity {
+                Quantity::Efficacy => gate.check([(self.efficacy, None)]),
+                Quantity::Drawdown => gate.check(self.drawdown.map(|d| (d, None))),
+                Quantity::RobustAccuracy => {
+                    gate.check(robust.map(|r| (r.robust_accuracy, Some(format!("at ε = {}", r.eps)))))
+                }
+                Quantity::Accuracy => gate.check(self.accuracy.as_ref().map(|a| (a.after, None))),
+            })
+            .collect();
+        self
     }
 }

@@ -68,6 +68,21 @@ static LOADED: OnceLock<Result<Loaded, String>> = OnceLock::new();
 const HOW: &str = "set ORT_DYLIB_PATH to ONNX Runtime's shared library (libonnxruntime.so.<version>), \
                    or install it with `python3 -m pip install onnxruntime` (`onnxruntime-gpu` for CUDA)";
 
+/// The Python whose onnxruntime package holds the library: `NNMEND_PYTHON`; else the
+/// `python3` beside this executable, as in the virtual environment that `pip install
+/// nnmend[ort]` put nnmend into (so that it works without activating it); else
+/// `python3` on PATH.
+fn python() -> String {
+    if let Ok(p) = std::env::var("NNMEND_PYTHON") {
+        return p;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("python3")))
+        .filter(|p| p.is_file())
+        .map_or_else(|| "python3".into(), |p| p.display().to_string())
+}
+
 /// Where ONNX Runtime's shared library is: `ORT_DYLIB_PATH`, else the Python package's.
 pub fn find_library() -> Result<PathBuf, EngineError> {
     locate().map_err(EngineError::Library)
@@ -81,7 +96,7 @@ fn locate() -> Result<PathBuf, String> {
         }
         return Ok(p);
     }
-    let python = std::env::var("NNMEND_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python();
     let dir = std::process::Command::new(&python)
         .args([
             "-c",

@@ -31,6 +31,7 @@ use crate::data::Dataset;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::features::{collect, Accuracy};
+use crate::gate::Gate;
 use crate::head::Head;
 use crate::hybrid::{fit_on_features, FitSettings, Fitted};
 use crate::onnx::surgery::extractor;
@@ -100,6 +101,8 @@ pub struct Settings {
     pub examples: usize,
     /// Print a line on stderr as each phase starts.
     pub log: bool,
+    /// Bounds on the repairs' results, checked at the end ([`Report::gates`]).
+    pub gates: Vec<Gate>,
 }
 
 /// The data of an experiment.
@@ -304,6 +307,7 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
         model: inputs.path.display().to_string(),
         engine: engine.describe(),
         versions: report::versions(),
+        provenance: crate::provenance::Provenance::current(),
         settings: settings_json(settings),
         train: report::DataFigures::of(train),
         test: report::DataFigures::of(test),
@@ -318,6 +322,7 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
         robustness: Vec::new(),
         transfer: Vec::new(),
         timings: Vec::new(),
+        gates: Vec::new(),
     };
     let repairer = Repairer::new(
         &lh.model,
@@ -488,6 +493,7 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
         });
     }
     report.timings = clock.finish();
+    report.gates = report.check(&settings.gates);
     let examples = examples(test, &nn_attack, &nn_test, layout, settings.examples);
     Ok(Outcome {
         report,

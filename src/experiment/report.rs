@@ -15,6 +15,8 @@ use crate::attack::protocol::Measured;
 use crate::attack::EpsResult;
 use crate::data::Dataset;
 use crate::features::Accuracy;
+use crate::gate::{Check, Gate, Quantity};
+use crate::provenance::Provenance;
 use crate::repair::rounds::{self, Round};
 use crate::repair::{LpSize, Status};
 
@@ -265,6 +267,8 @@ pub struct Report {
     pub engine: serde_json::Value,
     /// Versions of nnmend and its engine and solver.
     pub versions: BTreeMap<String, String>,
+    /// The build that made the report: version, commit, features (as `--version --json`).
+    pub provenance: Provenance,
     /// The settings that matter for reproducing the numbers.
     pub settings: serde_json::Value,
     /// The training set.
@@ -288,6 +292,8 @@ pub struct Report {
     /// Seconds per phase, in the order they ran.
     #[serde(serialize_with = "ordered_map")]
     pub timings: Vec<(String, f64)>,
+    /// The gates given, each judged on its worst value over ε (empty without gates).
+    pub gates: Vec<Check>,
 }
 
 fn ordered_map<S: serde::Serializer>(pairs: &[(String, f64)], s: S) -> Result<S::Ok, S::Error> {
@@ -387,6 +393,35 @@ impl Report {
                 seconds: r.seconds,
             });
         }
+    }
+
+    /// Each gate judged on RLH at every ε: its efficacy (LH's, when the repair's LP
+    /// stalled and RLH is LH unchanged), its drawdown and its robust accuracy (not
+    /// measured without the protocol: that gate fails).
+    pub fn check(&self, gates: &[Gate]) -> Vec<Check> {
+        let at = |eps: f32| Some(format!("at ε = {eps}"));
+        let efficacy = |r: &RepairFigures| {
+            if r.used || r.status.is_none() {
+                r.efficacy
+            } else {
+                r.efficacy_before
+            }
+        };
+        gates
+            .iter()
+            .map(|gate| match gate.quantity {
+                Quantity::Efficacy => gate.check(self.repairs.iter().map(|r| (efficacy(r), at(r.eps)))),
+                Quantity::Drawdown => gate.check(self.repairs.iter().map(|r| (r.drawdown, at(r.eps)))),
+                Quantity::RobustAccuracy => gate.check(
+                    self.robustness
+                        .iter()
+                        .filter(|r| r.model == Model::RLH)
+                        .map(|r| (r.robust_accuracy, at(r.eps))),
+                ),
+                // Accuracy gates are eval's; the experiment has no single accuracy.
+                Quantity::Accuracy => gate.check([]),
+            })
+            .collect()
     }
 
     /// The robust accuracy of `model` at `eps`, if measured.

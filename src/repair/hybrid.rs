@@ -72,7 +72,8 @@ pub fn originals(index: &[i64], labels: &[i64], clean: &Dataset) -> Result<Vec<u
         .collect()
 }
 
-/// The `metadata_props` a repaired model records.
+/// The `metadata_props` a repaired model records: how it was repaired, and by which
+/// nnmend (the fit's `nnmend.version` and `nnmend.commit` stay as they were).
 pub fn provenance(settings: &Settings, kind: HeadKind, fix: &HeadRepair) -> Vec<(&'static str, String)> {
     vec![
         ("nnmend.repair.mode", settings.mode().to_string()),
@@ -88,6 +89,8 @@ pub fn provenance(settings: &Settings, kind: HeadKind, fix: &HeadRepair) -> Vec<
             "nnmend.repair.select",
             settings.select.map_or("none".into(), |p| format!("wilcoxon p < {p}")),
         ),
+        ("nnmend.repair.version", crate::provenance::VERSION.to_string()),
+        ("nnmend.repair.commit", crate::provenance::COMMIT.to_string()),
     ]
 }
 

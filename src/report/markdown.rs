@@ -124,6 +124,12 @@ pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> S
             let _ = writeln!(md, "![{caption}]({file})");
         }
     }
+    if !r.gates.is_empty() {
+        let _ = writeln!(md, "\n## Gates\n");
+        for check in &r.gates {
+            let _ = writeln!(md, "- {check}");
+        }
+    }
     let _ = writeln!(md, "\n## Timings\n\n| phase | seconds |\n| --- | --- |");
     for (phase, s) in &r.timings {
         let _ = writeln!(md, "| {phase} | {s:.1} |");
@@ -132,8 +138,9 @@ pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> S
     let _ = writeln!(md, "| total | {total:.1} |");
     let _ = writeln!(
         md,
-        "\nnnmend {}, tract {}, clarabel {}.",
+        "\nnnmend {} (commit {}), tract {}, clarabel {}.",
         r.versions.get("nnmend").map_or("?", String::as_str),
+        r.provenance.commit,
         r.versions.get("tract").map_or("?", String::as_str),
         r.versions.get("clarabel").map_or("?", String::as_str),
     );

@@ -75,10 +75,32 @@ fn cut_fit_and_eval_work_together() {
 fn a_failed_accuracy_gate_exits_3() {
     let model = fixture("tiny_cnn.onnx");
     let npz = fixture("mnist-small-test.npz");
-    let out = run(&["eval", s(&model), "--data", s(&npz), "--min-accuracy", "1.01"]);
-    fails_with(&out, 3, "gate failed");
-    let out = run(&["eval", s(&model), "--data", s(&npz), "--min-accuracy", "0.1"]);
-    assert!(out.status.success());
+    let v = json(&run(&["eval", s(&model), "--data", s(&npz), "--json"]));
+    let accuracy = v["models"][0]["accuracy"].as_f64().unwrap();
+    assert!(accuracy < 0.99, "{accuracy}");
+    // The accuracy itself meets the gate; a point more does not.
+    let at = format!("{accuracy}");
+    let out = run(&["eval", s(&model), "--data", s(&npz), "--min-accuracy", &at]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bound = format!("{:.4}", accuracy + 0.01);
+    let out = run(&["eval", s(&model), "--data", s(&npz), "--min-accuracy", &bound, "--json"]);
+    fails_with(
+        &out,
+        3,
+        &format!(
+            "gate failed: accuracy {accuracy} below {} (--min-accuracy) for {}\n",
+            bound.trim_end_matches('0'),
+            s(&model)
+        ),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["passed"], false);
+    assert_eq!(v["gates"][0]["value"], accuracy);
+    fails_with(
+        &run(&["eval", s(&model), "--data", s(&npz), "--min-accuracy", "1.01"]),
+        2,
+        "gates take fractions",
+    );
 }
 
 #[test]

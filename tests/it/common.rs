@@ -112,9 +112,14 @@ pub fn ok(mut cmd: Command) -> Output {
     out
 }
 
+/// The path of the `nnmend` binary under test: `NNMEND_BIN`, else the one cargo built.
+pub fn nnmend_path() -> PathBuf {
+    std::env::var_os("NNMEND_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nnmend")), PathBuf::from)
+}
+
 /// The `nnmend` binary.
 pub fn nnmend() -> Command {
-    Command::new(std::env::var_os("NNMEND_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_nnmend").into()))
+    Command::new(nnmend_path())
 }
 
 pub fn tempdir() -> tempfile::TempDir {

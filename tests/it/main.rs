@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod attack;
+mod ci_example;
 mod cli;
 mod common;
 mod cut;
@@ -14,6 +15,7 @@ mod data;
 mod determinism;
 mod engines;
 mod external;
+mod gates;
 mod golden;
 mod grad;
 mod hostile;
@@ -26,3 +28,4 @@ mod robustness;
 mod roundtrip;
 mod run;
 mod svm;
+mod version;

@@ -143,6 +143,10 @@ fn run_reports_every_cell_writes_drop_in_models_and_repeats_itself() {
     assert_eq!(r["transfer"].as_array().unwrap().len(), 4, "{}", r["transfer"]);
     assert!(r["timings"]["total"].as_f64().unwrap() > 0.0);
     assert!(r["versions"]["nnmend"].is_string());
+    let build = json(&run(&["--version", "--json"]));
+    for key in ["version", "commit", "features", "tract"] {
+        assert_eq!(r["provenance"][key], build[key], "report.json's provenance.{key}");
+    }
 
     // The written models are drop-in ONNX: onnxruntime scores them on the clean test
     // images exactly as the report does.
