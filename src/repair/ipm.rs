@@ -66,6 +66,8 @@ struct Dual {
     row_of: Vec<Option<usize>>,
     /// Per row of S, its sample (in the problem's numbering).
     samples: Vec<usize>,
+    /// Per row of S, its pairs.
+    members: Vec<Vec<usize>>,
     /// Per class, the pairs that touch it, their sign (+1 for the label's class) and
     /// their sample's index among the class's distinct samples.
     touching: Vec<Vec<(usize, f64, usize)>>,
@@ -104,6 +106,12 @@ impl Dual {
             };
             row_of.push(row);
         }
+        let mut members = vec![Vec::new(); samples.len()];
+        for (a, row) in row_of.iter().enumerate() {
+            if let Some(row) = row {
+                members[*row].push(a);
+            }
+        }
         let mut touching = vec![Vec::new(); k];
         let mut distinct = vec![Vec::new(); k];
         let mut seen = vec![usize::MAX; rows.len() * k];
@@ -123,6 +131,7 @@ impl Dual {
             pairs: compact,
             row_of,
             samples,
+            members,
             touching,
             distinct,
             k,
@@ -193,13 +202,7 @@ impl Dual {
                 }
             }
         }
-        let mut by_row = vec![Vec::new(); self.samples.len()];
-        for (a, row) in self.row_of.iter().enumerate() {
-            if let Some(row) = row {
-                by_row[*row].push(a);
-            }
-        }
-        for (row, members) in by_row.iter().enumerate() {
+        for (row, members) in self.members.iter().enumerate() {
             for &aj in members {
                 for &ai in members.iter().filter(|&&ai| ai >= aj) {
                     n[(ai, aj)] += ds[row];
@@ -371,9 +374,8 @@ pub(super) fn solve(p: &MarginProblem, pairs: &[(usize, usize)], threads: usize,
         // One Newton direction for the complementarity target rc (u∘z = rc wanted).
         let direction = |rc: &Blocks| -> (Vec<f64>, Blocks, Blocks) {
             // rhs = −r_d − Gᵀ(D r_p − rc/u)
-            let inner = dd
-                .zip_map(&rp, |a, b| a * b)
-                .zip_map(&rc.zip_map(&u, |a, b| a / b), |a, b| a - b);
+            let rc_u = rc.zip_map(&u, |a, b| a / b);
+            let inner = dd.zip_map(&rp, |a, b| a * b).zip_map(&rc_u, |a, b| a - b);
             let gt = dual.gt(&inner);
             let mut rhs = Mat::<f64>::from_fn(r, 1, |i, _| -rd[i] - gt[i]);
             solve_lower_triangular_in_place(factor.as_ref(), rhs.as_mut(), par);
@@ -383,7 +385,7 @@ pub(super) fn solve(p: &MarginProblem, pairs: &[(usize, usize)], threads: usize,
             let gdy = dual.g(&dy);
             let dz = dd
                 .zip_map(&gdy.zip_map(&rp, |a, b| a + b), |a, b| a * b)
-                .zip_map(&rc.zip_map(&u, |a, b| a / b), |a, b| a - b);
+                .zip_map(&rc_u, |a, b| a - b);
             let du = rc
                 .zip_map(&u.zip_map(&dz, |a, b| a * b), |a, b| a + b)
                 .zip_map(&z, |a, b| -a / b);

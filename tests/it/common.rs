@@ -112,6 +112,15 @@ pub fn ok(mut cmd: Command) -> Output {
     out
 }
 
+/// The optimum scipy's HiGHS finds for an LP instance written as `repair --dump-lp`
+/// writes it (`tools/reference/lp_reference.py`).
+pub fn highs_objective(instance: &Path) -> f64 {
+    let mut cmd = python("lp_reference.py");
+    cmd.arg(instance);
+    let out: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
+    out["objective"].as_f64().unwrap()
+}
+
 /// The path of the `nnmend` binary under test: `NNMEND_BIN`, else the one cargo built.
 pub fn nnmend_path() -> PathBuf {
     std::env::var_os("NNMEND_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nnmend")), PathBuf::from)

@@ -30,10 +30,7 @@ fn highs(x: &Array2<f64>, r: &Array1<f64>, bias: bool) -> f64 {
     let rows: Vec<Vec<f64>> = x.rows().into_iter().map(|row| row.to_vec()).collect();
     let doc = serde_json::json!({"x": rows, "r": r.to_vec(), "repair_bias": bias});
     std::fs::write(&path, doc.to_string()).unwrap();
-    let mut cmd = python("lp_reference.py");
-    cmd.arg(&path);
-    let out: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
-    out["objective"].as_f64().unwrap()
+    highs_objective(&path)
 }
 
 fn check_feasible(x: &Array2<f64>, r: &Array1<f64>, sol: &paper::ClassSolution) {
@@ -263,13 +260,9 @@ fn wilcoxon_selects_the_features_an_attack_moves() {
     assert_eq!(select(clean.view(), adv.view(), 0.1), vec![1, 4]);
 }
 
-/// fit → attack (training images) → repair, as a user runs them.
-#[test]
-fn repair_writes_a_drop_in_model_and_the_json_contract() {
-    let tmp = tempdir();
-    let p = |name: &str| tmp.path().join(name);
-    let model = fixture("tiny_cnn.onnx");
-    let data = fixture("mnist-small");
+/// Fits the linear hybrid of `tiny_cnn.onnx` on the first 600 fixture training images.
+fn fit_tiny_hybrid(out: &std::path::Path) {
+    let (model, data) = (fixture("tiny_cnn.onnx"), fixture("mnist-small"));
     json(&run(&[
         "fit",
         s(&model),
@@ -278,9 +271,18 @@ fn repair_writes_a_drop_in_model_and_the_json_contract() {
         "--limit",
         "600",
         "-o",
-        s(&p("lh.onnx")),
+        s(out),
         "--json",
     ]));
+}
+
+/// fit → attack (training images) → repair, as a user runs them.
+#[test]
+fn repair_writes_a_drop_in_model_and_the_json_contract() {
+    let tmp = tempdir();
+    let p = |name: &str| tmp.path().join(name);
+    let data = fixture("mnist-small");
+    fit_tiny_hybrid(&p("lh.onnx"));
     json(&run(&[
         "attack",
         s(&p("lh.onnx")),
@@ -370,13 +372,7 @@ fn repair_writes_a_drop_in_model_and_the_json_contract() {
     );
     assert!(v["drawdown"].is_number() && v["generalisation"].is_number());
     // The same instance, solved by HiGHS.
-    let mut cmd = python("lp_reference.py");
-    cmd.arg(p("lp.json"));
-    let reference: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
-    let (ours, theirs) = (
-        v["objective"].as_f64().unwrap(),
-        reference["objective"].as_f64().unwrap(),
-    );
+    let (ours, theirs) = (v["objective"].as_f64().unwrap(), highs_objective(&p("lp.json")));
     assert!(
         (ours - theirs).abs() <= 1e-6 * theirs.max(1.0),
         "nnmend {ours} against HiGHS {theirs}"
@@ -444,13 +440,7 @@ fn repair_writes_a_drop_in_model_and_the_json_contract() {
         "{m}"
     );
     assert!(m["margin"]["gap"].as_f64().unwrap() <= 1e-6, "{m}");
-    let mut cmd = python("lp_reference.py");
-    cmd.arg(p("lp_m.json"));
-    let reference: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
-    let (ours, theirs) = (
-        m["objective"].as_f64().unwrap(),
-        reference["objective"].as_f64().unwrap(),
-    );
+    let (ours, theirs) = (m["objective"].as_f64().unwrap(), highs_objective(&p("lp_m.json")));
     assert!(
         (ours - theirs).abs() <= 1e-6 * theirs.max(1.0),
         "margin: nnmend {ours} against HiGHS {theirs}"
@@ -588,10 +578,7 @@ fn margin_highs(x: &Array2<f64>, scores: &Array2<f64>, labels: &[usize], margin:
     let doc = serde_json::json!({"mode": "margin", "x": rows(x), "scores": rows(scores),
         "labels": labels, "margin": margin, "price": price});
     std::fs::write(&path, doc.to_string()).unwrap();
-    let mut cmd = python("lp_reference.py");
-    cmd.arg(&path);
-    let out: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
-    out["objective"].as_f64().unwrap()
+    highs_objective(&path)
 }
 
 #[test]
@@ -659,14 +646,6 @@ fn a_feasible_margin_repair_fixes_every_sample() {
     }
 }
 
-/// The objective HiGHS finds for an LP dump.
-fn highs_dump(path: &std::path::Path) -> f64 {
-    let mut cmd = python("lp_reference.py");
-    cmd.arg(path);
-    let out: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
-    out["objective"].as_f64().unwrap()
-}
-
 #[test]
 fn a_round_loop_is_checked_round_by_round() {
     // Three rounds of margin repair on the fixtures: every round's LP, as dumped, has
@@ -674,19 +653,8 @@ fn a_round_loop_is_checked_round_by_round() {
     // 0's samples that the JSON lists as unfixed.
     let tmp = tempdir();
     let p = |name: &str| tmp.path().join(name);
-    let model = fixture("tiny_cnn.onnx");
     let data = fixture("mnist-small");
-    json(&run(&[
-        "fit",
-        s(&model),
-        "--train",
-        s(&data),
-        "--limit",
-        "600",
-        "-o",
-        s(&p("lh.onnx")),
-        "--json",
-    ]));
+    fit_tiny_hybrid(&p("lh.onnx"));
     json(&run(&[
         "attack",
         s(&p("lh.onnx")),
@@ -735,7 +703,7 @@ fn a_round_loop_is_checked_round_by_round() {
     for round in rounds {
         let k = round["round"].as_u64().unwrap();
         let ours = round["objective"].as_f64().unwrap();
-        let theirs = highs_dump(&p(&format!("lp.round{k}.json")));
+        let theirs = highs_objective(&p(&format!("lp.round{k}.json")));
         assert!(
             (ours - theirs).abs() <= 1e-6 * theirs.abs().max(1.0),
             "round {k}: nnmend {ours} against HiGHS {theirs}"
