@@ -27,9 +27,10 @@
 //! they are generated: the dual is solved over an active set of pairs (s, k), the
 //! primal (its multipliers) is checked against every pair, and violated pairs join the
 //! set until none is left. Each restricted dual is solved by a structured
-//! interior-point method ([`MarginSolver::Ipm`], the default) or by clarabel. The restricted problem is a relaxation whose solution is
-//! feasible for the full one, so it is the full problem's optimum; the dual gives a
-//! certified bound ([`MarginSolution::gap`]).
+//! interior-point method ([`MarginSolver::Ipm`], the default) or by clarabel. The
+//! restricted problem is a relaxation whose solution is feasible for the full one, so
+//! it is the full problem's optimum; the dual gives a certified bound
+//! ([`MarginSolution::gap`]).
 
 use std::time::Instant;
 
