@@ -205,3 +205,112 @@ impl Target {
             .map_err(|_| AttackError::Output("logits"))?)
     }
 }
+
+/// A feature extractor made ready for attacks on a linear head given at each call
+/// (the head a training loop is changing): the gradient graph of
+/// [`grad::backward_head`] and the extractor's pixel-space forward graph.
+pub struct HeadTarget {
+    grad: Box<dyn Session>,
+    forward: Box<dyn Session>,
+    /// Number of classes of the heads.
+    pub classes: usize,
+    /// Width of the features.
+    pub features: usize,
+    /// The loss the gradients are of.
+    pub loss: Loss,
+    /// How images become the extractor's pixel inputs (layout only, no normalisation).
+    pub pixels: Preprocess,
+}
+
+impl std::fmt::Debug for HeadTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadTarget")
+            .field("classes", &self.classes)
+            .field("features", &self.features)
+            .field("loss", &self.loss)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeadTarget {
+    /// Prepares `extractor` (one output, the features `[N, D]`) for heads of `classes`
+    /// classes, for images like those of `ds`, with `feed`'s normalisation inside.
+    pub fn new(
+        extractor: &ModelProto,
+        engine: &dyn Engine,
+        ds: &Dataset,
+        feed: &Feed,
+        loss: Loss,
+        classes: usize,
+    ) -> Result<Self> {
+        if classes < 2 {
+            return Err(AttackError::Classes(classes).into());
+        }
+        let plain = engine.prepare(extractor)?;
+        let sample = plain.sample_shape().to_vec();
+        drop(plain);
+        let layout = layout_of(&sample)?;
+        let pixels = preprocess_for(ds, &sample, &Feed::default())?;
+        let norm = normalization(layout, ds.image_shape(), feed)?;
+        let (fwd, shapes) = forward_and_shapes(extractor, engine, &norm)?;
+        let graph = grad::backward_head(&fwd, &shapes, loss, classes)?;
+        let forward = engine.prepare(&fwd.model)?;
+        let grad_session = engine.prepare(&graph)?;
+        let probe = ArrayD::<f32>::zeros([1].iter().chain(&sample).copied().collect::<Vec<_>>());
+        let features = forward.run(probe.view())?.first().map_or(0, |f| f.len());
+        Ok(Self {
+            grad: grad_session,
+            forward,
+            classes,
+            features,
+            loss,
+            pixels,
+        })
+    }
+
+    /// Scores, loss and input gradient for a batch of pixels and one-hot targets, with
+    /// the head `z = f·wt + bias` (`wt` `[D, K]`).
+    pub fn gradient(
+        &self,
+        pixels: ArrayViewD<f32>,
+        target: &Array2<f32>,
+        wt: &Array2<f32>,
+        bias: &Array1<f32>,
+    ) -> Result<Gradient> {
+        let shape = pixels.shape().to_vec();
+        let inputs = [
+            pixels,
+            target.view().into_dyn(),
+            wt.view().into_dyn(),
+            bias.view().into_dyn(),
+        ];
+        let mut outs = self.grad.run_many(&inputs)?.into_iter();
+        let bad = AttackError::Output;
+        let logits = outs
+            .next()
+            .and_then(|z| z.into_dimensionality::<Ix2>().ok())
+            .ok_or_else(|| bad("logits"))?;
+        let loss = outs
+            .next()
+            .and_then(|l| l.into_dimensionality::<Ix1>().ok())
+            .ok_or_else(|| bad("loss"))?;
+        let grad = outs.next().ok_or_else(|| bad("grad"))?;
+        if grad.shape() != shape.as_slice() || logits.nrows() != grad.len_of(Axis(0)) {
+            return Err(bad("grad").into());
+        }
+        Ok(Gradient { logits, loss, grad })
+    }
+
+    /// The features `[b, D]` of a batch of pixels.
+    pub fn features(&self, pixels: ArrayViewD<f32>) -> Result<Array2<f32>> {
+        let b = pixels.shape().first().copied().unwrap_or(0);
+        let f = self
+            .forward
+            .run(pixels)?
+            .into_iter()
+            .next()
+            .ok_or(AttackError::Output("features"))?;
+        Ok(f.into_shape_with_order((b, self.features))
+            .map_err(|_| AttackError::Output("features"))?)
+    }
+}

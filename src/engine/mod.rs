@@ -74,8 +74,12 @@ pub(crate) struct Inputs {
     pub model: ModelProto,
     /// Input names, in graph order.
     pub names: Vec<String>,
-    /// Each input's shape without the batch.
+    /// Each input's shape without the batch (its whole shape when unbatched).
     pub samples: Vec<Vec<usize>>,
+    /// Whether each input has the batch as its first dimension: the first input does;
+    /// a later one does unless its declared shape is wholly fixed (a parameter fed at
+    /// run time, such as the head of [`crate::onnx::grad::backward_head`]).
+    pub batched: Vec<bool>,
 }
 
 /// Reads the data inputs of `model`: each must have a declared shape whose only
@@ -95,13 +99,16 @@ pub(crate) fn inputs_of(model: &ModelProto, engine: &'static str) -> Result<Inpu
         .name()
         .to_string();
     let mut samples = Vec::with_capacity(inputs.len());
-    for input in &inputs {
+    let mut batched = Vec::with_capacity(inputs.len());
+    for (k, input) in inputs.iter().enumerate() {
         let shape = dims(input).ok_or_else(|| EngineError::Input {
             name: input.name().to_string(),
             reason: "the model does not declare the input's shape".into(),
         })?;
+        let has_batch = k == 0 || !matches!(shape.first(), Some(Dim::Fixed(_)));
+        batched.push(has_batch);
         let mut sample = Vec::new();
-        for (i, d) in shape.iter().enumerate().skip(1) {
+        for (i, d) in shape.iter().enumerate().skip(usize::from(has_batch)) {
             match d {
                 Dim::Fixed(v) if *v > 0 => sample.push(*v as usize),
                 other => {
@@ -116,7 +123,12 @@ pub(crate) fn inputs_of(model: &ModelProto, engine: &'static str) -> Result<Inpu
     }
     let names = inputs.iter().map(|v| v.name().to_string()).collect();
     relax_batch(&mut model, &first).map_err(|e| prepare_err(e.to_string()))?;
-    Ok(Inputs { model, names, samples })
+    Ok(Inputs {
+        model,
+        names,
+        samples,
+        batched,
+    })
 }
 
 /// Checks a batch against a model's inputs (count, shared batch size, sample shapes)
@@ -124,6 +136,7 @@ pub(crate) fn inputs_of(model: &ModelProto, engine: &'static str) -> Result<Inpu
 pub(crate) fn check_batch(
     names: &[String],
     samples: &[Vec<usize>],
+    batched: &[bool],
     inputs: &[ArrayViewD<f32>],
 ) -> Result<usize, EngineError> {
     let batch = inputs.first().and_then(|x| x.shape().first().copied()).unwrap_or(0);
@@ -133,7 +146,16 @@ pub(crate) fn check_batch(
             reason: format!("the model takes {} inputs, got {}", samples.len(), inputs.len()),
         });
     }
-    for ((x, sample), name) in inputs.iter().zip(samples).zip(names) {
+    for (((x, sample), name), &has_batch) in inputs.iter().zip(samples).zip(names).zip(batched) {
+        if !has_batch {
+            if x.shape() != sample.as_slice() {
+                return Err(EngineError::Input {
+                    name: name.clone(),
+                    reason: format!("got shape {:?}, the model takes {sample:?}", x.shape()),
+                });
+            }
+            continue;
+        }
         if x.shape().first() != Some(&batch) || x.shape().get(1..) != Some(sample.as_slice()) {
             return Err(EngineError::Input {
                 name: name.clone(),

@@ -184,6 +184,7 @@ struct OrtSession {
     pool: Vec<Mutex<ort::session::Session>>,
     next: std::sync::atomic::AtomicUsize,
     samples: Vec<Vec<usize>>,
+    batched: Vec<bool>,
     names: Vec<String>,
     name: &'static str,
 }
@@ -203,7 +204,12 @@ impl Engine for Ort {
     fn prepare(&self, model: &ModelProto) -> Result<Box<dyn Session>, EngineError> {
         let name = self.name;
         let loaded = load()?;
-        let super::Inputs { model, names, samples } = super::inputs_of(model, name)?;
+        let super::Inputs {
+            model,
+            names,
+            samples,
+            batched,
+        } = super::inputs_of(model, name)?;
         let bytes = model.encode_to_vec();
         let mut pool = Vec::with_capacity(self.options.sessions.max(1));
         for _ in 0..self.options.sessions.max(1) {
@@ -213,6 +219,7 @@ impl Engine for Ort {
             pool,
             next: std::sync::atomic::AtomicUsize::new(0),
             samples,
+            batched,
             names,
             name,
         }))
@@ -251,7 +258,7 @@ impl Ort {
 
 impl Session for OrtSession {
     fn run_many(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, EngineError> {
-        let batch = super::check_batch(&self.names, &self.samples, inputs)?;
+        let batch = super::check_batch(&self.names, &self.samples, &self.batched, inputs)?;
         let name = self.name;
         let run_err = |e: &dyn std::fmt::Display| EngineError::Run {
             engine: name,

@@ -24,6 +24,7 @@ pub struct Tract;
 struct TractSession {
     plan: std::sync::Arc<TypedRunnableModel>,
     samples: Vec<Vec<usize>>,
+    batched: Vec<bool>,
     names: Vec<String>,
 }
 
@@ -44,7 +45,12 @@ impl Engine for Tract {
     }
 
     fn prepare(&self, model: &ModelProto) -> Result<Box<dyn Session>, EngineError> {
-        let super::Inputs { model, names, samples } = super::inputs_of(model, NAME)?;
+        let super::Inputs {
+            model,
+            names,
+            samples,
+            batched,
+        } = super::inputs_of(model, NAME)?;
         let bytes = model.encode_to_vec();
         // tract asserts on some malformed graphs (an output nothing produces, for one)
         // instead of returning an error; such a panic becomes the error here.
@@ -55,8 +61,8 @@ impl Engine for Tract {
                 .model_for_read(&mut bytes.as_slice())
                 .map_err(prepare_err)?;
             let n = inference.sym("N");
-            for (slot, sample) in samples.iter().enumerate() {
-                let mut fact_dims: Vec<TDim> = vec![n.clone().into()];
+            for (slot, (sample, &has_batch)) in samples.iter().zip(&batched).enumerate() {
+                let mut fact_dims: Vec<TDim> = if has_batch { vec![n.clone().into()] } else { Vec::new() };
                 fact_dims.extend(sample.iter().map(|&d| TDim::from(d)));
                 inference = inference
                     .with_input_fact(slot, f32::fact(ShapeFact::from_dims(fact_dims)).into())
@@ -70,7 +76,12 @@ impl Engine for Tract {
         }))
         .map_err(|p| prepare_err(format!("tract failed inside ({})", panic_message(&p))))?;
         let plan = built?;
-        Ok(Box::new(TractSession { plan, samples, names }))
+        Ok(Box::new(TractSession {
+            plan,
+            samples,
+            batched,
+            names,
+        }))
     }
 }
 
@@ -84,7 +95,7 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 
 impl Session for TractSession {
     fn run_many(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, EngineError> {
-        let batch = super::check_batch(&self.names, &self.samples, inputs)?;
+        let batch = super::check_batch(&self.names, &self.samples, &self.batched, inputs)?;
         let run_err = |e: anyhow::Error| EngineError::Run {
             engine: NAME,
             batch,

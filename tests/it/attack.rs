@@ -361,3 +361,44 @@ fn the_robust_accuracy_protocol_agrees_with_pytorch() {
         );
     }
 }
+
+/// The gradient graph with the head as an input (what head training attacks through)
+/// gives what the hybrid with that head written in gives, whose gradients the grad
+/// tests check against finite differences and autograd.
+#[test]
+fn a_head_given_at_run_time_gives_the_written_hybrids_gradients() {
+    use nnmend::attack::HeadTarget;
+    use rand::{Rng, SeedableRng};
+    let model = mnist_nn();
+    let cut = onnx::find_cut(&model, None).unwrap();
+    let extractor = onnx::surgery::extractor(&model, &cut, None).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let w = ndarray::Array2::from_shape_fn((10, 800), |_| rng.random_range(-0.3f32..0.3));
+    let b = ndarray::Array1::from_shape_fn(10, |_| rng.random_range(-0.3f32..0.3));
+    let hybrid = onnx::surgery::hybrid(&model, &cut, w.view(), b.view()).unwrap();
+    let ds = mnist_test(12);
+    let wt = w.t().as_standard_layout().to_owned();
+    for loss in [Loss::Ce, Loss::Margin] {
+        let written = Target::new(&hybrid, &Tract, &ds, &Feed::default(), loss).unwrap();
+        let given = HeadTarget::new(&extractor, &Tract, &ds, &Feed::default(), loss, 10).unwrap();
+        assert_eq!(given.features, 800);
+        let x = written.pixels.batch(&ds, 0..ds.len()).unwrap();
+        let t = written.one_hot(&ds.labels, 0).unwrap();
+        let a = written.gradient(x.view(), &t).unwrap();
+        let g = given.gradient(x.view(), &t, &wt, &b).unwrap();
+        let close = |p: &ArrayD<f32>, q: &ArrayD<f32>, what: &str| {
+            let scale = p.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let worst = p.iter().zip(q).fold(0f32, |m, (u, v)| m.max((u - v).abs()));
+            assert!(
+                worst <= 1e-4 * scale,
+                "{loss:?} {what}: differs by {worst} (scale {scale})"
+            );
+        };
+        close(&a.logits.clone().into_dyn(), &g.logits.clone().into_dyn(), "scores");
+        close(&a.loss.clone().into_dyn(), &g.loss.clone().into_dyn(), "loss");
+        assert!(a.grad.iter().any(|v| v.abs() > 1e-6), "{loss:?}: the gradient is zero");
+        close(&a.grad, &g.grad, "gradient");
+        let scores = given.features(x.view()).unwrap().dot(&wt) + &b;
+        close(&a.logits.into_dyn(), &scores.into_dyn(), "features · Wᵀ + b");
+    }
+}

@@ -45,6 +45,11 @@ pub const LOGITS: &str = "logits";
 pub const LOSS: &str = "loss";
 /// Name of the gradient output, `∂loss/∂pixels`, shaped like the pixels.
 pub const GRAD: &str = "grad";
+/// Name of the head-weights input of a graph from [`backward_head`], `[D, K]` (the
+/// transpose of a Gemm's `W`).
+pub const HEAD_WEIGHTS: &str = "head_weights";
+/// Name of the head-bias input of a graph from [`backward_head`], `[K]`.
+pub const HEAD_BIAS: &str = "head_bias";
 
 /// The batch size at which [`backward`] expects the shapes to have been measured; any
 /// size works, one that no other axis is likely to have makes a misplaced batch visible.
@@ -395,6 +400,29 @@ impl Ctx<'_> {
 /// Step 2: appends the loss and `∂loss/∂pixels` to the forward graph. `shapes` holds the
 /// shape of every tensor in [`Forward::active`], measured on a batch of two.
 pub fn backward(fwd: &Forward, shapes: &HashMap<String, Vec<usize>>, loss: Loss) -> Result<ModelProto, OnnxError> {
+    backward_with(fwd, shapes, loss, None)
+}
+
+/// Step 2 for a feature extractor whose linear head is given at run time: the forward
+/// graph's output is the features `f` `[N, D]`, and the graph appends the scores
+/// `z = f·Wᵀ + b` (the inputs [`HEAD_WEIGHTS`] `Wᵀ` `[D, classes]` and [`HEAD_BIAS`]
+/// `b`), the loss on them, and `∂loss/∂pixels`. Training a head against an attack that
+/// follows it then needs one graph, not one per head.
+pub fn backward_head(
+    fwd: &Forward,
+    shapes: &HashMap<String, Vec<usize>>,
+    loss: Loss,
+    classes: usize,
+) -> Result<ModelProto, OnnxError> {
+    backward_with(fwd, shapes, loss, Some(classes))
+}
+
+fn backward_with(
+    fwd: &Forward,
+    shapes: &HashMap<String, Vec<usize>>,
+    loss: Loss,
+    head: Option<usize>,
+) -> Result<ModelProto, OnnxError> {
     let mut model = fwd.model.clone();
     let graph = graph_of(&model)?;
     let index = Index::new(graph)?;
@@ -414,15 +442,29 @@ pub fn backward(fwd: &Forward, shapes: &HashMap<String, Vec<usize>>, loss: Loss)
     let logits_shape = shapes
         .get(&fwd.logits)
         .ok_or_else(|| OnnxError::Graph("the logits' shape was not measured".into()))?;
-    let classes = match logits_shape.as_slice() {
+    let width = match logits_shape.as_slice() {
         [_, k] => *k,
         other => {
             return Err(OnnxError::Graph(format!(
-                "the class scores must be [batch, classes], found shape {other:?}"
+                "the {} must be [batch, {}], found shape {other:?}",
+                if head.is_some() { "features" } else { "class scores" },
+                if head.is_some() { "features" } else { "classes" },
             )))
         }
     };
-    let dz = loss_nodes(&mut ctx.b, &fwd.logits, classes, loss);
+    let (classes, dz) = match head {
+        None => (width, loss_nodes(&mut ctx.b, &fwd.logits, width, loss)),
+        Some(classes) => {
+            let product = ctx.b.op("MatMul", &[&fwd.logits, HEAD_WEIGHTS], vec![]);
+            let scores = ctx.b.op("Add", &[&product, HEAD_BIAS], vec![]);
+            let ds = loss_nodes(&mut ctx.b, &scores, classes, loss);
+            ctx.b.op_into("Identity", &[&scores], LOGITS, vec![]);
+            let w = ctx
+                .b
+                .op("Transpose", &[HEAD_WEIGHTS], vec![builder::ints("perm", &[1, 0])]);
+            (classes, ctx.b.op("MatMul", &[&ds, &w], vec![]))
+        }
+    };
 
     let active: HashSet<&str> = fwd.active.iter().map(String::as_str).collect();
     let mut grads: HashMap<String, Vec<String>> = HashMap::from([(fwd.logits.clone(), vec![dz])]);
@@ -473,6 +515,17 @@ pub fn backward(fwd: &Forward, shapes: &HashMap<String, Vec<usize>>, loss: Loss)
         FLOAT,
         &[batch.clone(), Dim::Fixed(classes as i64)],
     ));
+    if head.is_some() {
+        // The forward graph's Identity to LOGITS gives way to the scores' own.
+        g.node.retain(|n| n.output.first().map(String::as_str) != Some(LOGITS));
+        g.input.push(tensor_value_info(
+            HEAD_WEIGHTS,
+            FLOAT,
+            &[Dim::Fixed(width as i64), Dim::Fixed(classes as i64)],
+        ));
+        g.input
+            .push(tensor_value_info(HEAD_BIAS, FLOAT, &[Dim::Fixed(classes as i64)]));
+    }
     let pixel_dims = g.input.first().and_then(dims).unwrap_or_default();
     g.output = vec![
         tensor_value_info(LOGITS, FLOAT, &[batch.clone(), Dim::Fixed(classes as i64)]),
