@@ -68,7 +68,7 @@ if $check; then
         results=target/wheel-quickstart
         rm -rf "$results"
         "$nnmend" run fixtures/mnist_paper.onnx --train fixtures/mnist-small \
-            --test fixtures/mnist-small --eps 0.05,0.1,0.15,0.2 --repair-samples 5 \
+            --test fixtures/mnist-small --eps 0.05,0.1,0.15,0.2 --repair-samples 5 --pool 500 \
             --pgd-limit 0 --out "$results" >&2
         test -s "$results/report.json" && test -s "$results/report.md"
     )

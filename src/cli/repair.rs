@@ -21,6 +21,7 @@ use nnmend::gate::Quantity;
 use nnmend::head::HeadKind;
 use nnmend::hybrid::evaluate;
 use nnmend::onnx::head;
+use nnmend::repair::adversarial::TrainSettings;
 use nnmend::repair::margin::{MarginSettings, MarginSolver};
 use nnmend::repair::rounds::RoundSettings;
 use nnmend::repair::{repair_hybrid, ClassSettings, MarginOptions, Settings, Status};
@@ -75,6 +76,10 @@ impl From<LpSolver> for MarginSolver {
     }
 }
 
+/// Epochs of head training before a margin repair's LP, chosen on a validation split
+/// (docs/RESULTS.md).
+const DEFAULT_EPOCHS: usize = 8;
+
 /// How a head is repaired: the options `repair` and `run` share.
 #[derive(Debug, Args)]
 pub(super) struct RepairOptions {
@@ -91,6 +96,10 @@ pub(super) struct RepairOptions {
     /// Margin mode: price of a unit of a preservation sample's loss of margin.
     #[arg(long, default_value_t = 10.0, value_parser = non_negative, allow_negative_numbers = true)]
     pub keep_price: f64,
+    /// Margin mode, after head training: price of a unit of a guard's loss of margin
+    /// (the pool's adversarial examples that the trained head classifies right).
+    #[arg(long, default_value_t = 0.1, value_parser = non_negative, allow_negative_numbers = true)]
+    pub guard_price: f64,
     /// Margin mode: N training images, evenly spaced through them, join the
     /// preservation set (with the repair samples' clean originals).
     #[arg(long, value_name = "N", default_value_t = 1000)]
@@ -123,6 +132,25 @@ pub(super) struct RepairOptions {
     /// PGD iterations of the rounds' attacks (a random start, steps of 2.5·ε/N).
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub round_steps: u64,
+    /// Before the LPs, train the head against PGD on the pool for N passes (0: none):
+    /// each minibatch is attacked against the head it then updates [default: 8 for a
+    /// linear hybrid in margin mode, else 0].
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// PGD iterations of the training's attacks (a random start, steps of 2.5·ε/N).
+    #[arg(long, value_name = "N", default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..))]
+    pub train_steps: u64,
+    /// The training's step (Adam), as a fraction of the root mean square of the head's
+    /// weights.
+    #[arg(long, value_name = "R", default_value_t = 0.024, value_parser = non_negative)]
+    pub learning_rate: f64,
+    /// Weight of the hinge on the clean pool images beside that on their attacks.
+    #[arg(long, value_name = "W", default_value_t = 1.0, value_parser = non_negative)]
+    pub clean_weight: f64,
+    /// Weight of the hinge on the repair samples (`--adv`), per sample, beside that
+    /// on the attacked pool images.
+    #[arg(long, value_name = "W", default_value_t = 1.0, value_parser = non_negative)]
+    pub fixed_weight: f64,
 }
 
 impl RepairOptions {
@@ -133,6 +161,7 @@ impl RepairOptions {
                 margin: self.margin,
                 slack_price: self.slack_price,
                 keep_price: self.keep_price,
+                guard_price: self.guard_price,
                 solve: MarginSettings {
                     solver_max_iter: self.lp_max_iter,
                     solver: self.lp_solver.into(),
@@ -150,8 +179,18 @@ impl RepairOptions {
         }
     }
 
+    /// The training's epochs for a head of kind `head`: as given, or the default
+    /// (linear heads in margin mode only: after training a kernel head, the margin LP
+    /// has been found slow and short of fixing its samples).
+    pub fn epochs(&self, head: HeadKind) -> usize {
+        self.epochs.unwrap_or(match (self.mode, head) {
+            (Mode::Margin, HeadKind::Linear) => DEFAULT_EPOCHS,
+            _ => 0,
+        })
+    }
+
     /// The loop's settings at radius `eps`.
-    pub fn rounds(&self, eps: f32, seed: u64, feed: &Feed) -> RoundSettings {
+    pub fn rounds(&self, eps: f32, seed: u64, feed: &Feed, head: HeadKind) -> RoundSettings {
         let steps = self.round_steps as usize;
         RoundSettings {
             rounds: usize::try_from(self.rounds).unwrap_or(usize::MAX),
@@ -169,6 +208,16 @@ impl RepairOptions {
             loss: Loss::Ce,
             min_gain: 0.005,
             keep_instances: false,
+            train: TrainSettings {
+                epochs: self.epochs(head),
+                steps: usize::try_from(self.train_steps).unwrap_or(usize::MAX),
+                eps,
+                learning_rate: self.learning_rate,
+                clean_weight: self.clean_weight,
+                fixed_weight: self.fixed_weight,
+                seed,
+                ..TrainSettings::default()
+            },
         }
     }
 }
@@ -331,10 +380,11 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
         adv = adv.take(usize::try_from(n).unwrap_or(usize::MAX));
     }
     let eps = args.eps.or_else(|| adv.radius());
-    if eps.is_none() && (args.repair.rounds > 1 || (args.test.is_some() && args.pgd_limit > 0)) {
+    let looped = args.repair.rounds > 1 || args.repair.epochs(found.kind) > 0;
+    if eps.is_none() && (looped || (args.test.is_some() && args.pgd_limit > 0)) {
         usage!(
-            "{}: its rows have no single eps; give the radius of the rounds' attacks and of the robust accuracy \
-             with --eps",
+            "{}: its rows have no single eps; give the radius of the head's training, the rounds' attacks and \
+             the robust accuracy with --eps (or --epochs 0 --rounds 1 for a repair without attacks)",
             args.adv.display()
         );
     }
@@ -342,7 +392,7 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     let (engine, feed) = args.engine.open(&args.data_args)?;
     let settings = args.repair.settings(feed.threads);
     let mut rounds = match eps {
-        Some(eps) if args.repair.rounds > 1 => args.repair.rounds(eps, args.seed, &feed),
+        Some(eps) if looped => args.repair.rounds(eps, args.seed, &feed, found.kind),
         _ => RoundSettings::single(),
     };
     rounds.keep_instances = rounds.rounds > 1 && args.dump_lp.is_some();
@@ -427,6 +477,13 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
             after.eps, after.n, before.robust_accuracy, after.robust_accuracy
         )?;
     }
+    for e in &done.epochs {
+        writeln!(
+            out,
+            "epoch {}: pool robust accuracy {:.4} (during the epoch), hinge {:.4}, {:.1} s",
+            e.epoch, e.pool_robust_accuracy, e.loss, e.seconds
+        )?;
+    }
     for r in &done.rounds {
         writeln!(
             out,
@@ -443,6 +500,7 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
             r.attack_seconds
         )?;
     }
+    writeln!(out, "repair {:.1} s in all", done.seconds)?;
     writeln!(out, "wrote {}", args.output.display())?;
     drop(out);
     Ok(verdict(&doc.gates))

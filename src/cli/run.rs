@@ -154,7 +154,9 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         }),
         repair_samples: usize::try_from(args.repair_samples).unwrap_or(usize::MAX),
         repair: args.repair.settings(feed.threads),
-        rounds: args.repair.rounds(0.0, args.seed, &feed),
+        rounds: args
+            .repair
+            .rounds(0.0, args.seed, &feed, nnmend::head::HeadKind::Linear),
         protocol: (args.pgd_limit > 0).then(|| Robust {
             protocol: Protocol {
                 seed: args.seed,

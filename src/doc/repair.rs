@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::attack::protocol::Robustness;
 use crate::gate::{Check, Gate, Quantity};
 use crate::head::HeadKind;
+use crate::repair::adversarial::Epoch;
 use crate::repair::rounds::Round;
 use crate::repair::{HybridRepair, LpSize, Settings, Status};
 
@@ -104,6 +105,11 @@ pub struct RepairDoc {
     /// PGD robust accuracy on the test images before and after (`null` without
     /// `--test`).
     pub robustness: Option<RobustDoc>,
+    /// Seconds for the whole repair (features, training, every round), beside the
+    /// LP's own `seconds`.
+    pub repair_seconds: f64,
+    /// The adversarial training's epochs before the LPs (`--epochs`; empty without).
+    pub training: Vec<Epoch>,
     /// Every round of the loop (one for a single repair).
     pub rounds: Vec<Round>,
     /// The round whose model was written.
@@ -159,6 +165,8 @@ impl RepairDoc {
                 .robustness
                 .clone()
                 .map(|(before, after)| RobustDoc { before, after }),
+            repair_seconds: done.seconds,
+            training: done.epochs.clone(),
             rounds: done.rounds.clone(),
             chosen_round: done.chosen,
             samples: fix.samples,

@@ -402,6 +402,7 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
         } else {
             let mut rounds = settings.rounds.clone();
             rounds.attack.eps = vec![eps];
+            rounds.train.eps = eps;
             rounds.attack.feed = feed.clone();
             Some(repairer.repair(adv_rows, index, &rounds)?)
         };

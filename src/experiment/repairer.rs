@@ -61,7 +61,7 @@ impl<'a> Repairer<'a> {
             }
             None => (Array2::zeros((0, site.weights.ncols())), Vec::new()),
         };
-        let pool = if rounds.rounds > 1 {
+        let pool = if rounds.rounds > 1 || rounds.train.epochs > 0 {
             Some(pool(train, rounds.pool, rounds.attack.seed)?)
         } else {
             None
@@ -106,6 +106,7 @@ impl<'a> Repairer<'a> {
             feed: self.feed,
             pool: self.pool.as_ref().map(|(p, i)| (p, i.as_slice())),
             preserve: (&self.preserve.0, &self.preserve.1),
+            guards: 0,
             settings: self.settings,
         };
         looped.run(Some((adversarial, &originals, index)), rounds)

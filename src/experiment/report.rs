@@ -17,6 +17,7 @@ use crate::data::Dataset;
 use crate::features::Accuracy;
 use crate::gate::{Check, Gate, Quantity};
 use crate::provenance::Provenance;
+use crate::repair::adversarial::Epoch;
 use crate::repair::rounds::{self, Round};
 use crate::repair::{LpSize, Status};
 
@@ -183,6 +184,8 @@ pub struct RepairFigures {
     pub held_out: usize,
     /// The repaired model's file, relative to the output folder.
     pub model_file: String,
+    /// The adversarial training's epochs before the LPs (empty without).
+    pub training: Vec<Epoch>,
     /// Every round of the repair's loop (empty without a repair).
     pub rounds: Vec<Round>,
     /// The round whose model RLH is.
@@ -375,6 +378,7 @@ impl Report {
             generalisation,
             held_out,
             model_file: model_file(eps),
+            training: looped.map_or_else(Vec::new, |l| l.epochs.clone()),
             rounds: looped.map_or_else(Vec::new, |l| l.rounds.clone()),
             chosen_round: looped.map_or(0, |l| l.chosen),
         });

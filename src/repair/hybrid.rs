@@ -38,6 +38,10 @@ pub struct HybridRepair {
     pub chosen: usize,
     /// Every round's LP instance, when the loop was asked to keep them.
     pub instances: Vec<super::Instance>,
+    /// The adversarial training's epochs, when the head was trained before the LPs.
+    pub epochs: Vec<super::adversarial::Epoch>,
+    /// Seconds for the whole repair: features, training, every round's LP and attack.
+    pub seconds: f64,
 }
 
 /// The rows of `clean` that the repair samples came from, checked: each `index` must
@@ -135,6 +139,7 @@ pub fn repair_hybrid(
     settings: &Settings,
     rounds: &RoundSettings,
 ) -> Result<HybridRepair> {
+    let started = std::time::Instant::now();
     let site = head::find(hybrid)?;
     if index.len() != adversarial.len() {
         return Err(RepairError::Shape(format!(
@@ -166,7 +171,7 @@ pub fn repair_hybrid(
         }
         None => (ndarray::Array2::zeros((0, site.weights.ncols())), Vec::new()),
     };
-    let pool = if rounds.rounds > 1 {
+    let pool = if rounds.rounds > 1 || rounds.train.epochs > 0 {
         Some(pool(clean, rounds.pool, rounds.attack.seed)?)
     } else {
         None
@@ -181,9 +186,13 @@ pub fn repair_hybrid(
         feed,
         pool: pool.as_ref().map(|(p, i)| (p, i.as_slice())),
         preserve: (&f_kept, &kept_labels),
+        guards: 0,
         settings,
     };
-    let outcome = looped.run(Some((adversarial, &originals, index)), rounds)?;
+    let mut outcome = looped.run(Some((adversarial, &originals, index)), rounds)?;
+    if !outcome.epochs.is_empty() {
+        outcome.fix.measure_change_from(&linear);
+    }
     if outcome.fix.linear.n_features() != site.weights.ncols() {
         return Err(RepairError::Shape("the extractor and the head disagree on the features".into()).into());
     }
@@ -195,5 +204,7 @@ pub fn repair_hybrid(
         rounds: outcome.rounds,
         chosen: outcome.chosen,
         instances: outcome.instances,
+        epochs: outcome.epochs,
+        seconds: started.elapsed().as_secs_f64(),
     })
 }

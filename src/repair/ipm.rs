@@ -299,12 +299,17 @@ fn inf_norm<'a>(v: impl Iterator<Item = &'a f64>) -> f64 {
     v.fold(0.0f64, |m, x| m.max(x.abs()))
 }
 
+/// The parallelism of every solve, whatever the thread count asked for.
+const THREADS: usize = 2;
+
 /// Solves the restricted dual over `pairs` (none of them of a sample priced at 0).
-pub(super) fn solve(p: &MarginProblem, pairs: &[(usize, usize)], threads: usize, max_iter: u32) -> Solution {
+pub(super) fn solve(p: &MarginProblem, pairs: &[(usize, usize)], max_iter: u32) -> Solution {
     let k = p.scores.ncols();
     let d = p.x.ncols();
     let r = pairs.len();
-    let par = if threads > 1 { Par::rayon(threads) } else { Par::Seq };
+    // faer's parallel kernels split their sums by the thread count, which changes the
+    // rounding; a fixed split keeps repairs byte-identical whatever `--threads` says.
+    let par = Par::rayon(THREADS);
     let dual = Dual::new(p, pairs);
     let h: Vec<f64> = pairs
         .iter()

@@ -50,7 +50,9 @@ pub struct MarginSettings {
     /// When violated constraints enter, those within this fraction of their sample's
     /// margin of being violated enter too, to save rounds.
     pub lookahead: f64,
-    /// clarabel's threads (0: its default, all cores).
+    /// clarabel's threads (0: its default, all cores). The interior-point method
+    /// always splits its work the same way ([`super::ipm`]), so that its result does
+    /// not depend on the thread count.
     pub solver_threads: u32,
     /// The solver's iteration limit per solve; a solve that reaches it ends `Stalled`.
     pub solver_max_iter: u32,
@@ -154,7 +156,17 @@ fn solve_restricted(p: &MarginProblem, pairs: &[(usize, usize)], settings: &Marg
                     iterations: 0,
                 };
             }
-            let sol = super::ipm::solve(p, &kept, settings.solver_threads as usize, settings.solver_max_iter);
+            let sol = super::ipm::solve(p, &kept, settings.solver_max_iter);
+            if sol.status != Status::Solved {
+                // The interior-point method runs out of precision on some degenerate
+                // programs; clarabel's general method (one thread, so that the result
+                // does not depend on the thread count) takes those over.
+                let mut fallback = solve_clarabel(p, pairs, 1, settings.solver_max_iter);
+                fallback.iterations += sol.iterations;
+                if fallback.status.usable() && (fallback.status == Status::Solved || !sol.status.usable()) {
+                    return fallback;
+                }
+            }
             let mut y = vec![0.0; pairs.len()];
             for (&a, &v) in priced.iter().zip(&sol.y) {
                 y[a] = v;

@@ -14,6 +14,7 @@
 //! features with an engine and writes the repaired model. [`Instance`] is the LP's
 //! data as `repair --dump-lp` writes it and `nnmend lp` solves it.
 
+pub mod adversarial;
 mod error;
 pub mod hybrid;
 pub mod instance;
@@ -77,6 +78,9 @@ pub struct MarginOptions {
     /// Price of a unit of slack of a preservation sample (higher: keeping clean
     /// samples right comes first).
     pub keep_price: f64,
+    /// Price of a unit of a guard's loss of margin ([`Samples::guards`]; lower than
+    /// `slack_price`, so that fixing a repair sample comes before a guard's margin).
+    pub guard_price: f64,
     /// The solve.
     pub solve: margin::MarginSettings,
 }
@@ -87,6 +91,7 @@ impl Default for MarginOptions {
             margin: 1.0,
             slack_price: 1.0,
             keep_price: 10.0,
+            guard_price: 0.1,
             solve: margin::MarginSettings::default(),
         }
     }
@@ -133,6 +138,10 @@ pub struct Samples<'a> {
     pub preserve: ArrayView2<'a, f32>,
     /// Their labels `[P]`.
     pub preserve_labels: &'a [i64],
+    /// How many of the last preserved rows are guards: adversarial examples that the
+    /// head already classifies right, whose margins are kept at
+    /// [`MarginOptions::guard_price`] rather than at `keep_price`.
+    pub guards: usize,
 }
 
 /// A repaired head and the figures of its repair.
@@ -158,6 +167,21 @@ pub struct HeadRepair {
     pub lp: LpSize,
     /// The LP's data, as `--dump-lp` writes it.
     pub instance: Instance,
+}
+
+impl HeadRepair {
+    /// Measures the change ([`Repair::l1`], [`Repair::linf`]) from `original` rather
+    /// than from the head the LP started from (they differ when the head was trained
+    /// before the LP).
+    pub fn measure_change_from(&mut self, original: &LinearSvm) {
+        let deltas = (&self.linear.weights - &original.weights)
+            .into_iter()
+            .chain(&self.linear.bias - &original.bias)
+            .map(|g| f64::from(g).abs());
+        let (l1, linf) = deltas.fold((0.0, 0.0), |(s, m): (f64, f64), g| (s + g, m.max(g)));
+        self.repair.l1 = l1;
+        self.repair.linf = linf;
+    }
 }
 
 /// `count` rows evenly spaced through `n` (image folders are sorted by class, so the
@@ -330,9 +354,19 @@ fn margin_repair(
     let n = x_all.nrows();
     let keep: Vec<bool> = (0..n).map(|i| i >= s).collect();
     let wanted = margin::wanted_margins(scores.view(), &labels, &keep, options.margin);
+    let guards_from = n - samples.guards.min(samples.preserve.nrows());
     let price: Vec<f64> = keep
         .iter()
-        .map(|&kept| if kept { options.keep_price } else { options.slack_price })
+        .enumerate()
+        .map(|(i, &kept)| {
+            if !kept {
+                options.slack_price
+            } else if i < guards_from {
+                options.keep_price
+            } else {
+                options.guard_price
+            }
+        })
         .collect();
     if cols.len() < d {
         x_all = x_all.select(Axis(1), cols);

@@ -10,20 +10,27 @@
 //! round bound the next. The loop stops after the rounds asked for, or once the pool's
 //! robust accuracy stops improving; the round whose model was most robust on the pool
 //! is the result.
+//!
+//! With [`RoundSettings::train`] epochs, the head is first trained against PGD on the
+//! pool ([`super::adversarial`]), and the rounds then repair the trained head: its
+//! LPs change it as little as possible so that the repair samples are classified right
+//! and the preserved images keep their margins.
 
 use std::time::Instant;
 
 use ndarray::{concatenate, Array2, Axis};
 
-use crate::attack::{self, Loss, Target};
+use crate::attack::{self, HeadTarget, Loss, Target};
 use crate::data::Dataset;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::features::Feed;
 use crate::onnx::head::HeadSite;
-use crate::onnx::ModelProto;
+use crate::onnx::surgery::extractor;
+use crate::onnx::{find_cut, ModelProto};
 use crate::svm::LinearSvm;
 
+use super::adversarial::{self, Epoch, TrainSettings};
 use super::{repair_head_from, HeadRepair, LpSize, RepairError, Samples, Settings, Status};
 
 /// How the loop runs.
@@ -42,6 +49,9 @@ pub struct RoundSettings {
     pub min_gain: f64,
     /// Keep every round's LP instance ([`Outcome::instances`]), to be written out.
     pub keep_instances: bool,
+    /// Adversarial training of the head on the pool before the rounds (none with 0
+    /// epochs).
+    pub train: TrainSettings,
 }
 
 impl RoundSettings {
@@ -54,6 +64,7 @@ impl RoundSettings {
             loss: Loss::Ce,
             min_gain: 0.0,
             keep_instances: false,
+            train: TrainSettings::default(),
         }
     }
 }
@@ -105,6 +116,10 @@ pub struct Outcome {
     pub pool_before: Option<f64>,
     /// Every round's LP instance, in order, when [`RoundSettings::keep_instances`].
     pub instances: Vec<super::Instance>,
+    /// The adversarial training's epochs, when the head was trained first.
+    pub epochs: Vec<Epoch>,
+    /// The head the rounds repaired: the hybrid's, or the trained one.
+    pub start: crate::svm::LinearSvm,
 }
 
 /// The repair samples so far, as what the head's linear part reads.
@@ -161,6 +176,8 @@ pub struct Loop<'a> {
     pub pool: Option<(&'a Dataset, &'a [i64])>,
     /// The preserved training images, as the linear part reads them, and their labels.
     pub preserve: (&'a Array2<f32>, &'a [i64]),
+    /// How many of the last preserved rows are guards ([`Samples::guards`]).
+    pub guards: usize,
     /// The repair's formulation.
     pub settings: &'a Settings,
 }
@@ -216,6 +233,86 @@ impl Loop<'_> {
     /// originals, and those originals' training indices. With none, round 0's samples
     /// come from an attack on the hybrid itself (which needs a pool).
     pub fn run(&self, initial: Option<(&Dataset, &Dataset, &[i64])>, rounds: &RoundSettings) -> Result<Outcome> {
+        let fixed = match initial {
+            Some((images, _, _)) if rounds.train.epochs > 0 && self.pool.is_some() => {
+                Some(((self.reads)(images)?, images.labels.clone()))
+            }
+            _ => None,
+        };
+        let trained = self.train(&rounds.train, fixed.as_ref())?;
+        let (looped, preserved);
+        let this = match &trained {
+            Some(t) => {
+                // The LPs keep the margins of the trained head's own adversarial
+                // examples that it classifies right (guards), so that fixing the
+                // repair samples does not undo the training.
+                let Some((pool, _)) = self.pool else {
+                    return Err(RepairError::Shape("training without a pool".into()).into());
+                };
+                let stack = |a: ndarray::ArrayView2<f32>, b: ndarray::ArrayView2<f32>| {
+                    concatenate(Axis(0), &[a, b]).map_err(|e| RepairError::Shape(e.to_string()))
+                };
+                let right: Vec<usize> = t
+                    .linear
+                    .predict(t.attacked.view())
+                    .iter()
+                    .zip(&pool.labels)
+                    .enumerate()
+                    .filter(|(_, (&p, &y))| p as i64 == y)
+                    .map(|(i, _)| i)
+                    .collect();
+                let guards = t.attacked.select(Axis(0), &right);
+                let labels: Vec<i64> = self
+                    .preserve
+                    .1
+                    .iter()
+                    .copied()
+                    .chain(right.iter().map(|&i| pool.labels[i]))
+                    .collect();
+                preserved = (stack(self.preserve.0.view(), guards.view())?, labels);
+                looped = Loop {
+                    linear: &t.linear,
+                    preserve: (&preserved.0, &preserved.1),
+                    guards: right.len(),
+                    ..*self
+                };
+                &looped
+            }
+            None => self,
+        };
+        let mut outcome = this.rounds(initial, rounds)?;
+        outcome.epochs = trained.map(|t| t.epochs).unwrap_or_default();
+        Ok(outcome)
+    }
+
+    /// Trains the head against PGD on the pool, when epochs are asked for.
+    fn train(
+        &self,
+        settings: &TrainSettings,
+        fixed: Option<&(Array2<f32>, Vec<i64>)>,
+    ) -> Result<Option<adversarial::Trained>> {
+        let Some((pool, _)) = self.pool.filter(|_| settings.epochs > 0) else {
+            return Ok(None);
+        };
+        let cut = find_cut(self.hybrid, Some(&self.site.input))?;
+        let model = extractor(self.hybrid, &cut, None)?;
+        let target = HeadTarget::new(&model, self.engine, pool, self.feed, Loss::Ce, self.linear.n_classes())?;
+        let none = Array2::zeros((0, self.linear.n_features()));
+        let fixed = match fixed {
+            Some((features, labels)) => adversarial::Fixed {
+                features: features.view(),
+                labels,
+            },
+            None => adversarial::Fixed {
+                features: none.view(),
+                labels: &[],
+            },
+        };
+        let trained = adversarial::train(&target, pool, self.linear, fixed, settings, self.feed.threads)?;
+        Ok(Some(trained))
+    }
+
+    fn rounds(&self, initial: Option<(&Dataset, &Dataset, &[i64])>, rounds: &RoundSettings) -> Result<Outcome> {
         let pool_features = match self.pool {
             Some((pool, _)) => (self.reads)(pool)?,
             None => Array2::zeros((0, self.linear.n_features())),
@@ -264,6 +361,7 @@ impl Loop<'_> {
                 originals: pile.originals.view(),
                 preserve: self.preserve.0.view(),
                 preserve_labels: self.preserve.1,
+                guards: self.guards,
             };
             let fix = repair_head_from(self.linear, &samples, self.settings, &remap(&warm, before, added))?;
             if let Some(m) = &fix.repair.margin {
@@ -318,6 +416,8 @@ impl Loop<'_> {
                 chosen,
                 pool_before,
                 instances,
+                epochs: Vec::new(),
+                start: self.linear.clone(),
             }),
             None => Err(RepairError::NoSamples.into()),
         }

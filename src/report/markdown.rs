@@ -100,6 +100,7 @@ pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> S
         };
     }
     robustness(&mut md, r, &eps, &models);
+    training(&mut md, r);
     rounds(&mut md, r);
     let _ = writeln!(md, "\n## Attack success rates (%)\n");
     let _ = writeln!(md, "| ε | NN | LH | RLH |\n| --- | --- | --- | --- |");
@@ -209,6 +210,31 @@ fn robustness(md: &mut String, r: &Report, eps: &[f32], models: &[Model]) {
 }
 
 /// The rounds of each attack-in-the-loop repair.
+fn training(md: &mut String, r: &Report) {
+    if r.repairs.iter().all(|rep| rep.training.is_empty()) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Adversarial training of the head\n\nEach minibatch of the pool attacked (PGD) against the head it \
+         then updates; robust accuracy during the epoch.\n\n| ε | epoch | pool robust (%) | hinge | time (s) |\n\
+         | --- | --- | --- | --- | --- |"
+    );
+    for rep in &r.repairs {
+        for e in &rep.training {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.4} | {:.1} |",
+                rep.eps,
+                e.epoch,
+                100.0 * e.pool_robust_accuracy,
+                e.loss,
+                e.seconds
+            );
+        }
+    }
+}
+
 fn rounds(md: &mut String, r: &Report) {
     if r.repairs.iter().all(|rep| rep.rounds.len() < 2) {
         return;

@@ -93,8 +93,11 @@ fn repair_gates_fail_after_writing_the_model_and_pass_when_met() {
     let test = ["--test", s(&r.data), "--limit", "300"];
 
     // Efficacy: with no price on a repair sample's shortfall, the cheapest repair
-    // changes nothing, and no repair sample is fixed.
-    let out = r.run("eff.onnx", &["--slack-price", "0", "--min-efficacy", "0.5"]);
+    // changes nothing, and no repair sample is fixed (with no head training first).
+    let out = r.run(
+        "eff.onnx",
+        &["--epochs", "0", "--slack-price", "0", "--min-efficacy", "0.5"],
+    );
     let line = one_failed_gate(&out);
     let v = stdout_json(&out);
     assert_eq!(v["efficacy"], 0.0, "{v}");
@@ -348,7 +351,8 @@ fn run_gates_judge_the_worst_epsilon_after_writing_the_report() {
     );
     assert!((r["gates"][0]["value"].as_f64().unwrap() - value).abs() < 1e-15);
 
-    // Efficacy: the margin LP with no price on a repair sample's shortfall fixes none.
+    // Efficacy: the margin LP with no price on a repair sample's shortfall, and no
+    // head training before it, fixes none.
     let dir = tmp.path().join("efficacy");
     let out = experiment(
         &dir,
@@ -357,6 +361,8 @@ fn run_gates_judge_the_worst_epsilon_after_writing_the_report() {
             "0",
             "--mode",
             "margin",
+            "--epochs",
+            "0",
             "--slack-price",
             "0",
             "--min-efficacy",

@@ -744,3 +744,94 @@ fn a_round_loop_is_checked_round_by_round() {
         y.len()
     );
 }
+
+#[test]
+fn head_training_before_the_lp_makes_the_hybrid_harder_to_attack() {
+    // fit → PGD samples → repair with adversarial training of the head first: the
+    // training's pool robustness grows epoch by epoch, the LP after it still fixes
+    // the repair samples (checked in onnxruntime), and the written model resists the
+    // robustness protocol on test images better than the hybrid did.
+    let tmp = tempdir();
+    let p = |name: &str| tmp.path().join(name);
+    let data = fixture("mnist-small");
+    fit_tiny_hybrid(&p("lh.onnx"));
+    json(&run(&[
+        "attack",
+        s(&p("lh.onnx")),
+        "--data",
+        s(&data),
+        "--split",
+        "train",
+        "--limit",
+        "150",
+        "--eps",
+        "0.1",
+        "--method",
+        "pgd",
+        "--steps",
+        "5",
+        "-o",
+        s(&p("adv.npz")),
+        "--only-successful",
+        "--json",
+    ]));
+    let v = json(&run(&[
+        "repair",
+        s(&p("lh.onnx")),
+        "--adv",
+        s(&p("adv.npz")),
+        "--train",
+        s(&data),
+        "--limit",
+        "600",
+        "--preserve",
+        "200",
+        "--pool",
+        "300",
+        "--epochs",
+        "4",
+        "--train-steps",
+        "3",
+        "--test",
+        s(&data),
+        "--pgd-limit",
+        "100",
+        "-o",
+        s(&p("rlh.onnx")),
+        "--json",
+    ]));
+    let epochs = v["training"].as_array().unwrap();
+    assert_eq!(epochs.len(), 4, "{v}");
+    let robust = |e: &serde_json::Value| e["pool_robust_accuracy"].as_f64().unwrap();
+    assert!(
+        robust(&epochs[3]) > robust(&epochs[0]),
+        "training did not help the pool: {epochs:?}"
+    );
+    assert_eq!(v["status"], "solved");
+    assert!(v["efficacy"].as_f64().unwrap() >= 0.99, "{v}");
+    let before = v["robustness"]["before"]["robust_accuracy"].as_f64().unwrap();
+    let after = v["robustness"]["after"]["robust_accuracy"].as_f64().unwrap();
+    assert!(after > before + 0.05, "robust accuracy {before} -> {after}");
+    assert!(v["repair_seconds"].as_f64().unwrap() >= v["seconds"].as_f64().unwrap());
+    // onnxruntime classifies the repair samples as the JSON says.
+    let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(p("adv.npz")).unwrap()).unwrap();
+    let x: ndarray::Array4<f32> = npz.by_name("x").unwrap();
+    let y: Array1<i64> = npz.by_name("y").unwrap();
+    write_npy(&p("x.npy"), &x);
+    let mut cmd = python("ort_run.py");
+    cmd.arg(p("rlh.onnx")).arg(p("x.npy")).arg(p("scores.npy"));
+    ok(cmd);
+    let scores = read_npy2(&p("scores.npy"));
+    let right = scores
+        .rows()
+        .into_iter()
+        .zip(&y)
+        .filter(|(row, &label)| (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])) == Some(label as usize))
+        .count();
+    let efficacy = right as f64 / y.len() as f64;
+    assert!(
+        (efficacy - v["efficacy"].as_f64().unwrap()).abs() < 1e-9,
+        "onnxruntime {efficacy} against the JSON's {}",
+        v["efficacy"]
+    );
+}
