@@ -12,7 +12,7 @@ use crate::error::Result;
 use super::AttackError;
 use crate::features::{layout_of, preprocess_for, Feed};
 use crate::onnx::grad::{self, Loss, Normalization, PROBE_BATCH};
-use crate::onnx::ModelProto;
+use crate::onnx::{ModelProto, OnnxError};
 
 /// The normalisation `(x − mean) / std` of `feed`, shaped to broadcast over one sample
 /// of a model whose inputs are laid out as `layout`, for images of shape `[C, H, W]`.
@@ -89,6 +89,49 @@ fn forward_and_shapes(
     Ok((fwd, shapes))
 }
 
+/// A model's gradient graph and pixel-space forward graph, prepared in one engine.
+struct Prepared {
+    grad: Box<dyn Session>,
+    forward: Box<dyn Session>,
+    /// Width of the forward graph's output (classes, or features).
+    width: usize,
+    layout: Layout,
+    pixels: Preprocess,
+}
+
+impl Prepared {
+    /// Prepares `model` for images like those of `ds`, with `feed`'s normalisation
+    /// inside; `backward` turns the forward graph and its measured shapes into the
+    /// gradient graph.
+    fn new(
+        model: &ModelProto,
+        engine: &dyn Engine,
+        ds: &Dataset,
+        feed: &Feed,
+        backward: impl FnOnce(&grad::Forward, &HashMap<String, Vec<usize>>) -> Result<ModelProto, OnnxError>,
+    ) -> Result<Self> {
+        let plain = engine.prepare(model)?;
+        let sample = plain.sample_shape().to_vec();
+        drop(plain);
+        let layout = layout_of(&sample)?;
+        let pixels = preprocess_for(ds, &sample, &Feed::default())?;
+        let norm = normalization(layout, ds.image_shape(), feed)?;
+        let (fwd, shapes) = forward_and_shapes(model, engine, &norm)?;
+        let graph = backward(&fwd, &shapes)?;
+        let forward = engine.prepare(&fwd.model)?;
+        let grad = engine.prepare(&graph)?;
+        let probe = ArrayD::<f32>::zeros([1].iter().chain(&sample).copied().collect::<Vec<_>>());
+        let width = forward.run(probe.view())?.first().map_or(0, |z| z.len());
+        Ok(Self {
+            grad,
+            forward,
+            width,
+            layout,
+            pixels,
+        })
+    }
+}
+
 /// A model prepared for attacks.
 pub struct Target {
     grad: Box<dyn Session>,
@@ -124,32 +167,43 @@ pub struct Gradient {
     pub grad: ArrayD<f32>,
 }
 
+impl Gradient {
+    /// The outputs of a gradient graph (logits, loss, gradient), checked against the
+    /// pixels' `shape`.
+    fn read(outs: Vec<ArrayD<f32>>, shape: &[usize]) -> Result<Self> {
+        let mut outs = outs.into_iter();
+        let bad = AttackError::Output;
+        let logits = outs
+            .next()
+            .and_then(|z| z.into_dimensionality::<Ix2>().ok())
+            .ok_or_else(|| bad("logits"))?;
+        let loss = outs
+            .next()
+            .and_then(|l| l.into_dimensionality::<Ix1>().ok())
+            .ok_or_else(|| bad("loss"))?;
+        let grad = outs.next().ok_or_else(|| bad("grad"))?;
+        if grad.shape() != shape || logits.nrows() != grad.len_of(Axis(0)) {
+            return Err(bad("grad").into());
+        }
+        Ok(Self { logits, loss, grad })
+    }
+}
+
 impl Target {
     /// Builds and prepares the gradient and forward graphs of `model` for images like
     /// those of `ds`, with `feed`'s normalisation inside the graphs.
     pub fn new(model: &ModelProto, engine: &dyn Engine, ds: &Dataset, feed: &Feed, loss: Loss) -> Result<Self> {
-        let plain = engine.prepare(model)?;
-        let sample = plain.sample_shape().to_vec();
-        drop(plain);
-        let layout = layout_of(&sample)?;
-        let pixels = preprocess_for(ds, &sample, &Feed::default())?;
-        let norm = normalization(layout, ds.image_shape(), feed)?;
-        let (fwd, shapes) = forward_and_shapes(model, engine, &norm)?;
-        let graph = grad::backward(&fwd, &shapes, loss)?;
-        let forward = engine.prepare(&fwd.model)?;
-        let grad_session = engine.prepare(&graph)?;
-        let probe = ArrayD::<f32>::zeros([1].iter().chain(&sample).copied().collect::<Vec<_>>());
-        let classes = forward.run(probe.view())?.first().map_or(0, |z| z.len());
-        if classes < 2 {
-            return Err(AttackError::Classes(classes).into());
+        let p = Prepared::new(model, engine, ds, feed, |fwd, shapes| grad::backward(fwd, shapes, loss))?;
+        if p.width < 2 {
+            return Err(AttackError::Classes(p.width).into());
         }
         Ok(Self {
-            grad: grad_session,
-            forward,
-            classes,
-            layout,
+            grad: p.grad,
+            forward: p.forward,
+            classes: p.width,
+            layout: p.layout,
             loss,
-            pixels,
+            pixels: p.pixels,
         })
     }
 
@@ -174,21 +228,8 @@ impl Target {
     pub fn gradient(&self, pixels: ArrayViewD<f32>, target: &Array2<f32>) -> Result<Gradient> {
         let target = target.view().into_dyn();
         let shape = pixels.shape().to_vec();
-        let mut outs = self.grad.run_many(&[pixels, target])?.into_iter();
-        let bad = AttackError::Output;
-        let logits = outs
-            .next()
-            .and_then(|z| z.into_dimensionality::<Ix2>().ok())
-            .ok_or_else(|| bad("logits"))?;
-        let loss = outs
-            .next()
-            .and_then(|l| l.into_dimensionality::<Ix1>().ok())
-            .ok_or_else(|| bad("loss"))?;
-        let grad = outs.next().ok_or_else(|| bad("grad"))?;
-        if grad.shape() != shape.as_slice() || logits.nrows() != grad.len_of(Axis(0)) {
-            return Err(bad("grad").into());
-        }
-        Ok(Gradient { logits, loss, grad })
+        let outs = self.grad.run_many(&[pixels, target])?;
+        Gradient::read(outs, &shape)
     }
 
     /// Logits `[b, K]` for a batch of pixels.
@@ -246,25 +287,16 @@ impl HeadTarget {
         if classes < 2 {
             return Err(AttackError::Classes(classes).into());
         }
-        let plain = engine.prepare(extractor)?;
-        let sample = plain.sample_shape().to_vec();
-        drop(plain);
-        let layout = layout_of(&sample)?;
-        let pixels = preprocess_for(ds, &sample, &Feed::default())?;
-        let norm = normalization(layout, ds.image_shape(), feed)?;
-        let (fwd, shapes) = forward_and_shapes(extractor, engine, &norm)?;
-        let graph = grad::backward_head(&fwd, &shapes, loss, classes)?;
-        let forward = engine.prepare(&fwd.model)?;
-        let grad_session = engine.prepare(&graph)?;
-        let probe = ArrayD::<f32>::zeros([1].iter().chain(&sample).copied().collect::<Vec<_>>());
-        let features = forward.run(probe.view())?.first().map_or(0, |f| f.len());
+        let p = Prepared::new(extractor, engine, ds, feed, |fwd, shapes| {
+            grad::backward_head(fwd, shapes, loss, classes)
+        })?;
         Ok(Self {
-            grad: grad_session,
-            forward,
+            grad: p.grad,
+            forward: p.forward,
             classes,
-            features,
+            features: p.width,
             loss,
-            pixels,
+            pixels: p.pixels,
         })
     }
 
@@ -284,21 +316,8 @@ impl HeadTarget {
             wt.view().into_dyn(),
             bias.view().into_dyn(),
         ];
-        let mut outs = self.grad.run_many(&inputs)?.into_iter();
-        let bad = AttackError::Output;
-        let logits = outs
-            .next()
-            .and_then(|z| z.into_dimensionality::<Ix2>().ok())
-            .ok_or_else(|| bad("logits"))?;
-        let loss = outs
-            .next()
-            .and_then(|l| l.into_dimensionality::<Ix1>().ok())
-            .ok_or_else(|| bad("loss"))?;
-        let grad = outs.next().ok_or_else(|| bad("grad"))?;
-        if grad.shape() != shape.as_slice() || logits.nrows() != grad.len_of(Axis(0)) {
-            return Err(bad("grad").into());
-        }
-        Ok(Gradient { logits, loss, grad })
+        let outs = self.grad.run_many(&inputs)?;
+        Gradient::read(outs, &shape)
     }
 
     /// The features `[b, D]` of a batch of pixels.

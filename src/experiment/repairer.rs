@@ -106,7 +106,6 @@ impl<'a> Repairer<'a> {
             feed: self.feed,
             pool: self.pool.as_ref().map(|(p, i)| (p, i.as_slice())),
             preserve: (&self.preserve.0, &self.preserve.1),
-            guards: 0,
             settings: self.settings,
         };
         looped.run(Some((adversarial, &originals, index)), rounds)

@@ -22,7 +22,7 @@
 
 use std::time::Instant;
 
-use ndarray::{s, Array1, Array2, ArrayD, Axis};
+use ndarray::{s, Array1, Array2, ArrayD, ArrayView2, Axis};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -30,9 +30,10 @@ use rand_chacha::ChaCha8Rng;
 use crate::attack::{pgd, HeadTarget};
 use crate::data::Dataset;
 use crate::error::Result;
+use crate::features::argmax_rows;
 use crate::svm::LinearSvm;
 
-use super::RepairError;
+use super::{class_indices, RepairError};
 
 /// Images per engine run; a minibatch is cut into these whatever the thread count.
 const SUB_BATCH: usize = 32;
@@ -155,16 +156,6 @@ fn hinge(scores: &Array2<f64>, labels: &[usize], margin: f64) -> (f64, Array2<f6
     (total, coef)
 }
 
-fn argmax(row: ndarray::ArrayView1<f32>) -> usize {
-    row.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
-        )
-        .0
-}
-
 /// What the attack of one sub-batch returns: the features of its last iterates, and
 /// whether any iterate was misclassified.
 type Attacked = (Array2<f32>, Vec<bool>);
@@ -201,16 +192,16 @@ fn attack(
     let all = vec![true; labels.len()];
     for _ in 0..settings.steps {
         let g = target.gradient(x.view(), &target_rows, &head.wt, &head.bias)?;
-        for ((b, z), &y) in broken.iter_mut().zip(g.logits.rows()).zip(labels) {
-            *b |= argmax(z) != y;
+        for ((b, p), &y) in broken.iter_mut().zip(argmax_rows(&g.logits)).zip(labels) {
+            *b |= p != y;
         }
         let moved = x.view_mut();
         pgd::step(moved, clean.view(), g.grad.view(), &all, alpha, eps, 1.0);
     }
     let features = target.features(x.view())?;
     let scores = features.dot(&head.wt) + &head.bias;
-    for ((b, z), &y) in broken.iter_mut().zip(scores.rows()).zip(labels) {
-        *b |= argmax(z) != y;
+    for ((b, p), &y) in broken.iter_mut().zip(argmax_rows(&scores)).zip(labels) {
+        *b |= p != y;
     }
     Ok((features, broken))
 }
@@ -279,11 +270,13 @@ pub struct Fixed<'a> {
 }
 
 /// Trains `linear` (the head's linear part, reading what `target` extracts) against
-/// PGD on the images of `pool`, `settings.epochs` passes, on `threads` threads, with
-/// the hinge of the `fixed` repair samples beside that of the attacked pool.
+/// PGD on the images of `pool`, whose clean features are `clean` `[n, D]`,
+/// `settings.epochs` passes, on `threads` threads, with the hinge of the `fixed` repair
+/// samples beside that of the attacked pool.
 pub fn train(
     target: &HeadTarget,
     pool: &Dataset,
+    clean: ArrayView2<f32>,
     linear: &LinearSvm,
     fixed: Fixed,
     settings: &TrainSettings,
@@ -297,37 +290,17 @@ pub fn train(
         ))
         .into());
     }
-    let classes = |labels: &[i64]| -> std::result::Result<Vec<usize>, RepairError> {
-        labels
-            .iter()
-            .map(|&l| {
-                usize::try_from(l)
-                    .ok()
-                    .filter(|&l| l < k)
-                    .ok_or(RepairError::Label { label: l, classes: k })
-            })
-            .collect()
-    };
-    let labels = classes(&pool.labels)?;
-    let fixed_labels = classes(fixed.labels)?;
-    let fixed_features = fixed.features.mapv(f64::from);
-    if fixed_features.dim() != (fixed_labels.len(), d) {
-        return Err(RepairError::Shape("the fixed repair samples do not match the head".into()).into());
-    }
+    let labels = class_indices(&pool.labels, k)?;
+    let fixed_labels = class_indices(fixed.labels, k)?;
     let n = pool.len();
+    if fixed.features.dim() != (fixed_labels.len(), d) || clean.dim() != (n, d) {
+        return Err(
+            RepairError::Shape("the fixed repair samples or the pool's features do not match the head".into()).into(),
+        );
+    }
+    let fixed_features = fixed.features.mapv(f64::from);
+    let clean = clean.mapv(f64::from);
     let pixels = target.pixels.batch(pool, 0..n)?;
-    let clean_features = if settings.clean_weight > 0.0 {
-        let all: Vec<usize> = (0..n).collect();
-        let mut f = Array2::zeros((n, d));
-        for chunk in all.chunks(SUB_BATCH) {
-            let x = pixels.select(Axis(0), chunk);
-            f.slice_mut(s![chunk[0]..chunk[0] + chunk.len(), ..])
-                .assign(&target.features(x.view())?);
-        }
-        Some(f)
-    } else {
-        None
-    };
 
     // Parameters: W row-major, then b.
     let mut params: Vec<f64> = linear
@@ -369,33 +342,25 @@ pub fn train(
                 }
             }
             let ys: Vec<usize> = rows.iter().map(|&r| labels[r]).collect();
-            let b = rows.len() as f64;
-            let w64 = w.view();
             let bias64 = Array1::from(params[k * d..].to_vec());
-            let scores = |f: &Array2<f32>| f.mapv(f64::from).dot(&w64.t()) + &bias64;
-            let (loss, mut coef) = hinge(&scores(&features), &ys, settings.margin);
-            loss_sum += loss;
-            let mut f64s = features.mapv(f64::from);
-            if let Some(clean) = &clean_features {
-                let cf = clean.select(Axis(0), rows);
-                let (_, cc) = hinge(&scores(&cf), &ys, settings.margin);
-                coef = ndarray::concatenate(Axis(0), &[coef.view(), (cc * settings.clean_weight).view()])
-                    .map_err(|e| RepairError::Shape(e.to_string()))?;
-                f64s = ndarray::concatenate(Axis(0), &[f64s.view(), cf.mapv(f64::from).view()])
-                    .map_err(|e| RepairError::Shape(e.to_string()))?;
+            // Σ over blocks of weight · hinge, per pool image of the minibatch.
+            let mut gw = Array2::<f64>::zeros((k, d));
+            let mut gb = Array1::<f64>::zeros(k);
+            let mut add = |f: &Array2<f64>, ys: &[usize], weight: f64| -> f64 {
+                let (loss, coef) = hinge(&(f.dot(&w.t()) + &bias64), ys, settings.margin);
+                let scale = weight / rows.len() as f64;
+                gw.scaled_add(scale, &coef.t().dot(f));
+                gb.scaled_add(scale, &coef.sum_axis(Axis(0)));
+                loss
+            };
+            loss_sum += add(&features.mapv(f64::from), &ys, 1.0);
+            if settings.clean_weight > 0.0 {
+                add(&clean.select(Axis(0), rows), &ys, settings.clean_weight);
             }
             if !share.is_empty() {
-                let ff = fixed_features.select(Axis(0), share);
                 let fy: Vec<usize> = share.iter().map(|&i| fixed_labels[i]).collect();
-                let (_, fc) = hinge(&(ff.dot(&w64.t()) + &bias64), &fy, settings.margin);
-                coef = ndarray::concatenate(Axis(0), &[coef.view(), (fc * settings.fixed_weight).view()])
-                    .map_err(|e| RepairError::Shape(e.to_string()))?;
-                f64s = ndarray::concatenate(Axis(0), &[f64s.view(), ff.view()])
-                    .map_err(|e| RepairError::Shape(e.to_string()))?;
+                add(&fixed_features.select(Axis(0), share), &fy, settings.fixed_weight);
             }
-            coef /= b;
-            let gw = coef.t().dot(&f64s);
-            let gb = coef.sum_axis(Axis(0));
             let grad: Vec<f64> = gw.iter().chain(gb.iter()).copied().collect();
             adam.update(&mut params, &grad);
         }

@@ -186,13 +186,9 @@ pub fn repair_hybrid(
         feed,
         pool: pool.as_ref().map(|(p, i)| (p, i.as_slice())),
         preserve: (&f_kept, &kept_labels),
-        guards: 0,
         settings,
     };
-    let mut outcome = looped.run(Some((adversarial, &originals, index)), rounds)?;
-    if !outcome.epochs.is_empty() {
-        outcome.fix.measure_change_from(&linear);
-    }
+    let outcome = looped.run(Some((adversarial, &originals, index)), rounds)?;
     if outcome.fix.linear.n_features() != site.weights.ncols() {
         return Err(RepairError::Shape("the extractor and the head disagree on the features".into()).into());
     }

@@ -216,7 +216,7 @@ fn share(flags: &[bool]) -> f64 {
 }
 
 /// Labels as class indices of a head with `k` classes.
-fn class_indices(labels: &[i64], k: usize) -> Result<Vec<usize>, RepairError> {
+pub(super) fn class_indices(labels: &[i64], k: usize) -> Result<Vec<usize>, RepairError> {
     labels
         .iter()
         .map(|&l| {

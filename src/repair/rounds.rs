@@ -118,8 +118,6 @@ pub struct Outcome {
     pub instances: Vec<super::Instance>,
     /// The adversarial training's epochs, when the head was trained first.
     pub epochs: Vec<Epoch>,
-    /// The head the rounds repaired: the hybrid's, or the trained one.
-    pub start: crate::svm::LinearSvm,
 }
 
 /// The repair samples so far, as what the head's linear part reads.
@@ -130,21 +128,22 @@ struct Pile {
     index: Vec<i64>,
 }
 
-/// Repair samples joining the pile: their adversarial images, their originals as the
-/// linear part reads them, and those originals' training indices.
+/// Repair samples joining the pile: their adversarial images, those images and their
+/// originals as the linear part reads them, and the originals' training indices.
 struct Batch {
     images: Dataset,
+    adversarial: Array2<f32>,
     originals: Array2<f32>,
     index: Vec<i64>,
 }
 
 impl Pile {
-    fn push(&mut self, adversarial: &Array2<f32>, batch: &Batch) -> Result<(), RepairError> {
+    fn push(&mut self, batch: &Batch) -> Result<(), RepairError> {
         let stack = |a: &Array2<f32>, b: &Array2<f32>| {
             concatenate(Axis(0), &[a.view(), b.view()])
                 .map_err(|e| RepairError::Shape(format!("adding repair samples: {e}")))
         };
-        self.adversarial = stack(&self.adversarial, adversarial)?;
+        self.adversarial = stack(&self.adversarial, &batch.adversarial)?;
         self.originals = stack(&self.originals, &batch.originals)?;
         self.labels.extend_from_slice(&batch.images.labels);
         self.index.extend_from_slice(&batch.index);
@@ -176,8 +175,6 @@ pub struct Loop<'a> {
     pub pool: Option<(&'a Dataset, &'a [i64])>,
     /// The preserved training images, as the linear part reads them, and their labels.
     pub preserve: (&'a Array2<f32>, &'a [i64]),
-    /// How many of the last preserved rows are guards ([`Samples::guards`]).
-    pub guards: usize,
     /// The repair's formulation.
     pub settings: &'a Settings,
 }
@@ -221,8 +218,10 @@ impl Loop<'_> {
         let rows: Vec<usize> = (0..pool.len()).filter(|&i| adv.success[i]).collect();
         let images = adv.images.select(Axis(0), &rows);
         let labels = rows.iter().map(|&i| pool.labels[i]).collect();
+        let images = Dataset::from_layout(images, target.layout, labels, pool)?;
         let batch = Batch {
-            images: Dataset::from_layout(images, target.layout, labels, pool)?,
+            adversarial: (self.reads)(&images)?,
+            images,
             originals: pool_features.select(Axis(0), &rows),
             index: rows.iter().map(|&i| pool_index[i]).collect(),
         };
@@ -233,15 +232,22 @@ impl Loop<'_> {
     /// originals, and those originals' training indices. With none, round 0's samples
     /// come from an attack on the hybrid itself (which needs a pool).
     pub fn run(&self, initial: Option<(&Dataset, &Dataset, &[i64])>, rounds: &RoundSettings) -> Result<Outcome> {
-        let fixed = match initial {
-            Some((images, _, _)) if rounds.train.epochs > 0 && self.pool.is_some() => {
-                Some(((self.reads)(images)?, images.labels.clone()))
-            }
-            _ => None,
+        let pool_features = match self.pool {
+            Some((pool, _)) => (self.reads)(pool)?,
+            None => Array2::zeros((0, self.linear.n_features())),
         };
-        let trained = self.train(&rounds.train, fixed.as_ref())?;
+        let initial = match initial {
+            Some((images, originals, index)) => Some(Batch {
+                images: images.clone(),
+                adversarial: (self.reads)(images)?,
+                originals: (self.reads)(originals)?,
+                index: index.to_vec(),
+            }),
+            None => None,
+        };
+        let trained = self.train(&rounds.train, &pool_features, initial.as_ref())?;
         let (looped, preserved);
-        let this = match &trained {
+        let (this, guards) = match &trained {
             Some(t) => {
                 // The LPs keep the margins of the trained head's own adversarial
                 // examples that it classifies right (guards), so that fixing the
@@ -273,23 +279,28 @@ impl Loop<'_> {
                 looped = Loop {
                     linear: &t.linear,
                     preserve: (&preserved.0, &preserved.1),
-                    guards: right.len(),
                     ..*self
                 };
-                &looped
+                (&looped, right.len())
             }
-            None => self,
+            None => (self, 0),
         };
-        let mut outcome = this.rounds(initial, rounds)?;
-        outcome.epochs = trained.map(|t| t.epochs).unwrap_or_default();
+        let mut outcome = this.rounds(initial, rounds, &pool_features, guards)?;
+        if let Some(t) = trained {
+            // The change the user sees is from the hybrid's head, training included.
+            outcome.fix.measure_change_from(self.linear);
+            outcome.epochs = t.epochs;
+        }
         Ok(outcome)
     }
 
-    /// Trains the head against PGD on the pool, when epochs are asked for.
+    /// Trains the head against PGD on the pool (whose features are `pool_features`),
+    /// with the repair samples of `initial` held fixed, when epochs are asked for.
     fn train(
         &self,
         settings: &TrainSettings,
-        fixed: Option<&(Array2<f32>, Vec<i64>)>,
+        pool_features: &Array2<f32>,
+        initial: Option<&Batch>,
     ) -> Result<Option<adversarial::Trained>> {
         let Some((pool, _)) = self.pool.filter(|_| settings.epochs > 0) else {
             return Ok(None);
@@ -298,25 +309,37 @@ impl Loop<'_> {
         let model = extractor(self.hybrid, &cut, None)?;
         let target = HeadTarget::new(&model, self.engine, pool, self.feed, Loss::Ce, self.linear.n_classes())?;
         let none = Array2::zeros((0, self.linear.n_features()));
-        let fixed = match fixed {
-            Some((features, labels)) => adversarial::Fixed {
-                features: features.view(),
-                labels,
+        let fixed = match initial {
+            Some(batch) => adversarial::Fixed {
+                features: batch.adversarial.view(),
+                labels: &batch.images.labels,
             },
             None => adversarial::Fixed {
                 features: none.view(),
                 labels: &[],
             },
         };
-        let trained = adversarial::train(&target, pool, self.linear, fixed, settings, self.feed.threads)?;
+        let trained = adversarial::train(
+            &target,
+            pool,
+            pool_features.view(),
+            self.linear,
+            fixed,
+            settings,
+            self.feed.threads,
+        )?;
         Ok(Some(trained))
     }
 
-    fn rounds(&self, initial: Option<(&Dataset, &Dataset, &[i64])>, rounds: &RoundSettings) -> Result<Outcome> {
-        let pool_features = match self.pool {
-            Some((pool, _)) => (self.reads)(pool)?,
-            None => Array2::zeros((0, self.linear.n_features())),
-        };
+    /// The rounds, from the repair samples `initial` (none: attack the hybrid for
+    /// them), with the last `guards` preserved rows priced as guards.
+    fn rounds(
+        &self,
+        initial: Option<Batch>,
+        rounds: &RoundSettings,
+        pool_features: &Array2<f32>,
+        guards: usize,
+    ) -> Result<Outcome> {
         let d = self.linear.n_features();
         let mut pile = Pile {
             adversarial: Array2::zeros((0, d)),
@@ -327,15 +350,11 @@ impl Loop<'_> {
         let mut pool_before = None;
         let mut attack_seconds = 0.0;
         let mut pending = match initial {
-            Some((images, originals, index)) => Batch {
-                images: images.clone(),
-                originals: (self.reads)(originals)?,
-                index: index.to_vec(),
-            },
+            Some(batch) => batch,
             None => {
                 let started = Instant::now();
                 let (accuracy, batch) = self
-                    .attack(self.hybrid, rounds, &pool_features)?
+                    .attack(self.hybrid, rounds, pool_features)?
                     .ok_or(RepairError::NoSamples)?;
                 pool_before = Some(accuracy);
                 attack_seconds = started.elapsed().as_secs_f64();
@@ -353,15 +372,14 @@ impl Loop<'_> {
             }
             let before = pile.len();
             let added = pending.images.len();
-            let adversarial = (self.reads)(&pending.images)?;
-            pile.push(&adversarial, &pending)?;
+            pile.push(&pending)?;
             let samples = Samples {
                 adversarial: pile.adversarial.view(),
                 labels: &pile.labels,
                 originals: pile.originals.view(),
                 preserve: self.preserve.0.view(),
                 preserve_labels: self.preserve.1,
-                guards: self.guards,
+                guards,
             };
             let fix = repair_head_from(self.linear, &samples, self.settings, &remap(&warm, before, added))?;
             if let Some(m) = &fix.repair.margin {
@@ -376,7 +394,7 @@ impl Loop<'_> {
             // repair (no pool) is not.
             let started = Instant::now();
             let attacked = if usable {
-                self.attack(&model, rounds, &pool_features)?
+                self.attack(&model, rounds, pool_features)?
             } else {
                 None
             };
@@ -417,7 +435,6 @@ impl Loop<'_> {
                 pool_before,
                 instances,
                 epochs: Vec::new(),
-                start: self.linear.clone(),
             }),
             None => Err(RepairError::NoSamples.into()),
         }

@@ -646,20 +646,14 @@ fn a_feasible_margin_repair_fixes_every_sample() {
     }
 }
 
-#[test]
-fn a_round_loop_is_checked_round_by_round() {
-    // Three rounds of margin repair on the fixtures: every round's LP, as dumped, has
-    // HiGHS's optimum, and the model written misclassifies in onnxruntime only round
-    // 0's samples that the JSON lists as unfixed.
-    let tmp = tempdir();
-    let p = |name: &str| tmp.path().join(name);
-    let data = fixture("mnist-small");
-    fit_tiny_hybrid(&p("lh.onnx"));
+/// PGD-5 (ε = 0.1) adversarial examples of the first 150 fixture training images
+/// against `lh`, the successful ones only, into `out`.
+fn pgd_repair_samples(lh: &std::path::Path, out: &std::path::Path) {
     json(&run(&[
         "attack",
-        s(&p("lh.onnx")),
+        s(lh),
         "--data",
-        s(&data),
+        s(&fixture("mnist-small")),
         "--split",
         "train",
         "--limit",
@@ -671,10 +665,39 @@ fn a_round_loop_is_checked_round_by_round() {
         "--steps",
         "5",
         "-o",
-        s(&p("adv.npz")),
+        s(out),
         "--only-successful",
         "--json",
     ]));
+}
+
+/// onnxruntime's scores of `model` on the images of the attack file `adv`, with the
+/// file's labels and indices.
+fn onnxruntime_scores(model: &std::path::Path, adv: &std::path::Path) -> (Array2<f32>, Array1<i64>, Array1<i64>) {
+    let dir = tempdir();
+    let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(adv).unwrap()).unwrap();
+    let x: ndarray::Array4<f32> = npz.by_name("x").unwrap();
+    let y: Array1<i64> = npz.by_name("y").unwrap();
+    let index: Array1<i64> = npz.by_name("index").unwrap();
+    write_npy(&dir.path().join("x.npy"), &x);
+    let mut cmd = python("ort_run.py");
+    cmd.arg(model)
+        .arg(dir.path().join("x.npy"))
+        .arg(dir.path().join("scores.npy"));
+    ok(cmd);
+    (read_npy2(&dir.path().join("scores.npy")), y, index)
+}
+
+#[test]
+fn a_round_loop_is_checked_round_by_round() {
+    // Three rounds of margin repair on the fixtures: every round's LP, as dumped, has
+    // HiGHS's optimum, and the model written misclassifies in onnxruntime only round
+    // 0's samples that the JSON lists as unfixed.
+    let tmp = tempdir();
+    let p = |name: &str| tmp.path().join(name);
+    let data = fixture("mnist-small");
+    fit_tiny_hybrid(&p("lh.onnx"));
+    pgd_repair_samples(&p("lh.onnx"), &p("adv.npz"));
     let v = json(&run(&[
         "repair",
         s(&p("lh.onnx")),
@@ -712,15 +735,7 @@ fn a_round_loop_is_checked_round_by_round() {
     }
     assert!(p("lp.json").exists(), "the chosen round's dump");
     // onnxruntime on round 0's samples, with the chosen model.
-    let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(p("adv.npz")).unwrap()).unwrap();
-    let x: ndarray::Array4<f32> = npz.by_name("x").unwrap();
-    let y: Array1<i64> = npz.by_name("y").unwrap();
-    let index: Array1<i64> = npz.by_name("index").unwrap();
-    write_npy(&p("x.npy"), &x);
-    let mut cmd = python("ort_run.py");
-    cmd.arg(p("rlh.onnx")).arg(p("x.npy")).arg(p("scores.npy"));
-    ok(cmd);
-    let scores = read_npy2(&p("scores.npy"));
+    let (scores, y, index) = onnxruntime_scores(&p("rlh.onnx"), &p("adv.npz"));
     let unfixed: Vec<i64> = v["unfixed"]
         .as_array()
         .unwrap()
@@ -755,26 +770,7 @@ fn head_training_before_the_lp_makes_the_hybrid_harder_to_attack() {
     let p = |name: &str| tmp.path().join(name);
     let data = fixture("mnist-small");
     fit_tiny_hybrid(&p("lh.onnx"));
-    json(&run(&[
-        "attack",
-        s(&p("lh.onnx")),
-        "--data",
-        s(&data),
-        "--split",
-        "train",
-        "--limit",
-        "150",
-        "--eps",
-        "0.1",
-        "--method",
-        "pgd",
-        "--steps",
-        "5",
-        "-o",
-        s(&p("adv.npz")),
-        "--only-successful",
-        "--json",
-    ]));
+    pgd_repair_samples(&p("lh.onnx"), &p("adv.npz"));
     let v = json(&run(&[
         "repair",
         s(&p("lh.onnx")),
@@ -814,14 +810,7 @@ fn head_training_before_the_lp_makes_the_hybrid_harder_to_attack() {
     assert!(after > before + 0.05, "robust accuracy {before} -> {after}");
     assert!(v["repair_seconds"].as_f64().unwrap() >= v["seconds"].as_f64().unwrap());
     // onnxruntime classifies the repair samples as the JSON says.
-    let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(p("adv.npz")).unwrap()).unwrap();
-    let x: ndarray::Array4<f32> = npz.by_name("x").unwrap();
-    let y: Array1<i64> = npz.by_name("y").unwrap();
-    write_npy(&p("x.npy"), &x);
-    let mut cmd = python("ort_run.py");
-    cmd.arg(p("rlh.onnx")).arg(p("x.npy")).arg(p("scores.npy"));
-    ok(cmd);
-    let scores = read_npy2(&p("scores.npy"));
+    let (scores, y, _) = onnxruntime_scores(&p("rlh.onnx"), &p("adv.npz"));
     let right = scores
         .rows()
         .into_iter()
