@@ -7,11 +7,20 @@
 //! tensor must separate the input from the output (every path goes through it), so
 //! that the extractor alone determines the head's input. Without any pooling node, the
 //! cut falls back to the tensor entering the flatten→dense head, with a warning.
+//!
+//! Global pooling comes in several spellings: GlobalAveragePool and GlobalMaxPool, an
+//! AveragePool or MaxPool whose window covers the map, and (torchvision's MNASNet and
+//! ShuffleNet-v2, `x.mean([2, 3])`) a ReduceMean or ReduceMax over exactly the two
+//! spatial axes of a rank-4 NCHW tensor. A reduction over the channels, or over one
+//! spatial axis only, is not pooling. A flatten written as a Reshape whose target is
+//! computed from the tensor's Shape (PyTorch's `x.view(x.size(0), -1)` with a dynamic
+//! batch) is a flatten like any other: paths through Shape carry dimensions, not
+//! values, so they neither break the separation nor belong to the head.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use super::graph::{dims, node_label, Dim, Index};
-use super::proto::ModelProto;
+use super::graph::{dims, node_label, Dim, Index, DIMENSION_OPS};
+use super::proto::{ModelProto, NodeProto};
 use super::tensor::element_count;
 use super::OnnxError;
 
@@ -25,6 +34,30 @@ pub const POOLING_OPS: &[&str] = &[
     "GlobalLpPool",
 ];
 
+/// Reductions that pool globally when they reduce exactly the spatial axes of NCHW.
+pub const REDUCE_POOLING_OPS: &[&str] = &["ReduceMean", "ReduceMax"];
+
+/// Whether `node` pools: one of [`POOLING_OPS`], or one of [`REDUCE_POOLING_OPS`] over
+/// exactly axes 2 and 3 (or −2 and −1) of a rank-4 input, with `keepdims` 0 or 1 and
+/// `axes` an attribute or a constant input. `ranks` comes from [`Index::ranks`]; a
+/// reduction whose input rank or axes cannot be told is not taken for pooling.
+pub fn is_pooling(node: &NodeProto, index: &Index, ranks: &HashMap<&str, usize>) -> bool {
+    let op = node.op_type();
+    if POOLING_OPS.contains(&op) {
+        return true;
+    }
+    if !REDUCE_POOLING_OPS.contains(&op) {
+        return false;
+    }
+    let rank = node.input.first().and_then(|x| ranks.get(x.as_str()));
+    let (Some(&4), Some(axes)) = (rank, index.axes(node)) else {
+        return false;
+    };
+    let mut axes: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + 4 } else { a }).collect();
+    axes.sort_unstable();
+    axes == [2, 3]
+}
+
 /// Ops that make a network convolutional.
 pub const CONV_OPS: &[&str] = &["Conv", "ConvInteger", "QLinearConv", "ConvTranspose"];
 
@@ -32,7 +65,8 @@ pub const CONV_OPS: &[&str] = &["Conv", "ConvInteger", "QLinearConv", "ConvTrans
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CutRule {
-    /// The output of the last pooling node.
+    /// The output of the last pooling node (global pooling in any spelling, see
+    /// [`is_pooling`]).
     LastPooling,
     /// No pooling node: the tensor entering the flatten→dense head.
     FlattenFallback,
@@ -113,6 +147,7 @@ pub fn find_cut(model: &ModelProto, at: Option<&str>) -> Result<Cut, OnnxError> 
         )));
     };
     let on_path = index.ancestors(&[&output]);
+    let ranks = index.ranks();
     let nodes = &graph.node;
     let has_conv_before = |tensor: &str| {
         index
@@ -156,7 +191,7 @@ pub fn find_cut(model: &ModelProto, at: Option<&str>) -> Result<Cut, OnnxError> 
         .iter()
         .rev()
         .map(|&i| &nodes[i])
-        .filter(|n| POOLING_OPS.contains(&n.op_type()))
+        .filter(|n| is_pooling(n, &index, &ranks))
         .filter_map(|n| n.output.first())
         .find(|t| separates(t) && has_conv_before(t))
     {
@@ -193,8 +228,17 @@ pub fn find_cut(model: &ModelProto, at: Option<&str>) -> Result<Cut, OnnxError> 
         Some(p) => (node_label(&nodes[p]), nodes[p].op_type().to_string()),
         None => (String::new(), String::new()),
     };
-    let before: HashSet<usize> = index.ancestors(&[&tensor]).into_iter().collect();
-    let head_idx: Vec<usize> = on_path.iter().copied().filter(|i| !before.contains(i)).collect();
+    // The head is what computes on the cut's values; the shape arithmetic beside it
+    // (a dynamic flatten's Shape → Gather → Concat, its constants) is not.
+    let after = index.downstream(&tensor, None);
+    let head_idx: Vec<usize> = on_path
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let n = &nodes[i];
+            !DIMENSION_OPS.contains(&n.op_type()) && n.input.iter().any(|t| after.contains(t.as_str()))
+        })
+        .collect();
     let mut seen = HashSet::new();
     let mut head_params = 0;
     for &i in &head_idx {

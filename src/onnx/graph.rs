@@ -248,29 +248,138 @@ impl<'g> Index<'g> {
         self.order.iter().copied().filter(|&i| needed[i]).collect()
     }
 
-    /// Whether `target` can be computed from `source` without going through `blocked`:
-    /// used to check that a cut tensor separates the input from the output.
+    /// Whether the values of `target` depend on the values of `source` along a path
+    /// that avoids `blocked`: used to check that a cut tensor separates the input from
+    /// the output. Paths through [`DIMENSION_OPS`] carry only `source`'s dimensions, so
+    /// they do not count: PyTorch's dynamo exporter reads every symbolic size (the
+    /// batch of a flattening Reshape among them) from the input.
     pub fn reaches_avoiding(&self, source: &str, target: &str, blocked: &str) -> bool {
+        self.downstream(source, Some(blocked)).contains(target)
+    }
+
+    /// The tensors whose values depend on those of `source` (itself included), along
+    /// paths that avoid `blocked` and [`DIMENSION_OPS`].
+    pub fn downstream<'a>(&'a self, source: &'a str, blocked: Option<&str>) -> HashSet<&'a str> {
         let mut seen: HashSet<&str> = HashSet::new();
         let mut stack = vec![source];
         while let Some(t) = stack.pop() {
-            if t == target {
-                return true;
-            }
-            if t == blocked || !seen.insert(t) {
+            if Some(t) == blocked || !seen.insert(t) {
                 continue;
             }
             for &c in self.consumers(t) {
-                stack.extend(
-                    self.graph.node[c]
-                        .output
-                        .iter()
-                        .map(String::as_str)
-                        .filter(|o| !o.is_empty()),
-                );
+                let node = &self.graph.node[c];
+                if DIMENSION_OPS.contains(&node.op_type()) {
+                    continue;
+                }
+                stack.extend(node.output.iter().map(String::as_str).filter(|o| !o.is_empty()));
             }
         }
-        false
+        seen
+    }
+
+    /// The rank of every tensor whose rank can be told without running the graph:
+    /// declared shapes, constants, and what the common ops of a CNN make of their
+    /// inputs' ranks (a convolution's output has its kernel's rank, an activation its
+    /// input's, a reduction fewer axes when it drops them, …), in one pass in
+    /// topological order. Tensors left out are of unknown rank.
+    pub fn ranks(&self) -> HashMap<&'g str, usize> {
+        let mut ranks: HashMap<&str, usize> = HashMap::new();
+        for t in &self.graph.initializer {
+            ranks.insert(t.name(), t.dims.len());
+        }
+        for v in self
+            .graph
+            .input
+            .iter()
+            .chain(&self.graph.value_info)
+            .chain(&self.graph.output)
+        {
+            if let Some(d) = dims(v) {
+                ranks.insert(v.name(), d.len());
+            }
+        }
+        for &i in &self.order {
+            let node = &self.graph.node[i];
+            let Some(out) = node.output.first().filter(|o| !o.is_empty()) else {
+                continue;
+            };
+            if ranks.contains_key(out.as_str()) {
+                continue;
+            }
+            if let Some(r) = self.rank_of_output(node, &ranks) {
+                ranks.insert(out.as_str(), r);
+            }
+        }
+        ranks
+    }
+
+    /// The rank of `node`'s first output, given the ranks known so far.
+    fn rank_of_output(&self, node: &NodeProto, ranks: &HashMap<&str, usize>) -> Option<usize> {
+        let rank = |k: usize| node.input.get(k).and_then(|t| ranks.get(t.as_str())).copied();
+        let op = node.op_type();
+        if RANK_PRESERVING.contains(&op) {
+            return rank(0);
+        }
+        if BROADCASTING.contains(&op) {
+            // The largest rank among the inputs, once all are known.
+            return (0..node.input.len())
+                .map(rank)
+                .collect::<Option<Vec<_>>>()?
+                .into_iter()
+                .max();
+        }
+        match op {
+            "Concat" => (0..node.input.len()).find_map(rank),
+            "Constant" => node
+                .attribute
+                .iter()
+                .find(|a| a.name() == "value")
+                .and_then(|a| a.t.as_ref())
+                .map(|t| t.dims.len()),
+            "Conv" | "ConvTranspose" | "ConvInteger" => rank(1).or_else(|| rank(0)),
+            "QLinearConv" => rank(3).or_else(|| rank(0)),
+            "Flatten" | "Gemm" => Some(2),
+            "Shape" => Some(1),
+            "Size" => Some(0),
+            "Reshape" => self
+                .constant(node.input.get(1)?)
+                .and_then(|t| t.dims.first().copied())
+                .and_then(|d| usize::try_from(d).ok()),
+            "Unsqueeze" | "Squeeze" => {
+                let n = self.axes(node)?.len();
+                if op == "Unsqueeze" {
+                    Some(rank(0)? + n)
+                } else {
+                    rank(0)?.checked_sub(n)
+                }
+            }
+            op if op.starts_with("Reduce") => {
+                let r = rank(0)?;
+                let keepdims = int_attr(node, "keepdims").unwrap_or(1) != 0;
+                match self.axes(node) {
+                    _ if keepdims => Some(r),
+                    Some(axes) if !axes.is_empty() => {
+                        let distinct: HashSet<i64> =
+                            axes.iter().map(|&a| if a < 0 { a + r as i64 } else { a }).collect();
+                        r.checked_sub(distinct.len())
+                    }
+                    _ if int_attr(node, "noop_with_empty_axes").unwrap_or(0) != 0 => Some(r),
+                    _ => Some(0),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The `axes` of a reduction, Squeeze or Unsqueeze: an attribute up to the opset
+    /// where it became the constant second input (13 for ReduceSum, Squeeze and
+    /// Unsqueeze, 18 for the other reductions). `None` when absent or not constant.
+    pub fn axes(&self, node: &NodeProto) -> Option<Vec<i64>> {
+        if let Some(a) = node.attribute.iter().find(|a| a.name() == "axes") {
+            return Some(a.ints.clone());
+        }
+        let t = self.constant(node.input.get(1).filter(|s| !s.is_empty())?)?;
+        super::tensor::to_i64(t).ok().map(|v| v.iter().copied().collect())
     }
 
     /// Names of the graph's tensors close to `name`, for "did you mean" hints.
@@ -286,6 +395,63 @@ impl<'g> Index<'g> {
                 !o.is_empty() && (o.contains(&lower) || lower.contains(&o))
             })
     }
+}
+
+/// Ops whose output depends on their input's dimensions only, never on its values.
+pub const DIMENSION_OPS: &[&str] = &["Shape", "Size"];
+
+/// Ops whose output has the rank of their first input (the others, if any, are
+/// parameters: pads, scales, bounds, statistics).
+const RANK_PRESERVING: &[&str] = &[
+    "Abs",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "Celu",
+    "Clip",
+    "DepthToSpace",
+    "Dropout",
+    "Elu",
+    "Erf",
+    "Exp",
+    "Gelu",
+    "GlobalAveragePool",
+    "GlobalLpPool",
+    "GlobalMaxPool",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "InstanceNormalization",
+    "LRN",
+    "LeakyRelu",
+    "Log",
+    "LogSoftmax",
+    "LpNormalization",
+    "LpPool",
+    "MaxPool",
+    "Mish",
+    "Neg",
+    "Pad",
+    "Reciprocal",
+    "Relu",
+    "Resize",
+    "Selu",
+    "Sigmoid",
+    "Softmax",
+    "Softplus",
+    "Softsign",
+    "SpaceToDepth",
+    "Sqrt",
+    "Tanh",
+    "Transpose",
+    "Upsample",
+];
+
+/// Ops that broadcast their inputs against each other.
+const BROADCASTING: &[&str] = &["Add", "Div", "Max", "Mean", "Min", "Mul", "Pow", "PRelu", "Sub", "Sum"];
+
+fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
+    node.attribute.iter().find(|a| a.name() == name).and_then(|a| a.i)
 }
 
 /// A node's name, or a stand-in built from its first output when it has none.
