@@ -20,9 +20,11 @@
 //! - margin `L = z_y − max_{k≠y} z_k`, with `∂L/∂z = t − onehot(argmax_{k≠y} z_k)`.
 //!
 //! Gradients at kinks follow PyTorch's conventions: ReLU′(0) = 0, and MaxPool sends
-//! the gradient to the first maximum of its window.
+//! the gradient to the first maximum of its window (GlobalMaxPool and ReduceMax to
+//! the first maximum of what they reduce).
 
 mod builder;
+mod reduce;
 mod rules;
 mod spatial;
 

@@ -3,12 +3,12 @@
 //! Each rule receives `dy = ∂L/∂y` for the node's first output and returns
 //! `∂L/∂xᵢ` for each input it can differentiate (`None` for the others: weights,
 //! shapes, indices). Broadcasting is undone by summing over the broadcast axes.
-//! Convolution and pooling live in `spatial`.
+//! Convolution and pooling live in `spatial`, ReduceMean and ReduceMax in `reduce`.
 
 use super::super::proto::NodeProto;
 use super::super::OnnxError;
 use super::builder::{attr_float, attr_int, attr_ints, attr_string, axis, batched, input, output};
-use super::{spatial, unsupported, Ctx};
+use super::{reduce, spatial, unsupported, Ctx};
 
 type Grads = Vec<Option<String>>;
 
@@ -118,6 +118,8 @@ pub fn backward(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Grads, Onnx
         "AveragePool" => spatial::average_pool(ctx, node, &dy),
         "GlobalAveragePool" => spatial::global_average_pool(ctx, node, &dy),
         "GlobalMaxPool" => spatial::global_max_pool(ctx, node, &dy),
+        "ReduceMean" => reduce::reduce_mean(ctx, node, &dy),
+        "ReduceMax" => reduce::reduce_max(ctx, node, &dy),
         other => Err(unsupported(
             node,
             format!(
@@ -151,6 +153,8 @@ pub const SUPPORTED: &[&str] = &[
     "Mul",
     "Neg",
     "Pad",
+    "ReduceMax",
+    "ReduceMean",
     "Relu",
     "Reshape",
     "Sigmoid",
