@@ -21,6 +21,7 @@ use nnmend::attack::{gradient_model, Loss};
 use nnmend::engine::tract::Tract;
 use nnmend::engine::{Engine, Session};
 use nnmend::onnx::grad::{self, Normalization};
+use nnmend::onnx::proto::{attribute_proto::AttributeType, NodeProto};
 use nnmend::onnx::{self, ModelProto};
 
 use crate::common::{fixture, ok, python, shared, tempdir, write_npy};
@@ -272,6 +273,127 @@ fn every_op_case_matches_finite_differences() {
         done.push(case.name);
     }
     assert!(done.len() >= 40, "only {} cases ran", done.len());
+}
+
+/// The reductions' gradient graphs (checked against finite differences in tract by
+/// the test above) pass the ONNX checker and give the same values in onnxruntime, and
+/// the smooth ones (ReduceMean) match onnxruntime's own finite differences too:
+/// ReduceMean and ReduceMax over H and W (axes an attribute, and an opset-18 input),
+/// over the channels, over one axis, and over two axes given out of order.
+#[test]
+fn reduction_gradient_graphs_run_in_onnxruntime_with_the_same_values() {
+    let dir = tempdir();
+    let reductions: Vec<Case> = cases().into_iter().filter(|c| c.name.starts_with("reduce_")).collect();
+    assert_eq!(reductions.len(), 6, "{reductions:?}");
+    for case in reductions {
+        let model = load(&fixture(&format!("grad/{}.onnx", case.name)));
+        let graph = gradient_model(&model, &Tract, &identity(), Loss::Ce).unwrap();
+        let out = dir.path().join("grad.onnx");
+        onnx::save(&graph, &out).unwrap();
+        let session = Tract.prepare(&graph).unwrap();
+        let mut shape = vec![2];
+        shape.extend(session.sample_shape());
+        let x = uniform(&shape, 3);
+        let t = one_hot(&[0, 2], 3);
+        let ours = session.run_many(&[x.view(), t.view().into_dyn()]).unwrap();
+        let (px, pt) = (dir.path().join("x.npy"), dir.path().join("t.npy"));
+        write_npy(&px, &x);
+        write_npy(&pt, &t);
+        let mut cmd = python("ort_grad.py");
+        if case.smooth {
+            cmd.arg("--fd");
+        }
+        cmd.arg(&out).arg(&px).arg(&pt).arg(dir.path().join("ort"));
+        let stdout = ok(cmd).stdout;
+        let theirs: ArrayD<f32> = ndarray_npy::read_npy(dir.path().join("ort_grad.npy")).unwrap();
+        let diff = theirs
+            .iter()
+            .zip(ours[2].iter())
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= 1e-5, "{}: tract and onnxruntime differ by {diff}", case.name);
+        if case.smooth {
+            let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+            let (err, scale) = (report["max_error"].as_f64().unwrap(), report["scale"].as_f64().unwrap());
+            assert!(scale > 0.0 && err <= 2e-2 * scale + 1e-3, "{}: {report}", case.name);
+        }
+    }
+}
+
+/// The error `grad::backward` gives for the reduction fixture `name` once `tamper` has
+/// changed its reduction node, with the shapes measured on the untouched model (so the
+/// reduction's own rule is what refuses it).
+fn tampered_reduction_error(name: &str, tamper: Tamper) -> String {
+    let model = load(&fixture(&format!("grad/{name}.onnx")));
+    let mut fwd = grad::forward(&model, &identity()).unwrap();
+    let probe = Tract.prepare(&fwd.probe()).unwrap();
+    let mut shape = vec![grad::PROBE_BATCH];
+    shape.extend(probe.sample_shape());
+    let outs = probe.run(uniform(&shape, 1).view()).unwrap();
+    let shapes = fwd
+        .active
+        .iter()
+        .cloned()
+        .zip(outs.iter().map(|o| o.shape().to_vec()))
+        .collect();
+    let graph = fwd.model.graph.as_mut().unwrap();
+    tamper(
+        graph
+            .node
+            .iter_mut()
+            .find(|n| n.op_type().starts_with("Reduce"))
+            .unwrap(),
+    );
+    grad::backward(&fwd, &shapes, Loss::Ce).unwrap_err().to_string()
+}
+
+/// A change that breaks a reduction node.
+type Tamper = fn(&mut NodeProto);
+
+/// Where a reduction keeps its `axes` attribute.
+fn axes_attribute(n: &NodeProto) -> usize {
+    n.attribute.iter().position(|a| a.name() == "axes").unwrap()
+}
+
+#[test]
+fn reductions_that_cannot_be_differentiated_are_refused_with_their_node() {
+    let cases: [(&str, Tamper, &str); 4] = [
+        (
+            "reduce_mean_channels",
+            |n| {
+                let k = axes_attribute(n);
+                n.attribute[k].ints = vec![0, 1];
+            },
+            "reducing over the batch axis cannot be differentiated",
+        ),
+        (
+            "reduce_max_spatial",
+            |n| {
+                let k = axes_attribute(n);
+                n.attribute[k].set_type(AttributeType::Floats);
+                n.attribute[k].floats = vec![2.0, 3.0];
+                n.attribute[k].ints.clear();
+            },
+            "attribute 'axes' should be a list of integers",
+        ),
+        (
+            "reduce_mean_spatial",
+            |n| {
+                let k = axes_attribute(n);
+                n.attribute.remove(k);
+            },
+            "it reduces every axis, the batch among them",
+        ),
+        (
+            "reduce_max_opset18",
+            |n| n.input[1] = grad::PIXELS.to_string(),
+            "its axes must be a constant",
+        ),
+    ];
+    for (name, tamper, needle) in cases {
+        let err = tampered_reduction_error(name, tamper);
+        assert!(err.starts_with("node 'Reduce"), "{name}: {err}");
+        assert!(err.contains(needle), "{name}: {err}");
+    }
 }
 
 /// Cases tract 0.23.9 cannot run even forward: it asserts on negative Pad widths, and
