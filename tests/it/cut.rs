@@ -18,8 +18,9 @@ fn random_input(sample_shape: &[usize], n: usize, seed: u64) -> Array<f32, IxDyn
     Array::from_shape_simple_fn(IxDyn(&shape), || rng.random::<f32>())
 }
 
-/// Extractor features from tract against onnxruntime's value of the cut tensor.
-fn check_features_against_onnxruntime(path: &std::path::Path, at: Option<&str>) -> (String, bool) {
+/// Extractor features from tract against onnxruntime's value of the cut tensor; returns
+/// the cut tensor and whether the cut is a fallback.
+pub fn check_features_against_onnxruntime(path: &std::path::Path, at: Option<&str>) -> (String, bool) {
     let model = load(path).unwrap().model;
     let cut = find_cut(&model, at).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let extractor = surgery::extractor(&model, &cut, None).unwrap();

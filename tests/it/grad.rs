@@ -396,6 +396,24 @@ fn reductions_that_cannot_be_differentiated_are_refused_with_their_node() {
     }
 }
 
+/// The architecture-pattern fixtures: ReduceMean global pooling, and a flatten whose
+/// target is computed from Shape (whose integer path carries no gradient).
+#[test]
+fn pattern_fixtures_match_finite_differences() {
+    for name in [
+        "patterns/reducemean_gemm.onnx",
+        "patterns/reducemean_keepdims_flatten.onnx",
+        "patterns/view_flatten.onnx",
+        "patterns/view_flatten_input_batch.onnx",
+    ] {
+        let model = load(&fixture(name));
+        let g = graphs(&model, &identity(), Loss::Ce);
+        let x = batch_of(&g, 2, 19);
+        let d: usize = g.sample.iter().product();
+        check(&g, &x, Loss::Ce, Some(&some_coords(d, 96, 7)), false, name);
+    }
+}
+
 /// Cases tract 0.23.9 cannot run even forward: it asserts on negative Pad widths, and
 /// a Concat with a batch-1 constant cannot take the symbolic batch nnmend gives every
 /// model.

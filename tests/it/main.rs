@@ -21,6 +21,7 @@ mod grad;
 mod hostile;
 mod hybrid;
 mod kernel;
+mod patterns;
 mod plot;
 mod regression;
 mod repair;
