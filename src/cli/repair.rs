@@ -78,7 +78,7 @@ impl From<LpSolver> for MarginSolver {
 
 /// Epochs of head training before a margin repair's LP, chosen on a validation split
 /// (docs/RESULTS.md).
-const DEFAULT_EPOCHS: usize = 8;
+const DEFAULT_EPOCHS: usize = 10;
 
 /// How a head is repaired: the options `repair` and `run` share.
 #[derive(Debug, Args)]
@@ -98,7 +98,7 @@ pub(super) struct RepairOptions {
     pub keep_price: f64,
     /// Margin mode, after head training: price of a unit of a guard's loss of margin
     /// (the pool's adversarial examples that the trained head classifies right).
-    #[arg(long, default_value_t = 0.1, value_parser = non_negative, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.5, value_parser = non_negative, allow_negative_numbers = true)]
     pub guard_price: f64,
     /// Margin mode: N training images, evenly spaced through them, join the
     /// preservation set (with the repair samples' clean originals).
@@ -142,7 +142,7 @@ pub(super) struct RepairOptions {
     pub train_steps: u64,
     /// The training's step (Adam), as a fraction of the root mean square of the head's
     /// weights.
-    #[arg(long, value_name = "R", default_value_t = 0.024, value_parser = non_negative)]
+    #[arg(long, value_name = "R", default_value_t = 0.048, value_parser = non_negative)]
     pub learning_rate: f64,
     /// Weight of the hinge on the clean pool images beside that on their attacks.
     #[arg(long, value_name = "W", default_value_t = 1.0, value_parser = non_negative)]

@@ -31,6 +31,7 @@ use crate::attack::{pgd, HeadTarget};
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::features::argmax_rows;
+use crate::onnx::grad::Loss;
 use crate::svm::LinearSvm;
 
 use super::{class_indices, RepairError};
@@ -69,7 +70,7 @@ impl Default for TrainSettings {
             batch: 128,
             steps: 7,
             eps: 0.0,
-            learning_rate: 0.024,
+            learning_rate: 0.048,
             margin: 1.0,
             clean_weight: 1.0,
             fixed_weight: 1.0,
@@ -166,7 +167,7 @@ struct HeadInputs {
     bias: Array1<f32>,
 }
 
-/// PGD (cross-entropy, no early stop: the last iterate counts) on one sub-batch.
+/// PGD on the target's loss (no early stop: the last iterate counts) on one sub-batch.
 fn attack(
     target: &HeadTarget,
     head: &HeadInputs,
@@ -189,6 +190,8 @@ fn attack(
     }
     let mut broken = vec![false; labels.len()];
     let alpha = 2.5 * eps / settings.steps.max(1) as f32;
+    // Cross-entropy is ascended, the margin descended.
+    let direction = if target.loss == Loss::Margin { -1.0 } else { 1.0 };
     let all = vec![true; labels.len()];
     for _ in 0..settings.steps {
         let g = target.gradient(x.view(), &target_rows, &head.wt, &head.bias)?;
@@ -196,7 +199,7 @@ fn attack(
             *b |= p != y;
         }
         let moved = x.view_mut();
-        pgd::step(moved, clean.view(), g.grad.view(), &all, alpha, eps, 1.0);
+        pgd::step(moved, clean.view(), g.grad.view(), &all, alpha, eps, direction);
     }
     let features = target.features(x.view())?;
     let scores = features.dot(&head.wt) + &head.bias;

@@ -91,7 +91,7 @@ impl Default for MarginOptions {
             margin: 1.0,
             slack_price: 1.0,
             keep_price: 10.0,
-            guard_price: 0.1,
+            guard_price: 0.5,
             solve: margin::MarginSettings::default(),
         }
     }
