@@ -11,10 +11,10 @@
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use super::constant::{self, Constants};
 use super::proto::{
     tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
-use super::constant::{self, Constants};
 use super::OnnxError;
 
 /// One dimension of a value's declared shape.
@@ -207,6 +207,19 @@ impl<'g> Index<'g> {
     /// The initializer named `name`, if any.
     pub fn initializer(&self, name: &str) -> Option<&'g TensorProto> {
         self.initializers.get(name).copied()
+    }
+
+    /// The initializer behind `tensor`, following Identity nodes back (PyTorch feeds a
+    /// parameter that several modules share to all but one through an Identity).
+    pub fn source_initializer(&self, tensor: &str) -> Option<&'g TensorProto> {
+        if let Some(t) = self.initializer(tensor) {
+            return Some(t);
+        }
+        let node = &self.graph.node[self.producer(tensor)?];
+        match (node.op_type(), node.input.first()) {
+            ("Identity", Some(source)) => self.source_initializer(source),
+            _ => None,
+        }
     }
 
     /// The constant value of `tensor`, however it arrives: an initializer (listed as a
