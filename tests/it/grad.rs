@@ -506,8 +506,11 @@ fn what_the_new_rules_cannot_differentiate_is_refused_with_its_node() {
     }
 }
 
-/// The architecture-pattern fixtures: ReduceMean global pooling, and a flatten whose
-/// target is computed from Shape (whose integer path carries no gradient).
+/// The architecture-pattern fixtures: ReduceMean global pooling, a flatten whose
+/// target is computed from Shape (whose integer path carries no gradient), and the
+/// MobileNet-v3, DenseNet and ConvNeXt patterns (HardSigmoid and HardSwish in a
+/// squeeze-excitation block, BatchNormalization whose parameters pass through
+/// Identity nodes, a decomposed LayerNorm with GELU's Erf).
 #[test]
 fn pattern_fixtures_match_finite_differences() {
     for name in [
@@ -515,6 +518,9 @@ fn pattern_fixtures_match_finite_differences() {
         "patterns/reducemean_keepdims_flatten.onnx",
         "patterns/view_flatten.onnx",
         "patterns/view_flatten_input_batch.onnx",
+        "patterns/squeeze_excite_hardswish.onnx",
+        "patterns/batchnorm_identity.onnx",
+        "patterns/layernorm_head.onnx",
     ] {
         let model = load(&fixture(name));
         let g = graphs(&model, &identity(), Loss::Ce);
