@@ -112,7 +112,12 @@ fn cast(x: &TensorProto, to: i32, name: &str) -> Option<TensorProto> {
 /// dimension unless `allow_zero`, one −1 takes what is left); `None` when they do not
 /// fit.
 fn reshaped(dims: &[i64], target: &[i64], allow_zero: bool) -> Option<Vec<i64>> {
-    let count: i64 = dims.iter().product();
+    // Dims come from the file: negative ones, or a count past i64, fold to nothing.
+    let product = |v: &[i64]| {
+        v.iter()
+            .try_fold(1i64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d) })
+    };
+    let count = product(dims)?;
     let mut out: Vec<i64> = target
         .iter()
         .enumerate()
@@ -126,7 +131,8 @@ fn reshaped(dims: &[i64], target: &[i64], allow_zero: bool) -> Option<Vec<i64>> 
     match free.as_slice() {
         [] => {}
         [k] => {
-            let known: i64 = out.iter().filter(|&&d| d != -1).product();
+            out[*k] = 1;
+            let known = product(&out)?;
             if known == 0 || count % known != 0 {
                 return None;
             }
@@ -134,7 +140,7 @@ fn reshaped(dims: &[i64], target: &[i64], allow_zero: bool) -> Option<Vec<i64>> 
         }
         _ => return None,
     }
-    (out.iter().product::<i64>() == count).then_some(out)
+    (product(&out)? == count).then_some(out)
 }
 
 #[cfg(test)]
@@ -198,6 +204,9 @@ mod tests {
         assert_eq!(reshaped(&[2, 3, 4], &[-1, -1], false), None);
         assert_eq!(reshaped(&[2, 3, 4], &[-2, 12], false), None);
         assert_eq!(reshaped(&[2, 3, 4], &[7], false), None);
+        assert_eq!(reshaped(&[1 << 62, 4], &[-1], false), None);
+        assert_eq!(reshaped(&[-2, 3], &[-1], false), None);
+        assert_eq!(reshaped(&[2, 3], &[1 << 62, 1 << 62, -1], false), None);
     }
 
     #[test]

@@ -89,6 +89,12 @@ pub(super) fn slice(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Grads, 
     let xs = ctx.shape(node, input(node, 0))?;
     let ys = ctx.shape(node, output(node))?;
     let rank = xs.len();
+    if ys.len() != rank {
+        return Err(unsupported(
+            node,
+            format!("its input has rank {rank}, its output rank {}", ys.len()),
+        ));
+    }
     let optional = |ctx: &Ctx, k: usize, what: &str| -> Result<Option<Vec<i64>>, OnnxError> {
         match node.input.get(k).filter(|s| !s.is_empty()) {
             Some(name) => ctx.const_i64(node, name, what).map(Some),
