@@ -93,7 +93,8 @@ pub struct Cut {
     pub output_op: String,
     /// The head being replaced: (node name, op) in topological order.
     pub head: Vec<(String, String)>,
-    /// Parameters (initializer elements) the head holds.
+    /// Parameters (initializer elements) the head reads, directly or through Identity
+    /// nodes; an initializer shared with the extractor counts too.
     pub head_params: usize,
     /// A warning for the user, when the cut is a fallback.
     pub warning: Option<String>,
@@ -243,8 +244,8 @@ pub fn find_cut(model: &ModelProto, at: Option<&str>) -> Result<Cut, OnnxError> 
     let mut head_params = 0;
     for &i in &head_idx {
         for name in &nodes[i].input {
-            if let Some(t) = index.initializer(name) {
-                if seen.insert(name.as_str()) {
+            if let Some(t) = index.source_initializer(name) {
+                if seen.insert(t.name()) {
                     head_params += element_count(t)?;
                 }
             }

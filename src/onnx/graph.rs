@@ -4,10 +4,14 @@
 //! Exporters do not all write nodes in topological order (keras2onnx does not), so
 //! every walk here goes through [`Index::order`], never through `graph.node` as stored.
 //! Initializers that are also listed as graph inputs are constants (IR < 4 required
-//! listing them), not inputs to feed.
+//! listing them), not inputs to feed. Constants are read through [`Index::constant`],
+//! which also follows the `Identity`, `Constant`, `Cast` and `Reshape` nodes exporters
+//! write around them (see [`super::constant`]).
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use super::constant::{self, Constants};
 use super::proto::{
     tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
@@ -106,6 +110,8 @@ pub struct Index<'g> {
     producer: HashMap<&'g str, usize>,
     consumers: HashMap<&'g str, Vec<usize>>,
     initializers: HashMap<&'g str, &'g TensorProto>,
+    /// Folded on first use: most callers never ask for a constant.
+    constants: OnceCell<Constants<'g>>,
 }
 
 impl<'g> Index<'g> {
@@ -184,6 +190,7 @@ impl<'g> Index<'g> {
             producer,
             consumers,
             initializers,
+            constants: OnceCell::new(),
         })
     }
 
@@ -202,19 +209,27 @@ impl<'g> Index<'g> {
         self.initializers.get(name).copied()
     }
 
-    /// The constant value of `tensor`: an initializer, or the `value` of a Constant node.
-    pub fn constant(&self, tensor: &str) -> Option<&'g TensorProto> {
+    /// The initializer behind `tensor`, following Identity nodes back (PyTorch feeds a
+    /// parameter that several modules share to all but one through an Identity).
+    pub fn source_initializer(&self, tensor: &str) -> Option<&'g TensorProto> {
         if let Some(t) = self.initializer(tensor) {
             return Some(t);
         }
         let node = &self.graph.node[self.producer(tensor)?];
-        if node.op_type() != "Constant" {
-            return None;
+        match (node.op_type(), node.input.first()) {
+            ("Identity", Some(source)) => self.source_initializer(source),
+            _ => None,
         }
-        node.attribute
-            .iter()
-            .find(|a| a.name() == "value")
-            .and_then(|a| a.t.as_ref())
+    }
+
+    /// The constant value of `tensor`, however it arrives: an initializer (listed as a
+    /// graph input or not), a Constant node, or an Identity, Cast or Reshape of
+    /// constants, folded once for the whole graph.
+    pub fn constant(&self, tensor: &str) -> Option<&TensorProto> {
+        self.constants
+            .get_or_init(|| constant::fold(self.graph, &self.order))
+            .get(tensor)
+            .map(|t| t.as_ref())
     }
 
     /// Graph inputs that are fed at run time: those not backed by an initializer.
@@ -306,6 +321,10 @@ impl<'g> Index<'g> {
             if ranks.contains_key(out.as_str()) {
                 continue;
             }
+            if let Some(t) = self.constant(out) {
+                ranks.insert(out.as_str(), t.dims.len());
+                continue;
+            }
             if let Some(r) = self.rank_of_output(node, &ranks) {
                 ranks.insert(out.as_str(), r);
             }
@@ -330,12 +349,6 @@ impl<'g> Index<'g> {
         }
         match op {
             "Concat" => (0..node.input.len()).find_map(rank),
-            "Constant" => node
-                .attribute
-                .iter()
-                .find(|a| a.name() == "value")
-                .and_then(|a| a.t.as_ref())
-                .map(|t| t.dims.len()),
             "Conv" | "ConvTranspose" | "ConvInteger" => rank(1).or_else(|| rank(0)),
             "QLinearConv" => rank(3).or_else(|| rank(0)),
             "Flatten" | "Gemm" => Some(2),

@@ -8,6 +8,7 @@
 //! plus the nodes it added.
 
 pub mod check;
+pub mod constant;
 pub mod cut;
 pub mod grad;
 pub mod graph;

@@ -86,6 +86,17 @@ pub fn to_f32(t: &TensorProto) -> Result<ArrayD<f32>, OnnxError> {
     shaped(t, values)
 }
 
+/// The tensor's values as f64 (FLOAT or DOUBLE tensors), a double's digits kept.
+pub fn to_f64(t: &TensorProto) -> Result<ArrayD<f64>, OnnxError> {
+    let values = match (t.data_type(), t.raw_data.as_deref()) {
+        (DOUBLE, Some(raw)) => from_raw(t, raw, f64::from_le_bytes)?,
+        (DOUBLE, None) => t.double_data.clone(),
+        (FLOAT, _) => return Ok(to_f32(t)?.mapv(f64::from)),
+        (other, _) => return Err(bad(t, format!("expected a float tensor, found data type {other}"))),
+    };
+    shaped(t, values)
+}
+
 /// The tensor's values as i64 (INT64 or INT32 tensors).
 pub fn to_i64(t: &TensorProto) -> Result<ArrayD<i64>, OnnxError> {
     let values = match (t.data_type(), t.raw_data.as_deref()) {
@@ -118,6 +129,28 @@ pub fn from_i64(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
         name: Some(name.to_string()),
         dims: dims.iter().map(|&d| d as i64).collect(),
         data_type: Some(INT64),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+/// A DOUBLE tensor named `name` holding `values` with shape `dims`.
+pub fn from_f64(name: &str, dims: &[usize], values: &[f64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(DOUBLE),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+/// An INT32 tensor named `name` holding `values` with shape `dims`.
+pub fn from_i32(name: &str, dims: &[usize], values: &[i32]) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(INT32),
         raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         ..Default::default()
     }

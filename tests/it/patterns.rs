@@ -1,8 +1,12 @@
 //! Architecture patterns from torchvision-style models (`fixtures/patterns/`): global
-//! pooling written as ReduceMean over H and W (MNASNet, ShuffleNet-v2), and a flatten
-//! written as Shape → Gather → Unsqueeze → Concat → Reshape (`x.view(x.size(0), -1)`).
-//! The cut lands where it should, `fit` writes a hybrid that onnxruntime runs with
-//! nnmend's predictions, and PGD runs through the ReduceMean.
+//! pooling written as ReduceMean over H and W (MNASNet, ShuffleNet-v2), a flatten
+//! written as Shape → Gather → Unsqueeze → Concat → Reshape (`x.view(x.size(0), -1)`),
+//! and the exports of MobileNet-v3 (HardSigmoid, and HardSwish as x·HardSigmoid(x), in
+//! a squeeze-excitation block), DenseNet (BatchNormalization parameters through
+//! Identity nodes) and ConvNeXt (a decomposed LayerNorm head whose parameters arrive
+//! through Identity nodes, GELU written with Erf). The cut lands where it should,
+//! `fit` writes a hybrid that onnxruntime runs with nnmend's predictions, and PGD
+//! raises every image's loss through each of them.
 
 use ndarray::{Array4, ArrayD};
 use rand::{Rng, SeedableRng};
@@ -24,6 +28,67 @@ const REDUCE_MEAN: &[&str] = &[
 ];
 /// The two fixtures that flatten with `view`, the batch read from the features and from the input.
 const VIEW_FLATTEN: &[&str] = &["patterns/view_flatten.onnx", "patterns/view_flatten_input_batch.onnx"];
+
+/// A fixture built from the pieces of a torchvision architecture, and what its cut
+/// must find.
+struct Architecture {
+    rel: &'static str,
+    /// The global pooling node the cut lands on.
+    node: &'static str,
+    /// The head's ops, in order.
+    head: &'static [&'static str],
+    /// The head's parameters, those that arrive through Identity nodes included.
+    head_params: usize,
+    /// The feature dimension at the cut.
+    features: usize,
+}
+
+const ARCHITECTURES: &[Architecture] = &[
+    Architecture {
+        rel: "patterns/squeeze_excite_hardswish.onnx",
+        node: "/avgpool/GlobalAveragePool",
+        head: &["Flatten", "Gemm", "HardSigmoid", "Mul", "Gemm"],
+        head_params: 24 * 32 + 32 + 32 * 4 + 4,
+        features: 24,
+    },
+    Architecture {
+        rel: "patterns/batchnorm_identity.onnx",
+        node: "/GlobalAveragePool",
+        head: &["Flatten", "Gemm"],
+        head_params: 8 * 4 + 4,
+        features: 8,
+    },
+    Architecture {
+        rel: "patterns/layernorm_head.onnx",
+        node: "/avgpool/GlobalAveragePool",
+        head: &[
+            "Transpose",
+            "ReduceMean",
+            "Sub",
+            "Pow",
+            "ReduceMean",
+            "Add",
+            "Sqrt",
+            "Div",
+            "Mul",
+            "Add",
+            "Transpose",
+            "Flatten",
+            "Gemm",
+        ],
+        head_params: 16 + 16 + 16 * 4 + 4,
+        features: 16,
+    },
+];
+
+/// The feature dimension at the cut of the pattern fixture `rel`.
+fn feature_dim(rel: &str) -> usize {
+    match ARCHITECTURES.iter().find(|a| a.rel == rel) {
+        Some(a) => a.features,
+        None if rel.contains("view") => 128,
+        None => 16,
+    }
+}
 
 fn model(rel: &str) -> ModelProto {
     load(&fixture(rel)).unwrap().model
@@ -67,6 +132,26 @@ fn global_pooling_written_as_reduce_mean_makes_the_cut() {
         assert_eq!(cut.head_params, 16 * 4 + 4, "{rel}");
         let (tensor, fallback) = check_features_against_onnxruntime(&fixture(rel), None);
         assert_eq!((tensor.as_str(), fallback), ("/ReduceMean_output_0", false), "{rel}");
+    }
+}
+
+#[test]
+fn mobilenet_densenet_and_convnext_patterns_are_cut_at_their_last_pooling() {
+    for a in ARCHITECTURES {
+        let cut = find_cut(&model(a.rel), None).unwrap_or_else(|e| panic!("{}: {e}", a.rel));
+        assert_eq!(cut.rule, CutRule::LastPooling, "{}", a.rel);
+        assert_eq!(
+            (cut.op.as_str(), cut.node.as_str()),
+            ("GlobalAveragePool", a.node),
+            "{}",
+            a.rel
+        );
+        assert!(cut.warning.is_none(), "{}: {:?}", a.rel, cut.warning);
+        assert_eq!(ops(&cut.head), a.head, "{}", a.rel);
+        assert_eq!(cut.head_params, a.head_params, "{}", a.rel);
+        let (tensor, fallback) = check_features_against_onnxruntime(&fixture(a.rel), None);
+        assert_eq!(tensor, format!("{}_output_0", a.node), "{}", a.rel);
+        assert!(!fallback, "{}", a.rel);
     }
 }
 
@@ -143,11 +228,12 @@ fn inspect_json_names_the_reduce_mean_cut() {
 #[test]
 fn the_hybrid_of_each_pattern_runs_in_onnxruntime_with_nnmends_predictions() {
     let tmp = tempdir();
-    for &rel in REDUCE_MEAN.iter().chain(VIEW_FLATTEN) {
+    let architectures = ARCHITECTURES.iter().map(|a| a.rel);
+    for rel in REDUCE_MEAN.iter().chain(VIEW_FLATTEN).copied().chain(architectures) {
         let original = model(rel);
         let train = random_images(&original, 48, 4, 1);
         let fitted = fit(&original, &train, &Tract, &FitSettings::default()).unwrap();
-        assert_eq!(fitted.feature_dim, if rel.contains("view") { 128 } else { 16 }, "{rel}");
+        assert_eq!(fitted.feature_dim, feature_dim(rel), "{rel}");
         let test = random_images(&original, 24, 4, 2);
         let (_, predicted) = evaluate(&fitted.model, &test, &Tract, &Feed::default()).unwrap();
         let ours = collect(
@@ -187,8 +273,8 @@ fn cross_entropy(logits: &ndarray::Array2<f32>, labels: &[i64]) -> Vec<f64> {
 }
 
 #[test]
-fn pgd_runs_through_reduce_mean() {
-    for &rel in REDUCE_MEAN {
+fn pgd_raises_every_images_loss_through_each_pattern() {
+    for rel in REDUCE_MEAN.iter().copied().chain(ARCHITECTURES.iter().map(|a| a.rel)) {
         let m = model(rel);
         let mut ds = random_images(&m, 16, 4, 3);
         let feed = Feed {
@@ -200,7 +286,8 @@ fn pgd_runs_through_reduce_mean() {
         let (_, own) = evaluate(&m, &ds, &Tract, &feed).unwrap();
         ds.labels = own.iter().map(|&p| p as i64).collect();
         let target = Target::new(&m, &Tract, &ds, &feed, Loss::Ce).unwrap();
-        // No random start: whatever moves the images is the gradient through the ReduceMean.
+        // No random start: whatever moves the images is the gradient through the
+        // pattern (the ReduceMean, the HardSigmoids, the routed BatchNorms, the LayerNorms).
         let settings = Settings {
             method: Method::Pgd,
             eps: vec![0.0, 0.1],

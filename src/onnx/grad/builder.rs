@@ -43,6 +43,17 @@ pub fn float(name: &str, v: f32) -> AttributeProto {
     a
 }
 
+/// A tensor attribute.
+pub fn tensor_attr(name: &str, t: TensorProto) -> AttributeProto {
+    let mut a = AttributeProto {
+        name: Some(name.to_string()),
+        t: Some(t),
+        ..Default::default()
+    };
+    a.set_type(AttributeType::Tensor);
+    a
+}
+
 // Reading a node of the forward graph: its attributes, inputs and outputs.
 
 fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
@@ -233,6 +244,11 @@ impl Builder {
         self.reduce("ReduceSum", 13, x, axes, keepdims)
     }
 
+    /// `ReduceMean` over `axes`.
+    pub fn reduce_mean(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        self.reduce("ReduceMean", 18, x, axes, keepdims)
+    }
+
     /// `ReduceMax` over `axes`.
     pub fn reduce_max(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
         self.reduce("ReduceMax", 18, x, axes, keepdims)
@@ -272,6 +288,18 @@ impl Builder {
         } else {
             self.op("Pad", &[x], vec![ints("pads", pads), float("value", value)])
         }
+    }
+
+    /// Float zeros shaped like `x`, whatever its batch: `ConstantOfShape(Shape(x))`
+    /// (`x · 0` before opset 9, which has no ConstantOfShape).
+    pub fn zeros_like(&mut self, x: &str) -> String {
+        if self.opset < 9 {
+            let zero = self.scalar(0.0);
+            return self.mul(x, &zero);
+        }
+        let shape = self.op("Shape", &[x], vec![]);
+        let zero = tensor::from_f32("", &[1], &[0.0]);
+        self.op("ConstantOfShape", &[&shape], vec![tensor_attr("value", zero)])
     }
 
     /// The sum of `terms` (one Add chain; a single term is returned as is).

@@ -23,9 +23,12 @@
 //! the gradient to the first maximum of its window (GlobalMaxPool and ReduceMax to
 //! the first maximum of what they reduce).
 
+mod activation;
 mod builder;
+mod norm;
 mod reduce;
 mod rules;
+mod select;
 mod spatial;
 
 use std::collections::{HashMap, HashSet};
@@ -350,14 +353,21 @@ impl Forward {
     }
 }
 
-/// What the backward rules see: shapes, constants and the builder.
+/// What the backward rules see: shapes, constants, the tensors on the path and the
+/// builder.
 pub(crate) struct Ctx<'a> {
     pub b: Builder,
     shapes: &'a HashMap<String, Vec<usize>>,
     constants: HashMap<String, TensorProto>,
+    active: &'a HashSet<&'a str>,
 }
 
 impl Ctx<'_> {
+    /// Whether `tensor` depends on the pixels: only such inputs need a gradient.
+    pub fn is_active(&self, tensor: &str) -> bool {
+        self.active.contains(tensor)
+    }
+
     /// The static shape of `tensor` (batch of two for the tensors on the path).
     pub fn shape(&self, node: &NodeProto, tensor: &str) -> Result<Vec<usize>, OnnxError> {
         if let Some(s) = self.shapes.get(tensor) {
@@ -372,7 +382,9 @@ impl Ctx<'_> {
         ))
     }
 
-    /// The constant value of `tensor`, when it has one.
+    /// The constant value of `tensor`, when it has one, however it arrives (an
+    /// initializer, a Constant node, an Identity, Cast or Reshape of constants: see
+    /// [`Index::constant`]).
     pub fn constant(&self, tensor: &str) -> Option<&TensorProto> {
         self.constants.get(tensor)
     }
@@ -429,17 +441,19 @@ fn backward_with(
     let graph = graph_of(&model)?;
     let index = Index::new(graph)?;
     let mut constants: HashMap<String, TensorProto> = HashMap::new();
-    for n in &graph.node {
-        for s in &n.input {
+    for &i in &fwd.path {
+        for s in &graph.node[i].input {
             if let Some(t) = index.constant(s) {
                 constants.entry(s.clone()).or_insert_with(|| t.clone());
             }
         }
     }
+    let active: HashSet<&str> = fwd.active.iter().map(String::as_str).collect();
     let mut ctx = Ctx {
         b: Builder::new(opset(&model), "bwd/"),
         shapes,
         constants,
+        active: &active,
     };
     let logits_shape = shapes
         .get(&fwd.logits)
@@ -468,7 +482,6 @@ fn backward_with(
         }
     };
 
-    let active: HashSet<&str> = fwd.active.iter().map(String::as_str).collect();
     let mut grads: HashMap<String, Vec<String>> = HashMap::from([(fwd.logits.clone(), vec![dz])]);
     for &i in fwd.path.iter().rev() {
         let node = &graph.node[i];
@@ -479,10 +492,10 @@ fn backward_with(
                 None => None,
             });
         }
-        let Some(dy) = dys.first().cloned().flatten() else {
+        if dys.iter().all(Option::is_none) {
             continue;
-        };
-        let dxs = rules::backward(&mut ctx, node, &dy)?;
+        }
+        let dxs = rules::backward(&mut ctx, node, &dys)?;
         for (k, x) in node.input.iter().enumerate() {
             if !active.contains(x.as_str()) {
                 continue;

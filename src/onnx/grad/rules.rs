@@ -3,17 +3,26 @@
 //! Each rule receives `dy = ∂L/∂y` for the node's first output and returns
 //! `∂L/∂xᵢ` for each input it can differentiate (`None` for the others: weights,
 //! shapes, indices). Broadcasting is undone by summing over the broadcast axes.
-//! Convolution and pooling live in `spatial`, ReduceMean and ReduceMax in `reduce`.
+//! Convolution and pooling live in `spatial`, ReduceMean and ReduceMax in `reduce`,
+//! the other activations in `activation`, LayerNormalization in `norm`, and Split,
+//! Slice and Gather in `select`.
 
 use super::super::proto::NodeProto;
 use super::super::OnnxError;
 use super::builder::{attr_float, attr_int, attr_ints, attr_string, axis, batched, input, output};
-use super::{reduce, spatial, unsupported, Ctx};
+use super::{activation, norm, reduce, select, spatial, unsupported, Ctx, FWD};
 
-type Grads = Vec<Option<String>>;
+/// `∂L/∂xᵢ` for each input of a node, `None` where it has none.
+pub(super) type Grads = Vec<Option<String>>;
 
 /// Sums `g` (shaped `out`) down to the shape of `input`, undoing broadcasting.
-fn unbroadcast(ctx: &mut Ctx, node: &NodeProto, g: String, input: &str, out: &[usize]) -> Result<String, OnnxError> {
+pub(super) fn unbroadcast(
+    ctx: &mut Ctx,
+    node: &NodeProto,
+    g: String,
+    input: &str,
+    out: &[usize],
+) -> Result<String, OnnxError> {
     let ins = ctx.shape(node, input)?;
     if ins == out {
         return Ok(g);
@@ -43,11 +52,30 @@ fn unbroadcast(ctx: &mut Ctx, node: &NodeProto, g: String, input: &str, out: &[u
     Ok(s)
 }
 
-/// `∂L/∂x` for every input of `node`, given `dy` for its first output.
-pub fn backward(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Grads, OnnxError> {
+/// `∂L/∂x` for every input of `node`, given `dys`, the gradient reaching each of its
+/// outputs (`None` where none does). Split is the one op whose later outputs carry
+/// gradient; for the others (MaxPool's indices, LayerNormalization's statistics) a
+/// gradient there is refused.
+pub fn backward(ctx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Result<Grads, OnnxError> {
+    if node.op_type() == "Split" {
+        return select::split(ctx, node, dys);
+    }
+    if let Some(k) = (1..dys.len()).find(|&k| dys[k].is_some()) {
+        return Err(unsupported(
+            node,
+            format!(
+                "the gradient through its output {k} ('{}') is not supported",
+                node.output[k].trim_start_matches(FWD)
+            ),
+        ));
+    }
+    let dy = dys
+        .first()
+        .cloned()
+        .flatten()
+        .ok_or_else(|| unsupported(node, "no gradient reached its output"))?;
     let x = input(node, 0);
     let y = output(node);
-    let dy = dy.to_string();
     let one = |g: String| Ok(vec![Some(g)]);
     match node.op_type() {
         "Identity" | "Dropout" => one(dy),
@@ -120,6 +148,16 @@ pub fn backward(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Grads, Onnx
         "GlobalMaxPool" => spatial::global_max_pool(ctx, node, &dy),
         "ReduceMean" => reduce::reduce_mean(ctx, node, &dy),
         "ReduceMax" => reduce::reduce_max(ctx, node, &dy),
+        "HardSigmoid" | "HardSwish" | "Elu" | "Selu" | "Softplus" | "PRelu" | "Erf" | "Sqrt" | "Pow" => {
+            activation::backward(ctx, node, &dy)
+        }
+        "LayerNormalization" => norm::layer_norm(ctx, node, &dy),
+        "Slice" => select::slice(ctx, node, &dy),
+        "Gather" => select::gather(ctx, node, &dy),
+        "Expand" => {
+            let out = ctx.shape(node, y)?;
+            one(unbroadcast(ctx, node, dy, x, &out)?)
+        }
         other => Err(unsupported(
             node,
             format!(
@@ -140,25 +178,39 @@ pub const SUPPORTED: &[&str] = &[
     "Conv",
     "Div",
     "Dropout",
+    "Elu",
+    "Erf",
     "Exp",
+    "Expand",
     "Flatten",
+    "Gather",
     "Gemm",
     "GlobalAveragePool",
     "GlobalMaxPool",
+    "HardSigmoid",
+    "HardSwish",
     "Identity",
+    "LayerNormalization",
     "LeakyRelu",
     "LogSoftmax",
     "MatMul",
     "MaxPool",
     "Mul",
     "Neg",
+    "PRelu",
     "Pad",
+    "Pow",
     "ReduceMax",
     "ReduceMean",
     "Relu",
     "Reshape",
+    "Selu",
     "Sigmoid",
+    "Slice",
     "Softmax",
+    "Softplus",
+    "Split",
+    "Sqrt",
     "Squeeze",
     "Sub",
     "Tanh",
@@ -224,12 +276,12 @@ fn binary(ctx: &mut Ctx, node: &NodeProto, dy: String) -> Result<Grads, OnnxErro
         }
     };
     // Only tensors on the path need their gradient; the others are left alone.
-    let ga = if ctx.constant(a).is_some() {
+    let ga = if !ctx.is_active(a) {
         None
     } else {
         Some(unbroadcast(ctx, node, ga, a, &out)?)
     };
-    let gb = if ctx.constant(b).is_some() {
+    let gb = if !ctx.is_active(b) {
         None
     } else {
         Some(unbroadcast(ctx, node, gb, b, &out)?)
@@ -284,7 +336,7 @@ fn matmul(ctx: &mut Ctx, node: &NodeProto, dy: String) -> Result<Grads, OnnxErro
             "a MatMul with a one-dimensional operand cannot be differentiated",
         ));
     }
-    let ga = if ctx.constant(a).is_some() {
+    let ga = if !ctx.is_active(a) {
         None
     } else {
         let bt = swap_last(ctx, b, rb);
@@ -294,7 +346,7 @@ fn matmul(ctx: &mut Ctx, node: &NodeProto, dy: String) -> Result<Grads, OnnxErro
         full[len - 1] = ctx.shape(node, a)?[ra - 1];
         Some(unbroadcast(ctx, node, g, a, &full)?)
     };
-    let gb = if ctx.constant(b).is_some() {
+    let gb = if !ctx.is_active(b) {
         None
     } else {
         let at = swap_last(ctx, a, ra);
@@ -410,7 +462,7 @@ fn concat(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Grads, OnnxError>
             .shape(node, x)?
             .get(a)
             .ok_or_else(|| unsupported(node, format!("input '{x}' has no axis {a}")))? as i64;
-        out.push(if ctx.constant(x).is_some() {
+        out.push(if !ctx.is_active(x) {
             None
         } else {
             Some(ctx.b.slice(dy, &[offset], &[offset + len], &[a as i64]))
