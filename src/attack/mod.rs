@@ -32,7 +32,7 @@ use crate::features::{argmax_rows, Feed};
 pub use crate::onnx::grad::Loss;
 pub use error::AttackError;
 pub use file::AdversarialFile;
-pub use target::{gradient_model, normalization, Gradient, HeadTarget, Target};
+pub use target::{forward_and_shapes, gradient_model, normalization, Gradient, HeadTarget, Target};
 
 /// The attack to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]

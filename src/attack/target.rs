@@ -69,7 +69,9 @@ pub fn gradient_model(model: &ModelProto, engine: &dyn Engine, norm: &Normalizat
     Ok(grad::backward(&fwd, &shapes, loss)?)
 }
 
-fn forward_and_shapes(
+/// The forward graph of `model` and the shape of each of its active tensors, measured
+/// by `engine` on one batch of zeros: what [`grad::backward`] needs.
+pub fn forward_and_shapes(
     model: &ModelProto,
     engine: &dyn Engine,
     norm: &Normalization,

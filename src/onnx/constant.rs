@@ -15,6 +15,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use super::graph::int_attr;
 use super::proto::{GraphProto, NodeProto, TensorProto};
 use super::tensor::{self, DOUBLE, FLOAT, INT32, INT64};
 
@@ -65,10 +66,6 @@ fn fold_node<'g>(node: &'g NodeProto, values: &Constants<'g>) -> Option<Cow<'g, 
         }
         _ => None,
     }
-}
-
-fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
-    node.attribute.iter().find(|a| a.name() == name).and_then(|a| a.i)
 }
 
 /// A `Constant` node's value, from whichever of its attributes holds a number.

@@ -463,7 +463,8 @@ const RANK_PRESERVING: &[&str] = &[
 /// Ops that broadcast their inputs against each other.
 const BROADCASTING: &[&str] = &["Add", "Div", "Max", "Mean", "Min", "Mul", "Pow", "PRelu", "Sub", "Sum"];
 
-fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
+/// The integer attribute `name` of `node`, when present.
+pub(crate) fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
     node.attribute.iter().find(|a| a.name() == name).and_then(|a| a.i)
 }
 

@@ -112,48 +112,41 @@ pub fn to_i64(t: &TensorProto) -> Result<ArrayD<i64>, OnnxError> {
     shaped(t, values)
 }
 
-/// A FLOAT tensor named `name` holding `values` (row-major) with shape `dims`.
-pub fn from_f32(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+/// A tensor of type `data_type` named `name` with shape `dims`, its values the
+/// little-endian bytes `raw`.
+fn from_raw_bytes(name: &str, dims: &[usize], data_type: i32, raw: Vec<u8>) -> TensorProto {
     TensorProto {
         name: Some(name.to_string()),
         dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: Some(FLOAT),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        data_type: Some(data_type),
+        raw_data: Some(raw),
         ..Default::default()
     }
+}
+
+/// A FLOAT tensor named `name` holding `values` (row-major) with shape `dims`.
+pub fn from_f32(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    from_raw_bytes(name, dims, FLOAT, values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// An INT64 tensor named `name` holding `values` with shape `dims`.
 pub fn from_i64(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
-    TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: Some(INT64),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        ..Default::default()
-    }
+    from_raw_bytes(name, dims, INT64, values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// A DOUBLE tensor named `name` holding `values` with shape `dims`.
 pub fn from_f64(name: &str, dims: &[usize], values: &[f64]) -> TensorProto {
-    TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: Some(DOUBLE),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        ..Default::default()
-    }
+    from_raw_bytes(
+        name,
+        dims,
+        DOUBLE,
+        values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
 }
 
 /// An INT32 tensor named `name` holding `values` with shape `dims`.
 pub fn from_i32(name: &str, dims: &[usize], values: &[i32]) -> TensorProto {
-    TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: Some(INT32),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        ..Default::default()
-    }
+    from_raw_bytes(name, dims, INT32, values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use ndarray::{Array2, ArrayD, ArrayView1, Axis, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use nnmend::attack::{gradient_model, Loss};
+use nnmend::attack::{forward_and_shapes, gradient_model, Loss};
 use nnmend::engine::tract::Tract;
 use nnmend::engine::{Engine, Session};
 use nnmend::onnx::grad::{self, Normalization};
@@ -360,17 +360,7 @@ fn gradient_graphs_of_the_cases_run_in_onnxruntime_with_the_same_values() {
 /// model (so that node's own rule is what refuses it).
 fn tampered_error(name: &str, op: &str, tamper: Tamper) -> String {
     let model = load(&fixture(&format!("grad/{name}.onnx")));
-    let mut fwd = grad::forward(&model, &identity()).unwrap();
-    let probe = Tract.prepare(&fwd.probe()).unwrap();
-    let mut shape = vec![grad::PROBE_BATCH];
-    shape.extend(probe.sample_shape());
-    let outs = probe.run(uniform(&shape, 1).view()).unwrap();
-    let shapes = fwd
-        .active
-        .iter()
-        .cloned()
-        .zip(outs.iter().map(|o| o.shape().to_vec()))
-        .collect();
+    let (mut fwd, shapes) = forward_and_shapes(&model, &Tract, &identity()).unwrap();
     let graph = fwd.model.graph.as_mut().unwrap();
     tamper(graph.node.iter_mut().find(|n| n.op_type().starts_with(op)).unwrap());
     grad::backward(&fwd, &shapes, Loss::Ce).unwrap_err().to_string()
