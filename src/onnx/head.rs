@@ -10,7 +10,7 @@
 
 use ndarray::{Array1, Array2};
 
-use super::graph::{node_label, Index};
+use super::graph::{int_attr, node_label, Index};
 use super::proto::{GraphProto, NodeProto};
 use super::surgery::{set_metadata, FEATURES};
 use super::{tensor, ModelProto, OnnxError};
@@ -39,14 +39,6 @@ fn not_a_head(reason: impl Into<String>) -> OnnxError {
         "no linear head to repair: {} (repair works on hybrids written by `nnmend fit`)",
         reason.into()
     ))
-}
-
-fn int_attr(node: &NodeProto, name: &str, default: i64) -> i64 {
-    node.attribute
-        .iter()
-        .find(|a| a.name() == name)
-        .and_then(|a| a.i)
-        .unwrap_or(default)
 }
 
 fn float_attr(node: &NodeProto, name: &str) -> f32 {
@@ -113,7 +105,7 @@ pub fn find(model: &ModelProto) -> Result<HeadSite, OnnxError> {
         )));
     };
     let label = node_label(gemm);
-    if int_attr(gemm, "transA", 0) != 0 || int_attr(gemm, "transB", 0) != 1 {
+    if int_attr(gemm, "transA").unwrap_or(0) != 0 || int_attr(gemm, "transB").unwrap_or(0) != 1 {
         return Err(not_a_head(format!(
             "Gemm '{label}' is not x·Wᵀ + b (transA = 0, transB = 1)"
         )));
