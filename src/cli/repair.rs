@@ -4,7 +4,6 @@
 //! clarabel), and write the repaired drop-in model. Linear (LH) and kernel (KH)
 //! hybrids alike: the LP acts on whatever the head Gemm reads.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -12,19 +11,18 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
 use nnmend::attack::file::read_successful;
-use nnmend::attack::protocol::{self, Protocol, Robustness};
+use nnmend::attack::protocol::Protocol;
 use nnmend::attack::{self, Loss, Method};
 use nnmend::data::Split;
-use nnmend::doc::{RepairDoc, RepairFacts};
+use nnmend::doc::RepairDoc;
 use nnmend::features::Feed;
 use nnmend::gate::Quantity;
 use nnmend::head::HeadKind;
-use nnmend::hybrid::evaluate;
 use nnmend::onnx::head;
 use nnmend::repair::adversarial::TrainSettings;
 use nnmend::repair::margin::{MarginSettings, MarginSolver};
 use nnmend::repair::rounds::RoundSettings;
-use nnmend::repair::{repair_hybrid, ClassSettings, MarginOptions, Settings, Status};
+use nnmend::repair::{assess, repair_hybrid, Checks, ClassSettings, MarginOptions, Settings, Status};
 
 use super::gate::{verdict, GateArgs};
 use super::{load_model, non_negative, print_json, save_model, usage, warn, DataArgs, EngineArgs, Global};
@@ -133,7 +131,7 @@ pub(super) struct RepairOptions {
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub round_steps: u64,
     /// Before the LPs, train the head against PGD on the pool for N passes (0: none):
-    /// each minibatch is attacked against the head it then updates [default: 8 for a
+    /// each minibatch is attacked against the head it then updates [default: 10 for a
     /// linear hybrid in margin mode, else 0].
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
@@ -415,32 +413,23 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     }
     check_status(&done.fix.repair, &args)?;
     save_model(&done.model, &args.output)?;
-    let mut facts = RepairFacts::default();
-    if let Some(path) = &args.test {
-        let test = args.data_args.load(path, Split::Test)?;
-        let (before, _) = evaluate(&hybrid, &test, engine.as_ref(), &feed)?;
-        let (after, _) = evaluate(&done.model, &test, engine.as_ref(), &feed)?;
-        facts.accuracy = Some((before.accuracy, after.accuracy));
-        if let Some(eps) = eps.filter(|_| args.pgd_limit > 0) {
-            let first = test.take(args.pgd_limit);
-            let protocol = Protocol {
-                seed: args.seed,
-                ..Protocol::default()
-            };
-            let robust = |model| -> Result<Option<Robustness>> {
-                let measured = protocol::measure(model, engine.as_ref(), &first, &[eps], &protocol, &feed)?;
-                Ok(measured.into_iter().next().map(|m| m.robustness))
-            };
-            facts.robustness = robust(&hybrid)?.zip(robust(&done.model)?);
-        }
-    }
-    if let Some(path) = &args.adv_test {
-        let held_out = read_successful(path)?.images;
-        if !held_out.is_empty() {
-            let (after, _) = evaluate(&done.model, &held_out, engine.as_ref(), &feed)?;
-            facts.generalisation = Some((after.accuracy, held_out.len()));
-        }
-    }
+    let test = args
+        .test
+        .as_ref()
+        .map(|p| args.data_args.load(p, Split::Test))
+        .transpose()?;
+    let held_out = args.adv_test.as_deref().map(read_successful).transpose()?;
+    let protocol = Protocol {
+        seed: args.seed,
+        ..Protocol::default()
+    };
+    let checks = Checks {
+        test: test.as_ref(),
+        robust: eps.map(|eps| (eps, args.pgd_limit)),
+        protocol: Some(&protocol),
+        held_out: held_out.as_ref().map(|h| &h.images),
+    };
+    let facts = assess(&hybrid, &done.model, &checks, engine.as_ref(), &feed)?;
     let doc = RepairDoc::new(
         &done,
         &settings,
@@ -451,57 +440,8 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     );
     if args.json {
         print_json(&doc)?;
-        return Ok(verdict(&doc.gates));
+    } else {
+        doc.write_text(&mut std::io::stdout().lock())?;
     }
-    let (fix, r) = (&done.fix, &done.fix.repair);
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:?}: objective {:.6}, |ΔW|₁ {:.4}, |ΔW|∞ {:.4}, {} samples, efficacy {:.4} (was {:.4}), {:.1} s",
-        r.status, r.objective, r.l1, r.linf, fix.samples, fix.efficacy, fix.efficacy_before, r.seconds
-    )?;
-    if let Some((before, after)) = facts.accuracy {
-        writeln!(
-            out,
-            "clean accuracy {before:.4} -> {after:.4} (drawdown {:.4})",
-            before - after
-        )?;
-    }
-    if let Some((g, n)) = facts.generalisation {
-        writeln!(out, "held-out adversarials fixed: {g:.4} of {n}")?;
-    }
-    if let Some((before, after)) = &facts.robustness {
-        writeln!(
-            out,
-            "PGD robust accuracy at ε = {} on {} test images: {:.4} -> {:.4}",
-            after.eps, after.n, before.robust_accuracy, after.robust_accuracy
-        )?;
-    }
-    for e in &done.epochs {
-        writeln!(
-            out,
-            "epoch {}: pool robust accuracy {:.4} (during the epoch), hinge {:.4}, {:.1} s",
-            e.epoch, e.pool_robust_accuracy, e.loss, e.seconds
-        )?;
-    }
-    for r in &done.rounds {
-        writeln!(
-            out,
-            "round {}: {} samples (+{}), {:?}, objective {:.4}, efficacy {:.4}, pool robust accuracy {}, LP {:.1} s, \
-             attack {:.1} s",
-            r.round,
-            r.samples,
-            r.new_samples,
-            r.status,
-            r.objective,
-            r.efficacy,
-            r.pool_robust_accuracy.map_or("-".into(), |a| format!("{a:.4}")),
-            r.lp_seconds,
-            r.attack_seconds
-        )?;
-    }
-    writeln!(out, "repair {:.1} s in all", done.seconds)?;
-    writeln!(out, "wrote {}", args.output.display())?;
-    drop(out);
     Ok(verdict(&doc.gates))
 }

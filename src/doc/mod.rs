@@ -18,7 +18,7 @@ use crate::repair::instance::Solved;
 use crate::repair::{ClassSolution, Status};
 
 pub use fit::{FitDoc, KernelDoc, SvmClassDoc, SvmDoc};
-pub use repair::{BeforeAfter, ChangeDoc, MarginDoc, RepairDoc, RepairFacts};
+pub use repair::{BeforeAfter, ChangeDoc, MarginDoc, RepairDoc};
 
 /// One model of `eval --json`.
 #[derive(Debug, Clone, Serialize)]

@@ -9,7 +9,7 @@ use crate::gate::{Check, Gate, Quantity};
 use crate::head::HeadKind;
 use crate::repair::adversarial::Epoch;
 use crate::repair::rounds::Round;
-use crate::repair::{HybridRepair, LpSize, Settings, Status};
+use crate::repair::{Assessment, HybridRepair, LpSize, Settings, Status};
 
 use super::LpClassDoc;
 
@@ -54,17 +54,6 @@ pub struct MarginDoc {
     pub short_repair_samples: usize,
     /// Preserved samples short of theirs.
     pub short_preservation_samples: usize,
-}
-
-/// What was measured of a repair beyond the repair itself.
-#[derive(Debug, Clone, Default)]
-pub struct RepairFacts {
-    /// Clean accuracy before and after (`--test`).
-    pub accuracy: Option<(f64, f64)>,
-    /// Share of held-out adversarial examples fixed, and how many (`--adv-test`).
-    pub generalisation: Option<(f64, usize)>,
-    /// PGD robust accuracy on the test images before and after (`--test`).
-    pub robustness: Option<(Robustness, Robustness)>,
 }
 
 /// Robust accuracy before and after a repair.
@@ -141,7 +130,7 @@ impl RepairDoc {
     pub fn new(
         done: &HybridRepair,
         settings: &Settings,
-        facts: &RepairFacts,
+        facts: &Assessment,
         engine: serde_json::Value,
         output: PathBuf,
         gates: &[Gate],
@@ -192,6 +181,65 @@ impl RepairDoc {
             gates: Vec::new(),
         }
         .judged(gates)
+    }
+
+    /// The text `nnmend repair` prints: the LP's outcome, what was measured, every
+    /// epoch and round.
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "{:?}: objective {:.6}, |ΔW|₁ {:.4}, |ΔW|∞ {:.4}, {} samples, efficacy {:.4} (was {:.4}), {:.1} s",
+            self.status,
+            self.objective,
+            self.change.l1,
+            self.change.linf,
+            self.samples,
+            self.efficacy,
+            self.efficacy_before,
+            self.seconds
+        )?;
+        if let (Some(a), Some(d)) = (&self.accuracy, self.drawdown) {
+            writeln!(
+                out,
+                "clean accuracy {:.4} -> {:.4} (drawdown {d:.4})",
+                a.before, a.after
+            )?;
+        }
+        if let (Some(g), Some(n)) = (self.generalisation, self.held_out) {
+            writeln!(out, "held-out adversarials fixed: {g:.4} of {n}")?;
+        }
+        if let Some(r) = &self.robustness {
+            writeln!(
+                out,
+                "PGD robust accuracy at ε = {} on {} test images: {:.4} -> {:.4}",
+                r.after.eps, r.after.n, r.before.robust_accuracy, r.after.robust_accuracy
+            )?;
+        }
+        for e in &self.training {
+            writeln!(
+                out,
+                "epoch {}: pool robust accuracy {:.4} (during the epoch), hinge {:.4}, {:.1} s",
+                e.epoch, e.pool_robust_accuracy, e.loss, e.seconds
+            )?;
+        }
+        for r in &self.rounds {
+            writeln!(
+                out,
+                "round {}: {} samples (+{}), {:?}, objective {:.4}, efficacy {:.4}, pool robust accuracy {}, LP \
+                 {:.1} s, attack {:.1} s",
+                r.round,
+                r.samples,
+                r.new_samples,
+                r.status,
+                r.objective,
+                r.efficacy,
+                r.pool_robust_accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+                r.lp_seconds,
+                r.attack_seconds
+            )?;
+        }
+        writeln!(out, "repair {:.1} s in all", self.repair_seconds)?;
+        writeln!(out, "wrote {}", self.output.display())
     }
 
     /// With each of `gates` judged: the efficacy, the drawdown, and the repaired

@@ -4,11 +4,13 @@
 //! [`super::repair_head`] repairs it, and the repaired weights are written back in
 //! place, with the repair's provenance in `metadata_props`.
 
+use crate::attack::protocol::{self, Protocol, Robustness};
 use crate::data::Dataset;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::features::{collect, Feed};
 use crate::head::HeadKind;
+use crate::hybrid::evaluate;
 use crate::onnx::head::{self, HeadSite};
 use crate::onnx::surgery::extractor;
 use crate::onnx::{find_cut, ModelProto};
@@ -203,4 +205,61 @@ pub fn repair_hybrid(
         epochs: outcome.epochs,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What a repaired model is checked on beyond its repair samples.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checks<'a> {
+    /// Clean test images: the accuracy before and after.
+    pub test: Option<&'a Dataset>,
+    /// The robust accuracy before and after at this radius, under `protocol`, on the
+    /// first `limit` test images (`--test` needed; a limit of 0 measures nothing).
+    pub robust: Option<(f32, usize)>,
+    /// The protocol of the robust accuracy (its seed included).
+    pub protocol: Option<&'a Protocol>,
+    /// Held-out adversarial examples: the share the repaired model classifies right.
+    pub held_out: Option<&'a Dataset>,
+}
+
+/// What was measured of a repair beyond the repair itself ([`assess`]).
+#[derive(Debug, Clone, Default)]
+pub struct Assessment {
+    /// Clean accuracy before and after.
+    pub accuracy: Option<(f64, f64)>,
+    /// Share of the held-out adversarial examples fixed, and how many there were.
+    pub generalisation: Option<(f64, usize)>,
+    /// PGD robust accuracy on the test images before and after.
+    pub robustness: Option<(Robustness, Robustness)>,
+}
+
+/// Measures `before` (the hybrid) and `after` (its repair) on what `checks` names.
+pub fn assess(
+    before: &ModelProto,
+    after: &ModelProto,
+    checks: &Checks,
+    engine: &dyn Engine,
+    feed: &Feed,
+) -> Result<Assessment> {
+    let mut facts = Assessment::default();
+    if let Some(test) = checks.test {
+        facts.accuracy = Some((
+            evaluate(before, test, engine, feed)?.0.accuracy,
+            evaluate(after, test, engine, feed)?.0.accuracy,
+        ));
+        if let Some((eps, limit)) = checks.robust.filter(|&(_, limit)| limit > 0) {
+            let first = test.take(limit);
+            let default = Protocol::default();
+            let protocol = checks.protocol.unwrap_or(&default);
+            let robust = |model| -> Result<Option<Robustness>> {
+                let measured = protocol::measure(model, engine, &first, &[eps], protocol, feed)?;
+                Ok(measured.into_iter().next().map(|m| m.robustness))
+            };
+            facts.robustness = robust(before)?.zip(robust(after)?);
+        }
+    }
+    if let Some(held_out) = checks.held_out.filter(|h| !h.is_empty()) {
+        let fixed = evaluate(after, held_out, engine, feed)?.0.accuracy;
+        facts.generalisation = Some((fixed, held_out.len()));
+    }
+    Ok(facts)
 }

@@ -28,7 +28,7 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use crate::svm::LinearSvm;
 pub use error::RepairError;
-pub use hybrid::{repair_hybrid, HybridRepair};
+pub use hybrid::{assess, repair_hybrid, Assessment, Checks, HybridRepair};
 pub use instance::Instance;
 pub use paper::{solve_classes, ClassSettings, ClassSolution, Status, DEFAULT_MAX_ITER};
 
