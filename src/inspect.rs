@@ -6,6 +6,7 @@ use ndarray::ArrayD;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::features::layout_of;
+use crate::onnx::cut::CutRule;
 use crate::onnx::graph::dims;
 use crate::onnx::surgery::extractor;
 use crate::onnx::tensor::element_count;
@@ -35,8 +36,11 @@ pub struct CutSummary {
     pub feature_shape: Vec<usize>,
     /// Its flattened size D.
     pub feature_dim: usize,
-    /// Whether the cut is a fallback (no pooling layer).
+    /// Whether the default rule fell back from the last pooling output (see
+    /// [`Cut::fallback`]).
     pub fallback: bool,
+    /// The rule that chose the cut.
+    pub rule: CutRule,
     /// A warning, when there is one.
     pub warning: Option<String>,
 }
@@ -123,6 +127,7 @@ fn summarise(model: &ModelProto, engine: &dyn Engine, cut: &Cut) -> Result<Inspe
             feature_dim: feature_shape.iter().product(),
             feature_shape,
             fallback: cut.fallback(),
+            rule: cut.rule,
             warning: cut.warning.clone(),
             tensor: cut.tensor.clone(),
             node: cut.node.clone(),

@@ -56,6 +56,7 @@ pub fn features(args: FeaturesArgs, g: &Global) -> Result<ExitCode> {
             feature_dim: features.ncols(),
             cut: CutRef {
                 fallback: cut.fallback(),
+                rule: cut.rule,
                 tensor: cut.tensor,
                 op: cut.op,
             },

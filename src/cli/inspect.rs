@@ -59,6 +59,7 @@ pub fn inspect(args: InspectArgs) -> Result<ExitCode> {
         info.cut.op,
         if info.cut.fallback { " [fallback]" } else { "" }
     )?;
+    writeln!(out, "rule      {}", info.cut.rule.describe())?;
     writeln!(
         out,
         "features  {:?} -> D = {}",

@@ -37,6 +37,8 @@ pub struct CutDoc {
     pub op: String,
     /// Whether the cut fell back from the last pooling layer.
     pub fallback: bool,
+    /// The rule that chose the cut.
+    pub rule: crate::onnx::cut::CutRule,
     /// Features D.
     pub feature_dim: usize,
 }
@@ -48,6 +50,7 @@ impl CutDoc {
             node: cut.node.clone(),
             op: cut.op.clone(),
             fallback: cut.fallback(),
+            rule: cut.rule,
             feature_dim,
         }
     }

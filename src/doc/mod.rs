@@ -119,6 +119,8 @@ pub struct CutRef {
     pub op: String,
     /// Whether the cut fell back from the last pooling layer.
     pub fallback: bool,
+    /// The rule that chose the cut.
+    pub rule: crate::onnx::cut::CutRule,
 }
 
 /// One class of a paper-mode LP in `lp --json` and `repair --json`.

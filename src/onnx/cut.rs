@@ -5,8 +5,7 @@
 //! after it is the fully connected head that the linear SVM replaces. "Last" means last
 //! in topological order among the nodes the classifier output depends on, and the cut
 //! tensor must separate the input from the output (every path goes through it), so
-//! that the extractor alone determines the head's input. Without any pooling node, the
-//! cut falls back to the tensor entering the flatten→dense head, with a warning.
+//! that the extractor alone determines the head's input.
 //!
 //! Global pooling comes in several spellings: GlobalAveragePool and GlobalMaxPool, an
 //! AveragePool or MaxPool whose window covers the map, and (torchvision's MNASNet and
@@ -16,6 +15,28 @@
 //! computed from the tensor's Shape (PyTorch's `x.view(x.size(0), -1)` with a dynamic
 //! batch) is a flatten like any other: paths through Shape carry dimensions, not
 //! values, so they neither break the separation nor belong to the head.
+//!
+//! A cut must leave the head something to replace: a node with weights (a
+//! convolution, a Gemm, or a MatMul with a constant operand; see [`weighted_input`]).
+//! The rules, in order ([`CutRule`]):
+//! 1. **Last pooling**, when a node with weights follows it.
+//! 2. **Entering the last weighted node**, when none does. SqueezeNet ends in
+//!    Conv1x1 → ReLU → global average pooling, so its pooled tensor already holds the
+//!    class scores. The cut moves, with a warning, to the tensor entering the last node
+//!    with weights (the classifier's Conv), and the features are that whole C×H×W map.
+//!    That is the sensible place: a linear head on the map can express every
+//!    Conv1x1-then-average head (the Conv's weights repeated at each position, divided
+//!    by H·W) and more, so the SVM loses nothing the original head's linear part had;
+//!    only the ReLU between the Conv and the average, which no linear head reproduces,
+//!    is replaced. The price is a larger D.
+//! 3. **Flatten→dense head**, without any pooling: the tensor entering a Flatten, or a
+//!    Reshape to rank 2, whose output a Gemm or a MatMul with a constant operand reads
+//!    (through Identity, Dropout or Cast at most), with a warning.
+//! 4. Otherwise the model is refused, with a message that names `--at`: a transformer
+//!    (ViT) pools nothing, and its patch embedding is reshaped into tokens, not
+//!    flattened into a dense layer, so no rule can tell where its features are.
+//!
+//! `--at TENSOR` overrides all of them.
 
 use std::collections::{HashMap, HashSet};
 
@@ -61,17 +82,61 @@ pub fn is_pooling(node: &NodeProto, index: &Index, ranks: &HashMap<&str, usize>)
 /// Ops that make a network convolutional.
 pub const CONV_OPS: &[&str] = &["Conv", "ConvInteger", "QLinearConv", "ConvTranspose"];
 
+/// Dense ops: a flatten→dense head ends in one of them.
+pub const DENSE_OPS: &[&str] = &["Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"];
+
+/// The data input of `node` when it is a node with weights, `None` otherwise. A node
+/// has weights when it is a convolution ([`CONV_OPS`]) whose kernel is a constant, or a
+/// dense op ([`DENSE_OPS`]) with a constant operand; its data input is then the other
+/// operand. Constants are recognised however they arrive ([`Index::constant`]).
+pub fn weighted_input<'n>(node: &'n NodeProto, index: &Index) -> Option<&'n str> {
+    let constant = |k: usize| {
+        node.input
+            .get(k)
+            .is_some_and(|t| !t.is_empty() && index.constant(t).is_some())
+    };
+    let input = |k: usize| node.input.get(k).map(String::as_str).filter(|t| !t.is_empty());
+    // (data, weights) positions: QLinear ops put scales and zero points between them.
+    let (a, b) = match node.op_type() {
+        "Conv" | "ConvTranspose" | "ConvInteger" => return input(0).filter(|_| constant(1)),
+        "QLinearConv" => return input(0).filter(|_| constant(3)),
+        "Gemm" | "MatMul" | "MatMulInteger" => (0, 1),
+        "QLinearMatMul" => (0, 3),
+        _ => return None,
+    };
+    match (constant(a), constant(b)) {
+        (false, true) => input(a),
+        (true, false) => input(b),
+        _ => None,
+    }
+}
+
 /// How the cut was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CutRule {
     /// The output of the last pooling node (global pooling in any spelling, see
-    /// [`is_pooling`]).
+    /// [`is_pooling`]), when a node with weights follows it.
     LastPooling,
+    /// No node with weights follows the last pooling node: the tensor entering the
+    /// last node with weights (SqueezeNet's classifier Conv).
+    EnteringWeightedNode,
     /// No pooling node: the tensor entering the flatten→dense head.
     FlattenFallback,
     /// Chosen by the user with `--at`.
     User,
+}
+
+impl CutRule {
+    /// The rule in words, as `inspect` prints it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CutRule::LastPooling => "last pooling",
+            CutRule::EnteringWeightedNode => "entering the last weighted node",
+            CutRule::FlattenFallback => "flatten→dense head",
+            CutRule::User => "--at given",
+        }
+    }
 }
 
 /// Where a classifier is cut, and what lies on either side.
@@ -101,14 +166,176 @@ pub struct Cut {
 }
 
 impl Cut {
-    /// Whether the cut is not the output of a pooling node.
+    /// Whether the default rule fell back from the last pooling output: the cut is
+    /// the tensor entering the last weighted node or the flatten→dense head.
     pub fn fallback(&self) -> bool {
-        self.rule == CutRule::FlattenFallback
+        matches!(self.rule, CutRule::FlattenFallback | CutRule::EnteringWeightedNode)
     }
 }
 
-/// Chooses the cut of `model`: the tensor `at` if given, else the last pooling output,
-/// else the tensor entering the flatten→dense head.
+/// What the rules ask of one graph.
+struct Finder<'a, 'g> {
+    index: &'a Index<'g>,
+    nodes: &'g [NodeProto],
+    /// The nodes the output depends on, in topological order.
+    on_path: Vec<usize>,
+    ranks: HashMap<&'g str, usize>,
+    input: &'a str,
+    output: &'a str,
+}
+
+impl Finder<'_, '_> {
+    /// Whether every path from the input to the output goes through `tensor`.
+    fn separates(&self, tensor: &str) -> bool {
+        tensor != self.input && !self.index.reaches_avoiding(self.input, self.output, tensor)
+    }
+
+    /// Whether a convolution computes part of `tensor`.
+    fn has_conv_before(&self, tensor: &str) -> bool {
+        self.index
+            .ancestors(&[tensor])
+            .iter()
+            .any(|&i| CONV_OPS.contains(&self.nodes[i].op_type()))
+    }
+
+    /// Whether `tensor` can be the cut: it separates, and a convolution computes it.
+    fn can_cut(&self, tensor: &str) -> bool {
+        self.separates(tensor) && self.has_conv_before(tensor)
+    }
+
+    /// The head past `tensor`: the nodes on the path that compute on its values. The
+    /// shape arithmetic beside it (a dynamic flatten's Shape → Gather → Concat, its
+    /// constants) is not part of it.
+    fn head(&self, tensor: &str) -> Vec<usize> {
+        let after = self.index.downstream(tensor, None);
+        self.on_path
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let n = &self.nodes[i];
+                !DIMENSION_OPS.contains(&n.op_type()) && n.input.iter().any(|t| after.contains(t.as_str()))
+            })
+            .collect()
+    }
+
+    /// The output of the last pooling node that can be the cut, with that node.
+    fn last_pooling(&self) -> Option<(&str, &NodeProto)> {
+        self.on_path
+            .iter()
+            .rev()
+            .map(|&i| &self.nodes[i])
+            .filter(|n| is_pooling(n, self.index, &self.ranks))
+            .filter_map(|n| Some((n.output.first()?.as_str(), n)))
+            .find(|(t, _)| self.can_cut(t))
+    }
+
+    /// The tensor entering the last node with weights that can be the cut, with that node.
+    fn entering_last_weighted(&self) -> Option<(&str, &NodeProto)> {
+        self.on_path
+            .iter()
+            .rev()
+            .map(|&i| &self.nodes[i])
+            .filter_map(|n| Some((weighted_input(n, self.index)?, n)))
+            .find(|(t, _)| self.can_cut(t))
+    }
+
+    /// Whether the head past `tensor` holds a node with weights.
+    fn head_has_weights(&self, tensor: &str) -> bool {
+        self.head(tensor)
+            .iter()
+            .any(|&i| weighted_input(&self.nodes[i], self.index).is_some())
+    }
+
+    /// Whether `node` flattens into a dense layer: a Flatten, or a Reshape to rank 2
+    /// (or of a rank that cannot be told), whose output a dense op reads as its data
+    /// input, through Identity, Dropout or Cast at most.
+    fn flattens_into_dense(&self, node: &NodeProto) -> bool {
+        let Some(out) = node.output.first() else {
+            return false;
+        };
+        match node.op_type() {
+            "Flatten" => {}
+            "Reshape" if self.ranks.get(out.as_str()).is_none_or(|&r| r == 2) => {}
+            _ => return false,
+        }
+        let mut frontier = vec![out.as_str()];
+        while let Some(t) = frontier.pop() {
+            for &c in self.index.consumers(t) {
+                let consumer = &self.nodes[c];
+                if DENSE_OPS.contains(&consumer.op_type()) && weighted_input(consumer, self.index) == Some(t) {
+                    return true;
+                }
+                if matches!(consumer.op_type(), "Identity" | "Dropout" | "Cast") {
+                    frontier.extend(consumer.output.first().map(String::as_str));
+                }
+            }
+        }
+        false
+    }
+
+    /// The tensor entering the flatten→dense head, after the last convolution.
+    fn entering_flatten(&self) -> Option<&str> {
+        let last_conv = self
+            .on_path
+            .iter()
+            .rposition(|&i| CONV_OPS.contains(&self.nodes[i].op_type()))
+            .unwrap_or(0);
+        self.on_path[last_conv..]
+            .iter()
+            .map(|&i| &self.nodes[i])
+            .filter(|n| self.flattens_into_dense(n))
+            .filter_map(|n| n.input.first().map(String::as_str))
+            .find(|t| self.can_cut(t))
+    }
+
+    /// The default rules, in order (see the module docs): the cut tensor, the rule
+    /// that chose it, and the warning that comes with a fallback.
+    fn choose(&self) -> Result<(String, CutRule, Option<String>), OnnxError> {
+        if let Some((pooled, pool)) = self.last_pooling() {
+            if self.head_has_weights(pooled) {
+                return Ok((pooled.to_string(), CutRule::LastPooling, None));
+            }
+            let pool = format!("'{}' ({})", node_label(pool), pool.op_type());
+            return match self.entering_last_weighted() {
+                Some((t, node)) => {
+                    let warning = format!(
+                        "no node with weights follows the last pooling layer {pool}, so a head cut there would \
+                         have no parameters; cutting at '{t}', the tensor entering '{}' ({}), the last node with \
+                         weights: the features are that whole tensor, flattened (use --at to choose another tensor)",
+                        node_label(node),
+                        node.op_type()
+                    );
+                    Ok((t.to_string(), CutRule::EnteringWeightedNode, Some(warning)))
+                }
+                None => Err(OnnxError::NoExtractor(format!(
+                    "no node with weights follows the last pooling layer {pool}, and no tensor entering a node \
+                     with weights separates input '{}' from output '{}' after a convolution; name the cut tensor \
+                     with --at",
+                    self.input, self.output
+                ))),
+            };
+        }
+        match self.entering_flatten() {
+            Some(t) => {
+                let warning = format!(
+                    "no pooling layer separates the input from the output; cutting at '{t}', the tensor entering \
+                     the flatten→dense head (use --at to choose another tensor)"
+                );
+                Ok((t.to_string(), CutRule::FlattenFallback, Some(warning)))
+            }
+            None => Err(OnnxError::NoExtractor(format!(
+                "found neither a pooling layer nor a flatten→dense head between input '{}' and output '{}' (a \
+                 transformer's tokens, say, are neither pooled nor flattened into a dense layer); name the cut \
+                 tensor with --at",
+                self.input, self.output
+            ))),
+        }
+    }
+}
+
+/// Chooses the cut of `model`: the tensor `at` if given, else by the rules of the
+/// module docs (the last pooling output, the tensor entering the last weighted node,
+/// the tensor entering the flatten→dense head).
 pub fn find_cut(model: &ModelProto, at: Option<&str>) -> Result<Cut, OnnxError> {
     let graph = model
         .graph
@@ -147,18 +374,17 @@ pub fn find_cut(model: &ModelProto, at: Option<&str>) -> Result<Cut, OnnxError> 
             "output '{output}' is not computed by any node"
         )));
     };
-    let on_path = index.ancestors(&[&output]);
-    let ranks = index.ranks();
     let nodes = &graph.node;
-    let has_conv_before = |tensor: &str| {
-        index
-            .ancestors(&[tensor])
-            .iter()
-            .any(|&i| CONV_OPS.contains(&nodes[i].op_type()))
+    let finder = Finder {
+        index: &index,
+        nodes,
+        on_path: index.ancestors(&[&output]),
+        ranks: index.ranks(),
+        input: &input,
+        output: &output,
     };
-    let separates = |tensor: &str| tensor != input && !index.reaches_avoiding(&input, &output, tensor);
 
-    if !on_path.iter().any(|&i| CONV_OPS.contains(&nodes[i].op_type())) {
+    if !finder.on_path.iter().any(|&i| CONV_OPS.contains(&nodes[i].op_type())) {
         return Err(OnnxError::NoExtractor(format!(
             "no convolution on the path from input '{input}' to output '{output}': this looks like an MLP, \
              and nnmend needs a convolutional feature extractor to cut"
@@ -181,65 +407,22 @@ pub fn find_cut(model: &ModelProto, at: Option<&str>) -> Result<Cut, OnnxError> 
                 "'{at}' is the classifier output itself; cut before the head"
             )));
         }
-        if !separates(at) {
+        if !finder.separates(at) {
             return Err(OnnxError::NoExtractor(format!(
                 "tensor '{at}' does not separate input '{input}' from output '{output}': some path avoids it, \
                  so features taken there would not determine the output"
             )));
         }
         (at.to_string(), CutRule::User, None)
-    } else if let Some(t) = on_path
-        .iter()
-        .rev()
-        .map(|&i| &nodes[i])
-        .filter(|n| is_pooling(n, &index, &ranks))
-        .filter_map(|n| n.output.first())
-        .find(|t| separates(t) && has_conv_before(t))
-    {
-        (t.clone(), CutRule::LastPooling, None)
     } else {
-        let last_conv = on_path
-            .iter()
-            .rposition(|&i| CONV_OPS.contains(&nodes[i].op_type()))
-            .unwrap_or(0);
-        let entering_head = on_path[last_conv..]
-            .iter()
-            .map(|&i| &nodes[i])
-            .filter(|n| matches!(n.op_type(), "Flatten" | "Reshape"))
-            .filter_map(|n| n.input.first())
-            .find(|t| separates(t) && has_conv_before(t));
-        match entering_head {
-            Some(t) => {
-                let warning = format!(
-                    "no pooling layer separates the input from the output; cutting at '{t}', the tensor entering \
-                     the flatten→dense head (use --at to choose another tensor)"
-                );
-                (t.clone(), CutRule::FlattenFallback, Some(warning))
-            }
-            None => {
-                return Err(OnnxError::NoExtractor(format!(
-                    "found neither a pooling layer nor a flatten→dense head between input '{input}' and output \
-                     '{output}'; name the cut tensor with --at"
-                )))
-            }
-        }
+        finder.choose()?
     };
 
     let (node, op) = match index.producer(&tensor) {
         Some(p) => (node_label(&nodes[p]), nodes[p].op_type().to_string()),
         None => (String::new(), String::new()),
     };
-    // The head is what computes on the cut's values; the shape arithmetic beside it
-    // (a dynamic flatten's Shape → Gather → Concat, its constants) is not.
-    let after = index.downstream(&tensor, None);
-    let head_idx: Vec<usize> = on_path
-        .iter()
-        .copied()
-        .filter(|&i| {
-            let n = &nodes[i];
-            !DIMENSION_OPS.contains(&n.op_type()) && n.input.iter().any(|t| after.contains(t.as_str()))
-        })
-        .collect();
+    let head_idx = finder.head(&tensor);
     let mut seen = HashSet::new();
     let mut head_params = 0;
     for &i in &head_idx {

@@ -278,6 +278,7 @@ fn every_op_case_matches_finite_differences() {
 
 /// The ops whose gradient graphs are also run in onnxruntime case by case.
 const CHECKED_IN_ORT: &[&str] = &[
+    "ReduceSum",
     "ReduceMean",
     "ReduceMax",
     "HardSigmoid",
@@ -294,9 +295,10 @@ const CHECKED_IN_ORT: &[&str] = &[
     "Slice",
     "Gather",
     "Expand",
+    "Resize",
 ];
 
-/// The gradient graphs of the cases with the reductions, the activations of
+/// The gradient graphs of the cases with the reductions, Resize, the activations of
 /// MobileNet-v3, EfficientNet and ConvNeXt, LayerNormalization and the ops that pick
 /// elements (all checked against finite differences in tract by the test above), and
 /// of `constants_routed` (weights through Identity, Constant, Cast and Reshape), pass
@@ -307,12 +309,12 @@ fn gradient_graphs_of_the_cases_run_in_onnxruntime_with_the_same_values() {
     let dir = tempdir();
     let chosen: Vec<Case> = cases()
         .into_iter()
-        .filter(|c| c.unsupported.is_none())
+        .filter(|c| c.unsupported.is_none() && !TRACT_CANNOT_RUN.contains(&c.name.as_str()))
         .filter(|c| c.name == "constants_routed" || c.ops.iter().any(|op| CHECKED_IN_ORT.contains(&op.as_str())))
         .collect();
     assert_eq!(
         chosen.len(),
-        33,
+        41,
         "{:?}",
         chosen.iter().map(|c| &c.name).collect::<Vec<_>>()
     );
@@ -496,11 +498,77 @@ fn what_the_new_rules_cannot_differentiate_is_refused_with_its_node() {
     }
 }
 
+/// Sets the string attribute `name` of `n`, adding it when absent.
+fn set_string(n: &mut NodeProto, name: &str, v: &str) {
+    match n.attribute.iter_mut().find(|a| a.name() == name) {
+        Some(a) => a.s = Some(v.as_bytes().to_vec()),
+        None => {
+            let mut a = nnmend::onnx::proto::AttributeProto {
+                name: Some(name.to_string()),
+                s: Some(v.as_bytes().to_vec()),
+                ..Default::default()
+            };
+            a.set_type(AttributeType::String);
+            n.attribute.push(a);
+        }
+    }
+}
+
+#[test]
+fn resizes_that_cannot_be_differentiated_are_refused_with_their_node() {
+    let cases: [(&str, Tamper, &str); 6] = [
+        (
+            "resize_linear_half_pixel",
+            |n| set_string(n, "mode", "cubic"),
+            "mode 'cubic' cannot be differentiated",
+        ),
+        (
+            "resize_linear_align_corners",
+            |n| set_string(n, "coordinate_transformation_mode", "tf_crop_and_resize"),
+            "coordinate_transformation_mode 'tf_crop_and_resize' cannot be differentiated",
+        ),
+        (
+            "resize_nearest_pytorch",
+            |n| set_string(n, "nearest_mode", "round_half_even"),
+            "nearest_mode 'round_half_even' is not an ONNX mode",
+        ),
+        (
+            "resize_nearest_pytorch",
+            |n| n.input[2] = grad::PIXELS.to_string(),
+            "its scales ('pixels') must be a constant",
+        ),
+        (
+            // Driven by sizes (the scales' tensor moved to that slot) under a policy
+            // that rescales them.
+            "resize_nearest_pytorch",
+            |n| {
+                let scales = std::mem::take(&mut n.input[2]);
+                n.input.push(scales);
+                set_string(n, "keep_aspect_ratio_policy", "not_larger");
+            },
+            "keep_aspect_ratio_policy 'not_larger' cannot be differentiated",
+        ),
+        (
+            // The scales of W (4 → 8) read as those of the batch.
+            "resize_axes_opset18",
+            |n| n.attribute.iter_mut().find(|a| a.name() == "axes").unwrap().ints = vec![0, 2],
+            "resizing the batch axis cannot be differentiated",
+        ),
+    ];
+    for (name, tamper, needle) in cases {
+        let err = tampered_error(name, "Resize", tamper);
+        assert!(err.starts_with("node 'Resize_"), "{name}: {err}");
+        assert!(err.contains("(Resize)") && err.contains(needle), "{name}: {err}");
+    }
+}
+
 /// The architecture-pattern fixtures: ReduceMean global pooling, a flatten whose
 /// target is computed from Shape (whose integer path carries no gradient), and the
 /// MobileNet-v3, DenseNet and ConvNeXt patterns (HardSigmoid and HardSwish in a
 /// squeeze-excitation block, BatchNormalization whose parameters pass through
-/// Identity nodes, a decomposed LayerNorm with GELU's Erf).
+/// Identity nodes, a decomposed LayerNorm with GELU's Erf), the Resize nodes of
+/// `F.interpolate` (nearest, bilinear with and without align_corners), and the
+/// SqueezeNet-like tail.
 #[test]
 fn pattern_fixtures_match_finite_differences() {
     for name in [
@@ -511,6 +579,8 @@ fn pattern_fixtures_match_finite_differences() {
         "patterns/squeeze_excite_hardswish.onnx",
         "patterns/batchnorm_identity.onnx",
         "patterns/layernorm_head.onnx",
+        "patterns/upsample_skip.onnx",
+        "patterns/squeezenet_tail.onnx",
     ] {
         let model = load(&fixture(name));
         let g = graphs(&model, &identity(), Loss::Ce);
@@ -520,10 +590,16 @@ fn pattern_fixtures_match_finite_differences() {
     }
 }
 
-/// Cases tract 0.23.9 cannot run even forward: it asserts on negative Pad widths, and
-/// a Concat with a batch-1 constant cannot take the symbolic batch nnmend gives every
-/// model.
-const TRACT_CANNOT_RUN: &[&str] = &["pad_negative", "concat_with_const"];
+/// Cases tract 0.23.9 cannot run even forward: it asserts on negative Pad widths, a
+/// Concat with a batch-1 constant cannot take the symbolic batch nnmend gives every
+/// model, and a Resize driven by `sizes` (constant, or computed from the tensor's Shape
+/// as PyTorch writes `F.interpolate(size=...)`) leaves that batch symbol unresolved.
+const TRACT_CANNOT_RUN: &[&str] = &[
+    "pad_negative",
+    "concat_with_const",
+    "resize_sizes_opset18",
+    "resize_sizes_shape",
+];
 
 #[test]
 fn models_tract_cannot_run_fail_cleanly_and_their_graphs_check_in_onnxruntime() {
@@ -541,27 +617,36 @@ fn models_tract_cannot_run_fail_cleanly_and_their_graphs_check_in_onnxruntime() 
         };
         assert!(err.starts_with("tract:"), "{name}: {err}");
     }
-    // The negative-pad rule, with the shapes measured by onnxruntime instead.
-    let model = load(&fixture("grad/pad_negative.onnx"));
-    let fwd = grad::forward(&model, &identity()).unwrap();
-    let probe = dir.path().join("probe.onnx");
-    onnx::save(&fwd.probe(), &probe).unwrap();
-    let mut cmd = python("ort_shapes.py");
-    cmd.arg(&probe).arg(grad::PROBE_BATCH.to_string());
-    let shapes: std::collections::HashMap<String, Vec<usize>> = serde_json::from_slice(&ok(cmd).stdout).unwrap();
-    let graph = grad::backward(&fwd, &shapes, Loss::Ce).unwrap();
-    let out = dir.path().join("grad.onnx");
-    onnx::save(&graph, &out).unwrap();
-    let x = uniform(&[2, 2, 7, 7], 3);
-    let t = one_hot(&[0, 2], 3);
-    let (px, pt) = (dir.path().join("x.npy"), dir.path().join("t.npy"));
-    write_npy(&px, &x);
-    write_npy(&pt, &t);
-    let mut cmd = python("ort_grad.py");
-    cmd.arg("--fd").arg(&out).arg(&px).arg(&pt).arg(dir.path().join("ort"));
-    let report: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
-    let (err, scale) = (report["max_error"].as_f64().unwrap(), report["scale"].as_f64().unwrap());
-    assert!(scale > 0.0 && err <= 2e-2 * scale + 1e-3, "pad_negative: {report}");
+    // The negative-pad rule and the Resize rule driven by sizes, with the shapes
+    // measured by onnxruntime instead.
+    for (name, sample) in [
+        ("pad_negative", [2, 7, 7]),
+        ("resize_sizes_opset18", [2, 5, 4]),
+        ("resize_sizes_shape", [2, 5, 4]),
+    ] {
+        let model = load(&fixture(&format!("grad/{name}.onnx")));
+        let fwd = grad::forward(&model, &identity()).unwrap();
+        let probe = dir.path().join("probe.onnx");
+        onnx::save(&fwd.probe(), &probe).unwrap();
+        let mut cmd = python("ort_shapes.py");
+        cmd.arg(&probe).arg(grad::PROBE_BATCH.to_string());
+        let shapes: std::collections::HashMap<String, Vec<usize>> = serde_json::from_slice(&ok(cmd).stdout).unwrap();
+        let graph = grad::backward(&fwd, &shapes, Loss::Ce).unwrap();
+        let out = dir.path().join("grad.onnx");
+        onnx::save(&graph, &out).unwrap();
+        let mut shape = vec![2];
+        shape.extend(sample);
+        let x = uniform(&shape, 3);
+        let t = one_hot(&[0, 2], 3);
+        let (px, pt) = (dir.path().join("x.npy"), dir.path().join("t.npy"));
+        write_npy(&px, &x);
+        write_npy(&pt, &t);
+        let mut cmd = python("ort_grad.py");
+        cmd.arg("--fd").arg(&out).arg(&px).arg(&pt).arg(dir.path().join("ort"));
+        let report: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
+        let (err, scale) = (report["max_error"].as_f64().unwrap(), report["scale"].as_f64().unwrap());
+        assert!(scale > 0.0 && err <= 2e-2 * scale + 1e-3, "{name}: {report}");
+    }
 }
 
 #[test]

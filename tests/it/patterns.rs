@@ -4,9 +4,12 @@
 //! and the exports of MobileNet-v3 (HardSigmoid, and HardSwish as x·HardSigmoid(x), in
 //! a squeeze-excitation block), DenseNet (BatchNormalization parameters through
 //! Identity nodes) and ConvNeXt (a decomposed LayerNorm head whose parameters arrive
-//! through Identity nodes, GELU written with Erf). The cut lands where it should,
+//! through Identity nodes, GELU written with Erf), and a decoder's upsampling with
+//! `F.interpolate` (Resize, nearest and bilinear). The cut lands where it should,
 //! `fit` writes a hybrid that onnxruntime runs with nnmend's predictions, and PGD
-//! raises every image's loss through each of them.
+//! raises every image's loss through each of them. A SqueezeNet-like tail, whose
+//! classifier Conv comes before the last pooling, is cut at that Conv's input, and a
+//! tiny vision transformer, which pools nothing, is refused with a pointer to `--at`.
 
 use ndarray::{Array4, ArrayD};
 use rand::{Rng, SeedableRng};
@@ -28,6 +31,10 @@ const REDUCE_MEAN: &[&str] = &[
 ];
 /// The two fixtures that flatten with `view`, the batch read from the features and from the input.
 const VIEW_FLATTEN: &[&str] = &["patterns/view_flatten.onnx", "patterns/view_flatten_input_batch.onnx"];
+/// SqueezeNet-1.1's ending: Conv1x1 → Relu → global average pooling, no weights after it.
+const SQUEEZENET: &str = "patterns/squeezenet_tail.onnx";
+/// A vision transformer in miniature: a patch-embedding Conv, then tokens; no pooling.
+const TINY_VIT: &str = "patterns/tiny_vit.onnx";
 
 /// A fixture built from the pieces of a torchvision architecture, and what its cut
 /// must find.
@@ -79,6 +86,13 @@ const ARCHITECTURES: &[Architecture] = &[
         head_params: 16 + 16 + 16 * 4 + 4,
         features: 16,
     },
+    Architecture {
+        rel: "patterns/upsample_skip.onnx",
+        node: "/GlobalAveragePool",
+        head: &["Flatten", "Gemm"],
+        head_params: 8 * 4 + 4,
+        features: 8,
+    },
 ];
 
 /// The feature dimension at the cut of the pattern fixture `rel`.
@@ -86,6 +100,7 @@ fn feature_dim(rel: &str) -> usize {
     match ARCHITECTURES.iter().find(|a| a.rel == rel) {
         Some(a) => a.features,
         None if rel.contains("view") => 128,
+        None if rel == SQUEEZENET => 16 * 3 * 3,
         None => 16,
     }
 }
@@ -136,7 +151,7 @@ fn global_pooling_written_as_reduce_mean_makes_the_cut() {
 }
 
 #[test]
-fn mobilenet_densenet_and_convnext_patterns_are_cut_at_their_last_pooling() {
+fn mobilenet_densenet_convnext_and_upsampling_patterns_are_cut_at_their_last_pooling() {
     for a in ARCHITECTURES {
         let cut = find_cut(&model(a.rel), None).unwrap_or_else(|e| panic!("{}: {e}", a.rel));
         assert_eq!(cut.rule, CutRule::LastPooling, "{}", a.rel);
@@ -226,10 +241,117 @@ fn inspect_json_names_the_reduce_mean_cut() {
 }
 
 #[test]
+fn a_pooling_with_no_weights_after_it_moves_the_cut_to_the_last_weighted_nodes_input() {
+    let m = model(SQUEEZENET);
+    let cut = find_cut(&m, None).unwrap();
+    assert_eq!(cut.rule, CutRule::EnteringWeightedNode);
+    assert!(cut.fallback());
+    // The classifier Conv is the graph's last Conv; the cut is what enters it (the
+    // last Fire module's Concat), not the class scores the pooling averages.
+    let graph = m.graph.as_ref().unwrap();
+    let classifier = graph.node.iter().rev().find(|n| n.op_type() == "Conv").unwrap();
+    assert_eq!(cut.tensor, classifier.input[0]);
+    assert_eq!(cut.op, "Concat");
+    assert_eq!(ops(&cut.head), ["Conv", "Relu", "GlobalAveragePool", "Flatten"]);
+    assert_eq!(cut.head_params, 16 * 4 + 4);
+    let warning = cut.warning.as_deref().unwrap();
+    for needle in ["GlobalAveragePool", classifier.name(), "no parameters", "--at"] {
+        assert!(warning.contains(needle), "'{needle}' missing from: {warning}");
+    }
+    let (tensor, fallback) = check_features_against_onnxruntime(&fixture(SQUEEZENET), None);
+    assert_eq!((tensor, fallback), (cut.tensor, true));
+}
+
+#[test]
+fn inspect_says_which_rule_chose_the_cut() {
+    let v = json(&run(&["inspect", s(&fixture(SQUEEZENET)), "--json"]));
+    assert_eq!(v["cut"]["rule"], "entering_weighted_node", "{v}");
+    assert_eq!(v["cut"]["fallback"], true, "{v}");
+    assert_eq!(v["cut"]["op"], "Concat", "{v}");
+    assert_eq!(v["cut"]["feature_shape"], serde_json::json!([16, 3, 3]), "{v}");
+    assert_eq!(v["cut"]["feature_dim"], 144, "{v}");
+    assert!(
+        v["cut"]["warning"]
+            .as_str()
+            .unwrap()
+            .contains("the last node with weights"),
+        "{v}"
+    );
+    assert_eq!(
+        v["head"]["nodes"],
+        serde_json::json!(["Conv", "Relu", "GlobalAveragePool", "Flatten"]),
+        "{v}"
+    );
+    assert_eq!(v["head"]["params"], 68, "{v}");
+
+    let text = run(&["inspect", s(&fixture(SQUEEZENET))]);
+    assert!(text.status.success());
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("rule      entering the last weighted node"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(stderr.starts_with("warning: no node with weights follows"), "{stderr}");
+
+    for (rel, rule, words) in [
+        (REDUCE_MEAN[0], "last_pooling", "last pooling"),
+        (VIEW_FLATTEN[0], "flatten_fallback", "flatten→dense head"),
+    ] {
+        let v = json(&run(&["inspect", s(&fixture(rel)), "--json"]));
+        assert_eq!(v["cut"]["rule"], rule, "{rel}: {v}");
+        let text = run(&["inspect", s(&fixture(rel))]);
+        let stdout = String::from_utf8_lossy(&text.stdout);
+        assert!(stdout.contains(&format!("rule      {words}\n")), "{rel}: {stdout}");
+    }
+    // The pooling itself, named by the user: a head with no parameters, as asked.
+    let pooled = "/classifier/classifier.3/GlobalAveragePool_output_0";
+    let v = json(&run(&["inspect", s(&fixture(SQUEEZENET)), "--at", pooled, "--json"]));
+    assert_eq!(v["cut"]["rule"], "user", "{v}");
+    assert_eq!(v["cut"]["fallback"], false, "{v}");
+    assert_eq!(v["cut"]["feature_dim"], 4, "{v}");
+    assert_eq!(v["head"]["params"], 0, "{v}");
+}
+
+#[test]
+fn a_transformer_without_pooling_is_refused_with_a_pointer_to_at() {
+    let m = model(TINY_VIT);
+    let err = find_cut(&m, None).unwrap_err().to_string();
+    assert!(
+        err.contains("neither a pooling layer nor a flatten→dense head") && err.contains("--at"),
+        "{err}"
+    );
+    let tmp = tempdir();
+    let out = tmp.path().join("cut.onnx");
+    fails_with(&run(&["inspect", s(&fixture(TINY_VIT))]), 1, "--at");
+    fails_with(&run(&["cut", s(&fixture(TINY_VIT)), "-o", s(&out)]), 1, "--at");
+    assert!(!out.exists());
+
+    // Named with --at, the class token after the last LayerNorm (the classifier
+    // Gemm's input) is a cut like any other.
+    let graph = m.graph.as_ref().unwrap();
+    let classifier = graph.node.iter().find(|n| n.op_type() == "Gemm").unwrap();
+    let token = &classifier.input[0];
+    let v = json(&run(&[
+        "cut",
+        s(&fixture(TINY_VIT)),
+        "-o",
+        s(&out),
+        "--at",
+        token,
+        "--json",
+    ]));
+    assert_eq!(v["cut"]["rule"], "user", "{v}");
+    assert_eq!(v["cut"]["feature_dim"], 16, "{v}");
+    let cut = find_cut(&m, Some(token)).unwrap();
+    assert_eq!(ops(&cut.head), ["Gemm"]);
+    let (tensor, fallback) = check_features_against_onnxruntime(&fixture(TINY_VIT), Some(token));
+    assert_eq!((tensor.as_str(), fallback), (token.as_str(), false));
+}
+
+#[test]
 fn the_hybrid_of_each_pattern_runs_in_onnxruntime_with_nnmends_predictions() {
     let tmp = tempdir();
     let architectures = ARCHITECTURES.iter().map(|a| a.rel);
-    for rel in REDUCE_MEAN.iter().chain(VIEW_FLATTEN).copied().chain(architectures) {
+    let others = REDUCE_MEAN.iter().chain(VIEW_FLATTEN).chain(&[SQUEEZENET]);
+    for rel in others.copied().chain(architectures) {
         let original = model(rel);
         let train = random_images(&original, 48, 4, 1);
         let fitted = fit(&original, &train, &Tract, &FitSettings::default()).unwrap();

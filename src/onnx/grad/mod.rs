@@ -27,6 +27,7 @@ mod activation;
 mod builder;
 mod norm;
 mod reduce;
+mod resize;
 mod rules;
 mod select;
 mod spatial;

@@ -1,14 +1,18 @@
-//! Vector–Jacobian products of ReduceMean and ReduceMax, over any axes but the batch.
+//! Vector–Jacobian products of ReduceSum, ReduceMean and ReduceMax, over any axes but
+//! the batch.
 //!
 //! With `A` the reduced axes and `|A|` the number of elements each output reduces:
+//! - **ReduceSum.** `y = Σ_A x`, so `∂L/∂x = ∂L/∂y`, broadcast back over `A` by a Mul
+//!   with a constant of ones, full-sized along `A` and 1-sized along the other axes.
 //! - **ReduceMean.** `y = (1/|A|) Σ_A x`, so `∂L/∂x = ∂L/∂y / |A|`, broadcast back
-//!   over `A` by a Mul with a constant that is `1/|A|` along `A` and 1 elsewhere.
+//!   the same way with `1/|A|` in place of the ones.
 //! - **ReduceMax.** `y = max_A x`, so `∂L/∂y` goes to the maximum of each reduced
 //!   block. As for GlobalMaxPool, a tie goes to the first maximum in row-major order
 //!   over `A`: the reduced axes are moved last and merged, ArgMax picks the first
 //!   maximum, and an Equal against the positions `0 … |A|−1` masks the gradient.
 //!
-//! `axes` is an attribute up to opset 17 and a constant input from opset 18;
+//! `axes` is an attribute up to opset 17 (ReduceSum: 12) and a constant input from
+//! opset 18 (ReduceSum: 13);
 //! `keepdims = 0` drops the reduced axes, which the gradient puts back as ones first.
 
 use super::super::proto::NodeProto;
@@ -79,18 +83,26 @@ fn prepare(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Option<Reduction
     Ok(Some(Reduction { shape, axes, dy }))
 }
 
-pub(super) fn reduce_mean(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<Option<String>>, OnnxError> {
+/// ReduceSum (`mean` false) and ReduceMean (`mean` true): `dy` spread back over the
+/// reduced axes, each element's share 1 or `1/|A|`.
+pub(super) fn reduce_sum_or_mean(
+    ctx: &mut Ctx,
+    node: &NodeProto,
+    dy: &str,
+    mean: bool,
+) -> Result<Vec<Option<String>>, OnnxError> {
     let Some(Reduction { shape, axes, dy }) = prepare(ctx, node, dy)? else {
         return Ok(vec![Some(dy.to_string())]);
     };
     let count: usize = axes.iter().map(|&a| shape[a]).product();
-    // 1/|A| along the reduced axes, 1 along the others: the Mul broadcasts dy back.
+    let share = if mean { 1.0 / count as f32 } else { 1.0 };
+    // The share along the reduced axes, 1 along the others: the Mul broadcasts dy back.
     let dims: Vec<usize> = (1..shape.len())
         .map(|a| if axes.contains(&a) { shape[a] } else { 1 })
         .collect();
     let cells: usize = dims.iter().product();
-    let share = ctx.b.f32s("mean_share", &dims, &vec![1.0 / count as f32; cells]);
-    Ok(vec![Some(ctx.b.mul(&dy, &share))])
+    let shares = ctx.b.f32s("reduce_share", &dims, &vec![share; cells]);
+    Ok(vec![Some(ctx.b.mul(&dy, &shares))])
 }
 
 pub(super) fn reduce_max(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Vec<Option<String>>, OnnxError> {

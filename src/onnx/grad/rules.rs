@@ -3,14 +3,14 @@
 //! Each rule receives `dy = ∂L/∂y` for the node's first output and returns
 //! `∂L/∂xᵢ` for each input it can differentiate (`None` for the others: weights,
 //! shapes, indices). Broadcasting is undone by summing over the broadcast axes.
-//! Convolution and pooling live in `spatial`, ReduceMean and ReduceMax in `reduce`,
-//! the other activations in `activation`, LayerNormalization in `norm`, and Split,
-//! Slice and Gather in `select`.
+//! Convolution and pooling live in `spatial`, the reductions in `reduce`, Resize in
+//! `resize`, the other activations in `activation`, LayerNormalization in `norm`, and
+//! Split, Slice and Gather in `select`.
 
 use super::super::proto::NodeProto;
 use super::super::OnnxError;
 use super::builder::{attr_float, attr_int, attr_ints, attr_string, axis, batched, input, output};
-use super::{activation, norm, reduce, select, spatial, unsupported, Ctx, FWD};
+use super::{activation, norm, reduce, resize, select, spatial, unsupported, Ctx, FWD};
 
 /// `∂L/∂xᵢ` for each input of a node, `None` where it has none.
 pub(super) type Grads = Vec<Option<String>>;
@@ -146,12 +146,14 @@ pub fn backward(ctx: &mut Ctx, node: &NodeProto, dys: &[Option<String>]) -> Resu
         "AveragePool" => spatial::average_pool(ctx, node, &dy),
         "GlobalAveragePool" => spatial::global_average_pool(ctx, node, &dy),
         "GlobalMaxPool" => spatial::global_max_pool(ctx, node, &dy),
-        "ReduceMean" => reduce::reduce_mean(ctx, node, &dy),
+        "ReduceSum" => reduce::reduce_sum_or_mean(ctx, node, &dy, false),
+        "ReduceMean" => reduce::reduce_sum_or_mean(ctx, node, &dy, true),
         "ReduceMax" => reduce::reduce_max(ctx, node, &dy),
         "HardSigmoid" | "HardSwish" | "Elu" | "Selu" | "Softplus" | "PRelu" | "Erf" | "Sqrt" | "Pow" => {
             activation::backward(ctx, node, &dy)
         }
         "LayerNormalization" => norm::layer_norm(ctx, node, &dy),
+        "Resize" => resize::resize(ctx, node, &dy),
         "Slice" => select::slice(ctx, node, &dy),
         "Gather" => select::gather(ctx, node, &dy),
         "Expand" => {
@@ -202,8 +204,10 @@ pub const SUPPORTED: &[&str] = &[
     "Pow",
     "ReduceMax",
     "ReduceMean",
+    "ReduceSum",
     "Relu",
     "Reshape",
+    "Resize",
     "Selu",
     "Sigmoid",
     "Slice",
