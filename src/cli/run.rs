@@ -177,6 +177,9 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
     };
     let outcome = experiment::run(&inputs, engine.as_ref(), &settings)
         .with_context(|| format!("running the experiment on {}", args.model.display()))?;
+    if let Some(w) = &outcome.report.cut.warning {
+        warn(w);
+    }
     for r in &outcome.report.repairs {
         match r.status {
             Some(nnmend::repair::Status::Solved) => {}

@@ -314,6 +314,8 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
         cut: report::CutFigures {
             tensor: cut.tensor.clone(),
             feature_dim: f_test.ncols(),
+            rule: cut.rule,
+            warning: cut.warning.clone(),
         },
         fits: fits.into_iter().collect(),
         cells: Vec::new(),

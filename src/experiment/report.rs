@@ -259,6 +259,10 @@ pub struct CutFigures {
     pub tensor: String,
     /// Features D.
     pub feature_dim: usize,
+    /// The rule that chose the cut.
+    pub rule: crate::onnx::cut::CutRule,
+    /// Why the cut fell back from the last pooling output, when it did.
+    pub warning: Option<String>,
 }
 
 /// Everything the experiment measured.

@@ -18,7 +18,7 @@ pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> S
     let _ = writeln!(
         md,
         "Training set: `{}` ({} images). Test set: `{}` ({} images). Cut at `{}` ({} features). \
-         Attack: {}. Repair: {} mode, {} sample(s) per ε. Seed {}.\n",
+         Attack: {}. Repair: {} mode, {} sample(s) per ε. Seed {}.\n{}",
         r.train.source,
         r.train.n,
         r.test.source,
@@ -29,6 +29,10 @@ pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> S
         r.settings["repair"]["mode"].as_str().unwrap_or("?"),
         r.settings["repair"]["samples"],
         r.settings["seed"],
+        r.cut.warning.as_ref().map_or(String::new(), |w| format!(
+            "\n**Cut ({}).** {w}\n",
+            r.cut.rule.describe()
+        )),
     );
     let _ = writeln!(
         md,
