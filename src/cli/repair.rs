@@ -78,6 +78,12 @@ impl From<LpSolver> for MarginSolver {
 /// (docs/RESULTS.md).
 const DEFAULT_EPOCHS: usize = 10;
 
+/// The margin a kernel hybrid's repair samples get after its training, with no guards:
+/// on the validation split, the LP after a kernel head's training cost robust accuracy
+/// whatever it was asked, least with a small margin and without guards, which also
+/// keep its LP small (docs/RESULTS.md).
+const KERNEL_MARGIN: f64 = 0.2;
+
 /// How a head is repaired: the options `repair` and `run` share.
 #[derive(Debug, Args)]
 pub(super) struct RepairOptions {
@@ -85,9 +91,9 @@ pub(super) struct RepairOptions {
     #[arg(long, value_enum, default_value_t = Mode::Margin)]
     pub mode: Mode,
     /// Margin mode: the margin (score of the label minus the best other) wanted for
-    /// every repair sample.
-    #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
-    pub margin: f64,
+    /// every repair sample [default: 1 for a linear hybrid, 0.2 for a kernel hybrid].
+    #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
+    pub margin: Option<f64>,
     /// Margin mode: price of a unit of a repair sample's shortfall.
     #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
     pub slack_price: f64,
@@ -95,9 +101,10 @@ pub(super) struct RepairOptions {
     #[arg(long, default_value_t = 10.0, value_parser = non_negative, allow_negative_numbers = true)]
     pub keep_price: f64,
     /// Margin mode, after head training: price of a unit of a guard's loss of margin
-    /// (the pool's adversarial examples that the trained head classifies right).
-    #[arg(long, default_value_t = 0.5, value_parser = non_negative, allow_negative_numbers = true)]
-    pub guard_price: f64,
+    /// (the pool's adversarial examples that the trained head classifies right)
+    /// [default: 0.5 for a linear hybrid, 0 (no guards) for a kernel hybrid].
+    #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
+    pub guard_price: Option<f64>,
     /// Margin mode: N training images, evenly spaced through them, join the
     /// preservation set (with the repair samples' clean originals).
     #[arg(long, value_name = "N", default_value_t = 1000)]
@@ -131,8 +138,8 @@ pub(super) struct RepairOptions {
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub round_steps: u64,
     /// Before the LPs, train the head against PGD on the pool for N passes (0: none):
-    /// each minibatch is attacked against the head it then updates [default: 10 for a
-    /// linear hybrid in margin mode, else 0].
+    /// each minibatch is attacked against the head it then updates [default: 10 in
+    /// margin mode, else 0].
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
     /// PGD iterations of the training's attacks (a random start, steps of 2.5·ε/N).
@@ -152,14 +159,15 @@ pub(super) struct RepairOptions {
 }
 
 impl RepairOptions {
-    /// The repair's settings, with `threads` threads.
-    pub fn settings(&self, threads: usize) -> Settings {
+    /// The repair's settings for a head of kind `head`, with `threads` threads.
+    pub fn settings(&self, threads: usize, head: HeadKind) -> Settings {
+        let kernel = head == HeadKind::Kernel;
         Settings {
             margin: matches!(self.mode, Mode::Margin).then_some(MarginOptions {
-                margin: self.margin,
+                margin: self.margin.unwrap_or(if kernel { KERNEL_MARGIN } else { 1.0 }),
                 slack_price: self.slack_price,
                 keep_price: self.keep_price,
-                guard_price: self.guard_price,
+                guard_price: self.guard_price.unwrap_or(if kernel { 0.0 } else { 0.5 }),
                 solve: MarginSettings {
                     solver_max_iter: self.lp_max_iter,
                     solver: self.lp_solver.into(),
@@ -177,18 +185,17 @@ impl RepairOptions {
         }
     }
 
-    /// The training's epochs for a head of kind `head`: as given, or the default
-    /// (linear heads in margin mode only: after training a kernel head, the margin LP
-    /// has been found slow and short of fixing its samples).
-    pub fn epochs(&self, head: HeadKind) -> usize {
-        self.epochs.unwrap_or(match (self.mode, head) {
-            (Mode::Margin, HeadKind::Linear) => DEFAULT_EPOCHS,
-            _ => 0,
+    /// The training's epochs: as given, or the default (in margin mode; the paper's LP
+    /// repairs the head as it is).
+    pub fn epochs(&self) -> usize {
+        self.epochs.unwrap_or(match self.mode {
+            Mode::Margin => DEFAULT_EPOCHS,
+            Mode::Paper => 0,
         })
     }
 
     /// The loop's settings at radius `eps`.
-    pub fn rounds(&self, eps: f32, seed: u64, feed: &Feed, head: HeadKind) -> RoundSettings {
+    pub fn rounds(&self, eps: f32, seed: u64, feed: &Feed) -> RoundSettings {
         let steps = self.round_steps as usize;
         RoundSettings {
             rounds: usize::try_from(self.rounds).unwrap_or(usize::MAX),
@@ -207,7 +214,7 @@ impl RepairOptions {
             min_gain: 0.005,
             keep_instances: false,
             train: TrainSettings {
-                epochs: self.epochs(head),
+                epochs: self.epochs(),
                 steps: usize::try_from(self.train_steps).unwrap_or(usize::MAX),
                 eps,
                 learning_rate: self.learning_rate,
@@ -378,7 +385,7 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
         adv = adv.take(usize::try_from(n).unwrap_or(usize::MAX));
     }
     let eps = args.eps.or_else(|| adv.radius());
-    let looped = args.repair.rounds > 1 || args.repair.epochs(found.kind) > 0;
+    let looped = args.repair.rounds > 1 || args.repair.epochs() > 0;
     if eps.is_none() && (looped || (args.test.is_some() && args.pgd_limit > 0)) {
         usage!(
             "{}: its rows have no single eps; give the radius of the head's training, the rounds' attacks and \
@@ -388,9 +395,9 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     }
     let clean = args.data_args.load(&args.train, Split::Train)?;
     let (engine, feed) = args.engine.open(&args.data_args)?;
-    let settings = args.repair.settings(feed.threads);
+    let settings = args.repair.settings(feed.threads, found.kind);
     let mut rounds = match eps {
-        Some(eps) if looped => args.repair.rounds(eps, args.seed, &feed, found.kind),
+        Some(eps) if looped => args.repair.rounds(eps, args.seed, &feed),
         _ => RoundSettings::single(),
     };
     rounds.keep_instances = rounds.rounds > 1 && args.dump_lp.is_some();
@@ -444,4 +451,42 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
         doc.write_text(&mut std::io::stdout().lock())?;
     }
     Ok(verdict(&doc.gates))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{HeadKind, RepairOptions, DEFAULT_EPOCHS, KERNEL_MARGIN};
+
+    #[derive(Debug, Parser)]
+    struct Line {
+        #[command(flatten)]
+        repair: RepairOptions,
+    }
+
+    fn options(args: &[&str]) -> RepairOptions {
+        Line::try_parse_from(std::iter::once("repair").chain(args.iter().copied()))
+            .unwrap()
+            .repair
+    }
+
+    #[test]
+    fn the_defaults_depend_on_the_head_and_the_mode() {
+        let o = options(&[]);
+        assert_eq!(o.epochs(), DEFAULT_EPOCHS);
+        let linear = o.settings(1, HeadKind::Linear).margin.unwrap();
+        assert_eq!((linear.margin, linear.guard_price), (1.0, 0.5));
+        let kernel = o.settings(1, HeadKind::Kernel).margin.unwrap();
+        assert_eq!((kernel.margin, kernel.guard_price), (KERNEL_MARGIN, 0.0));
+        // What is given holds for either head.
+        let o = options(&["--margin", "2", "--guard-price", "3", "--epochs", "4"]);
+        for head in [HeadKind::Linear, HeadKind::Kernel] {
+            let m = o.settings(1, head).margin.unwrap();
+            assert_eq!((m.margin, m.guard_price, o.epochs()), (2.0, 3.0, 4));
+        }
+        let paper = options(&["--mode", "paper"]);
+        assert_eq!(paper.epochs(), 0);
+        assert!(paper.settings(1, HeadKind::Kernel).margin.is_none());
+    }
 }

@@ -239,6 +239,9 @@ fn repair_fixes_a_kernel_hybrid_in_both_modes() {
             s(&data),
             "--mode",
             mode,
+            // The LP on the hybrid's own head (the training before it has its own tests).
+            "--epochs",
+            "0",
             "--preserve",
             "300",
             "--head",
