@@ -28,6 +28,7 @@
 mod dcd;
 pub mod kernel;
 mod newton;
+mod rows;
 
 use std::time::Instant;
 
@@ -37,7 +38,8 @@ use rand_chacha::ChaCha8Rng;
 
 pub use kernel::{KernelError, Nystrom, NystromSettings};
 
-use dcd::{BinarySolution, DenseRows, Rows, Settings, SparseRows};
+use dcd::{BinarySolution, Settings};
+use rows::{DenseRows, Rows, SparseRows};
 
 /// Loss applied to the margin violation 1 − y wᵀx of each sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
