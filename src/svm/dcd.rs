@@ -46,7 +46,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::newton::{Accelerator, DualState, NEWTON_CHECK_EVERY};
 use super::rows::Rows;
-use super::Loss;
+use super::{BinarySolution, Loss, Solver};
 
 /// Settings of one binary solve, shared by all one-vs-rest subproblems.
 pub(crate) struct Settings<'a> {
@@ -73,26 +73,6 @@ impl Settings<'_> {
             Loss::SquaredHinge => (f64::INFINITY, 0.5 / c),
         }
     }
-}
-
-/// Outcome of one binary solve.
-pub(crate) struct BinarySolution {
-    /// Augmented weights `[w, b]`, length d + 1.
-    pub(crate) w: Vec<f64>,
-    /// Outer passes performed.
-    pub(crate) iterations: usize,
-    /// Whether the stopping rule was met on the full (unshrunk) set.
-    pub(crate) converged: bool,
-    /// max PG − min PG over all samples at the returned α.
-    pub(crate) violation: f64,
-    /// Primal objective ½‖w‖² + C Σ ξ_i at the returned w.
-    pub(crate) primal: f64,
-    /// Dual objective eᵀα − ½αᵀQ̄α (maximisation form) at the returned α.
-    pub(crate) dual: f64,
-    /// Number of samples with α_i > 0.
-    pub(crate) support_vectors: usize,
-    /// Subspace Newton steps taken.
-    pub(crate) newton_steps: usize,
 }
 
 /// Projected gradient of coordinate `i` given its gradient and value.
@@ -248,12 +228,16 @@ pub(crate) fn solve<R: Rows>(
     let dual = alpha_sum - 0.5 * w_sq - 0.5 * shift * alpha_sq;
     BinarySolution {
         w,
+        solver: Solver::Dual,
         iterations,
         converged,
         violation: pg_hi - pg_lo,
+        threshold: s.tol,
         primal,
         dual,
         support_vectors,
         newton_steps: accel.steps,
+        cg_iterations: 0,
+        switched_after: None,
     }
 }

@@ -17,6 +17,9 @@ pub(crate) trait Rows: Sync {
     fn dot(&self, i: usize, w: &[f64]) -> f64;
     /// `w += a · x_i` over the first `d` entries of `w`.
     fn axpy(&self, i: usize, a: f64, w: &mut [f64]);
+    /// `w += a · x_i` and `q += b · x_i²` (elementwise) over the first `d` entries, in
+    /// one read of the row: the primal solver's gradient and Hessian diagonal.
+    fn axpy_sq(&self, i: usize, a: f64, b: f64, w: &mut [f64], q: &mut [f64]);
     /// Cost of one dot product or axpy with row `i`, in units of one
     /// gathered sparse multiply-add (the unit of the Newton cost model).
     fn cost(&self, i: usize) -> f64;
@@ -86,6 +89,14 @@ impl Rows for DenseRows<'_> {
             *wj += a * f64::from(xj);
         }
     }
+    fn axpy_sq(&self, i: usize, a: f64, b: f64, w: &mut [f64], q: &mut [f64]) {
+        let x = self.row(i);
+        for ((wj, qj), &xj) in w[..self.d].iter_mut().zip(&mut q[..self.d]).zip(x) {
+            let v = f64::from(xj);
+            *wj += a * v;
+            *qj += b * v * v;
+        }
+    }
     fn for_each_nonzero(&self, i: usize, f: &mut dyn FnMut(usize, f64)) {
         for (j, &v) in self.row(i).iter().enumerate() {
             f(j, f64::from(v));
@@ -142,6 +153,13 @@ impl Rows for SparseRows {
     fn axpy(&self, i: usize, a: f64, w: &mut [f64]) {
         for &(j, v) in self.row(i) {
             w[j as usize] += a * f64::from(v);
+        }
+    }
+    fn axpy_sq(&self, i: usize, a: f64, b: f64, w: &mut [f64], q: &mut [f64]) {
+        for &(j, v) in self.row(i) {
+            let v = f64::from(v);
+            w[j as usize] += a * v;
+            q[j as usize] += b * v * v;
         }
     }
     fn for_each_nonzero(&self, i: usize, f: &mut dyn FnMut(usize, f64)) {

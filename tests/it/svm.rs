@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::common::*;
 use nnmend::data::{self, Layout, LoadOptions, Preprocess, Split};
-use nnmend::svm::{self, Loss, SvmParams};
+use nnmend::svm::{self, Loss, SolverChoice, SvmParams};
 
 fn reference(name: &str) -> Value {
     let path = fixture(&format!("reference/{name}"));
@@ -39,13 +39,32 @@ fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
     predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len() as f64
 }
 
+/// The squared hinge is checked with both solvers, the hinge with the dual.
 fn check(name: &str, reference: &Value, train: (&Array2<f32>, &[usize]), test: (&Array2<f32>, &[usize]), loss: Loss) {
+    let solvers: &[SolverChoice] = match loss {
+        Loss::SquaredHinge => &[SolverChoice::Dual, SolverChoice::Primal],
+        Loss::Hinge => &[SolverChoice::Dual],
+    };
+    for &solver in solvers {
+        check_with(&format!("{name} ({solver:?})"), reference, train, test, loss, solver);
+    }
+}
+
+fn check_with(
+    name: &str,
+    reference: &Value,
+    train: (&Array2<f32>, &[usize]),
+    test: (&Array2<f32>, &[usize]),
+    loss: Loss,
+    solver: SolverChoice,
+) {
     let params = SvmParams {
         c: reference["C"].as_f64().unwrap(),
         loss,
         tol: 1e-5,
         max_iter: 100_000,
-        seed: 0,
+        solver,
+        ..Default::default()
     };
     let (model, report) = svm::fit(train.0.view(), train.1, 10, &params).unwrap();
     assert!(report.converged(), "{name}: did not converge");
