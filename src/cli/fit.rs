@@ -76,8 +76,9 @@ fn holdout(s: &str) -> Result<f64, String> {
 /// The SVM's solver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SolverArg {
-    /// The primal for the squared hinge when the training images outnumber the
-    /// features; otherwise the dual, handing over to the primal when it stalls.
+    /// The primal for the squared hinge when there are at least twice as many
+    /// training images as features; otherwise the dual, handing over to the primal
+    /// when it stalls.
     Auto,
     /// Trust-region Newton on the primal (squared hinge only), as LinearSVC(dual=False).
     Primal,

@@ -20,9 +20,10 @@
 //!
 //! Each outer iteration approximately minimises the quadratic model
 //! q(s) = ∇fᵀs + ½ sᵀHs inside the trust region ‖s‖_M ≤ Δ by Steihaug's conjugate
-//! gradients, preconditioned by the diagonal M = diag(H) (Hsia, Chiang & Lin 2018): CG
-//! runs on M^{-½} H M^{-½} and stops when its residual falls to 0.1 ‖M^{-½}∇f‖, on
-//! the boundary, or along a direction of non-positive curvature. The step is accepted
+//! gradients: CG runs on M^{-½} H M^{-½} and stops when its residual falls to
+//! 0.1 ‖M^{-½}∇f‖, on the boundary, or along a direction of non-positive curvature.
+//! M is the identity, as in the TRON paper, or optionally the diagonal of H (Hsia,
+//! Chiang & Lin 2018; see `FitOptions::precondition` for why it is not the default). The step is accepted
 //! when the actual reduction of f is at least η₀ times the predicted one, and Δ is
 //! updated by the rules of Lin & Moré (1999) that the TRON paper states (η₀ = 10⁻⁴,
 //! η₁ = 0.25, η₂ = 0.75; σ₁ = 0.25, σ₂ = 0.5, σ₃ = 4).
