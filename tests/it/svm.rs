@@ -169,8 +169,11 @@ fn features_equal_the_recorded_onnxruntime_values() {
     }
 }
 
+/// Feature rows and their labels.
+type Labelled = (Array2<f32>, Vec<usize>);
+
 /// `fixtures/svm-overlap.npz`: train and test features and labels.
-fn overlap() -> ((Array2<f32>, Vec<usize>), (Array2<f32>, Vec<usize>)) {
+fn overlap() -> (Labelled, Labelled) {
     use ndarray_npy::NpzReader;
     let path = fixture("svm-overlap.npz");
     let mut npz = NpzReader::new(std::fs::File::open(&path).unwrap()).unwrap();
