@@ -19,7 +19,7 @@ use crate::features::{argmax_rows, collect, Accuracy, Feed};
 use crate::head::Head;
 use crate::onnx::surgery::{extractor, hybrid, kernel_hybrid, set_metadata, KernelMap};
 use crate::onnx::{find_cut, Cut, ModelProto};
-use crate::svm::{self, FitReport, LinearSvm, Nystrom, NystromSettings, SvmParams};
+use crate::svm::{self, FitReport, LinearSvm, Nystrom, NystromSettings, SvmParams, Tuning};
 
 /// Training data a head cannot be fitted on.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +84,12 @@ pub enum FitError {
 pub struct FitSettings {
     /// Cut at this tensor instead of the last pooling output.
     pub at: Option<String>,
-    /// The SVM's settings (C, loss, tolerance, seed).
+    /// The SVM's settings (C, loss, tolerance, seed, solver).
     pub svm: SvmParams,
+    /// The choice of C on a validation split and the standardisation of what the SVM
+    /// reads (the features, or a kernel head's Nyström features), folded into the
+    /// written Gemm.
+    pub tuning: Tuning,
     /// How images are fed to the extractor.
     pub feed: Feed,
     /// The kernel hybrid's Nyström map; `None` fits the linear hybrid.
@@ -188,7 +192,7 @@ pub fn fit_on_features(
                 head.linear.weights.view(),
                 head.linear.bias.view(),
             )?;
-            set_provenance(&mut out, KERNEL_HEAD, cut, train, settings);
+            set_provenance(&mut out, KERNEL_HEAD, cut, train, settings, &report);
             let seed = settings.kernel.as_ref().map_or(0, |k| k.seed);
             for (key, value) in [
                 ("nnmend.kernel", "rbf".to_string()),
@@ -204,7 +208,7 @@ pub fn fit_on_features(
         }
         None => {
             let mut out = hybrid(model, cut, head.linear.weights.view(), head.linear.bias.view())?;
-            set_provenance(&mut out, "linear-svm", cut, train, settings);
+            set_provenance(&mut out, "linear-svm", cut, train, settings, &report);
             out
         }
     };
@@ -300,7 +304,12 @@ fn fit_svm(
     settings: &FitSettings,
 ) -> Result<(LinearSvm, FitReport)> {
     let spinner = crate::progress::spinner("svm", settings.feed.progress);
-    let fitted = svm::fit(x, labels, n_classes, &settings.svm);
+    // The SVM's classes are shared out among as many workers as the extraction's.
+    let params = SvmParams {
+        threads: settings.svm.threads.or(Some(settings.feed.threads)),
+        ..settings.svm.clone()
+    };
+    let fitted = svm::train(x, labels, n_classes, &params, &settings.tuning);
     spinner.finish_and_clear();
     Ok(fitted?)
 }
@@ -309,12 +318,28 @@ fn missing(counts: &[usize]) -> Vec<usize> {
     (0..counts.len()).filter(|&c| counts[c] == 0).collect()
 }
 
-fn set_provenance(out: &mut ModelProto, head: &str, cut: &Cut, train: &Dataset, settings: &FitSettings) {
+fn set_provenance(
+    out: &mut ModelProto,
+    head: &str,
+    cut: &Cut,
+    train: &Dataset,
+    settings: &FitSettings,
+    report: &FitReport,
+) {
     set_metadata(out, "nnmend.version", crate::provenance::VERSION);
     set_metadata(out, "nnmend.commit", crate::provenance::COMMIT);
     set_metadata(out, "nnmend.head", head);
-    set_metadata(out, "nnmend.svm.c", &settings.svm.c.to_string());
+    set_metadata(out, "nnmend.svm.c", &report.c.to_string());
     set_metadata(out, "nnmend.svm.loss", &format!("{:?}", settings.svm.loss));
+    if let Some(solver) = report.solver() {
+        set_metadata(out, "nnmend.svm.solver", solver.name());
+    }
+    if let Some(selection) = &report.selection {
+        set_metadata(out, "nnmend.svm.c.holdout", &selection.holdout.to_string());
+    }
+    if report.scaling.is_some() {
+        set_metadata(out, "nnmend.svm.standardised", "true");
+    }
     set_metadata(out, "nnmend.cut.tensor", &cut.tensor);
     set_metadata(out, "nnmend.train.samples", &train.len().to_string());
     set_metadata(out, "nnmend.train.fingerprint", &train.fingerprint());

@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use nnmend::data::Split;
 use nnmend::doc::FitDoc;
 use nnmend::hybrid::{evaluate, fit as fit_hybrid, FitSettings};
-use nnmend::svm::{Loss, NystromSettings, SvmParams};
+use nnmend::svm::{CSearch, Loss, NystromSettings, SolverChoice, SvmParams, Tuning};
 
 use super::{load_model, positive, print_json, save_model, usage, warn, DataArgs, EngineArgs, Global};
 
@@ -34,6 +34,124 @@ enum LossArg {
     Hinge,
 }
 
+/// C as the command line gives it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CArg {
+    /// This C.
+    Value(f64),
+    /// Chosen on a validation split.
+    Auto,
+}
+
+fn parse_c(s: &str) -> Result<CArg, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(CArg::Auto);
+    }
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(CArg::Value(v)),
+        _ => Err(format!(
+            "--c must be a positive number, got {s} (or 'auto' to choose C on a validation split)"
+        )),
+    }
+}
+
+/// Parses one candidate of --c-grid.
+fn grid_value(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("every C of --c-grid must be a positive number, got {s}")),
+    }
+}
+
+/// Parses the held-out share, in (0, 1).
+fn holdout(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => Err(format!(
+            "--holdout must be a share between 0 and 1 (exclusive), got {s}"
+        )),
+    }
+}
+
+/// The SVM's solver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SolverArg {
+    /// The primal for the squared hinge when there are at least twice as many
+    /// training images as features; otherwise the dual, handing over to the primal
+    /// when it stalls.
+    Auto,
+    /// Trust-region Newton on the primal (squared hinge only), as LinearSVC(dual=False).
+    Primal,
+    /// Coordinate descent on the dual, as LinearSVC(dual=True).
+    Dual,
+}
+
+/// The SVM options `fit` and `run` share: C or its choice, standardisation, solver.
+#[derive(Debug, Args)]
+pub struct SvmArgs {
+    /// SVM regularisation constant C > 0, or `auto`: chosen on a validation split of
+    /// the training images over --c-grid, then refitted on all of them.
+    #[arg(long, value_name = "C|auto", default_value = "1", value_parser = parse_c)]
+    c: CArg,
+    /// With --c auto: the candidates, comma-separated [default: 0.001,0.01,0.1,1,10].
+    #[arg(long, value_name = "C1,C2,…", value_delimiter = ',', value_parser = grid_value)]
+    c_grid: Option<Vec<f64>>,
+    /// With --c auto: the share of each class held out for validation [default: 0.2].
+    #[arg(long, value_name = "F", value_parser = holdout)]
+    holdout: Option<f64>,
+    /// Standardise what the SVM reads (mean 0, variance 1 per feature over the
+    /// training images); folded into the written Gemm, so the hybrid reads the
+    /// features as they are.
+    #[arg(long)]
+    scale: bool,
+    /// The SVM solver.
+    #[arg(long, value_enum, default_value_t = SolverArg::Auto)]
+    solver: SolverArg,
+}
+
+impl SvmArgs {
+    /// C for the SVM's parameters (with `auto`, a placeholder the search replaces).
+    pub fn c(&self) -> f64 {
+        match self.c {
+            CArg::Value(c) => c,
+            CArg::Auto => 1.0,
+        }
+    }
+
+    /// The solver asked for.
+    pub fn solver(&self) -> SolverChoice {
+        match self.solver {
+            SolverArg::Auto => SolverChoice::Auto,
+            SolverArg::Primal => SolverChoice::Primal,
+            SolverArg::Dual => SolverChoice::Dual,
+        }
+    }
+
+    /// The search for C and the standardisation; refuses search options without
+    /// `--c auto`.
+    pub fn tuning(&self) -> Result<Tuning> {
+        let search = match self.c {
+            CArg::Auto => {
+                let default = CSearch::default();
+                Some(CSearch {
+                    grid: self.c_grid.clone().unwrap_or(default.grid),
+                    holdout: self.holdout.unwrap_or(default.holdout),
+                })
+            }
+            CArg::Value(_) => {
+                if self.c_grid.is_some() || self.holdout.is_some() {
+                    usage!("--c-grid and --holdout shape the search for C: use them with --c auto");
+                }
+                None
+            }
+        };
+        Ok(Tuning {
+            search,
+            scale: self.scale,
+        })
+    }
+}
+
 /// Arguments of `nnmend fit`.
 #[derive(Debug, Args)]
 pub struct FitArgs {
@@ -51,16 +169,16 @@ pub struct FitArgs {
     /// Cut at this tensor instead of the last pooling output.
     #[arg(long, value_name = "TENSOR")]
     at: Option<String>,
-    /// SVM regularisation constant C.
-    #[arg(long, default_value_t = 1.0)]
-    c: f64,
+    #[command(flatten)]
+    svm: SvmArgs,
     /// SVM loss.
     #[arg(long, value_enum, default_value_t = LossArg::SquaredHinge)]
     loss: LossArg,
-    /// Stopping tolerance on the dual's projected-gradient violation.
+    /// Stopping tolerance ε: the dual's projected-gradient spread; for the primal,
+    /// ‖∇f‖ ≤ ε · max(min(#pos, #neg), 1) / n · ‖∇f(0)‖ (as LinearSVC's tol).
     #[arg(long, default_value_t = 1e-4)]
     tol: f64,
-    /// Most passes over the data per class.
+    /// Most passes over the data (dual) or Newton iterations (primal) per class.
     #[arg(long, default_value_t = 1000)]
     max_iter: usize,
     /// Seed of the solver's sample order (and of the landmark draw with --head kernel).
@@ -88,9 +206,10 @@ pub struct FitArgs {
 
 /// Runs `nnmend fit`.
 pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
-    if args.c <= 0.0 || !args.c.is_finite() {
-        super::usage!("--c must be a positive number, got {}", args.c);
+    if args.svm.solver == SolverArg::Primal && matches!(args.loss, LossArg::Hinge) {
+        usage!("--solver primal needs --loss squared-hinge: the hinge loss is solved in the dual");
     }
+    let tuning = args.svm.tuning()?;
     if args.head == HeadArg::Linear && (args.landmarks.is_some() || args.gamma.is_some()) {
         usage!("--landmarks and --gamma shape the kernel head: use them with --head kernel");
     }
@@ -111,7 +230,7 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
     let settings = FitSettings {
         at: args.at.clone(),
         svm: SvmParams {
-            c: args.c,
+            c: args.svm.c(),
             loss: match args.loss {
                 LossArg::SquaredHinge => Loss::SquaredHinge,
                 LossArg::Hinge => Loss::Hinge,
@@ -119,7 +238,10 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
             tol: args.tol,
             max_iter: args.max_iter,
             seed: args.seed,
+            solver: args.svm.solver(),
+            threads: None,
         },
+        tuning,
         feed: feed.clone(),
         kernel: kernel.clone(),
     };
@@ -147,14 +269,22 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
         ));
     }
     let r = &fitted.report;
-    if !r.converged() {
+    if let Some(worst) = r.worst_violation().filter(|_| !r.converged()) {
+        let advice = if worst.solver == nnmend::svm::Solver::Dual && !matches!(args.loss, LossArg::Hinge) {
+            "raise --max-iter, try --solver primal, or lower --c"
+        } else {
+            "raise --max-iter, or lower --c"
+        };
         warn(&format!(
-            "the SVM solver stopped at --max-iter {} before reaching --tol {} (largest violation left: {:.3e}); \
-             the head is usable but not optimal: raise --max-iter, or lower --c for features that are far from \
-             linearly separable",
+            "the SVM's {} solver stopped at --max-iter {} before reaching --tol {} (class {}: {} {:.3e} against \
+             {:.3e}); the head is usable but not optimal: {advice} for features that are far from linearly separable",
+            worst.solver.name(),
             args.max_iter,
             args.tol,
-            r.classes.iter().map(|c| c.violation).fold(0.0, f64::max)
+            worst.class,
+            worst.solver.measure().replace('_', " "),
+            worst.violation,
+            worst.threshold,
         ));
     }
     let test_acc = match &test {
@@ -187,12 +317,30 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
             map.nystrom.dim()
         )?;
     }
+    if let Some(sel) = &r.selection {
+        writeln!(
+            out,
+            "C chosen on {} held-out images ({} fitted):",
+            sel.n_validation, sel.n_fit
+        )?;
+        for p in &sel.curve {
+            writeln!(
+                out,
+                "  C = {:<8} validation accuracy {:.4}{}",
+                p.c,
+                p.validation_accuracy,
+                if p.c == sel.chosen { "  <- chosen" } else { "" }
+            )?;
+        }
+    }
     writeln!(
         out,
-        "features of {} images in {:.2} s; SVM (C = {}) fitted in {:.2} s, objective {:.6}, {}",
+        "features of {} images in {:.2} s; SVM (C = {}{}, {} solver) fitted in {:.2} s, objective {:.6}, {}",
         fitted.n_train,
         fitted.extract_seconds,
-        args.c,
+        r.c,
+        if r.scaling.is_some() { ", standardised" } else { "" },
+        r.solver().map_or("primal and dual", |s| s.name()),
         r.seconds,
         r.objective(),
         if r.converged() { "converged" } else { "NOT converged" }

@@ -193,7 +193,8 @@ struct EngineArgs {
     /// Images per engine run.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     batch: u64,
-    /// Threads running batches side by side [default: one per CPU core].
+    /// Threads running batches (and the SVM's classes) side by side [default: one per
+    /// CPU core].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
     /// ONNX Runtime's intra-op threads per run (ort backends; tract runs on one).

@@ -20,6 +20,7 @@ use nnmend::hybrid::FitSettings;
 use nnmend::report::{folder, ReportError};
 use nnmend::svm::{NystromSettings, SvmParams};
 
+use super::fit::SvmArgs;
 use super::gate::{verdict, GateArgs};
 use super::repair::RepairOptions;
 use super::{load_model, print_json, unit_interval, usage, warn, DataArgs, EngineArgs, Global};
@@ -70,9 +71,8 @@ pub struct RunArgs {
     /// Leave the kernel hybrid (KH) out.
     #[arg(long, conflicts_with_all = ["landmarks", "gamma"])]
     no_kernel: bool,
-    /// SVM regularisation constant C.
-    #[arg(long, default_value_t = 1.0)]
-    c: f64,
+    #[command(flatten)]
+    svm: SvmArgs,
     /// Seed of everything random (attack starts, the choice of repair samples, the SVM's order).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -115,6 +115,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         other => other?,
     }
     args.gates.refuse_unmeasured_robustness(args.pgd_limit)?;
+    let tuning = args.svm.tuning()?;
     let model = load_model(&args.model)?;
     let mut train = args.data_args.load(&args.train, Split::Train)?;
     let mut test = args.data_args.load(&args.test, Split::Test)?;
@@ -140,10 +141,12 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         fit: FitSettings {
             at: None,
             svm: SvmParams {
-                c: args.c,
+                c: args.svm.c(),
                 seed: args.seed,
+                solver: args.svm.solver(),
                 ..Default::default()
             },
+            tuning,
             feed: feed.clone(),
             kernel: None,
         },

@@ -8,6 +8,7 @@ use crate::features::Accuracy;
 use crate::head::HeadKind;
 use crate::hybrid::{FitSettings, Fitted};
 use crate::onnx::Cut;
+use crate::svm::{FitReport, Selection, Solver, SolverChoice, SvmParams};
 
 /// The kernel head's Nyström map.
 #[derive(Debug, Clone, Serialize)]
@@ -61,37 +62,110 @@ impl CutDoc {
 pub struct SvmClassDoc {
     /// The class.
     pub class: usize,
-    /// Passes over the data.
+    /// The solver that produced its weights: `primal` or `dual`.
+    pub solver: Solver,
+    /// Iterations of that solver: passes over the data (dual), Newton iterations
+    /// (primal).
     pub iterations: usize,
     /// Whether the stopping rule was met.
     pub converged: bool,
-    /// The final projected-gradient spread.
+    /// What `violation` measures: `projected_gradient_spread` (dual) or
+    /// `relative_gradient_norm` (primal, ‖∇f‖ / ‖∇f(0)‖).
+    pub measure: &'static str,
+    /// The stopping measure at the returned weights.
     pub violation: f64,
+    /// What `violation` is compared with.
+    pub threshold: f64,
     /// Primal objective.
     pub primal: f64,
-    /// Dual objective.
+    /// Dual objective (for the primal solver, at the dual point its weights map to).
     pub dual: f64,
+    /// The duality gap, `primal - dual`.
+    pub gap: f64,
     /// Samples with α > 0.
     pub support_vectors: usize,
+    /// Conjugate-gradient iterations of the primal solver.
+    pub cg_iterations: usize,
+    /// Dual passes before the automatic choice handed over to the primal (`null`
+    /// when one solver ran alone).
+    pub switched_after: Option<usize>,
 }
 
 /// The SVM's fit.
 #[derive(Debug, Clone, Serialize)]
 pub struct SvmDoc {
-    /// C.
+    /// C of the written head (the chosen one with `--c auto`).
     pub c: f64,
     /// The loss.
     pub loss: String,
+    /// The solver asked for: `auto`, `primal` or `dual`.
+    pub solver_choice: &'static str,
+    /// The solver that ran: `primal`, `dual`, or `mixed` when the automatic choice
+    /// handed some classes over to the primal.
+    pub solver: &'static str,
     /// Σ of the classes' primal objectives.
     pub objective: f64,
     /// Whether every class converged.
     pub converged: bool,
     /// The largest duality gap.
     pub max_gap: f64,
-    /// Seconds.
+    /// The largest relative gradient norm ‖∇f‖ / ‖∇f(0)‖ over the classes the primal
+    /// solved (`null` when none).
+    pub max_relative_gradient: Option<f64>,
+    /// Whether the features were standardised (folded into the written Gemm).
+    pub standardised: bool,
+    /// Features constant over the training set, with `standardised`.
+    pub constant_features: Option<usize>,
+    /// The search for C with `--c auto`: the chosen C, the split and the validation
+    /// curve (`null` otherwise).
+    pub c_selection: Option<Selection>,
+    /// Seconds (with `--c auto`, the search included).
     pub seconds: f64,
     /// Per class.
     pub classes: Vec<SvmClassDoc>,
+}
+
+impl SvmDoc {
+    /// The document of a fit with `params` that reported `r`.
+    pub fn new(params: &SvmParams, r: &FitReport) -> Self {
+        Self {
+            c: r.c,
+            loss: format!("{:?}", params.loss),
+            solver_choice: match params.solver {
+                SolverChoice::Auto => "auto",
+                SolverChoice::Primal => "primal",
+                SolverChoice::Dual => "dual",
+            },
+            solver: r.solver().map_or("mixed", Solver::name),
+            objective: r.objective(),
+            converged: r.converged(),
+            max_gap: r.max_gap(),
+            max_relative_gradient: r.max_relative_gradient(),
+            standardised: r.scaling.is_some(),
+            constant_features: r.scaling.as_ref().map(|s| s.constant_features),
+            c_selection: r.selection.clone(),
+            seconds: r.seconds,
+            classes: r
+                .classes
+                .iter()
+                .map(|c| SvmClassDoc {
+                    class: c.class,
+                    solver: c.solver,
+                    iterations: c.iterations,
+                    converged: c.converged,
+                    measure: c.solver.measure(),
+                    violation: c.violation,
+                    threshold: c.threshold,
+                    primal: c.primal,
+                    dual: c.dual,
+                    gap: c.gap(),
+                    support_vectors: c.support_vectors,
+                    cg_iterations: c.cg_iterations,
+                    switched_after: c.switched_after,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `fit --json`.
@@ -146,27 +220,7 @@ impl FitDoc {
             train_accuracy: fitted.train_accuracy,
             test,
             extract_seconds: fitted.extract_seconds,
-            svm: SvmDoc {
-                c: settings.svm.c,
-                loss: format!("{:?}", settings.svm.loss),
-                objective: r.objective(),
-                converged: r.converged(),
-                max_gap: r.max_gap(),
-                seconds: r.seconds,
-                classes: r
-                    .classes
-                    .iter()
-                    .map(|c| SvmClassDoc {
-                        class: c.class,
-                        iterations: c.iterations,
-                        converged: c.converged,
-                        violation: c.violation,
-                        primal: c.primal,
-                        dual: c.dual,
-                        support_vectors: c.support_vectors,
-                    })
-                    .collect(),
-            },
+            svm: SvmDoc::new(&settings.svm, r),
         }
     }
 }

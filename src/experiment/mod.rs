@@ -174,7 +174,16 @@ fn settings_json(settings: &Settings) -> serde_json::Value {
             "random_start": pgd.then_some(a.random_start),
             "early_stop": pgd.then_some(a.early_stop),
         },
-        "svm": {"c": svm.c, "loss": format!("{:?}", svm.loss), "tol": svm.tol, "max_iter": svm.max_iter},
+        "svm": {
+            "c": if settings.fit.tuning.search.is_some() { serde_json::json!("auto") } else { serde_json::json!(svm.c) },
+            "c_grid": settings.fit.tuning.search.as_ref().map(|s| s.grid.clone()),
+            "holdout": settings.fit.tuning.search.as_ref().map(|s| s.holdout),
+            "scale": settings.fit.tuning.scale,
+            "solver": format!("{:?}", svm.solver).to_lowercase(),
+            "loss": format!("{:?}", svm.loss),
+            "tol": svm.tol,
+            "max_iter": svm.max_iter,
+        },
         "repair": {
             "mode": settings.repair.mode(),
             "samples": settings.repair_samples,
@@ -200,11 +209,17 @@ fn settings_json(settings: &Settings) -> serde_json::Value {
 
 /// The report's figures of a fit that started at `started`.
 fn figures(fitted: &Fitted, started: Instant) -> report::FitFigures {
+    let r = &fitted.report;
     report::FitFigures {
         train_accuracy: fitted.train_accuracy,
-        converged: fitted.report.converged(),
-        objective: fitted.report.objective(),
+        converged: r.converged(),
+        objective: r.objective(),
         seconds: started.elapsed().as_secs_f64(),
+        c: r.c,
+        solver: r.solver().map_or("mixed", |s| s.name()),
+        max_gap: r.max_gap(),
+        standardised: r.scaling.is_some(),
+        c_selection: r.selection.clone(),
     }
 }
 

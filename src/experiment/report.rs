@@ -129,6 +129,16 @@ pub struct FitFigures {
     pub objective: f64,
     /// Seconds.
     pub seconds: f64,
+    /// The SVM's C (the chosen one with `--c auto`).
+    pub c: f64,
+    /// The solver that ran: `primal`, `dual`, or `mixed`.
+    pub solver: &'static str,
+    /// The largest per-class duality gap.
+    pub max_gap: f64,
+    /// Whether the SVM read standardised features (folded into the head).
+    pub standardised: bool,
+    /// The search for C with `--c auto` (`null` otherwise).
+    pub c_selection: Option<crate::svm::Selection>,
 }
 
 /// One attack at one ε.

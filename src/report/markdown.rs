@@ -123,6 +123,7 @@ pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> S
             rate(Model::RLH)
         );
     }
+    heads(&mut md, r);
     if !figures.is_empty() {
         let _ = writeln!(md, "\n## Figures\n");
         for (caption, file) in figures {
@@ -150,6 +151,48 @@ pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> S
         r.versions.get("clarabel").map_or("?", String::as_str),
     );
     md
+}
+
+/// How each hybrid's SVM was fitted, and the validation curve of a search for C.
+fn heads(md: &mut String, r: &Report) {
+    if r.fits.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## SVM heads\n\n| model | C | features | solver | converged | objective | train accuracy (%) |\n| --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for (model, f) in &r.fits {
+        let _ = writeln!(
+            md,
+            "| {model} | {}{} | {} | {} | {} | {:.6} | {:.2} |",
+            f.c,
+            if f.c_selection.is_some() { " (chosen)" } else { "" },
+            if f.standardised { "standardised" } else { "as extracted" },
+            f.solver,
+            if f.converged { "yes" } else { "no" },
+            f.objective,
+            100.0 * f.train_accuracy,
+        );
+    }
+    for (model, f) in &r.fits {
+        let Some(sel) = &f.c_selection else { continue };
+        let _ = writeln!(
+            md,
+            "\nC of {model}, chosen on {} held-out training images (fitted on {}):\n\n| C | validation accuracy (%) | converged |\n| --- | --- | --- |",
+            sel.n_validation, sel.n_fit
+        );
+        for p in &sel.curve {
+            let _ = writeln!(
+                md,
+                "| {}{} | {:.2} | {} |",
+                p.c,
+                if p.c == sel.chosen { " (chosen)" } else { "" },
+                100.0 * p.validation_accuracy,
+                if p.converged { "yes" } else { "no" },
+            );
+        }
+    }
 }
 
 /// The robust accuracy of every model at every ε, the headline of each repair, and

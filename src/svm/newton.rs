@@ -9,7 +9,7 @@
 //! rest re-solved. The step is projected onto the box and halved until the exact change
 //! of the dual is negative, so it never increases and α stays feasible.
 
-use super::dcd::Rows;
+use super::rows::Rows;
 
 /// Passes between two looks at the Newton subspace; the free set must also
 /// be nearly unchanged between two looks, i.e. over this many passes.

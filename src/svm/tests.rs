@@ -24,6 +24,7 @@ fn blobs(n: usize, d: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
     (x, y)
 }
 
+/// Dual coordinate descent with these settings (the primal has tests of its own).
 fn params(loss: Loss, c: f64, tol: f64) -> SvmParams {
     SvmParams {
         c,
@@ -31,6 +32,8 @@ fn params(loss: Loss, c: f64, tol: f64) -> SvmParams {
         tol,
         max_iter: 100_000,
         seed: 7,
+        solver: SolverChoice::Dual,
+        threads: None,
     }
 }
 
@@ -60,6 +63,7 @@ fn defaults_match_documentation() {
     assert_eq!(p.tol, 1e-4);
     assert_eq!(p.max_iter, 1000);
     assert_eq!(p.seed, 0);
+    assert_eq!(p.solver, SolverChoice::Auto);
 }
 
 /// x = (1, 0) in class 0 and (−1, 0) in class 1. With the hinge loss
@@ -294,6 +298,7 @@ fn hitting_max_iter_is_reported_not_an_error() -> TestResult {
     let p = SvmParams {
         max_iter: 2,
         tol: 1e-12,
+        solver: SolverChoice::Dual,
         ..SvmParams::default()
     };
     let (_, r) = fit(x.view(), &y, 3, &p)?;

@@ -271,3 +271,97 @@ fn a_training_set_of_one_class_is_refused_and_missing_classes_are_named() {
     assert!(stderr.contains("no training image of class(es) [6, 7, 8]"), "{stderr}");
     assert!(out.exists());
 }
+
+/// `fit --c auto --scale --json` says which C won on the validation split, with the
+/// curve, which solver ran and its convergence measure; the hybrid records the chosen C.
+#[test]
+fn fit_chooses_c_on_a_validation_split_and_reports_it() {
+    let tmp = tempdir();
+    let model = fixture("tiny_cnn.onnx");
+    let data = fixture("mnist-small");
+    let hybrid = tmp.path().join("hybrid.onnx");
+    let v = json(&run(&[
+        "fit",
+        s(&model),
+        "--train",
+        s(&data),
+        "--limit",
+        "400",
+        "-o",
+        s(&hybrid),
+        "--c",
+        "auto",
+        "--c-grid",
+        "1,0.01,0.1",
+        "--holdout",
+        "0.25",
+        "--scale",
+        "--json",
+    ]));
+    let svm = &v["svm"];
+    let sel = &svm["c_selection"];
+    let curve = sel["curve"].as_array().unwrap();
+    let cs: Vec<f64> = curve.iter().map(|p| p["c"].as_f64().unwrap()).collect();
+    assert_eq!(cs, [0.01, 0.1, 1.0]);
+    assert_eq!(
+        sel["n_validation"].as_u64().unwrap() + sel["n_fit"].as_u64().unwrap(),
+        400
+    );
+    let best = curve
+        .iter()
+        .map(|p| p["validation_accuracy"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let chosen = sel["chosen"].as_f64().unwrap();
+    let at = curve.iter().find(|p| p["c"].as_f64() == Some(chosen)).unwrap();
+    assert_eq!(at["validation_accuracy"].as_f64().unwrap(), best);
+    assert_eq!(svm["c"].as_f64(), Some(chosen));
+    assert_eq!(svm["standardised"], true);
+    assert_eq!(svm["solver_choice"], "auto");
+    let solver = svm["solver"].as_str().unwrap();
+    assert!(["primal", "dual", "mixed"].contains(&solver), "{solver}");
+    for c in svm["classes"].as_array().unwrap() {
+        let measure = c["measure"].as_str().unwrap();
+        match c["solver"].as_str().unwrap() {
+            "primal" => assert_eq!(measure, "relative_gradient_norm"),
+            "dual" => assert_eq!(measure, "projected_gradient_spread"),
+            other => panic!("solver {other}"),
+        }
+        assert!(
+            c["violation"].as_f64().unwrap() <= c["threshold"].as_f64().unwrap() * 1.01,
+            "{c}"
+        );
+        assert!(c["gap"].as_f64().is_some());
+    }
+    let m = nnmend::onnx::load(&hybrid).unwrap().model;
+    let c = m.metadata_props.iter().find(|e| e.key() == "nnmend.svm.c").unwrap();
+    assert_eq!(c.value().parse::<f64>().unwrap(), chosen);
+}
+
+#[test]
+fn fit_refuses_svm_options_that_do_not_go_together() {
+    let tmp = tempdir();
+    let model = fixture("tiny_cnn.onnx");
+    let data = fixture("mnist-small");
+    let out = tmp.path().join("h.onnx");
+    let base = ["fit", s(&model), "--train", s(&data), "--limit", "50", "-o", s(&out)];
+    let with = |extra: &[&str]| run(&[&base[..], extra].concat());
+    fails_with(&with(&["--c-grid", "0.1,1"]), 2, "--c auto");
+    fails_with(&with(&["--holdout", "0.1"]), 2, "--c auto");
+    fails_with(
+        &with(&["--c", "auto", "--holdout", "1.5"]),
+        2,
+        "--holdout must be a share",
+    );
+    fails_with(
+        &with(&["--c", "auto", "--c-grid", "1,-2"]),
+        2,
+        "positive number, got -2",
+    );
+    fails_with(
+        &with(&["--solver", "primal", "--loss", "hinge"]),
+        2,
+        "--solver primal needs",
+    );
+    fails_with(&with(&["--c", "often"]), 2, "--c must be a positive number, got often");
+    assert!(!out.exists());
+}

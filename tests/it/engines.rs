@@ -182,6 +182,7 @@ pub fn runs_hybrid_heads(engine: &dyn Engine) {
     let settings = nnmend::hybrid::FitSettings {
         at: None,
         svm: Default::default(),
+        tuning: Default::default(),
         feed: feed(1, 64),
         kernel: None,
     };

@@ -99,6 +99,9 @@ fn the_quick_start_in_paper_mode_matches_its_record() {
             "1",
             "--pgd-limit",
             "0",
+            // The record's heads came from the dual solver.
+            "--solver",
+            "dual",
             "--threads",
             "2",
             "--quiet",

@@ -178,3 +178,45 @@ fn a_softmax_behind_identity_nodes_is_kept() {
         assert!((row.sum() - 1.0).abs() < 1e-4);
     }
 }
+
+/// `--scale`: the SVM is fitted on standardised features and the standardisation is
+/// folded into the Gemm. The written hybrid, run in onnxruntime on the test images,
+/// gives the scores of that SVM on the test features standardised with the training
+/// statistics, computed here apart from the hybrid; and it is still extractor + Gemm.
+#[test]
+fn a_standardised_head_is_folded_into_the_gemm_and_runs_in_onnxruntime() {
+    use nnmend::svm::{self, Standardizer, Tuning};
+    let original = load(&fixture("tiny_cnn.onnx")).unwrap().model;
+    let train = train();
+    let settings = FitSettings {
+        tuning: Tuning {
+            search: None,
+            scale: true,
+        },
+        ..FitSettings::default()
+    };
+    let outcome = fit(&original, &train, &Tract, &settings).unwrap();
+    assert!(outcome.report.converged());
+    assert!(outcome.report.scaling.is_some());
+    let g = outcome.model.graph.as_ref().unwrap();
+    assert_eq!(g.node.last().unwrap().op_type(), "Gemm");
+    let keys: Vec<&str> = outcome.model.metadata_props.iter().map(|e| e.key()).collect();
+    assert!(keys.contains(&"nnmend.svm.standardised"), "{keys:?}");
+
+    let feed = Feed::default();
+    let (_, f_train, _) = nnmend::hybrid::extract(&original, &train, &Tract, None, &feed).unwrap();
+    let ds = test_set().take(100);
+    let (_, f_test, _) = nnmend::hybrid::extract(&original, &ds, &Tract, None, &feed).unwrap();
+    let standardizer = Standardizer::fit(f_train.view());
+    let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
+    let (inner, _) = svm::fit(standardizer.apply(f_train.view()).view(), &labels, 10, &settings.svm).unwrap();
+    let want = inner.decision(standardizer.apply(f_test.view()).view());
+    let theirs = onnxruntime_logits(&outcome.model, &ds);
+    let diff = max_abs_diff(&want, &theirs);
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        diff <= 1e-4 * scale.max(1.0),
+        "onnxruntime differs by {diff} (scores up to {scale})"
+    );
+    assert_eq!(argmax_rows(&want), argmax_rows(&theirs));
+}

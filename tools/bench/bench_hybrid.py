@@ -119,7 +119,7 @@ def main():
         key = f"extract/onnxruntime-{'1thread' if threads else 'default-threads'}"
         rows[key] = {"seconds": r["seconds"], "wall": wall, "rss_mib": rss, "version": r["version"]}
 
-    r, wall, rss = child([args.fit, feats["train"], feats["test"], args.c, args.tol, "1000"])
+    r, wall, rss = child([args.fit, feats["train"], feats["test"], args.c, args.tol, "1000", "dual"])
     rows["svm/nnmend-dcd"] = dict(r, wall=wall, rss_mib=rss)
     for mode in ("primal", "dual"):
         r, wall, rss = child([sys.executable, "-c", SKLEARN_CHILD, feats["train"], feats["test"], args.c, args.tol,
