@@ -454,6 +454,7 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use clap::Parser;
 

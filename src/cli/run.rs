@@ -157,9 +157,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         }),
         repair_samples: usize::try_from(args.repair_samples).unwrap_or(usize::MAX),
         repair: args.repair.settings(feed.threads, nnmend::head::HeadKind::Linear),
-        rounds: args
-            .repair
-            .rounds(0.0, args.seed, &feed),
+        rounds: args.repair.rounds(0.0, args.seed, &feed),
         protocol: (args.pgd_limit > 0).then(|| Robust {
             protocol: Protocol {
                 seed: args.seed,
