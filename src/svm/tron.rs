@@ -39,6 +39,8 @@
 use super::rows::Rows;
 use super::{BinarySolution, Solver};
 
+use super::newton::dot4 as dot;
+
 /// Acceptance threshold of a step: actual over predicted reduction.
 const ETA0: f64 = 1e-4;
 /// Below this ratio Δ shrinks.
@@ -135,20 +137,6 @@ impl<R: Rows> Problem<'_, R> {
             out[d] += t;
         }
     }
-}
-
-/// Dot product of two equally long f64 slices, with four partial sums.
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let ac = a.chunks_exact(4);
-    let bc = b.chunks_exact(4);
-    let tail: f64 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for k in 0..4 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// `y += a x`.
