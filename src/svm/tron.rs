@@ -36,10 +36,9 @@
 //! solver. Features are stored as f32; margins, gradients, directions and every sum are
 //! f64.
 
+use super::newton::dot4 as dot;
 use super::rows::Rows;
 use super::{BinarySolution, Solver};
-
-use super::newton::dot4 as dot;
 
 /// Acceptance threshold of a step: actual over predicted reduction.
 const ETA0: f64 = 1e-4;
