@@ -10,6 +10,7 @@
 pub mod check;
 pub mod constant;
 pub mod cut;
+pub mod bounds;
 pub mod grad;
 pub mod graph;
 pub mod head;
