@@ -18,7 +18,10 @@
 //! - Sub: `[l₁ − u₂, u₁ − l₂]`; Neg: `[−u, −l]`;
 //! - a product, a quotient by a constant and BatchNormalization (an affine map per
 //!   channel): the smallest and largest of the op at the corners; a square `x · x`:
-//!   `[max(l, −u, 0)², max(l², u²)]`.
+//!   `[max(l, −u, 0)², max(l², u²)]`;
+//! - a kernel hybrid's squared distances `‖f − l_j‖²`, written as
+//!   `‖f‖² − 2 f·l_j + ‖l_j‖²`, are recognised and bounded as the sum of squared
+//!   distances they are ([`kernel`]), not term by term.
 //!
 //! An op without a rule is refused, naming the node.
 //!
@@ -40,6 +43,7 @@
 //!   `ρ = 4u` (at least one unit in the last place of either end, so the widening
 //!   survives its own rounding);
 //! - BatchNormalization: `M = |s| (max(|l|, |u|) + |μ|) + |β|`, `ρ = 16u`;
+//! - the squared distances of a kernel hybrid's Nyström map: see [`kernel`];
 //! - Exp, Sigmoid, Tanh: `M = max(|l'|, |u'|)`, `ρ` = [`Margin::transcendental`]
 //!   (1e-6, about 17 units in the last place: the engines' vectorised exponentials are
 //!   accurate to a few);
@@ -50,6 +54,7 @@
 //! operands of products to fewer bits (TF32 on recent NVIDIA GPUs) or fast
 //! convolution algorithms (Winograd, FFT) can err by more.
 
+mod kernel;
 mod rules;
 
 use std::collections::{HashMap, HashSet};
@@ -106,7 +111,7 @@ impl Margin {
     };
 
     /// `γ_n = n·u / (1 − n·u)`, the relative error bound of a sum of `n` terms.
-    fn gamma(&self, n: usize) -> f64 {
+    pub(crate) fn gamma(&self, n: usize) -> f64 {
         let nu = n as f64 * self.roundoff;
         if nu >= 1.0 {
             f64::INFINITY
@@ -311,7 +316,10 @@ pub fn build(fwd: &Forward, shapes: &HashMap<String, Vec<usize>>, margin: Margin
                 ));
             }
         }
-        let outs = rules::apply(&mut ctx, node)?;
+        let mut outs = rules::apply(&mut ctx, node)?;
+        if let Some(tight) = kernel::squared_distances(&mut ctx, graph, &index, node)? {
+            outs = vec![Some(tight)];
+        }
         for (o, bx) in node.output.iter().zip(outs) {
             if let Some(bx) = bx {
                 if ctx.active.contains(o) {
