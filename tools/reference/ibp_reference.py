@@ -12,7 +12,9 @@ on float64 arrays; the interval rules are those of IBP (Gowal et al., 2018):
   Exp, Sigmoid, Tanh, Add, Clip, and the ops that move or select values): the op on
   the lower ends and on the upper ends;
 - Sub: [l1 - u2, u1 - l2]; Neg: [-u, -l];
-- Mul, Div by a constant, BatchNormalization: the hull of the op at the corners;
+- Mul, Div by a constant, BatchNormalization: the hull of the op at the corners
+  (BatchNormalization written out here from its definition: onnx 1.23's reference
+  evaluator disagrees with onnxruntime on it);
   x * x: [max(l, -u, 0)^2, max(l^2, u^2)].
 
 No rounding margin: float64 is some 9 decimal digits finer than the float32 the
@@ -20,18 +22,23 @@ engines compute in, so these bounds are the exact ones to the precision the test
 compare at.
 
 Usage:
-    ibp_reference.py MODEL X.npy EPS OUT.npz [--tensor NAME] [--mean M ...] [--std S ...]
+    ibp_reference.py MODEL X.npy EPS OUT_DIR [--tensor NAME] [--mean M ...] [--std S ...]
                      [--labels Y.npy]
+    ibp_reference.py --jobs JOBS.json
 
 X.npy holds float32 inputs in [0, 1] in the model's own layout; --mean/--std (per
-channel, axis 1) are applied inside, as the feed does. OUT.npz gets `value` (the tensor
-at x), `lower` and `upper`, each flattened to [n, D]. With --labels (and a tensor read
+channel, axis 1) are applied inside, as the feed does. OUT_DIR gets `value.npy` (the
+tensor at x), `lower.npy` and `upper.npy`, each float64 [n, D]. JOBS.json lists several
+such runs as objects with the keys model, x, eps, out and optionally tensor, mean, std
+and labels. With labels (and a tensor read
 by a Gemm that computes the scores, as in a hybrid written by `nnmend fit`), it also
-gets `certified`: classified right, and the worst margin over the box, for every other
+writes `certified.npy` (float64, 1 or 0): classified right, and the worst margin over the box, for every other
 class j, sum_i min(d_i l_i, d_i u_i) + b_y - b_j with d = w_y - w_j, is positive.
 """
 
 import argparse
+import json
+import os
 import sys
 
 import numpy as np
@@ -73,6 +80,7 @@ class Propagator:
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
         )
         self.values = {}
+        self.producers = {o: n for n in model.graph.node for o in n.output}
         for t in model.graph.initializer:
             self.values[t.name] = f64(numpy_helper.to_array(t))
 
@@ -83,8 +91,15 @@ class Propagator:
         if outputs is not None:
             del n.output[:]
             n.output.extend(outputs)
-        ev = ReferenceEvaluator(n, opsets={"": self.opset})
         names = [i for i in n.input if i]
+        # A one-node model, so that the op's version is the model's opset.
+        graph = onnx.helper.make_graph(
+            [n], "step",
+            [onnx.ValueInfoProto(name=i) for i in dict.fromkeys(names)],
+            [onnx.ValueInfoProto(name=o) for o in n.output if o],
+        )
+        one = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", self.opset)])
+        ev = ReferenceEvaluator(one)
         res = ev.run(None, {k: feeds[k] for k in names})
         return [f64(r) for r in res]
 
@@ -104,8 +119,48 @@ class Propagator:
             outs = outs[:1]
         return self.run_node(node, feeds, outs)
 
+    def producer(self, name):
+        return self.producers.get(name)
+
+    def squared_distances(self, node):
+        """The exact box of a Nystrom map's d2 = |f|^2 - 2 f.L^T + |L|^2, written as
+        Add(Add(MatMul(Mul(f, f), ones), Mul(MatMul(f, Lt), -2)), norms): per
+        landmark, the sum over coordinates of the squared distance from L_ji to
+        [l_i, u_i] (lower) and to its farther end (upper). None when `node` is not
+        that Add."""
+        def made(name, op):
+            n = self.producer(name)
+            return n if n is not None and n.op_type == op else None
+
+        if node.op_type != "Add" or isinstance(self.values.get(node.input[1]), Interval):
+            return None
+        partial = made(node.input[0], "Add")
+        if partial is None:
+            return None
+        sq, cross2 = made(partial.input[0], "MatMul"), made(partial.input[1], "Mul")
+        if sq is None or cross2 is None:
+            return None
+        f2, cross = made(sq.input[0], "Mul"), made(cross2.input[0], "MatMul")
+        if f2 is None or cross is None or f2.input[0] != f2.input[1] or cross.input[0] != f2.input[0]:
+            return None
+        f = self.values.get(f2.input[0])
+        lt = self.values.get(cross.input[1])
+        if not isinstance(f, Interval) or isinstance(lt, Interval) or lt is None:
+            return None
+        if not np.all(self.values[cross2.input[1]] == -2.0) or not np.all(self.values[sq.input[1]] == 1.0):
+            return None
+        a = f.lo[:, :, None] - lt[None, :, :]
+        b = f.hi[:, :, None] - lt[None, :, :]
+        near = np.maximum(a, 0.0) ** 2 + np.maximum(-b, 0.0) ** 2
+        far = np.maximum(a * a, b * b)
+        return Interval(near.sum(axis=1), far.sum(axis=1))
+
     def step(self, node):
         op = node.op_type
+        tight = self.squared_distances(node)
+        if tight is not None:
+            self.values[node.output[0]] = tight
+            return
         ins = [i for i in node.input if i]
         active = [isinstance(self.values.get(i), Interval) for i in node.input]
         if not any(active):
@@ -148,6 +203,8 @@ class Propagator:
             corners = [x * y if op == "Mul" else x / y for x in a for y in b]
             self.values[out] = Interval(np.minimum.reduce(corners), np.maximum.reduce(corners))
         elif op == "BatchNormalization":
+            if attr(node, "training_mode", 0):
+                raise SystemExit(f"node {node.name}: BatchNormalization in training mode")
             lo = self.on_ends_first(node, 0)
             hi = self.on_ends_first(node, 1)
             self.values[out] = Interval(np.minimum(lo, hi), np.maximum(lo, hi))
@@ -157,8 +214,13 @@ class Propagator:
             raise SystemExit(f"node {node.name}: no interval rule for {op}")
 
     def on_ends_first(self, node, which):
-        feeds = {i: self.ends(i, which) for i in node.input if i}
-        return self.run_node(node, feeds, node.output[:1])[0]
+        """BatchNormalization in inference form, from its definition
+        y = scale (x - mean) / sqrt(var + epsilon) + B, per channel (axis 1)."""
+        x = self.ends(node.input[0], which)
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        scale, bias, mean, var = (self.values[i].reshape(shape) for i in node.input[1:5])
+        eps = attr(node, "epsilon", 1e-5)
+        return scale * (x - mean) / np.sqrt(var + eps) + bias
 
     def linear(self, node, active):
         op = node.op_type
@@ -222,45 +284,59 @@ def head_of(model, tensor):
     raise SystemExit(f"no Gemm reads {tensor}")
 
 
+def job(model_path, x_path, eps, out, tensor=None, mean=None, std=None, labels=None):
+    model = onnx.load(model_path)
+    tensor = tensor or model.graph.output[0].name
+    x = np.load(x_path).astype(np.float64)
+    mean, std = mean or None, std or None
+    if mean and not std:
+        std = [1.0] * len(mean)
+    if std and not mean:
+        mean = [0.0] * len(std)
+    value, _ = Propagator(model).propagate(x, 0.0, mean, std, tensor)
+    lower, upper = Propagator(model).propagate(x, eps, mean, std, tensor)
+    os.makedirs(out, exist_ok=True)
+    np.save(os.path.join(out, "value.npy"), value)
+    np.save(os.path.join(out, "lower.npy"), lower)
+    np.save(os.path.join(out, "upper.npy"), upper)
+    if labels:
+        y = np.load(labels).astype(np.int64)
+        w, b = head_of(model, tensor)
+        scores = value @ w.T + b
+        certified = np.zeros(len(y))
+        for i, label in enumerate(y):
+            if np.argmax(scores[i]) != label:
+                continue
+            worst = min(
+                np.minimum((w[label] - w[j]) * lower[i], (w[label] - w[j]) * upper[i]).sum() + b[label] - b[j]
+                for j in range(w.shape[0])
+                if j != label
+            )
+            certified[i] = float(worst > 0)
+        np.save(os.path.join(out, "certified.npy"), certified)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("model")
-    p.add_argument("x")
-    p.add_argument("eps", type=float)
-    p.add_argument("out")
+    p.add_argument("model", nargs="?")
+    p.add_argument("x", nargs="?")
+    p.add_argument("eps", type=float, nargs="?")
+    p.add_argument("out", nargs="?")
     p.add_argument("--tensor")
     p.add_argument("--mean", type=float, nargs="*")
     p.add_argument("--std", type=float, nargs="*")
     p.add_argument("--labels")
+    p.add_argument("--jobs")
     a = p.parse_args()
-    model = onnx.load(a.model)
-    tensor = a.tensor or model.graph.output[0].name
-    x = np.load(a.x).astype(np.float64)
-    mean = a.mean if a.mean else None
-    std = a.std if a.std else ([1.0] * len(mean) if mean else None)
-    if mean is not None and a.std:
-        std = a.std
-    value, _ = Propagator(model).propagate(x, 0.0, mean, std, tensor)
-    lower, upper = Propagator(model).propagate(x, a.eps, mean, std, tensor)
-    out = {"value": value, "lower": lower, "upper": upper}
-    if a.labels:
-        y = np.load(a.labels).astype(np.int64)
-        w, b = head_of(model, tensor)
-        scores = value @ w.T + b
-        certified = np.zeros(len(y), dtype=bool)
-        for i, label in enumerate(y):
-            if np.argmax(scores[i]) != label:
-                continue
-            ok = True
-            for j in range(w.shape[0]):
-                if j == label:
-                    continue
-                d = w[label] - w[j]
-                worst = np.minimum(d * lower[i], d * upper[i]).sum() + b[label] - b[j]
-                ok = ok and worst > 0
-            certified[i] = ok
-        out["certified"] = certified
-    np.savez(a.out, **out)
+    if a.jobs:
+        with open(a.jobs) as f:
+            for j in json.load(f):
+                job(j["model"], j["x"], j["eps"], j["out"], j.get("tensor"), j.get("mean"), j.get("std"), j.get("labels"))
+        return 0
+    if a.out is None:
+        p.error("give MODEL X.npy EPS OUT_DIR, or --jobs")
+    job(a.model, a.x, a.eps, a.out, a.tensor, a.mean, a.std, a.labels)
+    return 0
 
 
 if __name__ == "__main__":
