@@ -76,7 +76,10 @@ pub fn certify(args: CertifyArgs) -> Result<ExitCode> {
         ))?;
     } else {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "eps      n      clean    certified  pgd (n)          width     seconds")?;
+        writeln!(
+            out,
+            "eps      n      clean    certified  pgd (n)          width     seconds"
+        )?;
         for r in &certification.results {
             let pgd = match &r.pgd {
                 Some(p) => format!("{:.4} ({})", p.robust_accuracy, p.n),

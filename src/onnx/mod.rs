@@ -7,10 +7,10 @@
 //! directly: a model nnmend writes is the model it read, minus the nodes it cut away,
 //! plus the nodes it added.
 
+pub mod bounds;
 pub mod check;
 pub mod constant;
 pub mod cut;
-pub mod bounds;
 pub mod grad;
 pub mod graph;
 pub mod head;

@@ -136,7 +136,10 @@ impl Bounder {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or(Err(VerifyError::Invariant("a bounds worker panicked").into())))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or(Err(VerifyError::Invariant("a bounds worker panicked").into()))
+                })
                 .collect()
         });
         let mut value = Vec::new();
@@ -317,11 +320,7 @@ pub fn certify(
     let (k, d) = head.weights.dim();
     ds.check_labels(k)?;
     let (_, predicted) = crate::hybrid::evaluate(model, ds, engine, feed)?;
-    let correct: Vec<bool> = predicted
-        .iter()
-        .zip(&ds.labels)
-        .map(|(&p, &y)| p as i64 == y)
-        .collect();
+    let correct: Vec<bool> = predicted.iter().zip(&ds.labels).map(|(&p, &y)| p as i64 == y).collect();
     let clean_correct = correct.iter().filter(|&&c| c).count();
     let n = ds.len();
     let share = |a: usize| if n == 0 { 0.0 } else { a as f64 / n as f64 };

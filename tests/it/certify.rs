@@ -86,7 +86,10 @@ struct Job {
 
 /// The reference's value, lower and upper bounds (and certified flags when labels
 /// were given) for each job, from one run of the script.
-fn reference(jobs: &[Job]) -> Vec<([Array2<f64>; 3], Option<Vec<bool>>)> {
+/// The reference's `[value, lower, upper]` and certified flags.
+type Reference = ([Array2<f64>; 3], Option<Vec<bool>>);
+
+fn reference(jobs: &[Job]) -> Vec<Reference> {
     let dir = tempdir();
     let mut list = Vec::new();
     for (k, j) in jobs.iter().enumerate() {
@@ -144,12 +147,24 @@ fn compare(what: &str, tight: &[Array2<f32>; 3], sound: &[Array2<f32>; 3], refer
         }
     }
     for ((idx, &l), &r) in sound[1].indexed_iter().zip(reference[1].iter()) {
-        assert!(f64::from(l) <= r, "{what}: lower{idx:?} = {l} above the reference's {r}");
-        assert!(r - f64::from(l) <= 1e-3 * scale, "{what}: lower{idx:?} = {l} far below {r}");
+        assert!(
+            f64::from(l) <= r,
+            "{what}: lower{idx:?} = {l} above the reference's {r}"
+        );
+        assert!(
+            r - f64::from(l) <= 1e-3 * scale,
+            "{what}: lower{idx:?} = {l} far below {r}"
+        );
     }
     for ((idx, &u), &r) in sound[2].indexed_iter().zip(reference[2].iter()) {
-        assert!(f64::from(u) >= r, "{what}: upper{idx:?} = {u} below the reference's {r}");
-        assert!(f64::from(u) - r <= 1e-3 * scale, "{what}: upper{idx:?} = {u} far above {r}");
+        assert!(
+            f64::from(u) >= r,
+            "{what}: upper{idx:?} = {u} below the reference's {r}"
+        );
+        assert!(
+            f64::from(u) - r <= 1e-3 * scale,
+            "{what}: upper{idx:?} = {u} far above {r}"
+        );
     }
 }
 
@@ -218,7 +233,11 @@ fn bounds_match_the_float64_reference_on_every_op() {
         let (tight, forward) = prepared(&model, Margin::NONE);
         let (sound, _) = prepared(&model, Margin::default());
         let x = random_pixels(forward.sample_shape(), 3, k as u64);
-        cases.push((name, run_bounds(tight.as_ref(), &x, eps), run_bounds(sound.as_ref(), &x, eps)));
+        cases.push((
+            name,
+            run_bounds(tight.as_ref(), &x, eps),
+            run_bounds(sound.as_ref(), &x, eps),
+        ));
         jobs.push(Job {
             model: path,
             x,
@@ -318,8 +337,13 @@ fn ops_without_a_rule_are_refused_by_name() {
 fn hybrid(dir: &Path, kernel: bool) -> PathBuf {
     let out = dir.join(if kernel { "kh.onnx" } else { "lh.onnx" });
     let mut cmd = nnmend();
-    cmd.args(["fit", s(&fixture("tiny_cnn.onnx")), "--train", s(&fixture("mnist-small"))])
-        .args(["--limit", "300", "--threads", "1", "-o", s(&out)]);
+    cmd.args([
+        "fit",
+        s(&fixture("tiny_cnn.onnx")),
+        "--train",
+        s(&fixture("mnist-small")),
+    ])
+    .args(["--limit", "300", "--threads", "1", "-o", s(&out)]);
     if kernel {
         cmd.args(["--head", "kernel", "--landmarks", "30"]);
     }
@@ -388,7 +412,10 @@ fn hybrid_feature_bounds_and_certified_counts_match_the_reference() {
         for (((eps, (tight, sound)), (r, flags)), certified) in
             all_eps.iter().zip(&ours).zip(&refs).zip(&cert.certified)
         {
-            let what = format!("{} at ε = {eps}", if kernel { "kernel hybrid" } else { "linear hybrid" });
+            let what = format!(
+                "{} at ε = {eps}",
+                if kernel { "kernel hybrid" } else { "linear hybrid" }
+            );
             let t = [tight.value.clone(), tight.lower.clone(), tight.upper.clone()];
             let s = [sound.value.clone(), sound.lower.clone(), sound.upper.clone()];
             compare(&what, &t, &s, r);
@@ -425,11 +452,7 @@ fn certify_json_reports_certified_clean_and_pgd_accuracy() {
         "2",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let doc = json(&out);
     assert_eq!(doc["method"], "ibp");
     assert_eq!(doc["head"], "linear");

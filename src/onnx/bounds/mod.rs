@@ -21,7 +21,7 @@
 //!   `[max(l, −u, 0)², max(l², u²)]`;
 //! - a kernel hybrid's squared distances `‖f − l_j‖²`, written as
 //!   `‖f‖² − 2 f·l_j + ‖l_j‖²`, are recognised and bounded as the sum of squared
-//!   distances they are ([`kernel`]), not term by term.
+//!   distances they are (`kernel.rs`), not term by term.
 //!
 //! An op without a rule is refused, naming the node.
 //!
@@ -43,7 +43,7 @@
 //!   `ρ = 4u` (at least one unit in the last place of either end, so the widening
 //!   survives its own rounding);
 //! - BatchNormalization: `M = |s| (max(|l|, |u|) + |μ|) + |β|`, `ρ = 16u`;
-//! - the squared distances of a kernel hybrid's Nyström map: see [`kernel`];
+//! - the squared distances of a kernel hybrid’s Nyström map: see `kernel.rs`;
 //! - Exp, Sigmoid, Tanh: `M = max(|l'|, |u'|)`, `ρ` = [`Margin::transcendental`]
 //!   (1e-6, about 17 units in the last place: the engines' vectorised exponentials are
 //!   accurate to a few);
@@ -59,9 +59,9 @@ mod rules;
 
 use std::collections::{HashMap, HashSet};
 
-use super::graph::{Dim, Index};
 use super::grad::builder::Builder;
 use super::grad::{unsupported, Forward, FWD, PIXELS};
+use super::graph::{Dim, Index};
 use super::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
 use super::surgery::{opset, tensor_value_info, BATCH};
 use super::tensor::{self, FLOAT};
@@ -211,7 +211,11 @@ impl Ctx<'_> {
                 }
             })
             .collect();
-        n.name = Some(format!("{}/{}", outs.first().map_or("", String::as_str), node.op_type()));
+        n.name = Some(format!(
+            "{}/{}",
+            outs.first().map_or("", String::as_str),
+            node.op_type()
+        ));
         n.output = outs.clone();
         self.b.nodes.push(n);
         outs
@@ -328,12 +332,11 @@ pub fn build(fwd: &Forward, shapes: &HashMap<String, Vec<usize>>, margin: Margin
             }
         }
     }
-    let out = ctx.boxes.get(&fwd.logits).cloned().ok_or_else(|| {
-        OnnxError::Graph(format!(
-            "no bounds reached '{}'",
-            fwd.logits.trim_start_matches(FWD)
-        ))
-    })?;
+    let out = ctx
+        .boxes
+        .get(&fwd.logits)
+        .cloned()
+        .ok_or_else(|| OnnxError::Graph(format!("no bounds reached '{}'", fwd.logits.trim_start_matches(FWD))))?;
     ctx.b.op_into("Identity", &[&out.l], LOWER, vec![]);
     ctx.b.op_into("Identity", &[&out.u], UPPER, vec![]);
 

@@ -262,7 +262,13 @@ fn linear(ctx: &mut Ctx, node: &NodeProto) -> Result<Vec<Option<Box2>>, OnnxErro
             (rad, mag)
         }
         _ => {
-            let pair = |a: &str| if data == 0 { [a.to_string(), abs_w.clone()] } else { [abs_w.clone(), a.to_string()] };
+            let pair = |a: &str| {
+                if data == 0 {
+                    [a.to_string(), abs_w.clone()]
+                } else {
+                    [abs_w.clone(), a.to_string()]
+                }
+            };
             let [a0, a1] = pair(&r);
             let rad = ctx.b.op("MatMul", &[&a0, &a1], vec![]);
             let [m0, m1] = pair(&mag_in);
@@ -292,7 +298,10 @@ fn conv_like(ctx: &mut Ctx, node: &NodeProto, data: &str, w: &str, b: Option<&st
 /// map at both ends, widened by `16u (|s| (max(|l|, |u|) + |μ|) + |β|)`.
 fn batch_norm(ctx: &mut Ctx, node: &NodeProto) -> Result<Vec<Option<Box2>>, OnnxError> {
     if attr_int(node, "training_mode", 0)? != 0 {
-        return Err(unsupported(node, "training mode normalises by the batch's own statistics"));
+        return Err(unsupported(
+            node,
+            "training mode normalises by the batch's own statistics",
+        ));
     }
     if (1..node.input.len()).any(|k| ctx.is_active(node, k)) {
         return Err(unsupported(node, "its parameters depend on the input"));
