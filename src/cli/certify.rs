@@ -16,7 +16,7 @@ use nnmend::doc::CertifyDoc;
 use nnmend::onnx::bounds::Margin;
 use nnmend::verify::{self, Settings};
 
-use super::{load_model, print_json, unit_interval, DataArgs, EngineArgs};
+use super::{load_model, print_json, unit_interval, DataArgs, EngineArgs, Global};
 
 /// Arguments of `nnmend certify`.
 #[derive(Debug, Args)]
@@ -33,6 +33,11 @@ pub struct CertifyArgs {
     /// losses, 3 random restarts each) and check that no certified image falls; 0: no PGD.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pgd_limit: usize,
+    /// Also write, into this new folder, the model with the normalisation inside
+    /// (`model.onnx`), one VNN-LIB property per image and radius (the clipped input box
+    /// and the negation of "the label wins") and `instances.csv`, for other verifiers.
+    #[arg(long, value_name = "DIR")]
+    vnnlib: Option<PathBuf>,
     /// Seed of PGD's random starts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -46,8 +51,11 @@ pub struct CertifyArgs {
 }
 
 /// Runs `nnmend certify`.
-pub fn certify(args: CertifyArgs) -> Result<ExitCode> {
+pub fn certify(args: CertifyArgs, g: &Global) -> Result<ExitCode> {
     let started = Instant::now();
+    if let Some(dir) = &args.vnnlib {
+        g.refuse_overwrite(dir, &[&args.model, &args.data])?;
+    }
     let model = load_model(&args.model)?;
     let ds = args.data_args.load(&args.data, Split::Test)?;
     let (engine, feed) = args.engine.open(&args.data_args)?;
@@ -63,6 +71,15 @@ pub fn certify(args: CertifyArgs) -> Result<ExitCode> {
     let certification = verify::certify(&model, engine.as_ref(), &ds, &settings, &feed)
         .with_context(|| format!("certifying {}", args.model.display()))?;
     let broken = certification.certified_but_broken();
+    if let Some(dir) = &args.vnnlib {
+        let n = verify::vnnlib::write(dir, &model, engine.as_ref(), &ds, &args.eps, &feed)
+            .with_context(|| format!("writing VNN-LIB properties to {}", dir.display()))?;
+        eprintln!(
+            "wrote {n} VNN-LIB properties and {} to {}",
+            verify::vnnlib::MODEL,
+            dir.display()
+        );
+    }
     if args.json {
         print_json(&CertifyDoc::new(
             args.model.clone(),
@@ -71,7 +88,7 @@ pub fn certify(args: CertifyArgs) -> Result<ExitCode> {
             &certification,
             settings.margin,
             (settings.pgd_limit > 0).then(|| settings.protocol.clone()),
-            None,
+            args.vnnlib.clone(),
             started.elapsed().as_secs_f64(),
         ))?;
     } else {

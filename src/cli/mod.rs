@@ -129,7 +129,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fit(a) => fit::fit(a, g),
         Command::Eval(a) => eval::eval(a),
         Command::Attack(a) => attack::attack(a, g),
-        Command::Certify(a) => certify::certify(a),
+        Command::Certify(a) => certify::certify(a, g),
         Command::Grad(a) => grad::grad(a, g),
         Command::Repair(a) => repair::repair(a, g),
         Command::Lp(a) => lp::lp(a),

@@ -19,6 +19,7 @@
 //! broke anyway: that count must be zero, or the bounds are wrong.
 
 mod error;
+pub mod vnnlib;
 
 use std::time::Instant;
 

@@ -491,3 +491,56 @@ fn certify_json_reports_certified_clean_and_pgd_accuracy() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no linear head"));
 }
+
+#[test]
+fn certify_vnnlib_writes_properties_an_independent_reader_accepts() {
+    let dir = tempdir();
+    let model = hybrid(dir.path(), false);
+    let ds = test_images(4);
+    let x = Preprocess {
+        mean: vec![],
+        std: vec![],
+        layout: Layout::Nchw,
+    }
+    .batch(&ds, 0..ds.len())
+    .unwrap();
+    let (xp, yp) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    write_npy(&xp, &x);
+    ndarray_npy::write_npy(&yp, &ndarray::Array1::from(ds.labels.clone())).unwrap();
+    let props = dir.path().join("props");
+    let args = |out: &Path| {
+        vec![
+            "certify".to_string(),
+            s(&model).to_string(),
+            "--data".into(),
+            s(&fixture("mnist-small-test.npz")).to_string(),
+            "--limit".into(),
+            "4".into(),
+            "--eps".into(),
+            "0.01,0.3".into(),
+            "--pgd-limit".into(),
+            "0".into(),
+            "--mean".into(),
+            "0.1".into(),
+            "--std".into(),
+            "0.9".into(),
+            "--vnnlib".into(),
+            s(out).to_string(),
+        ]
+    };
+    let out = nnmend().args(args(&props)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut cmd = python("vnnlib_check.py");
+    cmd.arg(&props)
+        .arg(&model)
+        .arg(&xp)
+        .arg(&yp)
+        .arg("0.01,0.3")
+        .args(["--mean", "0.1", "--std", "0.9"]);
+    let summary: serde_json::Value = serde_json::from_slice(&ok(cmd).stdout).unwrap();
+    assert_eq!(summary["checked"], 8);
+    // A folder that already holds files is not written over.
+    let out = nnmend().args(args(&props)).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+}
