@@ -34,10 +34,28 @@ fn outward(value: f64, down: bool) -> f32 {
     } else {
         f64::from(v) < value
     };
-    match (off, down) {
-        (true, true) => v.next_down(),
-        (true, false) => v.next_up(),
-        _ => v,
+    if off {
+        step(v, !down)
+    } else {
+        v
+    }
+}
+
+/// The next f32 above (`up`) or below `v` (finite `v`; others are returned as they are).
+fn step(v: f32, up: bool) -> f32 {
+    if !v.is_finite() {
+        return v;
+    }
+    if v == 0.0 {
+        let tiny = f32::from_bits(1);
+        return if up { tiny } else { -tiny };
+    }
+    let bits = v.to_bits();
+    // Away from zero means a larger magnitude, so one more in the bits.
+    if (v > 0.0) == up {
+        f32::from_bits(bits + 1)
+    } else {
+        f32::from_bits(bits - 1)
     }
 }
 
@@ -180,4 +198,40 @@ pub fn write(
     }
     tmp.persist(dir).map_err(|e| write_err(dir, e))?;
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outward_rounding_brackets_the_value_by_one_step() {
+        for &x in &[0.1f64, 0.3, 1.0 / 3.0, 0.9860784, 1e-9, -0.2, 0.5] {
+            let lo = outward(x, true);
+            let hi = outward(x, false);
+            assert!(f64::from(lo) <= x && x <= f64::from(hi), "{x}: [{lo}, {hi}]");
+            assert!(
+                f64::from(step(lo, true)) > x || f64::from(lo) == x,
+                "{x}: {lo} is not the f32 below"
+            );
+            assert!(
+                f64::from(step(hi, false)) < x || f64::from(hi) == x,
+                "{x}: {hi} is not the f32 above"
+            );
+        }
+        assert_eq!(outward(0.5, true), 0.5);
+        assert_eq!(step(0.0, true), f32::from_bits(1));
+        assert_eq!(step(1.0, false), 1.0f32 - f32::EPSILON / 2.0);
+    }
+
+    #[test]
+    fn a_property_bounds_every_input_and_negates_the_win() {
+        let text = property(&[0.0, 0.5, 1.0], 0.25, 1, 3, "test");
+        assert!(text.contains("(assert (>= X_0 0.0))"));
+        assert!(text.contains("(assert (<= X_0 0.25))"));
+        assert!(text.contains("(assert (>= X_1 0.25))"));
+        assert!(text.contains("(assert (<= X_2 1.0))"));
+        assert!(text.contains("(and (>= Y_0 Y_1))") && text.contains("(and (>= Y_2 Y_1))"));
+        assert!(!text.contains("(>= Y_1 Y_1)"));
+    }
 }
