@@ -11,6 +11,7 @@ use crate::onnx::OnnxError;
 use crate::repair::RepairError;
 use crate::report::ReportError;
 use crate::svm::SvmError;
+use crate::verify::VerifyError;
 
 /// Anything a pipeline step can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,9 @@ pub enum Error {
     /// Setting up a repair.
     #[error(transparent)]
     Repair(#[from] RepairError),
+    /// Computing bounds or certificates.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
     /// Setting up or running the experiment.
     #[error(transparent)]
     Experiment(#[from] ExperimentError),

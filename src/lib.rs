@@ -26,6 +26,8 @@
 //! - [`hybrid`]: fitting the hybrid and measuring accuracy.
 //! - [`inspect`]: a model summary with the detected cut.
 //! - [`attack`]: FGSM and PGD through gradient graphs ([`onnx::grad`]).
+//! - [`verify`]: interval bounds on the features over L∞ balls ([`onnx::bounds`]) and
+//!   certified accuracy.
 //! - [`repair`]: the repair LPs of a linear or kernel hybrid's head, solved with clarabel.
 //! - [`experiment`]: the seed paper's whole experiment.
 //! - [`report`]: its report: JSON, Markdown tables, figures (accuracy against ε, example grids).
@@ -53,5 +55,6 @@ pub mod provenance;
 pub mod repair;
 pub mod report;
 pub mod svm;
+pub mod verify;
 
 pub use error::{Error, Result};

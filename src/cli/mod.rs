@@ -4,6 +4,7 @@
 //! progress and warnings on stderr.
 
 mod attack;
+mod certify;
 mod cut;
 mod eval;
 mod features;
@@ -100,6 +101,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Attack a model with FGSM or PGD at one or more radii ε.
     Attack(attack::AttackArgs),
+    /// Certified accuracy of a hybrid over L∞ balls, beside clean and PGD accuracy.
+    Certify(certify::CertifyArgs),
     /// Write a model's gradient graph (logits, loss and ∂loss/∂pixels) as ONNX.
     Grad(grad::GradArgs),
     /// Repair a hybrid's head with its adversarial examples and write the repaired model.
@@ -126,6 +129,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fit(a) => fit::fit(a, g),
         Command::Eval(a) => eval::eval(a),
         Command::Attack(a) => attack::attack(a, g),
+        Command::Certify(a) => certify::certify(a, g),
         Command::Grad(a) => grad::grad(a, g),
         Command::Repair(a) => repair::repair(a, g),
         Command::Lp(a) => lp::lp(a),

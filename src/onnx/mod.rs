@@ -7,6 +7,7 @@
 //! directly: a model nnmend writes is the model it read, minus the nodes it cut away,
 //! plus the nodes it added.
 
+pub mod bounds;
 pub mod check;
 pub mod constant;
 pub mod cut;

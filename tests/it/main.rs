@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod attack;
+mod certify;
 mod ci_example;
 mod cli;
 mod common;

@@ -24,7 +24,7 @@
 //! the first maximum of what they reduce).
 
 mod activation;
-mod builder;
+pub(crate) mod builder;
 mod norm;
 mod reduce;
 mod resize;
@@ -61,7 +61,7 @@ pub const HEAD_BIAS: &str = "head_bias";
 /// size works, one that no other axis is likely to have makes a misplaced batch visible.
 pub const PROBE_BATCH: usize = 5;
 
-const FWD: &str = "fwd/";
+pub(crate) const FWD: &str = "fwd/";
 
 /// The loss whose input gradient the graph computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
@@ -101,9 +101,10 @@ pub struct Forward {
     /// The float tensors that depend on the pixels (the pixels included), in
     /// topological order: the tensors whose shapes [`backward`] needs.
     pub active: Vec<String>,
-    logits: String,
+    /// The tensor of the classifier's output (in the forward graph's names).
+    pub(crate) logits: String,
     /// Positions in `model.graph.node` of the nodes on the path, in topological order.
-    path: Vec<usize>,
+    pub(crate) path: Vec<usize>,
 }
 
 /// Ops whose outputs carry no gradient (integer or boolean results).

@@ -1,0 +1,120 @@
+//! `nnmend certify MODEL --data DATA --eps E1,E2,…`: certified accuracy of a hybrid
+//! over L∞ balls (interval bounds through the extractor, the head's exact worst
+//! margin over the feature box), beside clean accuracy and PGD's robust accuracy.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use nnmend::attack::protocol::Protocol;
+use nnmend::data::Split;
+use nnmend::doc::CertifyDoc;
+use nnmend::onnx::bounds::Margin;
+use nnmend::verify::{self, Settings};
+
+use super::{load_model, print_json, unit_interval, DataArgs, EngineArgs, Global};
+
+/// Arguments of `nnmend certify`.
+#[derive(Debug, Args)]
+pub struct CertifyArgs {
+    /// The hybrid to certify (written by `nnmend fit` or `nnmend repair`).
+    model: PathBuf,
+    /// Images whose balls are certified (IDX folder, CIFAR binary folder, image folder or .npz).
+    #[arg(long, value_name = "DATA")]
+    data: PathBuf,
+    /// Radii in [0, 1] pixel space (comma-separated).
+    #[arg(long, value_name = "E1,E2,…", value_delimiter = ',', required = true, value_parser = unit_interval)]
+    eps: Vec<f32>,
+    /// Attack the first N images with the PGD protocol (40 steps, CE and margin
+    /// losses, 3 random restarts each) and check that no certified image falls; 0: no PGD.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pgd_limit: usize,
+    /// Also write, into this new folder, the model with the normalisation inside
+    /// (`model.onnx`), one VNN-LIB property per image and radius (the clipped input box
+    /// and the negation of "the label wins") and `instances.csv`, for other verifiers.
+    #[arg(long, value_name = "DIR")]
+    vnnlib: Option<PathBuf>,
+    /// Seed of PGD's random starts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data_args: DataArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Runs `nnmend certify`.
+pub fn certify(args: CertifyArgs, g: &Global) -> Result<ExitCode> {
+    let started = Instant::now();
+    if let Some(dir) = &args.vnnlib {
+        g.refuse_overwrite(dir, &[&args.model, &args.data])?;
+    }
+    let model = load_model(&args.model)?;
+    let ds = args.data_args.load(&args.data, Split::Test)?;
+    let (engine, feed) = args.engine.open(&args.data_args)?;
+    let settings = Settings {
+        eps: args.eps.clone(),
+        pgd_limit: args.pgd_limit,
+        protocol: Protocol {
+            seed: args.seed,
+            ..Protocol::default()
+        },
+        margin: Margin::default(),
+    };
+    let certification = verify::certify(&model, engine.as_ref(), &ds, &settings, &feed)
+        .with_context(|| format!("certifying {}", args.model.display()))?;
+    let broken = certification.certified_but_broken();
+    if let Some(dir) = &args.vnnlib {
+        let n = verify::vnnlib::write(dir, &model, engine.as_ref(), &ds, &args.eps, &feed)
+            .with_context(|| format!("writing VNN-LIB properties to {}", dir.display()))?;
+        eprintln!(
+            "wrote {n} VNN-LIB properties and {} to {}",
+            verify::vnnlib::MODEL,
+            dir.display()
+        );
+    }
+    if args.json {
+        print_json(&CertifyDoc::new(
+            args.model.clone(),
+            args.data.clone(),
+            engine.describe(),
+            &certification,
+            settings.margin,
+            (settings.pgd_limit > 0).then(|| settings.protocol.clone()),
+            args.vnnlib.clone(),
+            started.elapsed().as_secs_f64(),
+        ))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "eps      n      clean    certified  pgd (n)          width     seconds"
+        )?;
+        for r in &certification.results {
+            let pgd = match &r.pgd {
+                Some(p) => format!("{:.4} ({})", p.robust_accuracy, p.n),
+                None => "-".into(),
+            };
+            writeln!(
+                out,
+                "{:<8} {:<6} {:.4}   {:.4}     {:<16} {:<9.4} {:.1}",
+                r.eps, r.n, r.clean_accuracy, r.certified_accuracy, pgd, r.mean_width, r.seconds
+            )?;
+        }
+    }
+    if broken > 0 {
+        bail!(
+            "SOUNDNESS BUG: PGD broke {broken} image(s) that the interval bounds certified; the bounds of {} are \
+             wrong (please report this with the model and data)",
+            args.model.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,90 @@
+//! `certify --json`.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::attack::protocol::Protocol;
+use crate::head::HeadKind;
+use crate::onnx::bounds::Margin;
+use crate::verify::{Certification, EpsCertificate};
+
+/// The rounding margin of the bounds, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct MarginDoc {
+    /// Unit roundoff of the engine's arithmetic.
+    pub roundoff: f64,
+    /// Relative error allowed to Exp, Sigmoid and Tanh.
+    pub transcendental: f64,
+    /// Absolute widening per op.
+    pub absolute: f64,
+}
+
+impl From<Margin> for MarginDoc {
+    fn from(m: Margin) -> Self {
+        Self {
+            roundoff: m.roundoff,
+            transcendental: m.transcendental,
+            absolute: m.absolute,
+        }
+    }
+}
+
+/// `certify --json`: one entry per ε in `results`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertifyDoc {
+    /// The hybrid certified.
+    pub model: PathBuf,
+    /// The images.
+    pub data: PathBuf,
+    /// The engine.
+    pub engine: serde_json::Value,
+    /// How the feature bounds were computed: `ibp` (interval bound propagation).
+    pub method: &'static str,
+    /// Linear or kernel hybrid.
+    pub head: HeadKind,
+    /// Width of the features the head reads.
+    pub features: usize,
+    /// The rounding margin of the bounds.
+    pub margin: MarginDoc,
+    /// The PGD protocol run beside the certificates (`null` with `--pgd-limit 0`).
+    pub protocol: Option<Protocol>,
+    /// One entry per ε.
+    pub results: Vec<EpsCertificate>,
+    /// Certified images PGD broke, over every ε: must be 0.
+    pub certified_but_broken: usize,
+    /// The VNN-LIB folder written, if any.
+    pub vnnlib: Option<PathBuf>,
+    /// Seconds in all.
+    pub seconds: f64,
+}
+
+impl CertifyDoc {
+    /// The document of `certification`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: PathBuf,
+        data: PathBuf,
+        engine: serde_json::Value,
+        certification: &Certification,
+        margin: Margin,
+        protocol: Option<Protocol>,
+        vnnlib: Option<PathBuf>,
+        seconds: f64,
+    ) -> Self {
+        Self {
+            model,
+            data,
+            engine,
+            method: "ibp",
+            head: certification.kind,
+            features: certification.features,
+            margin: margin.into(),
+            protocol,
+            results: certification.results.clone(),
+            certified_but_broken: certification.certified_but_broken(),
+            vnnlib,
+            seconds,
+        }
+    }
+}

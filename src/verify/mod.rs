@@ -1,0 +1,405 @@
+//! Certification: bounds on a hybrid's features over L∞ balls, and the images whose
+//! whole ball the head classifies right.
+//!
+//! The bounds come from the interval graph of [`crate::onnx::bounds`], built up to the
+//! tensor the head's Gemm reads (`features` in a linear hybrid, the Nyström features
+//! φ in a kernel hybrid) and run in the engine. Over a feature box `[l, u]` the head
+//! `z = W f + b` is linear, so the worst margin of class `y` over `j` is exact:
+//!
+//! ```text
+//! min over f ∈ [l, u] of (w_y − w_j)·f + b_y − b_j  =  Σᵢ min(dᵢ lᵢ, dᵢ uᵢ) + b_y − b_j,   d = w_y − w_j
+//! ```
+//!
+//! An image is certified at ε when it is classified right and that margin is positive
+//! for every `j ≠ y` by more than the head's own f32 rounding can take away
+//! (`γ_{D+2}` of `Σᵢ (|w_{y,i}| + |w_{j,i}|) max(|lᵢ|, |uᵢ|) + |b_y| + |b_j|`), so the
+//! deployed model, as the engine computes it, labels every point of the ball `y`.
+//! [`certify`] puts that beside clean accuracy and the robust accuracy of the PGD
+//! protocol ([`crate::attack::protocol`]), and counts the certified images that PGD
+//! broke anyway: that count must be zero, or the bounds are wrong.
+
+mod error;
+pub mod vnnlib;
+
+use std::time::Instant;
+
+use ndarray::{Array1, Array2, ArrayD, ArrayView1, Axis};
+
+use crate::attack::protocol::{self, Protocol};
+use crate::attack::{forward_and_shapes, normalization};
+use crate::data::{Dataset, Preprocess};
+use crate::engine::{Engine, Session};
+use crate::error::Result;
+use crate::features::{layout_of, preprocess_for, Feed};
+use crate::head::HeadKind;
+use crate::onnx::bounds::{self, Margin};
+use crate::onnx::graph::Dim;
+use crate::onnx::head::{self, HeadSite};
+use crate::onnx::surgery::{tensor_value_info, BATCH};
+use crate::onnx::tensor::FLOAT;
+use crate::onnx::{ModelProto, OnnxError};
+
+pub use error::VerifyError;
+
+/// Bounds of one tensor over the balls around a batch of images.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    /// The tensor at the images themselves, `[n, D]`.
+    pub value: Array2<f32>,
+    /// Lower bounds, `[n, D]`.
+    pub lower: Array2<f32>,
+    /// Upper bounds, `[n, D]`.
+    pub upper: Array2<f32>,
+}
+
+/// The interval graph of `model` up to `tensor` (inputs `pixels` and `eps`, outputs
+/// `value`, `lower`, `upper`; see [`crate::onnx::bounds`]) for images like those of
+/// `ds`, with `feed`'s normalisation inside. `engine` measures the shapes the
+/// transform needs.
+pub fn bounds_model(
+    model: &ModelProto,
+    tensor: &str,
+    engine: &dyn Engine,
+    ds: &Dataset,
+    feed: &Feed,
+    margin: Margin,
+) -> Result<ModelProto> {
+    let sample = engine.prepare(model)?.sample_shape().to_vec();
+    let layout = layout_of(&sample)?;
+    preprocess_for(ds, &sample, &Feed::default())?;
+    let norm = normalization(layout, ds.image_shape(), feed)?;
+    let mut truncated = model.clone();
+    let g = truncated
+        .graph
+        .as_mut()
+        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+    let produced = g.node.iter().any(|n| n.output.iter().any(|o| o == tensor));
+    if !produced {
+        return Err(OnnxError::UnknownTensor {
+            name: tensor.to_string(),
+            hint: String::new(),
+        }
+        .into());
+    }
+    g.output = vec![tensor_value_info(
+        tensor,
+        FLOAT,
+        &[Dim::Param(BATCH.into()), Dim::Unknown],
+    )];
+    let (fwd, shapes) = forward_and_shapes(&truncated, engine, &norm)?;
+    Ok(bounds::build(&fwd, &shapes, margin)?)
+}
+
+/// An interval graph prepared in an engine, with the preprocessing of its pixels.
+pub struct Bounder {
+    session: Box<dyn Session>,
+    pixels: Preprocess,
+}
+
+impl std::fmt::Debug for Bounder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bounder").finish_non_exhaustive()
+    }
+}
+
+impl Bounder {
+    /// Builds and prepares the interval graph of `model` up to `tensor` (see
+    /// [`bounds_model`]).
+    pub fn new(
+        model: &ModelProto,
+        tensor: &str,
+        engine: &dyn Engine,
+        ds: &Dataset,
+        feed: &Feed,
+        margin: Margin,
+    ) -> Result<Self> {
+        let graph = bounds_model(model, tensor, engine, ds, feed, margin)?;
+        let session = engine.prepare(&graph)?;
+        let pixels = preprocess_for(ds, session.sample_shape(), &Feed::default())?;
+        Ok(Self { session, pixels })
+    }
+
+    /// Bounds over the ε-balls (clipped to `[0, 1]`) around the images of `ds`, run in
+    /// batches of `feed.batch` on `feed.threads` workers.
+    pub fn bounds(&self, ds: &Dataset, eps: f32, feed: &Feed) -> Result<Bounds> {
+        if !(0.0..=1.0).contains(&eps) {
+            return Err(VerifyError::Eps(eps).into());
+        }
+        let n = ds.len();
+        let batch = feed.batch.max(1);
+        let ranges: Vec<std::ops::Range<usize>> = (0..n).step_by(batch).map(|s| s..(s + batch).min(n)).collect();
+        let workers = feed.threads.clamp(1, ranges.len().max(1));
+        let per = ranges.len().div_ceil(workers).max(1);
+        let parts: Vec<Result<Vec<[Array2<f32>; 3]>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges
+                .chunks(per)
+                .map(|chunk| scope.spawn(move || chunk.iter().map(|r| self.run(ds, r.clone(), eps)).collect()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or(Err(VerifyError::Invariant("a bounds worker panicked").into()))
+                })
+                .collect()
+        });
+        let mut value = Vec::new();
+        let mut lower = Vec::new();
+        let mut upper = Vec::new();
+        for part in parts {
+            for [v, l, u] in part? {
+                value.push(v);
+                lower.push(l);
+                upper.push(u);
+            }
+        }
+        let stack = |rows: Vec<Array2<f32>>| -> Result<Array2<f32>> {
+            if rows.is_empty() {
+                return Ok(Array2::zeros((0, 0)));
+            }
+            let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
+            ndarray::concatenate(Axis(0), &views).map_err(|_| VerifyError::Output("rows of unequal width").into())
+        };
+        Ok(Bounds {
+            value: stack(value)?,
+            lower: stack(lower)?,
+            upper: stack(upper)?,
+        })
+    }
+
+    fn run(&self, ds: &Dataset, range: std::ops::Range<usize>, eps: f32) -> Result<[Array2<f32>; 3]> {
+        let b = range.len();
+        let x = self.pixels.batch(ds, range)?;
+        let e = ArrayD::from_elem(vec![1], eps);
+        let outs = self.session.run_many(&[x.view(), e.view()])?;
+        let mut it = outs.into_iter().map(|o| {
+            let d = o.len().checked_div(b).unwrap_or(0);
+            o.into_shape_with_order((b, d))
+                .map_err(|_| VerifyError::Output("a bound is not one row per image"))
+        });
+        let mut next = || it.next().unwrap_or(Err(VerifyError::Output("an output is missing")));
+        Ok([next()?, next()?, next()?])
+    }
+}
+
+/// Bounds of the features a hybrid's head reads over the ε-balls around the images of
+/// `ds`: `features` for a linear hybrid, the Nyström features for a kernel hybrid.
+pub fn feature_bounds(
+    model: &ModelProto,
+    engine: &dyn Engine,
+    ds: &Dataset,
+    eps: f32,
+    feed: &Feed,
+    margin: Margin,
+) -> Result<Bounds> {
+    let head = head::find(model)?;
+    Bounder::new(model, &head.input, engine, ds, feed, margin)?.bounds(ds, eps, feed)
+}
+
+/// The head's worst margin for `label` over the box `[lower, upper]` minus the f32
+/// rounding of the head itself (with unit roundoff `u`): positive when every point of
+/// the box is classified `label`. `None` when the label is out of range.
+pub fn worst_margin(
+    head: &HeadSite,
+    lower: ArrayView1<f32>,
+    upper: ArrayView1<f32>,
+    label: usize,
+    roundoff: f64,
+) -> Option<f64> {
+    let (k, d) = head.weights.dim();
+    if label >= k || lower.len() != d || upper.len() != d {
+        return None;
+    }
+    let wy = head.weights.row(label);
+    let n = (d + 2) as f64 * roundoff;
+    let gamma = if n >= 1.0 { f64::INFINITY } else { n / (1.0 - n) };
+    let mut worst = f64::INFINITY;
+    for j in (0..k).filter(|&j| j != label) {
+        let wj = head.weights.row(j);
+        let mut sum = f64::from(head.bias[label]) - f64::from(head.bias[j]);
+        let mut size = f64::from(head.bias[label]).abs() + f64::from(head.bias[j]).abs();
+        for i in 0..d {
+            let (a, b) = (f64::from(wy[i]), f64::from(wj[i]));
+            let (l, u) = (f64::from(lower[i]), f64::from(upper[i]));
+            let di = a - b;
+            sum += (di * l).min(di * u);
+            size += (a.abs() + b.abs()) * l.abs().max(u.abs());
+        }
+        worst = worst.min(sum - gamma * size);
+    }
+    Some(worst)
+}
+
+/// What [`certify`] does.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The radii, in `[0, 1]` pixel units.
+    pub eps: Vec<f32>,
+    /// How many of the first images PGD attacks (0: none).
+    pub pgd_limit: usize,
+    /// The PGD protocol.
+    pub protocol: Protocol,
+    /// The rounding margin of the bounds.
+    pub margin: Margin,
+}
+
+/// PGD on the first images, beside the certificates.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PgdCheck {
+    /// Images attacked.
+    pub n: usize,
+    /// Share classified right clean and unbroken by every run.
+    pub robust_accuracy: f64,
+    /// Of those images, how many were certified.
+    pub certified: usize,
+    /// Certified images that PGD broke: must be 0 (else the bounds are wrong).
+    pub certified_but_broken: usize,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Certified accuracy at one ε.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EpsCertificate {
+    /// The radius.
+    pub eps: f32,
+    /// Images.
+    pub n: usize,
+    /// Share classified right.
+    pub clean_accuracy: f64,
+    /// Share certified.
+    pub certified_accuracy: f64,
+    /// Images certified.
+    pub certified: usize,
+    /// Robust accuracy of the PGD protocol on the first images (`None` without PGD).
+    pub pgd_accuracy: Option<f64>,
+    /// The PGD figures.
+    pub pgd: Option<PgdCheck>,
+    /// Mean over images and features of `upper − lower`.
+    pub mean_width: f64,
+    /// Seconds spent on the bounds and certificates.
+    pub seconds: f64,
+}
+
+/// What [`certify`] found.
+#[derive(Debug, Clone)]
+pub struct Certification {
+    /// Linear or kernel hybrid.
+    pub kind: HeadKind,
+    /// Width of the features the head reads.
+    pub features: usize,
+    /// One entry per ε.
+    pub results: Vec<EpsCertificate>,
+    /// Per ε, which images were certified.
+    pub certified: Vec<Vec<bool>>,
+    /// Images classified right.
+    pub clean_correct: usize,
+}
+
+impl Certification {
+    /// Certified images that PGD broke, over every ε.
+    pub fn certified_but_broken(&self) -> usize {
+        self.results
+            .iter()
+            .filter_map(|r| r.pgd.as_ref())
+            .map(|p| p.certified_but_broken)
+            .sum()
+    }
+}
+
+/// Certified accuracy of the hybrid `model` on `ds` at each radius, beside its clean
+/// accuracy and, on the first `settings.pgd_limit` images, its robust accuracy under
+/// PGD (see the module docs).
+pub fn certify(
+    model: &ModelProto,
+    engine: &dyn Engine,
+    ds: &Dataset,
+    settings: &Settings,
+    feed: &Feed,
+) -> Result<Certification> {
+    let head = head::find(model)?;
+    let (k, d) = head.weights.dim();
+    ds.check_labels(k)?;
+    let (_, predicted) = crate::hybrid::evaluate(model, ds, engine, feed)?;
+    let correct: Vec<bool> = predicted.iter().zip(&ds.labels).map(|(&p, &y)| p as i64 == y).collect();
+    let clean_correct = correct.iter().filter(|&&c| c).count();
+    let n = ds.len();
+    let share = |a: usize| if n == 0 { 0.0 } else { a as f64 / n as f64 };
+    let bounder = Bounder::new(model, &head.input, engine, ds, feed, settings.margin)?;
+    let mut results = Vec::with_capacity(settings.eps.len());
+    let mut certified_all = Vec::with_capacity(settings.eps.len());
+    for &eps in &settings.eps {
+        let started = Instant::now();
+        let b = bounder.bounds(ds, eps, feed)?;
+        if b.lower.dim() != (n, d) || b.upper.dim() != (n, d) {
+            return Err(VerifyError::Width {
+                found: b.lower.ncols(),
+                head: d,
+            }
+            .into());
+        }
+        let certified: Vec<bool> = (0..n)
+            .map(|i| {
+                correct[i]
+                    && worst_margin(
+                        &head,
+                        b.lower.row(i),
+                        b.upper.row(i),
+                        ds.labels[i] as usize,
+                        settings.margin.roundoff,
+                    )
+                    .is_some_and(|m| m > 0.0)
+            })
+            .collect();
+        let count = certified.iter().filter(|&&c| c).count();
+        let width: Array2<f32> = &b.upper - &b.lower;
+        let mean_width = if width.is_empty() {
+            0.0
+        } else {
+            width.iter().map(|&w| f64::from(w)).sum::<f64>() / width.len() as f64
+        };
+        results.push(EpsCertificate {
+            eps,
+            n,
+            clean_accuracy: share(clean_correct),
+            certified_accuracy: share(count),
+            certified: count,
+            pgd_accuracy: None,
+            pgd: None,
+            mean_width,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        certified_all.push(certified);
+    }
+    let m = settings.pgd_limit.min(n);
+    if m > 0 && !settings.eps.is_empty() {
+        let subset = ds.take(m);
+        let measured = protocol::measure(model, engine, &subset, &settings.eps, &settings.protocol, feed)?;
+        for ((r, cert), meas) in results.iter_mut().zip(&certified_all).zip(&measured) {
+            let certified = cert[..m].iter().filter(|&&c| c).count();
+            let certified_but_broken = (0..m).filter(|&i| cert[i] && meas.broken[i]).count();
+            r.pgd_accuracy = Some(meas.robustness.robust_accuracy);
+            r.pgd = Some(PgdCheck {
+                n: m,
+                robust_accuracy: meas.robustness.robust_accuracy,
+                certified,
+                certified_but_broken,
+                seconds: meas.robustness.seconds,
+            });
+        }
+    }
+    Ok(Certification {
+        kind: head.kind,
+        features: d,
+        results,
+        certified: certified_all,
+        clean_correct,
+    })
+}
+
+/// The head's scores `[n, K]` at feature rows `f` `[n, D]`, in f64 (for checks).
+pub fn scores(head: &HeadSite, f: &Array2<f32>) -> Array2<f64> {
+    let w = head.weights.mapv(f64::from);
+    let b: Array1<f64> = head.bias.mapv(f64::from);
+    f.mapv(f64::from).dot(&w.t()) + &b
+}
