@@ -365,9 +365,7 @@ pub fn build(fwd: &Forward, shapes: &HashMap<String, Vec<usize>>, margin: Margin
     g.name = Some(format!("{}_bounds", g.name().trim_end_matches("_gradient")));
     g.node.extend(ctx.b.nodes);
     g.initializer.extend(ctx.b.initializers);
-    if model.ir_version() < 4 {
-        declare_initializers(&mut model);
-    }
+    super::grad::declare_initializers(&mut model);
     Ok(model)
 }
 
@@ -385,22 +383,5 @@ fn input_box(ctx: &mut Ctx) -> Box2 {
     Box2 {
         l: ctx.b.op("Max", &[&wide.l, &zero], vec![]),
         u: ctx.b.op("Min", &[&wide.u, &one], vec![]),
-    }
-}
-
-/// Before IR version 4 every initializer also had to be a graph input.
-fn declare_initializers(model: &mut ModelProto) {
-    if let Some(g) = model.graph.as_mut() {
-        let listed: HashSet<String> = g.input.iter().map(|v| v.name().to_string()).collect();
-        let missing: Vec<_> = g
-            .initializer
-            .iter()
-            .filter(|t| !listed.contains(t.name()))
-            .map(|t| {
-                let d: Vec<Dim> = t.dims.iter().map(|&v| Dim::Fixed(v)).collect();
-                tensor_value_info(t.name(), t.data_type(), &d)
-            })
-            .collect();
-        g.input.extend(missing);
     }
 }

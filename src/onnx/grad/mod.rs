@@ -304,7 +304,7 @@ pub fn forward(model: &ModelProto, norm: &Normalization) -> Result<Forward, Onnx
 }
 
 /// Before IR version 4 every initializer also had to be a graph input.
-fn declare_initializers(model: &mut ModelProto) {
+pub(crate) fn declare_initializers(model: &mut ModelProto) {
     if model.ir_version() >= 4 {
         return;
     }
