@@ -4,6 +4,7 @@
 //! progress and warnings on stderr.
 
 mod attack;
+mod certified;
 mod certify;
 mod cut;
 mod eval;

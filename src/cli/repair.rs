@@ -231,39 +231,57 @@ impl RepairOptions {
 #[derive(Debug, Args)]
 pub struct RepairArgs {
     /// The hybrid to repair (written by `nnmend fit`).
-    hybrid: PathBuf,
+    pub(super) hybrid: PathBuf,
     /// The repair samples: an `attack -o` file; its successful rows are used.
-    #[arg(long, value_name = "ADV.npz")]
-    adv: PathBuf,
+    #[arg(long, value_name = "ADV.npz", required_unless_present = "certify")]
+    pub(super) adv: Option<PathBuf>,
     /// The data the attack ran on (its `index` column points into it).
     #[arg(long, value_name = "DATA")]
-    train: PathBuf,
+    pub(super) train: PathBuf,
     /// Where to write the repaired model.
     #[arg(short, long, value_name = "REPAIRED.onnx")]
-    output: PathBuf,
+    pub(super) output: PathBuf,
     /// The hybrid's head: read from the model (auto), or the kind it must be.
     #[arg(long, value_enum, default_value_t = HeadArg::Auto)]
     head: HeadArg,
     /// Use only the first N repair samples (successful rows of `--adv`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    samples: Option<u64>,
+    pub(super) samples: Option<u64>,
+    /// Certified repair: every point of the L∞ ball of radius E (clipped to [0, 1])
+    /// around each ball's image is to be classified right with `--margin` [default
+    /// 0.1 here] over the ball's feature box (interval bounds through the extractor),
+    /// checked afterwards as `nnmend certify` checks. The balls are the clean originals
+    /// of `--adv`'s repair samples, or without `--adv`, `--balls` training images.
+    #[arg(long, value_name = "E", value_parser = super::unit_interval,
+          conflicts_with_all = ["epochs", "select", "dump_lp", "adv_test", "eps"])]
+    pub(super) certify: Option<f32>,
+    /// Certified repair without `--adv`: how many training images (a seeded random
+    /// choice) give the balls.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1000,
+        requires = "certify",
+        conflicts_with = "adv"
+    )]
+    pub(super) balls: usize,
     #[command(flatten)]
-    repair: RepairOptions,
+    pub(super) repair: RepairOptions,
     /// The radius of the rounds' attacks and of the robust accuracy [default: the
     /// `eps` of `--adv`'s rows, when they share one].
     #[arg(long, value_parser = super::unit_interval)]
     eps: Option<f32>,
     /// Seed of the pool's choice and of the attacks' random starts.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(super) seed: u64,
     /// Clean test data: report the accuracy change (drawdown) and the PGD robust
     /// accuracy before and after (see --pgd-limit).
     #[arg(long, value_name = "DATA")]
-    test: Option<PathBuf>,
+    pub(super) test: Option<PathBuf>,
     /// Test images whose robust accuracy is measured: PGD-40 from 3 random starts,
     /// cross-entropy and margin loss, against each model itself (0: none).
     #[arg(long, value_name = "N", default_value_t = 1000)]
-    pgd_limit: usize,
+    pub(super) pgd_limit: usize,
     /// Held-out adversarial examples (an `attack -o` file): report the share fixed.
     #[arg(long, value_name = "ADV.npz")]
     adv_test: Option<PathBuf>,
@@ -273,14 +291,14 @@ pub struct RepairArgs {
     #[arg(long, value_name = "FILE")]
     dump_lp: Option<PathBuf>,
     #[command(flatten)]
-    gates: GateArgs,
+    pub(super) gates: GateArgs,
     /// Print one JSON document instead of text.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     #[command(flatten)]
-    data_args: DataArgs,
+    pub(super) data_args: DataArgs,
     #[command(flatten)]
-    engine: EngineArgs,
+    pub(super) engine: EngineArgs,
 }
 
 /// Refuses, before any work, a gate whose value this command line does not measure.
@@ -295,6 +313,12 @@ fn refuse_unmeasured_gates(args: &RepairArgs) -> Result<()> {
                 quantity.flag()
             );
         }
+    }
+    if args.certify.is_some() && args.gates.has(Quantity::RobustAccuracy) {
+        usage!(
+            "{} is not measured by a certified repair (--certify): its efficacy is the share of balls certified",
+            Quantity::RobustAccuracy.flag()
+        );
     }
     args.gates.refuse_unmeasured_robustness(args.pgd_limit)
 }
@@ -347,7 +371,8 @@ fn round_dump(dump: &Path, round: usize) -> PathBuf {
 
 /// Runs `nnmend repair`.
 pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
-    let mut inputs: Vec<&Path> = vec![&args.hybrid, &args.adv, &args.train];
+    let mut inputs: Vec<&Path> = vec![&args.hybrid, &args.train];
+    inputs.extend(args.adv.as_deref());
     inputs.extend(args.test.as_deref());
     inputs.extend(args.adv_test.as_deref());
     g.refuse_overwrite(&args.output, &inputs)?;
@@ -372,13 +397,19 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
             found.kind.name()
         );
     }
-    let mut adv = read_successful(&args.adv)?;
+    if let Some(eps) = args.certify {
+        return super::certified::repair(&args, &hybrid, eps);
+    }
+    let Some(adv_path) = args.adv.as_deref() else {
+        usage!("repair needs --adv ADV.npz (the repair samples), or --certify E for a certified repair");
+    };
+    let mut adv = read_successful(adv_path)?;
     if adv.images.is_empty() {
         anyhow::bail!(
             "{}: no row has success = true, so there is no adversarial example to repair. Attack with a \
              larger --eps, with --method pgd (stronger than FGSM), or on more images (--limit), then repair \
              with that file",
-            args.adv.display()
+            adv_path.display()
         );
     }
     if let Some(n) = args.samples {
@@ -390,7 +421,7 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
         usage!(
             "{}: its rows have no single eps; give the radius of the head's training, the rounds' attacks and \
              the robust accuracy with --eps (or --epochs 0 --rounds 1 for a repair without attacks)",
-            args.adv.display()
+            adv_path.display()
         );
     }
     let clean = args.data_args.load(&args.train, Split::Train)?;

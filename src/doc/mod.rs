@@ -5,6 +5,7 @@
 //! [`crate::inspect::Inspection`], and `run --json` the experiment's
 //! [`crate::experiment::Report`].
 
+mod certified;
 mod certify;
 mod fit;
 mod repair;
@@ -18,6 +19,7 @@ use crate::features::Accuracy;
 use crate::repair::instance::Solved;
 use crate::repair::{ClassSolution, Status};
 
+pub use certified::{CertifiedRepairDoc, HeldOutDoc};
 pub use certify::{CertifyDoc, MarginDoc as BoundsMarginDoc};
 pub use fit::{FitDoc, KernelDoc, SvmClassDoc, SvmDoc};
 pub use repair::{BeforeAfter, ChangeDoc, MarginDoc, RepairDoc};

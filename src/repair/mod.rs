@@ -15,6 +15,7 @@
 //! data as `repair --dump-lp` writes it and `nnmend lp` solves it.
 
 pub mod adversarial;
+pub mod certified;
 mod error;
 pub mod hybrid;
 pub mod instance;

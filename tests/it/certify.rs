@@ -544,3 +544,98 @@ fn certify_vnnlib_writes_properties_an_independent_reader_accepts() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
 }
+
+#[test]
+fn certified_repair_certifies_its_balls_as_certify_and_the_reference_check_them() {
+    let dir = tempdir();
+    let model = hybrid(dir.path(), false);
+    let repaired = dir.path().join("certified.onnx");
+    let eps = 0.03f32;
+    // The balls are all 40 training images (`--balls` takes them in a seeded order).
+    let common = ["--limit", "40", "--threads", "2"];
+    let out = run(&[
+        &["repair", s(&model), "--certify", "0.03", "--balls", "40"],
+        &["--train", s(&fixture("mnist-small")), "-o", s(&repaired), "--json"][..],
+        &common[..],
+    ]
+    .concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = json(&out);
+    assert_eq!(doc["mode"], "certified");
+    assert_eq!(doc["balls"], 40);
+    assert_eq!(doc["status"], "solved");
+    let before = doc["certified_before"].as_u64().unwrap();
+    let after = doc["certified_after"].as_u64().unwrap();
+    assert!(
+        before < 20,
+        "{before} of 40 balls certified before: the radius is too small to test"
+    );
+    assert!(doc["lp"]["columns"].as_u64().unwrap() > 0);
+    assert_eq!(after, 40, "{doc}");
+    assert_eq!(doc["efficacy"], 1.0);
+    assert!(doc["change"]["l1"].as_f64().unwrap() > 0.0);
+
+    // `certify` finds the same, and PGD breaks none of them.
+    let out = run(&[
+        &[
+            "certify",
+            s(&repaired),
+            "--data",
+            s(&fixture("mnist-small")),
+            "--eps",
+            "0.03",
+        ],
+        &["--split", "train", "--pgd-limit", "20", "--json"][..],
+        &common[..],
+    ]
+    .concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cert = json(&out);
+    assert_eq!(cert["results"][0]["certified"], 40);
+    assert_eq!(cert["certified_but_broken"], 0);
+
+    // So does the float64 reference, computed from IBP's definitions.
+    let ds = data::load(
+        &fixture("mnist-small"),
+        &LoadOptions {
+            split: Split::Train,
+            limit: Some(40),
+        },
+    )
+    .unwrap();
+    let pixels = Preprocess {
+        mean: vec![],
+        std: vec![],
+        layout: Layout::Nchw,
+    }
+    .batch(&ds, 0..ds.len())
+    .unwrap();
+    let site = head::find(&load(&repaired)).unwrap();
+    let refs = reference(&[Job {
+        model: repaired.clone(),
+        x: pixels,
+        eps,
+        tensor: Some(site.input.clone()),
+        mean: vec![0.0],
+        std: vec![1.0],
+        labels: Some(ds.labels.clone()),
+    }]);
+    let flags = refs[0].1.as_ref().unwrap();
+    assert!(flags.iter().all(|&c| c), "the reference certifies {flags:?}");
+
+    // A certified repair is a repair of its own: no rounds.
+    let out = run(&[
+        &["repair", s(&model), "--certify", "0.03", "--rounds", "2"],
+        &[
+            "--train",
+            s(&fixture("mnist-small")),
+            "-o",
+            s(&dir.path().join("no.onnx")),
+        ][..],
+        &common[..],
+    ]
+    .concat());
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rounds"));
+    assert!(!dir.path().join("no.onnx").exists());
+}

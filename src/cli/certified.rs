@@ -1,0 +1,144 @@
+//! `nnmend repair HYBRID --certify E --train DATA -o OUT`: a certified repair. The
+//! head changes, as little as possible in L1, so that every point of each ball is
+//! classified right over its feature box; the written model is then checked as
+//! `nnmend certify` checks it.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use nnmend::attack::file::read_successful;
+use nnmend::data::{Dataset, Split};
+use nnmend::doc::{CertifiedRepairDoc, HeldOutDoc};
+use nnmend::hybrid::evaluate;
+use nnmend::onnx::bounds::Margin;
+use nnmend::onnx::ModelProto;
+use nnmend::repair::certified::{repair_certified, CertifiedRepairSettings, CertifiedSettings};
+use nnmend::repair::hybrid::{originals, pool};
+use nnmend::repair::Status;
+use nnmend::verify;
+
+use super::gate::verdict;
+use super::repair::{Mode, RepairArgs};
+use super::{print_json, save_model, usage, warn};
+
+/// The worst margin a certified repair asks of each ball by default: small, since the
+/// boxes are wide and any positive margin certifies; it covers the head's own f32
+/// rounding, which `certify` subtracts.
+pub(super) const CERTIFY_MARGIN: f64 = 0.1;
+
+/// The balls: the clean originals of `--adv`'s repair samples, or `--balls` images of
+/// the training data in a seeded random order.
+fn balls(args: &RepairArgs, clean: &Dataset) -> Result<Dataset> {
+    match &args.adv {
+        Some(path) => {
+            let mut adv = read_successful(path)?;
+            if let Some(n) = args.samples {
+                adv = adv.take(usize::try_from(n).unwrap_or(usize::MAX));
+            }
+            if adv.images.is_empty() {
+                anyhow::bail!(
+                    "{}: no row has success = true, so there is no ball to certify",
+                    path.display()
+                );
+            }
+            let rows = originals(&adv.index, &adv.images.labels, clean)?;
+            clean.select(&rows).context("an --adv index is out of range of --train")
+        }
+        None => Ok(pool(clean, args.balls, args.seed)?.0),
+    }
+}
+
+/// Certified accuracy of `model` on the balls of `ds` at `eps`.
+fn certified_share(
+    model: &ModelProto,
+    ds: &Dataset,
+    eps: f32,
+    engine: &dyn nnmend::engine::Engine,
+    feed: &nnmend::features::Feed,
+) -> Result<f64> {
+    let settings = verify::Settings {
+        eps: vec![eps],
+        pgd_limit: 0,
+        protocol: Default::default(),
+        margin: Margin::default(),
+    };
+    let c = verify::certify(model, engine, ds, &settings, feed)?;
+    Ok(c.results.first().map_or(0.0, |r| r.certified_accuracy))
+}
+
+/// Runs `nnmend repair --certify E`, for `hybrid` read from `args.hybrid`.
+pub(super) fn repair(args: &RepairArgs, hybrid: &ModelProto, eps: f32) -> Result<ExitCode> {
+    if args.repair.rounds > 1 || matches!(args.repair.mode, Mode::Paper) {
+        usage!("--certify is a repair of its own: it takes neither --rounds nor --mode paper");
+    }
+    let clean = args.data_args.load(&args.train, Split::Train)?;
+    let ds = balls(args, &clean)?;
+    let (engine, feed) = args.engine.open(&args.data_args)?;
+    let settings = CertifiedRepairSettings {
+        eps,
+        margin: args.repair.margin.unwrap_or(CERTIFY_MARGIN),
+        ball_price: args.repair.slack_price,
+        keep_price: args.repair.keep_price,
+        preserve: args.repair.preserve,
+        repair_bias: args.repair.repair_bias,
+        bounds: Margin::default(),
+        solve: CertifiedSettings {
+            max_iter: args.repair.lp_max_iter,
+            threads: u32::try_from(feed.threads.max(1)).unwrap_or(1),
+            ..CertifiedSettings::default()
+        },
+    };
+    let done = repair_certified(hybrid, &ds, &clean, engine.as_ref(), &feed, &settings)
+        .with_context(|| format!("repairing {}", args.hybrid.display()))?;
+    match done.solution.status {
+        Status::Solved => {}
+        Status::AlmostSolved => warn("the certified repair's LP was solved to reduced accuracy only; the model is written, but check its certificates"),
+        status => anyhow::bail!(
+            "the certified repair's LP ended {status:?} (clarabel's iteration limit, --lp-max-iter {}, or numerical \
+             trouble); no model written to {}. Try fewer balls, a smaller --certify radius or a higher --lp-max-iter",
+            args.repair.lp_max_iter,
+            args.output.display()
+        ),
+    }
+    save_model(&done.model, &args.output)?;
+    let test = args
+        .test
+        .as_ref()
+        .map(|p| args.data_args.load(p, Split::Test))
+        .transpose()?;
+    let (accuracy, held_out) = match &test {
+        Some(test) => {
+            let accuracy = (
+                evaluate(hybrid, test, engine.as_ref(), &feed)?.0.accuracy,
+                evaluate(&done.model, test, engine.as_ref(), &feed)?.0.accuracy,
+            );
+            let first = test.take(args.pgd_limit);
+            let held_out = (!first.is_empty())
+                .then(|| -> Result<HeldOutDoc> {
+                    Ok(HeldOutDoc {
+                        n: first.len(),
+                        before: certified_share(hybrid, &first, eps, engine.as_ref(), &feed)?,
+                        after: certified_share(&done.model, &first, eps, engine.as_ref(), &feed)?,
+                    })
+                })
+                .transpose()?;
+            (Some(accuracy), held_out)
+        }
+        None => (None, None),
+    };
+    let doc = CertifiedRepairDoc::new(
+        &done,
+        &settings,
+        (accuracy, held_out),
+        engine.describe(),
+        args.output.clone(),
+        &args.gates.gates(),
+    );
+    if args.json {
+        print_json(&doc)?;
+    } else {
+        doc.write_text(&mut std::io::stdout().lock())?;
+    }
+    Ok(verdict(&doc.gates))
+}
