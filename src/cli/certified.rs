@@ -20,7 +20,7 @@ use nnmend::verify;
 
 use super::gate::verdict;
 use super::repair::{Mode, RepairArgs};
-use super::{print_json, save_model, usage, warn};
+use super::{print_doc, save_model, usage, warn};
 
 /// The worst margin a certified repair asks of each ball by default: small, since the
 /// boxes are wide and any positive margin certifies; it covers the head's own f32
@@ -135,10 +135,6 @@ pub(super) fn repair(args: &RepairArgs, hybrid: &ModelProto, eps: f32) -> Result
         args.output.clone(),
         &args.gates.gates(),
     );
-    if args.json {
-        print_json(&doc)?;
-    } else {
-        doc.write_text(&mut std::io::stdout().lock())?;
-    }
+    print_doc(&doc, args.json, |d, out| d.write_text(out))?;
     Ok(verdict(&doc.gates))
 }

@@ -284,6 +284,19 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// Prints `doc` on stdout: as one JSON document with `json`, else as `text` writes it.
+fn print_doc<D: serde::Serialize>(
+    doc: &D,
+    json: bool,
+    text: impl FnOnce(&D, &mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<()> {
+    if json {
+        print_json(doc)
+    } else {
+        Ok(text(doc, &mut std::io::stdout().lock())?)
+    }
+}
+
 /// Parses a number in `[0, 1]`: a radius ε in pixel space.
 fn unit_interval(s: &str) -> Result<f32, String> {
     let v: f32 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;

@@ -25,7 +25,7 @@ use nnmend::repair::rounds::RoundSettings;
 use nnmend::repair::{assess, repair_hybrid, Checks, ClassSettings, MarginOptions, Settings, Status};
 
 use super::gate::{verdict, GateArgs};
-use super::{load_model, non_negative, print_json, save_model, usage, warn, DataArgs, EngineArgs, Global};
+use super::{load_model, non_negative, print_doc, save_model, usage, warn, DataArgs, EngineArgs, Global};
 
 /// Which hybrid the repair expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -476,11 +476,7 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
         args.output.clone(),
         &args.gates.gates(),
     );
-    if args.json {
-        print_json(&doc)?;
-    } else {
-        doc.write_text(&mut std::io::stdout().lock())?;
-    }
+    print_doc(&doc, args.json, |d, out| d.write_text(out))?;
     Ok(verdict(&doc.gates))
 }
 
