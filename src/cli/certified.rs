@@ -10,12 +10,11 @@ use anyhow::{Context, Result};
 use nnmend::attack::file::read_successful;
 use nnmend::data::{Dataset, Split};
 use nnmend::doc::{CertifiedRepairDoc, HeldOutDoc};
-use nnmend::hybrid::evaluate;
 use nnmend::onnx::bounds::Margin;
 use nnmend::onnx::ModelProto;
 use nnmend::repair::certified::{repair_certified, CertifiedRepairSettings, CertifiedSettings};
 use nnmend::repair::hybrid::{originals, pool};
-use nnmend::repair::Status;
+use nnmend::repair::{assess, Checks, Status};
 use nnmend::verify;
 
 use super::gate::verdict;
@@ -47,24 +46,6 @@ fn balls(args: &RepairArgs, clean: &Dataset) -> Result<Dataset> {
         }
         None => Ok(pool(clean, args.balls, args.seed)?.0),
     }
-}
-
-/// Certified accuracy of `model` on the balls of `ds` at `eps`.
-fn certified_share(
-    model: &ModelProto,
-    ds: &Dataset,
-    eps: f32,
-    engine: &dyn nnmend::engine::Engine,
-    feed: &nnmend::features::Feed,
-) -> Result<f64> {
-    let settings = verify::Settings {
-        eps: vec![eps],
-        pgd_limit: 0,
-        protocol: Default::default(),
-        margin: Margin::default(),
-    };
-    let c = verify::certify(model, engine, ds, &settings, feed)?;
-    Ok(c.results.first().map_or(0.0, |r| r.certified_accuracy))
 }
 
 /// Runs `nnmend repair --certify E`, for `hybrid` read from `args.hybrid`.
@@ -109,21 +90,25 @@ pub(super) fn repair(args: &RepairArgs, hybrid: &ModelProto, eps: f32) -> Result
         .transpose()?;
     let (accuracy, held_out) = match &test {
         Some(test) => {
-            let accuracy = (
-                evaluate(hybrid, test, engine.as_ref(), &feed)?.0.accuracy,
-                evaluate(&done.model, test, engine.as_ref(), &feed)?.0.accuracy,
-            );
+            let checks = Checks {
+                test: Some(test),
+                ..Checks::default()
+            };
+            let accuracy = assess(hybrid, &done.model, &checks, engine.as_ref(), &feed)?.accuracy;
             let first = test.take(args.pgd_limit);
+            let share = |m: &ModelProto| -> Result<f64> {
+                Ok(verify::certify_at(m, engine.as_ref(), &first, eps, Margin::default(), &feed)?.certified_accuracy)
+            };
             let held_out = (!first.is_empty())
                 .then(|| -> Result<HeldOutDoc> {
                     Ok(HeldOutDoc {
                         n: first.len(),
-                        before: certified_share(hybrid, &first, eps, engine.as_ref(), &feed)?,
-                        after: certified_share(&done.model, &first, eps, engine.as_ref(), &feed)?,
+                        before: share(hybrid)?,
+                        after: share(&done.model)?,
                     })
                 })
                 .transpose()?;
-            (Some(accuracy), held_out)
+            (accuracy, held_out)
         }
         None => (None, None),
     };

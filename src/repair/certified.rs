@@ -45,6 +45,7 @@ use crate::onnx::bounds::Margin;
 use crate::onnx::head;
 use crate::onnx::surgery::extractor;
 use crate::onnx::{find_cut, ModelProto};
+use crate::svm::LinearSvm;
 use crate::verify::Bounder;
 
 /// The samples of a certified repair: balls (and points, with radius 0).
@@ -685,13 +686,11 @@ pub fn repair_certified(
     // A solve that did not end usable leaves the head as it was; the caller reads
     // its status and decides (`repair` writes no model then).
     let solution = solve(&problem, &solve_settings);
-    let weights = solution.weights.mapv(|v| v as f32);
-    let bias = solution.bias.mapv(|v| v as f32);
-    let (l1, linf) = (&weights - &site.weights)
-        .iter()
-        .chain((&bias - &site.bias).iter())
-        .map(|g| f64::from(*g).abs())
-        .fold((0.0, 0.0), |(s, m): (f64, f64), g| (s + g, m.max(g)));
+    let repaired = LinearSvm {
+        weights: solution.weights.mapv(|v| v as f32),
+        bias: solution.bias.mapv(|v| v as f32),
+    };
+    let (l1, linf) = super::change(&repaired, &site.linear());
     let provenance = vec![
         ("nnmend.repair.mode", "certified".to_string()),
         ("nnmend.repair.head", site.kind.name().to_string()),
@@ -703,17 +702,10 @@ pub fn repair_certified(
         ("nnmend.repair.version", crate::provenance::VERSION.to_string()),
         ("nnmend.repair.commit", crate::provenance::COMMIT.to_string()),
     ];
-    let model = head::replace(hybrid, &site, &weights, &bias, &provenance)?;
+    let model = head::replace(hybrid, &site, &repaired.weights, &repaired.bias, &provenance)?;
     // The check is `certify`'s own, on the written model and on the original.
-    let check = crate::verify::Settings {
-        eps: vec![settings.eps],
-        pgd_limit: 0,
-        protocol: crate::attack::protocol::Protocol::default(),
-        margin: settings.bounds,
-    };
     let count = |m: &ModelProto| -> Result<usize> {
-        let c = crate::verify::certify(m, engine, balls, &check, feed)?;
-        Ok(c.results.first().map_or(0, |r| r.certified))
+        Ok(crate::verify::certify_at(m, engine, balls, settings.eps, settings.bounds, feed)?.certified)
     };
     Ok(CertifiedRepair {
         certified_before: count(hybrid)?,

@@ -175,14 +175,17 @@ impl HeadRepair {
     /// than from the head the LP started from (they differ when the head was trained
     /// before the LP).
     pub fn measure_change_from(&mut self, original: &LinearSvm) {
-        let deltas = (&self.linear.weights - &original.weights)
-            .into_iter()
-            .chain(&self.linear.bias - &original.bias)
-            .map(|g| f64::from(g).abs());
-        let (l1, linf) = deltas.fold((0.0, 0.0), |(s, m): (f64, f64), g| (s + g, m.max(g)));
-        self.repair.l1 = l1;
-        self.repair.linf = linf;
+        (self.repair.l1, self.repair.linf) = change(&self.linear, original);
     }
+}
+
+/// Σ|ΔW| + Σ|Δb| and max(|ΔW|, |Δb|) from `original` to `changed`.
+pub fn change(changed: &LinearSvm, original: &LinearSvm) -> (f64, f64) {
+    (&changed.weights - &original.weights)
+        .into_iter()
+        .chain(&changed.bias - &original.bias)
+        .map(|g| f64::from(g).abs())
+        .fold((0.0, 0.0), |(s, m): (f64, f64), g| (s + g, m.max(g)))
 }
 
 /// `count` rows evenly spaced through `n` (image folders are sorted by class, so the

@@ -397,6 +397,27 @@ pub fn certify(
     })
 }
 
+/// [`certify`] at the one radius `eps`, without PGD.
+pub fn certify_at(
+    model: &ModelProto,
+    engine: &dyn Engine,
+    ds: &Dataset,
+    eps: f32,
+    margin: Margin,
+    feed: &Feed,
+) -> Result<EpsCertificate> {
+    let settings = Settings {
+        eps: vec![eps],
+        pgd_limit: 0,
+        protocol: Protocol::default(),
+        margin,
+    };
+    certify(model, engine, ds, &settings, feed)?
+        .results
+        .pop()
+        .ok_or_else(|| VerifyError::Invariant("certify returned no result for its one radius").into())
+}
+
 /// The head's scores `[n, K]` at feature rows `f` `[n, D]`, in f64 (for checks).
 pub fn scores(head: &HeadSite, f: &Array2<f32>) -> Array2<f64> {
     let w = head.weights.mapv(f64::from);
