@@ -40,6 +40,7 @@
 //! (seed, class), so results do not depend on the thread count or schedule.
 
 mod dcd;
+mod error;
 pub mod kernel;
 mod newton;
 mod report;
@@ -54,13 +55,14 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub use error::SvmError;
 pub use kernel::{KernelError, Nystrom, NystromSettings};
 pub use report::{ClassReport, FitReport, ScalingReport, Solver};
 pub use scale::Standardizer;
 pub use select::{CSearch, GridPoint, Selection};
 
 use dcd::Settings;
-use rows::{DenseRows, Rows, SparseRows};
+use rows::{to_sparse, DenseRows, Rows};
 use tron::PrimalSettings;
 
 /// Loss applied to the margin violation 1 − y wᵀx of each sample.
@@ -216,65 +218,6 @@ impl LinearSvm {
             })
             .collect()
     }
-}
-
-/// Invalid input to [`fit`].
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum SvmError {
-    /// No training samples.
-    #[error("no training samples")]
-    Empty,
-    /// Feature rows and labels differ in number.
-    #[error("{samples} feature rows but {labels} labels")]
-    LengthMismatch {
-        /// Number of feature rows.
-        samples: usize,
-        /// Number of labels.
-        labels: usize,
-    },
-    /// A label is not a valid class index.
-    #[error("label {label} of sample {sample} is not below n_classes = {n_classes}")]
-    LabelOutOfRange {
-        /// Sample index.
-        sample: usize,
-        /// Offending label.
-        label: usize,
-        /// Number of classes requested.
-        n_classes: usize,
-    },
-    /// A feature value is NaN or infinite.
-    #[error("feature {feature} of sample {sample} is not finite ({value})")]
-    NonFinite {
-        /// Sample index.
-        sample: usize,
-        /// Feature index.
-        feature: usize,
-        /// Offending value.
-        value: f32,
-    },
-    /// C is not a positive finite number.
-    #[error("C must be positive and finite, got {0}")]
-    InvalidC(f64),
-    /// The primal solver was asked for with the hinge loss.
-    #[error("the primal solver needs the squared hinge loss (the hinge loss is solved in the dual)")]
-    PrimalHinge,
-    /// A search for C without candidates.
-    #[error("the grid of C values to search is empty")]
-    EmptyGrid,
-    /// A held-out share outside (0, 1).
-    #[error("the held-out share must be between 0 and 1 (exclusive), got {0}")]
-    InvalidHoldout(f64),
-    /// No class has enough samples to hold any out.
-    #[error(
-        "holding out {holdout} of each class of {samples} samples leaves no validation sample (every class has a \
-         single sample)"
-    )]
-    NoValidation {
-        /// Training samples.
-        samples: usize,
-        /// The held-out share.
-        holdout: f64,
-    },
 }
 
 /// Outcome of one binary solve, by either solver.
@@ -562,28 +505,6 @@ pub(crate) fn fit_from(
         scaling: None,
     };
     Ok((LinearSvm { weights, bias }, report))
-}
-
-/// Copies the non-zero entries of `x` into compressed sparse rows.
-fn to_sparse(x: ArrayView2<f32>, nnz: usize) -> SparseRows {
-    let mut indptr = Vec::with_capacity(x.nrows() + 1);
-    let mut entries = Vec::with_capacity(nnz);
-    indptr.push(0);
-    for row in x.axis_iter(Axis(0)) {
-        for (j, &v) in row.iter().enumerate() {
-            if v != 0.0 {
-                // Lossless: sparse storage is only chosen when every
-                // feature index fits in u32.
-                entries.push((j as u32, v));
-            }
-        }
-        indptr.push(entries.len());
-    }
-    SparseRows {
-        indptr,
-        entries,
-        d: x.ncols(),
-    }
 }
 
 /// The coordinate-order generator of one class: a ChaCha8 stream whose key

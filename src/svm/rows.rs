@@ -4,6 +4,8 @@
 //! The solvers are generic over [`Rows`], so the dense and sparse inner loops are
 //! monomorphised without a per-row dispatch.
 
+use ndarray::{ArrayView2, Axis};
+
 /// Read-only access to the (non-augmented) feature rows the solver needs.
 ///
 /// The solver is generic over this so that the dense and sparse inner loops
@@ -166,5 +168,27 @@ impl Rows for SparseRows {
         for &(j, v) in self.row(i) {
             f(j as usize, f64::from(v));
         }
+    }
+}
+
+/// Copies the non-zero entries of `x` into compressed sparse rows.
+pub(super) fn to_sparse(x: ArrayView2<f32>, nnz: usize) -> SparseRows {
+    let mut indptr = Vec::with_capacity(x.nrows() + 1);
+    let mut entries = Vec::with_capacity(nnz);
+    indptr.push(0);
+    for row in x.axis_iter(Axis(0)) {
+        for (j, &v) in row.iter().enumerate() {
+            if v != 0.0 {
+                // Lossless: sparse storage is only chosen when every
+                // feature index fits in u32.
+                entries.push((j as u32, v));
+            }
+        }
+        indptr.push(entries.len());
+    }
+    SparseRows {
+        indptr,
+        entries,
+        d: x.ncols(),
     }
 }

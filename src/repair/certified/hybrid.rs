@@ -1,0 +1,186 @@
+//! The certified repair of a hybrid: the balls' feature boxes, the preserved images'
+//! features, the program, and the written model checked as `certify` checks it.
+
+use std::time::Instant;
+
+use ndarray::{Array2, Axis};
+
+use super::{solve, CertifiedProblem, CertifiedSettings, CertifiedSolution};
+use crate::data::Dataset;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::features::{collect, Feed};
+use crate::head::HeadKind;
+use crate::onnx::bounds::Margin;
+use crate::onnx::head;
+use crate::onnx::surgery::extractor;
+use crate::onnx::{find_cut, ModelProto};
+use crate::repair::RepairError;
+use crate::svm::LinearSvm;
+use crate::verify::Bounder;
+
+/// What a certified repair of a hybrid does.
+#[derive(Debug, Clone, Copy)]
+pub struct CertifiedRepairSettings {
+    /// The radius of the balls, in `[0, 1]` pixel units.
+    pub eps: f32,
+    /// The worst margin wanted over each ball.
+    pub margin: f64,
+    /// Price of a unit of a ball's shortfall.
+    pub ball_price: f64,
+    /// Price of a unit of a preserved image's loss of margin.
+    pub keep_price: f64,
+    /// Training images, evenly spaced, whose margins are kept
+    /// ([`crate::repair::preservation_rows`]).
+    pub preserve: usize,
+    /// Whether the bias may change.
+    pub repair_bias: bool,
+    /// The rounding margin of the bounds.
+    pub bounds: Margin,
+    /// The solve.
+    pub solve: CertifiedSettings,
+}
+
+/// A hybrid repaired so that its balls are certified, and the figures of its repair.
+#[derive(Debug, Clone)]
+pub struct CertifiedRepair {
+    /// The repaired model.
+    pub model: ModelProto,
+    /// Linear or kernel hybrid.
+    pub head: HeadKind,
+    /// Width of the features the head reads.
+    pub features: usize,
+    /// Balls.
+    pub balls: usize,
+    /// Preserved images.
+    pub preserved: usize,
+    /// The program's solution.
+    pub solution: CertifiedSolution,
+    /// The balls `certify` certifies before the repair.
+    pub certified_before: usize,
+    /// The balls `certify` certifies in the written model.
+    pub certified_after: usize,
+    /// Σ|ΔW| + Σ|Δb| of the written (f32) head.
+    pub l1: f64,
+    /// max |ΔW|, |Δb|.
+    pub linf: f64,
+    /// Seconds spent on the balls' feature bounds.
+    pub bounds_seconds: f64,
+    /// Seconds in all, the checks included.
+    pub seconds: f64,
+}
+
+/// Repairs the head of `hybrid` so that the ε-ball (clipped to `[0, 1]`) around every
+/// image of `balls` is classified right with `settings.margin` over its feature box,
+/// while `settings.preserve` images of `clean` keep their margins (see the module
+/// docs). The written model is then certified on `balls` as `nnmend certify` would:
+/// [`CertifiedRepair::certified_after`] counts what that check found, not what the
+/// program promised.
+pub fn repair_certified(
+    hybrid: &ModelProto,
+    balls: &Dataset,
+    clean: &Dataset,
+    engine: &dyn Engine,
+    feed: &Feed,
+    settings: &CertifiedRepairSettings,
+) -> Result<CertifiedRepair> {
+    let started = Instant::now();
+    let site = head::find(hybrid)?;
+    let (k, d) = site.weights.dim();
+    if balls.is_empty() {
+        return Err(RepairError::NoSamples.into());
+    }
+    let ball_labels = crate::repair::class_indices(&balls.labels, k)?;
+    let bounder = Bounder::new(hybrid, &site.input, engine, balls, feed, settings.bounds)?;
+    let boxes = bounder.bounds(balls, settings.eps, feed)?;
+    let bounds_seconds = started.elapsed().as_secs_f64();
+    if boxes.lower.dim() != (balls.len(), d) {
+        return Err(RepairError::Shape(format!(
+            "the feature bounds are {:?}, the head reads {d} features",
+            boxes.lower.dim()
+        ))
+        .into());
+    }
+    let kept = clean
+        .select(&crate::repair::preservation_rows(clean.len(), settings.preserve))
+        .ok_or_else(|| RepairError::Shape("a preserved row is out of range".into()))?;
+    let kept_features = if kept.is_empty() {
+        Array2::zeros((0, d))
+    } else {
+        let cut = find_cut(hybrid, Some(&site.input))?;
+        let session = engine.prepare(&extractor(hybrid, &cut, None)?)?;
+        collect(session.as_ref(), &kept, feed, 0, "features")?
+    };
+    let kept_labels = crate::repair::class_indices(&kept.labels, k)?;
+    let lower = boxes.lower.mapv(f64::from);
+    let upper = boxes.upper.mapv(f64::from);
+    let points = kept_features.mapv(f64::from);
+    let centre = ndarray::concatenate(Axis(0), &[((&lower + &upper) / 2.0).view(), points.view()])
+        .map_err(|e| RepairError::Shape(format!("stacking the balls and the preserved images: {e}")))?;
+    let mut radius = Array2::<f64>::zeros(centre.dim());
+    radius
+        .slice_mut(ndarray::s![..balls.len(), ..])
+        .assign(&((&upper - &lower) / 2.0));
+    let labels: Vec<usize> = ball_labels.iter().chain(&kept_labels).copied().collect();
+    let w = site.weights.mapv(f64::from);
+    let b = site.bias.mapv(f64::from);
+    let current = crate::repair::margin::margins((points.dot(&w.t()) + &b).view(), &kept_labels);
+    let margin: Vec<f64> = std::iter::repeat_n(settings.margin, balls.len())
+        .chain(current.iter().map(|&m| m.min(settings.margin)))
+        .collect();
+    let price: Vec<f64> = std::iter::repeat_n(settings.ball_price, balls.len())
+        .chain(std::iter::repeat_n(settings.keep_price, kept.len()))
+        .collect();
+    let problem = CertifiedProblem {
+        weights: w.view(),
+        bias: b.view(),
+        centre: centre.view(),
+        radius: radius.view(),
+        labels: &labels,
+        margin: &margin,
+        price: &price,
+        repair_bias: settings.repair_bias,
+    };
+    let mut solve_settings = settings.solve;
+    if solve_settings.threads == 0 {
+        solve_settings.threads = u32::try_from(feed.threads.max(1)).unwrap_or(1);
+    }
+    // A solve that did not end usable leaves the head as it was; the caller reads
+    // its status and decides (`repair` writes no model then).
+    let solution = solve(&problem, &solve_settings);
+    let repaired = LinearSvm {
+        weights: solution.weights.mapv(|v| v as f32),
+        bias: solution.bias.mapv(|v| v as f32),
+    };
+    let (l1, linf) = crate::repair::change(&repaired, &site.linear());
+    let provenance = vec![
+        ("nnmend.repair.mode", "certified".to_string()),
+        ("nnmend.repair.head", site.kind.name().to_string()),
+        ("nnmend.repair.eps", settings.eps.to_string()),
+        ("nnmend.repair.balls", balls.len().to_string()),
+        ("nnmend.repair.objective", format!("{}", solution.objective)),
+        ("nnmend.repair.status", format!("{:?}", solution.status).to_lowercase()),
+        ("nnmend.repair.bias", settings.repair_bias.to_string()),
+        ("nnmend.repair.version", crate::provenance::VERSION.to_string()),
+        ("nnmend.repair.commit", crate::provenance::COMMIT.to_string()),
+    ];
+    let model = head::replace(hybrid, &site, &repaired.weights, &repaired.bias, &provenance)?;
+    // The check is `certify`'s own, on the written model and on the original.
+    let count = |m: &ModelProto| -> Result<usize> {
+        Ok(crate::verify::certify_at(m, engine, balls, settings.eps, settings.bounds, feed)?.certified)
+    };
+    Ok(CertifiedRepair {
+        certified_before: count(hybrid)?,
+        certified_after: count(&model)?,
+        model,
+        head: site.kind,
+        features: d,
+        balls: balls.len(),
+        preserved: kept.len(),
+        solution,
+        l1,
+        linf,
+        bounds_seconds,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

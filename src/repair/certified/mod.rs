@@ -1,0 +1,438 @@
+//! Certified repair: the head changed, as little as possible in L1, so that every
+//! point of each repair ball is classified right with a margin.
+//!
+//! The extractor is frozen, so the features of a ball lie in a box `[l, u]`
+//! ([`crate::verify::feature_bounds`]), with centre `c = (l + u)/2` and radius
+//! `r = (u − l)/2`. Over that box the head's worst margin of the label `t` over a
+//! class `k` is exact (see [`crate::verify`]):
+//!
+//! ```text
+//! min over f ∈ [l, u] of (w_t − w_k)·f + b_t − b_k  =  d·c − |d|·r + b_t − b_k,   d = w_t − w_k
+//! ```
+//!
+//! concave in the weights, so "at least m" is a convex constraint. With one auxiliary
+//! vector a_tk ≥ |d| per class pair, shared by every ball of that pair (the bound is
+//! tight for each at a_tk = |d|), it is linear. The program, over changes γ of the
+//! weights (and, with `repair_bias`, of the bias, as a feature constant 1 with radius
+//! 0):
+//!
+//! ```text
+//! minimise  Σ |γ| + Σ_s price_s ξ_s
+//! subject to  (γ_t − γ_k)·c_s − a_tk·r_s + ξ_s ≥ m_s − (z_t(c_s) − z_k(c_s))   for every k ≠ t_s,
+//!             −a_tk ≤ d⁰_tk + γ_t − γ_k ≤ a_tk,   ξ ≥ 0
+//! ```
+//!
+//! A point (radius 0: the preservation set) is the same row without a. The rows are
+//! dense, so they are generated: the restricted program (the rows that bind, and the
+//! pairs those rows name) is solved by clarabel, every (sample, class) is then checked
+//! with the exact worst margin, and the violated ones join until none is left. The
+//! restricted program is a relaxation whose solution is feasible for the whole one, so
+//! it is the whole one's optimum.
+
+mod hybrid;
+mod program;
+
+use std::time::Instant;
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+
+use super::Status;
+use program::{entering_columns, solve_restricted};
+
+pub use hybrid::{repair_certified, CertifiedRepair, CertifiedRepairSettings};
+
+/// The samples of a certified repair: balls (and points, with radius 0).
+#[derive(Debug, Clone, Copy)]
+pub struct CertifiedProblem<'a> {
+    /// The head's weights `[K, d]`.
+    pub weights: ArrayView2<'a, f64>,
+    /// The head's bias `[K]`.
+    pub bias: ArrayView1<'a, f64>,
+    /// Each sample's box centre `[N, d]`.
+    pub centre: ArrayView2<'a, f64>,
+    /// Each sample's box radius `[N, d]`, ≥ 0 (a row of zeros: a point).
+    pub radius: ArrayView2<'a, f64>,
+    /// Labels, `< K`.
+    pub labels: &'a [usize],
+    /// The worst margin wanted per sample.
+    pub margin: &'a [f64],
+    /// Price of one unit of a sample's shortfall.
+    pub price: &'a [f64],
+    /// Whether the bias may change.
+    pub repair_bias: bool,
+}
+
+/// How the certified program is solved.
+#[derive(Debug, Clone, Copy)]
+pub struct CertifiedSettings {
+    /// A row joins when violated by more than this (relative to 1 + its need).
+    pub tol: f64,
+    /// Rounds of row generation, at most.
+    pub max_rounds: usize,
+    /// Rows within this fraction of their margin of being violated join with the
+    /// violated ones, to save rounds.
+    pub lookahead: f64,
+    /// clarabel's threads.
+    pub threads: u32,
+    /// clarabel's iteration limit per solve.
+    pub max_iter: u32,
+    /// A weight joins when moving it would lower the Lagrangian by more than this per
+    /// unit.
+    pub column_tol: f64,
+    /// Weights that join per round, at most (the most negative reduced costs).
+    pub columns_per_round: usize,
+}
+
+impl Default for CertifiedSettings {
+    fn default() -> Self {
+        Self {
+            tol: 1e-7,
+            max_rounds: 30,
+            lookahead: 0.1,
+            threads: 0,
+            max_iter: super::DEFAULT_MAX_ITER,
+            column_tol: 1e-7,
+            columns_per_round: 200,
+        }
+    }
+}
+
+/// The solution of a certified repair.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertifiedSolution {
+    /// The repaired weights `[K, d]`.
+    #[serde(skip)]
+    pub weights: Array2<f64>,
+    /// The repaired bias `[K]`.
+    #[serde(skip)]
+    pub bias: Array1<f64>,
+    /// Each sample's shortfall from its wanted worst margin after the change.
+    #[serde(skip)]
+    pub shortfall: Vec<f64>,
+    /// Σ|γ| + Σ price·shortfall.
+    pub objective: f64,
+    /// How the last solve ended.
+    pub status: Status,
+    /// clarabel's iterations over all rounds.
+    pub iterations: u32,
+    /// Rounds of row and weight generation.
+    pub rounds: usize,
+    /// Rows (sample, class) of the last restricted program, of N·(K − 1).
+    pub rows: usize,
+    /// Weights it could change, of K·d (the bias aside).
+    pub columns: usize,
+    /// Seconds in all.
+    pub seconds: f64,
+}
+
+/// Worst margins `[N, K]` of every sample's label over each class under `(w, b)`
+/// (the label's own column is +∞).
+pub fn worst_margins(p: &CertifiedProblem, w: ArrayView2<f64>, b: ArrayView1<f64>) -> Array2<f64> {
+    let (n, k) = (p.labels.len(), w.nrows());
+    let z = p.centre.dot(&w.t()) + b; // [N, K] at the centres
+    let mut out = Array2::from_elem((n, k), f64::INFINITY);
+    for s in 0..n {
+        let t = p.labels[s];
+        let r = p.radius.row(s);
+        let ball = r.iter().any(|&v| v != 0.0);
+        for c in (0..k).filter(|&c| c != t) {
+            let spread = if ball {
+                let (wt, wc) = (w.row(t), w.row(c));
+                r.iter()
+                    .zip(wt.iter().zip(wc))
+                    .map(|(&ri, (&a, &bb))| if ri == 0.0 { 0.0 } else { (a - bb).abs() * ri })
+                    .sum()
+            } else {
+                0.0
+            };
+            out[[s, c]] = z[[s, t]] - z[[s, c]] - spread;
+        }
+    }
+    out
+}
+
+/// Solves the certified program (see the module's documentation): rows and weights
+/// are both generated. The restricted program holds the rows that bind and the
+/// weights worth changing; every row is then checked with the exact worst margin,
+/// every other weight is priced with the duals, and what violates joins. A changed
+/// head is sparse (a few hundred of thousands of weights), so the restricted program
+/// stays small though its rows are dense over the features.
+pub fn solve(p: &CertifiedProblem, settings: &CertifiedSettings) -> CertifiedSolution {
+    solve_with(p, settings, &vec![false; p.weights.len()])
+}
+
+/// [`solve`] from the working weights `working` (`[K·d]`, row-major; all `true`: no
+/// weight generation).
+pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &[bool]) -> CertifiedSolution {
+    let started = Instant::now();
+    let (k, _) = p.weights.dim();
+    let n = p.labels.len();
+    let mut working = working.to_vec();
+    let need = |worst: &Array2<f64>, s: usize, c: usize| p.margin[s] - worst[[s, c]];
+    // Start with each ball's worst class, when it is short of its margin: the rows are
+    // dense, and most of a ball's other classes stop binding once that one is met. A
+    // point's wanted margin is at most its current one, so it joins only once a change
+    // would break it.
+    let worst = worst_margins(p, p.weights, p.bias);
+    let mut active = vec![false; n * k];
+    let mut rows: Vec<(usize, usize)> = Vec::new();
+    for s in (0..n).filter(|&s| p.price[s] > 0.0) {
+        let classes = (0..k).filter(|&c| c != p.labels[s]);
+        if let Some(c) = classes.max_by(|&a, &b| need(&worst, s, a).total_cmp(&need(&worst, s, b))) {
+            if need(&worst, s, c) > 0.0 {
+                active[s * k + c] = true;
+                rows.push((s, c));
+            }
+        }
+    }
+    let mut iterations = 0;
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let (sol, layout) = solve_restricted(p, &rows, &working, settings);
+        iterations += sol.iterations;
+        let worst = worst_margins(p, sol.weights.view(), sol.bias.view());
+        let shortfall: Vec<f64> = (0..n)
+            .map(|s| {
+                (0..k)
+                    .filter(|&c| c != p.labels[s])
+                    .map(|c| need(&worst, s, c))
+                    .fold(0.0f64, f64::max)
+            })
+            .collect();
+        let mut paid = vec![0.0f64; n];
+        for &(s, c) in &rows {
+            paid[s] = paid[s].max(need(&worst, s, c));
+        }
+        let mut entering = Vec::new();
+        let mut near = Vec::new();
+        for s in (0..n).filter(|&s| p.price[s] > 0.0) {
+            for c in (0..k).filter(|&c| c != p.labels[s] && !active[s * k + c]) {
+                let short = need(&worst, s, c) - paid[s];
+                if short > settings.tol * (1.0 + p.margin[s].abs()) {
+                    entering.push((s, c));
+                } else if short > -settings.lookahead * p.margin[s].abs().max(settings.tol) {
+                    near.push((s, c));
+                }
+            }
+        }
+        let failed = !sol.status.usable();
+        let columns = if failed {
+            Vec::new()
+        } else {
+            entering_columns(
+                p,
+                &rows,
+                &working,
+                &layout,
+                &sol.z,
+                (settings.column_tol, settings.columns_per_round),
+            )
+        };
+        let done = entering.is_empty() && columns.is_empty();
+        if done || failed || rounds >= settings.max_rounds {
+            let change: f64 = (&sol.weights - &p.weights)
+                .iter()
+                .chain((&sol.bias - &p.bias).iter())
+                .map(|v| v.abs())
+                .sum();
+            let objective = change + shortfall.iter().zip(p.price).map(|(x, c)| x * c).sum::<f64>();
+            let status = if failed || done { sol.status } else { Status::Stalled };
+            return CertifiedSolution {
+                weights: sol.weights,
+                bias: sol.bias,
+                shortfall,
+                objective,
+                status,
+                iterations,
+                rounds,
+                rows: rows.len(),
+                columns: working.iter().filter(|&&w| w).count(),
+                seconds: started.elapsed().as_secs_f64(),
+            };
+        }
+        for (s, c) in entering.into_iter().chain(near) {
+            active[s * k + c] = true;
+            rows.push((s, c));
+        }
+        for w in columns {
+            working[w] = true;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use ndarray::{array, Array2};
+
+    use super::*;
+
+    /// Worst margins by enumerating the box's corners (small d only).
+    fn corners(w: &Array2<f64>, b: &[f64], lo: &[f64], hi: &[f64], t: usize, c: usize) -> f64 {
+        let d = lo.len();
+        (0..1usize << d)
+            .map(|mask| {
+                (0..d)
+                    .map(|j| {
+                        let f = if mask >> j & 1 == 1 { hi[j] } else { lo[j] };
+                        (w[[t, j]] - w[[c, j]]) * f
+                    })
+                    .sum::<f64>()
+                    + b[t]
+                    - b[c]
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    #[test]
+    fn the_worst_margin_is_the_worst_corner() {
+        let w = array![[1.0, -2.0, 0.5], [0.3, 0.1, -1.0], [-0.4, 0.9, 0.2]];
+        let b = array![0.1, -0.2, 0.3];
+        let lo = array![[0.0, 0.5, -1.0]];
+        let hi = array![[1.0, 0.7, 2.0]];
+        let centre = (&lo + &hi) / 2.0;
+        let radius = (&hi - &lo) / 2.0;
+        let p = CertifiedProblem {
+            weights: w.view(),
+            bias: b.view(),
+            centre: centre.view(),
+            radius: radius.view(),
+            labels: &[0],
+            margin: &[0.0],
+            price: &[1.0],
+            repair_bias: false,
+        };
+        let worst = worst_margins(&p, w.view(), b.view());
+        for c in 1..3 {
+            let expected = corners(
+                &w,
+                b.as_slice().unwrap(),
+                lo.as_slice().unwrap(),
+                hi.as_slice().unwrap(),
+                0,
+                c,
+            );
+            assert!((worst[[0, c]] - expected).abs() < 1e-12, "class {c}");
+        }
+    }
+
+    #[test]
+    fn a_repair_certifies_its_balls_and_keeps_its_points() {
+        // Three classes in two features; ball 0 around (0.6, 0.5) labelled 0 overlaps
+        // the boundary of the head x₀ − x₁ for class 0 against 1.
+        let w = array![[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]];
+        let b = array![0.0, 0.0, -0.5];
+        let centre = array![[0.6, 0.5], [0.9, 0.1], [0.1, 0.9]];
+        let radius = array![[0.2, 0.2], [0.0, 0.0], [0.0, 0.0]];
+        let labels = [0, 0, 1];
+        let margin = [0.1, 0.1, 0.1];
+        let price = [10.0, 10.0, 10.0];
+        let p = CertifiedProblem {
+            weights: w.view(),
+            bias: b.view(),
+            centre: centre.view(),
+            radius: radius.view(),
+            labels: &labels,
+            margin: &margin,
+            price: &price,
+            repair_bias: true,
+        };
+        let before = worst_margins(&p, w.view(), b.view());
+        assert!(before[[0, 1]] < 0.0, "the ball is not certified before");
+        let sol = solve(&p, &CertifiedSettings::default());
+        assert_eq!(sol.status, Status::Solved);
+        let after = worst_margins(&p, sol.weights.view(), sol.bias.view());
+        for s in 0..3 {
+            for c in (0..3).filter(|&c| c != labels[s]) {
+                assert!(
+                    after[[s, c]] >= margin[s] - 1e-6,
+                    "sample {s} class {c}: {}",
+                    after[[s, c]]
+                );
+                let lo: Vec<f64> = (0..2).map(|j| centre[[s, j]] - radius[[s, j]]).collect();
+                let hi: Vec<f64> = (0..2).map(|j| centre[[s, j]] + radius[[s, j]]).collect();
+                let exact = corners(&sol.weights, sol.bias.as_slice().unwrap(), &lo, &hi, labels[s], c);
+                assert!((after[[s, c]] - exact).abs() < 1e-9);
+            }
+        }
+        assert!(sol.shortfall.iter().all(|&x| x < 1e-6));
+        let change: f64 = (&sol.weights - &w)
+            .iter()
+            .chain((&sol.bias - &b).iter())
+            .map(|v| v.abs())
+            .sum();
+        assert!((sol.objective - change).abs() < 1e-6);
+        assert!(change > 0.0);
+    }
+
+    /// A seeded problem of `n` balls and `points` points in `d` features, `k` classes.
+    fn random_problem(seed: u64, (n, points, d, k): (usize, usize, usize, usize)) -> [Array2<f64>; 4] {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let w = Array2::from_shape_fn((k, d), |_| rng.random_range(-1.0..1.0));
+        let bias = Array2::from_shape_fn((1, k), |_| rng.random_range(-0.1..0.1));
+        let centre = Array2::from_shape_fn((n + points, d), |_| rng.random_range(0.0..1.0));
+        let radius = Array2::from_shape_fn((n + points, d), |(s, j)| {
+            if s < n && j % 3 != 0 {
+                rng.random_range(0.0..0.05)
+            } else {
+                0.0
+            }
+        });
+        [w, bias, centre, radius]
+    }
+
+    #[test]
+    fn generating_the_weights_reaches_the_whole_programs_optimum() {
+        for seed in 0..4 {
+            let (n, points, d, k) = (12, 8, 10, 4);
+            let [w, bias, centre, radius] = random_problem(seed, (n, points, d, k));
+            let b = bias.row(0);
+            let labels: Vec<usize> = (0..n + points).map(|s| s % k).collect();
+            let probe = CertifiedProblem {
+                weights: w.view(),
+                bias: b,
+                centre: centre.view(),
+                radius: radius.view(),
+                labels: &labels,
+                margin: &vec![0.0; n + points],
+                price: &vec![1.0; n + points],
+                repair_bias: seed % 2 == 0,
+            };
+            // Points keep what margin they have (up to 0.2); balls want 0.2.
+            let now = worst_margins(&probe, w.view(), b);
+            let margin: Vec<f64> = (0..n + points)
+                .map(|s| {
+                    let own = (0..k)
+                        .filter(|&c| c != labels[s])
+                        .map(|c| now[[s, c]])
+                        .fold(f64::INFINITY, f64::min);
+                    if s < n {
+                        0.2
+                    } else {
+                        own.min(0.2)
+                    }
+                })
+                .collect();
+            let price: Vec<f64> = (0..n + points).map(|s| if s < n { 2.0 } else { 5.0 }).collect();
+            let p = CertifiedProblem {
+                margin: &margin,
+                price: &price,
+                ..probe
+            };
+            let generated = solve(&p, &CertifiedSettings::default());
+            let whole = solve_with(&p, &CertifiedSettings::default(), &vec![true; k * d]);
+            assert_eq!(generated.status, Status::Solved, "seed {seed}");
+            assert_eq!(whole.status, Status::Solved, "seed {seed}");
+            assert!(
+                (generated.objective - whole.objective).abs() <= 1e-5 * (1.0 + whole.objective),
+                "seed {seed}: {} against {}",
+                generated.objective,
+                whole.objective
+            );
+            assert!(generated.columns < k * d, "seed {seed}: every weight was generated");
+            assert!(whole.objective > 0.0, "seed {seed}: nothing to repair");
+        }
+    }
+}
