@@ -2,7 +2,6 @@
 //! linear SVM head on the extractor's features (LH), or on their Nyström RBF features
 //! (KH, `--head kernel`), and writes the hybrid.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,7 +13,7 @@ use nnmend::doc::FitDoc;
 use nnmend::hybrid::{evaluate, fit as fit_hybrid, FitSettings};
 use nnmend::svm::{CSearch, Loss, NystromSettings, SolverChoice, SvmParams, Tuning};
 
-use super::{load_model, positive, print_json, save_model, usage, warn, DataArgs, EngineArgs, Global};
+use super::{load_model, positive, print_doc, save_model, usage, warn, DataArgs, EngineArgs, Global};
 
 /// The head fitted on the features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -292,63 +291,7 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
         None => None,
     };
     save_model(&fitted.model, &args.output)?;
-    if args.json {
-        print_json(&FitDoc::new(
-            &fitted,
-            &settings,
-            args.output,
-            test_acc,
-            engine.describe(),
-        ))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "cut at {} ({}), D = {}",
-        fitted.cut.tensor, fitted.cut.op, fitted.feature_dim
-    )?;
-    if let Some(map) = &fitted.head.map {
-        writeln!(
-            out,
-            "RBF kernel head: {} landmarks, gamma {}, {} Nyström features",
-            map.nystrom.landmarks(),
-            map.nystrom.gamma(),
-            map.nystrom.dim()
-        )?;
-    }
-    if let Some(sel) = &r.selection {
-        writeln!(
-            out,
-            "C chosen on {} held-out images ({} fitted):",
-            sel.n_validation, sel.n_fit
-        )?;
-        for p in &sel.curve {
-            writeln!(
-                out,
-                "  C = {:<8} validation accuracy {:.4}{}",
-                p.c,
-                p.validation_accuracy,
-                if p.c == sel.chosen { "  <- chosen" } else { "" }
-            )?;
-        }
-    }
-    writeln!(
-        out,
-        "features of {} images in {:.2} s; SVM (C = {}{}, {} solver) fitted in {:.2} s, objective {:.6}, {}",
-        fitted.n_train,
-        fitted.extract_seconds,
-        r.c,
-        if r.scaling.is_some() { ", standardised" } else { "" },
-        r.solver().map_or("primal and dual", |s| s.name()),
-        r.seconds,
-        r.objective(),
-        if r.converged() { "converged" } else { "NOT converged" }
-    )?;
-    writeln!(out, "train accuracy {:.4}", fitted.train_accuracy)?;
-    if let Some(t) = &test_acc {
-        writeln!(out, "test accuracy  {:.4} ({}/{})", t.accuracy, t.correct, t.n)?;
-    }
-    writeln!(out, "wrote {}", args.output.display())?;
+    let doc = FitDoc::new(&fitted, &settings, args.output, test_acc, engine.describe());
+    print_doc(&doc, args.json, |d, out| d.write_text(out))?;
     Ok(ExitCode::SUCCESS)
 }

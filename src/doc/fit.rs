@@ -1,5 +1,6 @@
 //! `fit --json`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -222,5 +223,58 @@ impl FitDoc {
             extract_seconds: fitted.extract_seconds,
             svm: SvmDoc::new(&settings.svm, r),
         }
+    }
+
+    /// The document as text.
+    pub fn write_text(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "cut at {} ({}), D = {}",
+            self.cut.tensor, self.cut.op, self.cut.feature_dim
+        )?;
+        if let Some(k) = &self.kernel {
+            writeln!(
+                out,
+                "RBF kernel head: {} landmarks, gamma {}, {} Nyström features",
+                k.landmarks, k.gamma, k.dim
+            )?;
+        }
+        let svm = &self.svm;
+        if let Some(sel) = &svm.c_selection {
+            writeln!(
+                out,
+                "C chosen on {} held-out images ({} fitted):",
+                sel.n_validation, sel.n_fit
+            )?;
+            for p in &sel.curve {
+                let mark = if p.c == sel.chosen { "  <- chosen" } else { "" };
+                writeln!(
+                    out,
+                    "  C = {:<8} validation accuracy {:.4}{mark}",
+                    p.c, p.validation_accuracy
+                )?;
+            }
+        }
+        writeln!(
+            out,
+            "features of {} images in {:.2} s; SVM (C = {}{}, {} solver) fitted in {:.2} s, objective {:.6}, {}",
+            self.n_train,
+            self.extract_seconds,
+            svm.c,
+            if svm.standardised { ", standardised" } else { "" },
+            if svm.solver == "mixed" {
+                "primal and dual"
+            } else {
+                svm.solver
+            },
+            svm.seconds,
+            svm.objective,
+            if svm.converged { "converged" } else { "NOT converged" }
+        )?;
+        writeln!(out, "train accuracy {:.4}", self.train_accuracy)?;
+        if let Some(t) = &self.test {
+            writeln!(out, "test accuracy  {:.4} ({}/{})", t.accuracy, t.correct, t.n)?;
+        }
+        writeln!(out, "wrote {}", self.output.display())
     }
 }

@@ -71,6 +71,57 @@ fn cut_fit_and_eval_work_together() {
     assert_eq!(v2["models"][0]["correct"], models[1]["correct"]);
 }
 
+/// `fit`'s text says what its JSON says: the search for C, the chosen C, the accuracies
+/// and the file written.
+#[test]
+fn fit_text_agrees_with_its_json() {
+    let tmp = tempdir();
+    let model = fixture("tiny_cnn.onnx");
+    let data = fixture("mnist-small");
+    let hybrid = tmp.path().join("hybrid.onnx");
+    let args = |json: bool| {
+        let mut a = vec![
+            "fit",
+            s(&model),
+            "--train",
+            s(&data),
+            "--test",
+            s(&data),
+            "--limit",
+            "300",
+            "--c",
+            "auto",
+            "--c-grid",
+            "0.1,1",
+            "-o",
+            s(&hybrid),
+            "--force",
+        ];
+        if json {
+            a.push("--json");
+        }
+        a
+    };
+    let v = json(&run(&args(true)));
+    let text = String::from_utf8(run(&args(false)).stdout).unwrap();
+    let chosen = v["svm"]["c"].as_f64().unwrap();
+    assert!(
+        text.contains(&format!("C = {chosen:<8} validation accuracy")) && text.contains("<- chosen"),
+        "{text}"
+    );
+    let test = &v["test"];
+    let line = format!(
+        "test accuracy  {:.4} ({}/{})",
+        test["accuracy"].as_f64().unwrap(),
+        test["correct"],
+        test["n"]
+    );
+    assert!(text.contains(&line), "{text}\nwants {line}");
+    let cut = format!("D = {}", v["cut"]["feature_dim"]);
+    assert!(text.contains(&cut), "{text}");
+    assert!(text.trim_end().ends_with(&format!("wrote {}", s(&hybrid))), "{text}");
+}
+
 #[test]
 fn a_failed_accuracy_gate_exits_3() {
     let model = fixture("tiny_cnn.onnx");
