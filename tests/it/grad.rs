@@ -567,8 +567,9 @@ fn resizes_that_cannot_be_differentiated_are_refused_with_their_node() {
 /// MobileNet-v3, DenseNet and ConvNeXt patterns (HardSigmoid and HardSwish in a
 /// squeeze-excitation block, BatchNormalization whose parameters pass through
 /// Identity nodes, a decomposed LayerNorm with GELU's Erf), the Resize nodes of
-/// `F.interpolate` (nearest, bilinear with and without align_corners), and the
-/// SqueezeNet-like tail.
+/// `F.interpolate` (nearest, bilinear with and without align_corners), the
+/// SqueezeNet-like tail, and ShuffleNet-v2's channel split and shuffle (Slice bounds
+/// computed from Shape).
 #[test]
 fn pattern_fixtures_match_finite_differences() {
     for name in [
@@ -581,6 +582,7 @@ fn pattern_fixtures_match_finite_differences() {
         "patterns/layernorm_head.onnx",
         "patterns/upsample_skip.onnx",
         "patterns/squeezenet_tail.onnx",
+        "patterns/channel_shuffle.onnx",
     ] {
         let model = load(&fixture(name));
         let g = graphs(&model, &identity(), Loss::Ce);

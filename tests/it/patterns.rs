@@ -87,6 +87,13 @@ const ARCHITECTURES: &[Architecture] = &[
         features: 16,
     },
     Architecture {
+        rel: "patterns/channel_shuffle.onnx",
+        node: "/avgpool/GlobalAveragePool",
+        head: &["Flatten", "Gemm"],
+        head_params: 16 * 4 + 4,
+        features: 16,
+    },
+    Architecture {
         rel: "patterns/upsample_skip.onnx",
         node: "/GlobalAveragePool",
         head: &["Flatten", "Gemm"],

@@ -25,6 +25,7 @@
 
 mod activation;
 pub(crate) mod builder;
+mod dimensions;
 mod norm;
 mod reduce;
 mod resize;
@@ -386,7 +387,8 @@ impl Ctx<'_> {
 
     /// The constant value of `tensor`, when it has one, however it arrives (an
     /// initializer, a Constant node, an Identity, Cast or Reshape of constants: see
-    /// [`Index::constant`]).
+    /// [`Index::constant`]; or integer arithmetic on the static dimensions of a tensor
+    /// on the path: see [`dimensions`]).
     pub fn constant(&self, tensor: &str) -> Option<&TensorProto> {
         self.constants.get(tensor)
     }
@@ -449,6 +451,9 @@ fn backward_with(
                 constants.entry(s.clone()).or_insert_with(|| t.clone());
             }
         }
+    }
+    for (name, t) in dimensions::fold(graph, &index, shapes) {
+        constants.entry(name).or_insert(t);
     }
     let active: HashSet<&str> = fwd.active.iter().map(String::as_str).collect();
     let mut ctx = Ctx {
