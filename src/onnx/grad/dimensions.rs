@@ -174,3 +174,67 @@ fn fold_node(
         _ => None,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::super::proto::ValueInfoProto;
+    use super::*;
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        NodeProto {
+            op_type: Some(op.into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            ..Default::default()
+        }
+    }
+
+    fn values(folded: &HashMap<String, TensorProto>, name: &str) -> Option<Vec<i64>> {
+        folded
+            .get(name)
+            .map(|t| tensor::to_i64(t).unwrap().iter().copied().collect())
+    }
+
+    /// ShuffleNet's chunk bound `Shape(x)[1] / 2 · 1` folds; anything read from the
+    /// batch axis (and what is computed from it) does not.
+    #[test]
+    fn channel_arithmetic_folds_and_the_batch_never_does() {
+        let graph = GraphProto {
+            input: vec![ValueInfoProto {
+                name: Some("x".into()),
+                ..Default::default()
+            }],
+            node: vec![
+                node("Shape", &["x"], "shape"),
+                node("Gather", &["shape", "one"], "channels"),
+                node("Div", &["channels", "two"], "half"),
+                node("Unsqueeze", &["half", "axes"], "half1"),
+                node("Gather", &["shape", "zero"], "batch"),
+                node("Mul", &["batch", "channels"], "mixed"),
+                node("Gather", &["shape", "minus_one"], "width"),
+                node("Concat", &["half1", "half1"], "both"),
+            ],
+            initializer: vec![
+                tensor::from_i64("one", &[], &[1]),
+                tensor::from_i64("zero", &[], &[0]),
+                tensor::from_i64("minus_one", &[], &[-1]),
+                tensor::from_i64("two", &[], &[2]),
+                tensor::from_i64("axes", &[1], &[0]),
+            ],
+            ..Default::default()
+        };
+        let index = Index::new(&graph).unwrap();
+        let shapes = HashMap::from([("x".to_string(), vec![2, 16, 5, 7])]);
+        let folded = fold(&graph, &index, &shapes);
+        assert_eq!(values(&folded, "channels"), Some(vec![16]));
+        assert_eq!(values(&folded, "half"), Some(vec![8]));
+        assert_eq!(values(&folded, "half1"), Some(vec![8]));
+        assert_eq!(folded["half1"].dims, vec![1]);
+        assert_eq!(values(&folded, "width"), Some(vec![7]));
+        assert_eq!(values(&folded, "both"), Some(vec![8, 8]));
+        for batch in ["shape", "batch", "mixed"] {
+            assert!(!folded.contains_key(batch), "{batch} reads the batch");
+        }
+    }
+}
