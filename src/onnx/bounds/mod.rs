@@ -289,14 +289,7 @@ pub fn build(fwd: &Forward, shapes: &HashMap<String, Vec<usize>>, margin: Margin
     }
     let graph = graph_of(&model)?;
     let index = Index::new(graph)?;
-    let mut constants: HashMap<String, TensorProto> = HashMap::new();
-    for &i in &fwd.path {
-        for s in &graph.node[i].input {
-            if let Some(t) = index.constant(s) {
-                constants.entry(s.clone()).or_insert_with(|| t.clone());
-            }
-        }
-    }
+    let constants = fwd.constants(graph, &index, shapes);
     let mut ctx = Ctx {
         b: Builder::new(opset, "ibp/"),
         shapes,

@@ -1,7 +1,7 @@
 //! Values computed from a tensor's dimensions, as exporters write them: PyTorch writes
 //! `x.chunk(2, dim=1)` at a dynamic batch (ShuffleNet-v2's channel split) as a Slice
 //! whose starts and ends are `Shape(x)[1] / 2`-style arithmetic. The gradient rules
-//! need those as constants; the shapes of the tensors on the path are measured (on a
+//! (and the bound rules, through [`super::Forward::constants`]) need those as constants; the shapes of the tensors on the path are measured (on a
 //! batch of two), so every such value that does not read the batch axis is a constant.
 
 use std::collections::HashMap;
@@ -179,16 +179,8 @@ fn fold_node(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::super::proto::ValueInfoProto;
+    use super::super::plain as node;
     use super::*;
-
-    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
-        NodeProto {
-            op_type: Some(op.into()),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.to_string()],
-            ..Default::default()
-        }
-    }
 
     fn values(folded: &HashMap<String, TensorProto>, name: &str) -> Option<Vec<i64>> {
         folded

@@ -335,6 +335,30 @@ fn plain(op: &str, inputs: &[&str], output: &str) -> NodeProto {
 }
 
 impl Forward {
+    /// The constants the rules may read, by tensor name: every input of a node on the
+    /// path that is a constant however it arrives ([`Index::constant`]), and the
+    /// integer values computed from the measured dimensions `shapes` of the path's
+    /// tensors other than their batch ([`dimensions`]). `graph` is the forward model's.
+    pub(crate) fn constants(
+        &self,
+        graph: &GraphProto,
+        index: &Index,
+        shapes: &HashMap<String, Vec<usize>>,
+    ) -> HashMap<String, TensorProto> {
+        let mut constants: HashMap<String, TensorProto> = HashMap::new();
+        for &i in &self.path {
+            for s in &graph.node[i].input {
+                if let Some(t) = index.constant(s) {
+                    constants.entry(s.clone()).or_insert_with(|| t.clone());
+                }
+            }
+        }
+        for (name, t) in dimensions::fold(graph, index, shapes) {
+            constants.entry(name).or_insert(t);
+        }
+        constants
+    }
+
     /// The forward model with every active tensor also exposed as an output, for
     /// measuring their shapes.
     pub fn probe(&self) -> ModelProto {
@@ -444,17 +468,7 @@ fn backward_with(
     let mut model = fwd.model.clone();
     let graph = graph_of(&model)?;
     let index = Index::new(graph)?;
-    let mut constants: HashMap<String, TensorProto> = HashMap::new();
-    for &i in &fwd.path {
-        for s in &graph.node[i].input {
-            if let Some(t) = index.constant(s) {
-                constants.entry(s.clone()).or_insert_with(|| t.clone());
-            }
-        }
-    }
-    for (name, t) in dimensions::fold(graph, &index, shapes) {
-        constants.entry(name).or_insert(t);
-    }
+    let constants = fwd.constants(graph, &index, shapes);
     let active: HashSet<&str> = fwd.active.iter().map(String::as_str).collect();
     let mut ctx = Ctx {
         b: Builder::new(opset(&model), "bwd/"),
