@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::attack::protocol::Measured;
+use crate::attack::protocol::{Measured, Robustness};
 use crate::attack::EpsResult;
 use crate::data::Dataset;
 use crate::features::Accuracy;
@@ -202,23 +202,15 @@ pub struct RepairFigures {
     pub chosen_round: usize,
 }
 
-/// A model's robust accuracy at one ε, under the protocol of the report's settings.
+/// A model's robust accuracy at one ε, under the protocol of the report's settings
+/// (for RLH, the radius it was repaired at too).
 #[derive(Debug, Clone, Serialize)]
 pub struct RobustFigures {
     /// The model, attacked itself.
     pub model: Model,
-    /// The radius (for RLH, the radius it was repaired at too).
-    pub eps: f32,
-    /// Test images attacked.
-    pub n: usize,
-    /// Share classified right clean.
-    pub clean_accuracy: f64,
-    /// Share classified right clean and unbroken by every run.
-    pub robust_accuracy: f64,
-    /// Images robust.
-    pub robust_correct: usize,
-    /// Seconds.
-    pub seconds: f64,
+    /// What the protocol measured.
+    #[serde(flatten)]
+    pub figures: Robustness,
 }
 
 /// How a model fares on another model's adversarial examples.
@@ -400,15 +392,9 @@ impl Report {
 
     pub(super) fn push_robustness(&mut self, model: Model, measured: &[Measured]) {
         for m in measured {
-            let r = &m.robustness;
             self.robustness.push(RobustFigures {
                 model,
-                eps: r.eps,
-                n: r.n,
-                clean_accuracy: r.clean_accuracy,
-                robust_accuracy: r.robust_accuracy,
-                robust_correct: r.robust_correct,
-                seconds: r.seconds,
+                figures: m.robustness.clone(),
             });
         }
     }
@@ -434,7 +420,7 @@ impl Report {
                     self.robustness
                         .iter()
                         .filter(|r| r.model == Model::RLH)
-                        .map(|r| (r.robust_accuracy, at(r.eps))),
+                        .map(|r| (r.figures.robust_accuracy, at(r.figures.eps))),
                 ),
                 // Accuracy gates are eval's; the experiment has no single accuracy.
                 Quantity::Accuracy => gate.check([]),
@@ -446,8 +432,8 @@ impl Report {
     pub fn robust_accuracy(&self, model: Model, eps: f32) -> Option<f64> {
         self.robustness
             .iter()
-            .find(|r| r.model == model && r.eps == eps)
-            .map(|r| r.robust_accuracy)
+            .find(|r| r.model == model && r.figures.eps == eps)
+            .map(|r| r.figures.robust_accuracy)
     }
 
     /// The accuracy of `model` on `test_set` at `eps`, if measured.

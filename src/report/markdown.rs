@@ -207,7 +207,7 @@ fn robustness(md: &mut String, r: &Report, eps: &[f32], models: &[Model]) {
         "\n## Robust accuracy (%)\n\nEach model attacked itself on the first {} test images: PGD with 40 steps \
          of 2.5·ε/40 from a random start, following the cross-entropy and the margin loss, 3 restarts each; an \
          image counts if it is classified right and no run flips it.\n",
-        first.n
+        first.figures.n
     );
     let names: Vec<&str> = models.iter().map(|m| m.name()).collect();
     let _ = writeln!(md, "| ε | {} |", names.join(" | "));

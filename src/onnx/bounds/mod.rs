@@ -162,16 +162,7 @@ impl Ctx<'_> {
 
     /// The static shape of `tensor` (measured on a batch of [`super::grad::PROBE_BATCH`]).
     pub fn shape(&self, node: &NodeProto, tensor: &str) -> Result<Vec<usize>, OnnxError> {
-        if let Some(s) = self.shapes.get(tensor) {
-            return Ok(s.clone());
-        }
-        if let Some(t) = self.constants.get(tensor) {
-            return tensor::shape(t);
-        }
-        Err(unsupported(
-            node,
-            format!("the shape of '{}' is not known", tensor.trim_start_matches(FWD)),
-        ))
+        super::grad::static_shape(self.shapes, &self.constants, node, tensor)
     }
 
     /// The constant value of input `k` of `node`, or an error naming it.

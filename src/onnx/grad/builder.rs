@@ -133,6 +133,18 @@ pub fn batched(ctx: &Ctx, node: &NodeProto, tensor: &str) -> Result<Vec<i64>, On
     Ok(out)
 }
 
+/// The static shapes of `node`'s first input and of its output, which must have the
+/// same rank.
+pub fn same_rank(ctx: &Ctx, node: &NodeProto) -> Result<(Vec<usize>, Vec<usize>), OnnxError> {
+    let xs = ctx.shape(node, input(node, 0))?;
+    let ys = ctx.shape(node, output(node))?;
+    if ys.len() != xs.len() {
+        let message = format!("its input has rank {}, its output rank {}", xs.len(), ys.len());
+        return Err(unsupported(node, message));
+    }
+    Ok((xs, ys))
+}
+
 /// Normalises a possibly negative axis for a tensor of rank `rank`.
 pub fn axis(node: &NodeProto, a: i64, rank: usize) -> Result<usize, OnnxError> {
     let r = rank as i64;

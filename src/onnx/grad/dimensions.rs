@@ -175,6 +175,32 @@ fn fold_node(
     }
 }
 
+impl super::Forward {
+    /// The constants the rules may read, by tensor name: every input of a node on the
+    /// path that is a constant however it arrives ([`Index::constant`]), and the
+    /// integer values computed from the measured dimensions `shapes` of the path's
+    /// tensors other than their batch ([`fold`]). `graph` is the forward model's.
+    pub(crate) fn constants(
+        &self,
+        graph: &GraphProto,
+        index: &Index,
+        shapes: &HashMap<String, Vec<usize>>,
+    ) -> HashMap<String, TensorProto> {
+        let mut constants: HashMap<String, TensorProto> = HashMap::new();
+        for &i in &self.path {
+            for s in &graph.node[i].input {
+                if let Some(t) = index.constant(s) {
+                    constants.entry(s.clone()).or_insert_with(|| t.clone());
+                }
+            }
+        }
+        for (name, t) in fold(graph, index, shapes) {
+            constants.entry(name).or_insert(t);
+        }
+        constants
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -335,30 +335,6 @@ fn plain(op: &str, inputs: &[&str], output: &str) -> NodeProto {
 }
 
 impl Forward {
-    /// The constants the rules may read, by tensor name: every input of a node on the
-    /// path that is a constant however it arrives ([`Index::constant`]), and the
-    /// integer values computed from the measured dimensions `shapes` of the path's
-    /// tensors other than their batch ([`dimensions`]). `graph` is the forward model's.
-    pub(crate) fn constants(
-        &self,
-        graph: &GraphProto,
-        index: &Index,
-        shapes: &HashMap<String, Vec<usize>>,
-    ) -> HashMap<String, TensorProto> {
-        let mut constants: HashMap<String, TensorProto> = HashMap::new();
-        for &i in &self.path {
-            for s in &graph.node[i].input {
-                if let Some(t) = index.constant(s) {
-                    constants.entry(s.clone()).or_insert_with(|| t.clone());
-                }
-            }
-        }
-        for (name, t) in dimensions::fold(graph, index, shapes) {
-            constants.entry(name).or_insert(t);
-        }
-        constants
-    }
-
     /// The forward model with every active tensor also exposed as an output, for
     /// measuring their shapes.
     pub fn probe(&self) -> ModelProto {
@@ -397,16 +373,7 @@ impl Ctx<'_> {
 
     /// The static shape of `tensor` (batch of two for the tensors on the path).
     pub fn shape(&self, node: &NodeProto, tensor: &str) -> Result<Vec<usize>, OnnxError> {
-        if let Some(s) = self.shapes.get(tensor) {
-            return Ok(s.clone());
-        }
-        if let Some(t) = self.constants.get(tensor) {
-            return tensor::shape(t);
-        }
-        Err(unsupported(
-            node,
-            format!("the shape of '{}' is not known", tensor.trim_start_matches(FWD)),
-        ))
+        static_shape(self.shapes, &self.constants, node, tensor)
     }
 
     /// The constant value of `tensor`, when it has one, however it arrives (an
@@ -437,6 +404,24 @@ impl Ctx<'_> {
     pub fn opset(&self) -> i64 {
         self.b.opset
     }
+}
+
+/// The static shape of `tensor`: measured (`shapes`), or that of a constant; an error
+/// naming `node` when neither knows it. The gradient and the bound rules share it.
+pub(crate) fn static_shape(
+    shapes: &HashMap<String, Vec<usize>>,
+    constants: &HashMap<String, TensorProto>,
+    node: &NodeProto,
+    tensor: &str,
+) -> Result<Vec<usize>, OnnxError> {
+    if let Some(s) = shapes.get(tensor) {
+        return Ok(s.clone());
+    }
+    if let Some(t) = constants.get(tensor) {
+        return tensor::shape(t);
+    }
+    let name = tensor.trim_start_matches(FWD);
+    Err(unsupported(node, format!("the shape of '{name}' is not known")))
 }
 
 /// Step 2: appends the loss and `∂loss/∂pixels` to the forward graph. `shapes` holds the

@@ -33,7 +33,7 @@
 use super::super::proto::NodeProto;
 use super::super::tensor;
 use super::super::OnnxError;
-use super::builder::{attr_int, attr_ints, attr_string, axis, input, ints, output};
+use super::builder::{attr_int, attr_ints, attr_string, axis, input, ints, same_rank};
 use super::rules::Grads;
 use super::{unsupported, Ctx, FWD};
 
@@ -246,15 +246,8 @@ pub(super) fn resize(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Grads,
             return Err(unsupported(node, format!("{flag} = 1 cannot be differentiated")));
         }
     }
-    let xs = ctx.shape(node, input(node, 0))?;
-    let ys = ctx.shape(node, output(node))?;
+    let (xs, ys) = same_rank(ctx, node)?;
     let rank = xs.len();
-    if ys.len() != rank {
-        return Err(unsupported(
-            node,
-            format!("its input has rank {rank}, its output rank {}", ys.len()),
-        ));
-    }
     if xs.contains(&0) || ys.contains(&0) {
         return Err(unsupported(node, "it resizes an empty tensor"));
     }

@@ -18,7 +18,7 @@
 use super::super::proto::NodeProto;
 use super::super::tensor;
 use super::super::OnnxError;
-use super::builder::{attr_int, attr_ints, axis, input, int, ints, output};
+use super::builder::{attr_int, attr_ints, axis, input, int, ints, same_rank};
 use super::rules::Grads;
 use super::{unsupported, Ctx, FWD};
 
@@ -86,15 +86,8 @@ fn positions(start: i64, end: i64, step: i64, len: i64) -> Vec<usize> {
 }
 
 pub(super) fn slice(ctx: &mut Ctx, node: &NodeProto, dy: &str) -> Result<Grads, OnnxError> {
-    let xs = ctx.shape(node, input(node, 0))?;
-    let ys = ctx.shape(node, output(node))?;
+    let (xs, ys) = same_rank(ctx, node)?;
     let rank = xs.len();
-    if ys.len() != rank {
-        return Err(unsupported(
-            node,
-            format!("its input has rank {rank}, its output rank {}", ys.len()),
-        ));
-    }
     let optional = |ctx: &Ctx, k: usize, what: &str| -> Result<Option<Vec<i64>>, OnnxError> {
         match node.input.get(k).filter(|s| !s.is_empty()) {
             Some(name) => ctx.const_i64(node, name, what).map(Some),
