@@ -392,6 +392,17 @@ mod tests {
         (0..m).map(|_| scale * rng.random_range(-1.0..1.0)).collect()
     }
 
+    /// f's gradient at `w`, the active samples and diag(H) there.
+    fn gradient_at<R: Rows>(problem: &Problem<R>, w: &[f64]) -> (Vec<f64>, Vec<usize>, Vec<f64>) {
+        let mut z = vec![0.0; problem.y.len()];
+        problem.value(w, &mut z);
+        let mut active = Vec::new();
+        let mut g = vec![0.0; w.len()];
+        let mut h = vec![0.0; w.len()];
+        problem.gradient(w, &z, &mut active, &mut g, Some(&mut h));
+        (g, active, h)
+    }
+
     /// The gradient agrees with central differences of f: f is C¹ and piecewise
     /// quadratic, so the central difference is exact up to rounding away from the
     /// kinks, which a random point avoids.
@@ -406,12 +417,8 @@ mod tests {
             c: 0.7,
         };
         let w = random_vec(d + 1, 0.4, 2);
+        let (g, mut active, _) = gradient_at(&problem, &w);
         let mut z = vec![0.0; n];
-        problem.value(&w, &mut z);
-        let mut active = Vec::new();
-        let mut g = vec![0.0; d + 1];
-        let mut h = vec![0.0; d + 1];
-        problem.gradient(&w, &z, &mut active, &mut g, Some(&mut h));
         assert!(!active.is_empty() && active.len() < n, "{} active", active.len());
         let step = 1e-6;
         for j in 0..=d {
@@ -447,19 +454,10 @@ mod tests {
         };
         let w = random_vec(d + 1, 0.3, 4);
         let v = random_vec(d + 1, 1.0, 5);
-        let grad_at = |w: &[f64]| {
-            let mut z = vec![0.0; n];
-            problem.value(w, &mut z);
-            let mut active = Vec::new();
-            let mut g = vec![0.0; d + 1];
-            let mut h = vec![0.0; d + 1];
-            problem.gradient(w, &z, &mut active, &mut g, Some(&mut h));
-            (g, active, h)
-        };
-        let (g, active, diag) = grad_at(&w);
+        let (g, active, diag) = gradient_at(&problem, &w);
         let step = 1e-7;
         let shifted: Vec<f64> = w.iter().zip(&v).map(|(a, b)| a + step * b).collect();
-        let (g_step, active_step, _) = grad_at(&shifted);
+        let (g_step, active_step, _) = gradient_at(&problem, &shifted);
         assert_eq!(active, active_step, "the step must not cross a kink");
         let mut hv = vec![0.0; d + 1];
         problem.hessian_times(&active, &v, &mut hv);
@@ -497,12 +495,7 @@ mod tests {
             c: 2.0,
         };
         let w = random_vec(d + 1, 0.2, 7);
-        let mut z = vec![0.0; n];
-        problem.value(&w, &mut z);
-        let mut active = Vec::new();
-        let mut g = vec![0.0; d + 1];
-        let mut h = vec![0.0; d + 1];
-        problem.gradient(&w, &z, &mut active, &mut g, Some(&mut h));
+        let (g, active, h) = gradient_at(&problem, &w);
         let scale: Vec<f64> = h.iter().map(|v| 1.0 / v.sqrt()).collect();
         for delta in [1e-3, 1e-1, 1e3] {
             let step = trust_cg(&problem, &active, &g, &scale, delta);
