@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::{load_model, print_json, save_model, warn, EngineArgs, Global};
+use super::{load_model, print_json, save_model, warn_cut, EngineArgs, Global};
 
 /// Arguments of `nnmend cut`.
 #[derive(Debug, Args)]
@@ -36,7 +36,7 @@ pub fn cut(args: CutArgs, g: &Global) -> Result<ExitCode> {
     let (info, extractor) = nnmend::inspect::cut(&model, engine.as_ref(), args.at.as_deref())
         .with_context(|| format!("cutting {}", args.model.display()))?;
     if let Some(w) = &info.cut.warning {
-        warn(w);
+        warn_cut(w);
     }
     save_model(&extractor, &args.output)?;
     if args.json {

@@ -12,7 +12,7 @@ use nnmend::data::Split;
 use nnmend::doc::{CutRef, FeaturesDoc};
 use nnmend::hybrid::extract;
 
-use super::{load_model, print_json, warn, DataArgs, EngineArgs, Global};
+use super::{load_model, print_json, warn_cut, DataArgs, EngineArgs, Global};
 
 /// Arguments of `nnmend features`.
 #[derive(Debug, Args)]
@@ -46,7 +46,7 @@ pub fn features(args: FeaturesArgs, g: &Global) -> Result<ExitCode> {
     let (cut, features, seconds) = extract(&model, &ds, engine.as_ref(), args.at.as_deref(), &feed)
         .with_context(|| format!("extracting features of {}", args.model.display()))?;
     if let Some(w) = &cut.warning {
-        warn(w);
+        warn_cut(w);
     }
     nnmend::features::write_features(&args.output, &features, &ds.labels)?;
     if args.json {

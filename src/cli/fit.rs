@@ -13,7 +13,7 @@ use nnmend::doc::FitDoc;
 use nnmend::hybrid::{evaluate, fit as fit_hybrid, FitSettings};
 use nnmend::svm::{CSearch, Loss, NystromSettings, SolverChoice, SvmParams, Tuning};
 
-use super::{load_model, positive, print_doc, save_model, usage, warn, DataArgs, EngineArgs, Global};
+use super::{load_model, positive, print_doc, save_model, usage, warn, warn_cut, DataArgs, EngineArgs, Global};
 
 /// The head fitted on the features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -257,7 +257,7 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
         }
     }
     if let Some(w) = &fitted.cut.warning {
-        warn(w);
+        warn_cut(w);
     }
     if !fitted.missing_classes.is_empty() {
         warn(&format!(

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{load_model, print_json, warn, EngineArgs};
+use super::{load_model, print_json, warn_cut, EngineArgs};
 
 /// Arguments of `nnmend inspect`.
 #[derive(Debug, Args)]
@@ -31,7 +31,7 @@ pub fn inspect(args: InspectArgs) -> Result<ExitCode> {
     let info = nnmend::inspect::inspect(&model, engine.as_ref(), args.at.as_deref())
         .with_context(|| format!("inspecting {}", args.model.display()))?;
     if let Some(w) = &info.cut.warning {
-        warn(w);
+        warn_cut(w);
     }
     if args.json {
         print_json(&serde_json::to_value(&info)?)?;

@@ -157,6 +157,9 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
                 "attack with a larger --eps, with --method pgd (stronger than FGSM), or on more images (--limit), \
              then repair with that file",
             ),
+            nnmend::Error::Onnx(nnmend::onnx::OnnxError::NoAutomaticCut(_)) => {
+                Some("name the tensor to cut at with --at TENSOR")
+            }
             nnmend::Error::Attack(AttackError::Channels { .. }) => {
                 Some("--mean and --std take one value, or one per channel")
             }
@@ -332,4 +335,9 @@ fn positive(s: &str) -> Result<f32, String> {
 /// Prints a warning on stderr.
 fn warn(message: &str) {
     let _ = writeln!(std::io::stderr(), "warning: {message}");
+}
+
+/// Warns of how the cut was chosen, when the rules fell back.
+fn warn_cut(message: &str) {
+    warn(&format!("{message} (--at TENSOR cuts elsewhere)"));
 }

@@ -23,7 +23,7 @@ use nnmend::svm::{NystromSettings, SvmParams};
 use super::fit::SvmArgs;
 use super::gate::{verdict, GateArgs};
 use super::repair::RepairOptions;
-use super::{load_model, print_json, unit_interval, usage, warn, DataArgs, EngineArgs, Global};
+use super::{load_model, print_json, unit_interval, usage, warn, warn_cut, DataArgs, EngineArgs, Global};
 
 /// Arguments of `nnmend run`.
 #[derive(Debug, Args)]
@@ -179,7 +179,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
     let outcome = experiment::run(&inputs, engine.as_ref(), &settings)
         .with_context(|| format!("running the experiment on {}", args.model.display()))?;
     if let Some(w) = &outcome.report.cut.warning {
-        warn(w);
+        warn_cut(w);
     }
     for r in &outcome.report.repairs {
         match r.status {

@@ -301,16 +301,15 @@ impl Finder<'_, '_> {
                     let warning = format!(
                         "no node with weights follows the last pooling layer {pool}, so a head cut there would \
                          have no parameters; cutting at '{t}', the tensor entering '{}' ({}), the last node with \
-                         weights: the features are that whole tensor, flattened (use --at to choose another tensor)",
+                         weights: the features are that whole tensor, flattened",
                         node_label(node),
                         node.op_type()
                     );
                     Ok((t.to_string(), CutRule::EnteringWeightedNode, Some(warning)))
                 }
-                None => Err(OnnxError::NoExtractor(format!(
+                None => Err(OnnxError::NoAutomaticCut(format!(
                     "no node with weights follows the last pooling layer {pool}, and no tensor entering a node \
-                     with weights separates input '{}' from output '{}' after a convolution; name the cut tensor \
-                     with --at",
+                     with weights separates input '{}' from output '{}' after a convolution",
                     self.input, self.output
                 ))),
             };
@@ -319,14 +318,13 @@ impl Finder<'_, '_> {
             Some(t) => {
                 let warning = format!(
                     "no pooling layer separates the input from the output; cutting at '{t}', the tensor entering \
-                     the flatten→dense head (use --at to choose another tensor)"
+                     the flatten→dense head"
                 );
                 Ok((t.to_string(), CutRule::FlattenFallback, Some(warning)))
             }
-            None => Err(OnnxError::NoExtractor(format!(
+            None => Err(OnnxError::NoAutomaticCut(format!(
                 "found neither a pooling layer nor a flatten→dense head between input '{}' and output '{}' (a \
-                 transformer's tokens, say, are neither pooled nor flattened into a dense layer); name the cut \
-                 tensor with --at",
+                 transformer's tokens, say, are neither pooled nor flattened into a dense layer)",
                 self.input, self.output
             ))),
         }

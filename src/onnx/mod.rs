@@ -99,6 +99,9 @@ pub enum OnnxError {
     /// The model cannot be cut into a convolutional feature extractor.
     #[error("cannot cut this model: {0}")]
     NoExtractor(String),
+    /// No tensor is the cut by nnmend's rules, but one named by the user may be.
+    #[error("cannot cut this model: {0}")]
+    NoAutomaticCut(String),
     /// A tensor named by the user does not exist in the graph.
     #[error("tensor '{name}' is not in the graph{hint}")]
     UnknownTensor {

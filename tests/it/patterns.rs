@@ -22,7 +22,7 @@ use nnmend::engine::{tract::Tract, Engine};
 use nnmend::features::{argmax_rows, collect, Feed};
 use nnmend::hybrid::{evaluate, fit, FitSettings};
 use nnmend::onnx::cut::CutRule;
-use nnmend::onnx::{find_cut, load, save, ModelProto};
+use nnmend::onnx::{find_cut, load, save, ModelProto, OnnxError};
 
 /// The two MNASNet/ShuffleNet-like fixtures, whose global pooling is a ReduceMean.
 const REDUCE_MEAN: &[&str] = &[
@@ -297,6 +297,7 @@ fn inspect_says_which_rule_chose_the_cut() {
     assert!(stdout.contains("rule      entering the last weighted node"), "{stdout}");
     let stderr = String::from_utf8_lossy(&text.stderr);
     assert!(stderr.starts_with("warning: no node with weights follows"), "{stderr}");
+    assert!(stderr.trim_end().ends_with("(--at TENSOR cuts elsewhere)"), "{stderr}");
 
     for (rel, rule, words) in [
         (REDUCE_MEAN[0], "last_pooling", "last pooling"),
@@ -320,9 +321,12 @@ fn inspect_says_which_rule_chose_the_cut() {
 #[test]
 fn a_transformer_without_pooling_is_refused_with_a_pointer_to_at() {
     let m = model(TINY_VIT);
-    let err = find_cut(&m, None).unwrap_err().to_string();
+    // The library says what is wrong; the command line adds the option that cures it.
+    let err = find_cut(&m, None).unwrap_err();
+    assert!(matches!(err, OnnxError::NoAutomaticCut(_)), "{err}");
     assert!(
-        err.contains("neither a pooling layer nor a flatten→dense head") && err.contains("--at"),
+        err.to_string()
+            .contains("neither a pooling layer nor a flatten→dense head"),
         "{err}"
     );
     let tmp = tempdir();
