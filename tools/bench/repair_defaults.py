@@ -49,6 +49,7 @@ def main():
     p.add_argument("--eps", default="0.1")
     p.add_argument("--pgd-limit", default="1000")
     p.add_argument("--kernel", action="store_true", help="repair the kernel hybrid instead")
+    p.add_argument("--gamma", help="with --kernel: the RBF width of its fit (default: nnmend fit's)")
     p.add_argument("--config", action="append", default=[], help="option=value,... of nnmend repair")
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -61,14 +62,19 @@ def main():
         x = read_idx(os.path.join(MNIST_DIR, images))[FIT_LIMIT:]
         y = read_idx(os.path.join(MNIST_DIR, labels))[FIT_LIMIT:].astype(np.int64)
         np.savez(val, x=x, y=y)
+    if args.gamma and not args.kernel:
+        raise SystemExit("--gamma shapes the kernel hybrid: use it with --kernel")
     head = "kernel" if args.kernel else "linear"
-    hybrid = w(f"{head}.onnx")
+    tag = f"{head}_g{args.gamma}" if args.gamma else head
+    hybrid = w(f"{tag}.onnx")
     if not os.path.exists(hybrid):
         cmd = [args.nnmend, "fit", args.model, "--train", MNIST_DIR, "--limit", str(FIT_LIMIT), "-o", hybrid]
         if args.kernel:
             cmd += ["--head", "kernel"]
+        if args.gamma:
+            cmd += ["--gamma", args.gamma]
         run(cmd, log)
-    adv = w(f"adv_{head}.npz")
+    adv = w(f"adv_{tag}.npz")
     if not os.path.exists(adv):
         run([args.nnmend, "attack", hybrid, "--data", MNIST_DIR, "--split", "train", "--limit", "2000",
              "--eps", args.eps, "--method", "pgd", "--steps", "10", "--random-start", "-o", adv], log)
@@ -87,7 +93,7 @@ def main():
         d = json.loads(stdout)
         rob = d.get("robustness") or {}
         row = {
-            "config": config, "head": head, "eps": float(args.eps),
+            "config": config, "head": head, "gamma": args.gamma, "eps": float(args.eps),
             "clean_before": d["accuracy"]["before"], "clean_after": d["accuracy"]["after"],
             "robust_before": rob.get("before", {}).get("robust_accuracy"),
             "robust_after": rob.get("after", {}).get("robust_accuracy"),
