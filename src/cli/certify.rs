@@ -1,6 +1,7 @@
 //! `nnmend certify MODEL --data DATA --eps E1,E2,…`: certified accuracy of a hybrid
 //! over L∞ balls (interval bounds through the extractor, the head's exact worst
-//! margin over the feature box), beside clean accuracy and PGD's robust accuracy.
+//! margin over the feature box; for a linear hybrid also the margins back-substituted
+//! to the pixels), beside clean accuracy and PGD's robust accuracy.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,7 +17,17 @@ use nnmend::doc::CertifyDoc;
 use nnmend::onnx::bounds::Margin;
 use nnmend::verify::{self, Settings};
 
-use super::{load_model, print_json, unit_interval, DataArgs, EngineArgs, Global};
+use super::{load_model, print_json, unit_interval, warn, DataArgs, EngineArgs, Global};
+
+/// The bounds `certify` computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BoundsArg {
+    /// Interval bounds of the features (IBP).
+    Interval,
+    /// The interval bounds, and for a linear hybrid the head's margins bounded by
+    /// back-substitution through the extractor (CROWN-IBP), which certify more.
+    Linear,
+}
 
 /// Arguments of `nnmend certify`.
 #[derive(Debug, Args)]
@@ -33,6 +44,9 @@ pub struct CertifyArgs {
     /// losses, 3 random restarts each) and check that no certified image falls; 0: no PGD.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pgd_limit: usize,
+    /// The bounds.
+    #[arg(long, value_enum, default_value_t = BoundsArg::Linear)]
+    bounds: BoundsArg,
     /// Also write, into this new folder, the model with the normalisation inside
     /// (`model.onnx`), one VNN-LIB property per image and radius (the clipped input box
     /// and the negation of "the label wins") and `instances.csv`, for other verifiers.
@@ -67,10 +81,14 @@ pub fn certify(args: CertifyArgs, g: &Global) -> Result<ExitCode> {
             ..Protocol::default()
         },
         margin: Margin::default(),
+        linear: args.bounds == BoundsArg::Linear,
     };
     let certification = verify::certify(&model, engine.as_ref(), &ds, &settings, &feed)
         .with_context(|| format!("certifying {}", args.model.display()))?;
     let broken = certification.certified_but_broken();
+    if let Some(note) = &certification.linear_note {
+        warn(&format!("interval bounds only: {note}"));
+    }
     if let Some(dir) = &args.vnnlib {
         let n = verify::vnnlib::write(dir, &model, engine.as_ref(), &ds, &args.eps, &feed)
             .with_context(|| format!("writing VNN-LIB properties to {}", dir.display()))?;
@@ -95,23 +113,28 @@ pub fn certify(args: CertifyArgs, g: &Global) -> Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "eps      n      clean    certified  pgd (n)          width     seconds"
+            "eps      n      clean    certified  linear   pgd (n)          width     seconds"
         )?;
         for r in &certification.results {
             let pgd = match &r.pgd {
                 Some(p) => format!("{:.4} ({})", p.robust_accuracy, p.n),
                 None => "-".into(),
             };
+            let linear = r
+                .linear
+                .as_ref()
+                .map_or("-     ".into(), |l| format!("{:.4}", l.certified_accuracy));
+            let seconds = r.seconds + r.linear.as_ref().map_or(0.0, |l| l.seconds);
             writeln!(
                 out,
-                "{:<8} {:<6} {:.4}   {:.4}     {:<16} {:<9.4} {:.1}",
-                r.eps, r.n, r.clean_accuracy, r.certified_accuracy, pgd, r.mean_width, r.seconds
+                "{:<8} {:<6} {:.4}   {:.4}     {linear}   {:<16} {:<9.4} {seconds:.1}",
+                r.eps, r.n, r.clean_accuracy, r.certified_accuracy, pgd, r.mean_width
             )?;
         }
     }
     if broken > 0 {
         bail!(
-            "SOUNDNESS BUG: PGD broke {broken} image(s) that the interval bounds certified; the bounds of {} are \
+            "SOUNDNESS BUG: PGD broke {broken} image(s) that the bounds certified; the bounds of {} are \
              wrong (please report this with the model and data)",
             args.model.display()
         );

@@ -39,8 +39,12 @@ pub struct CertifyDoc {
     pub data: PathBuf,
     /// The engine.
     pub engine: serde_json::Value,
-    /// How the feature bounds were computed: `ibp` (interval bound propagation).
+    /// How the bounds were computed: `ibp` (interval bound propagation), or
+    /// `ibp+linear` when a linear hybrid's margins were also back-substituted (each
+    /// result's `linear`).
     pub method: &'static str,
+    /// Why the linear bounds were not computed, when they were asked for.
+    pub linear_note: Option<String>,
     /// Linear or kernel hybrid.
     pub head: HeadKind,
     /// Width of the features the head reads.
@@ -76,7 +80,12 @@ impl CertifyDoc {
             model,
             data,
             engine,
-            method: "ibp",
+            method: if certification.certified_linear.is_empty() {
+                "ibp"
+            } else {
+                "ibp+linear"
+            },
+            linear_note: certification.linear_note.clone(),
             head: certification.kind,
             features: certification.features,
             margin: margin.into(),

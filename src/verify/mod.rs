@@ -19,6 +19,7 @@
 //! broke anyway: that count must be zero, or the bounds are wrong.
 
 mod error;
+pub mod linear;
 pub mod vnnlib;
 
 use std::time::Instant;
@@ -241,6 +242,8 @@ pub struct Settings {
     pub protocol: Protocol,
     /// The rounding margin of the bounds.
     pub margin: Margin,
+    /// Also bound a linear hybrid's margins by back-substitution ([`linear`]).
+    pub linear: bool,
 }
 
 /// PGD on the first images, beside the certificates.
@@ -252,7 +255,8 @@ pub struct PgdCheck {
     pub robust_accuracy: f64,
     /// Of those images, how many were certified.
     pub certified: usize,
-    /// Certified images that PGD broke: must be 0 (else the bounds are wrong).
+    /// Certified images that PGD broke: must be 0 (else the bounds are wrong). With
+    /// linear bounds, `certified` and this count the images either bound certified.
     pub certified_but_broken: usize,
     /// Seconds.
     pub seconds: f64,
@@ -279,6 +283,20 @@ pub struct EpsCertificate {
     pub mean_width: f64,
     /// Seconds spent on the bounds and certificates.
     pub seconds: f64,
+    /// The linear bounds' certificates (`None` when not computed).
+    pub linear: Option<LinearCertificate>,
+}
+
+/// Certified accuracy at one ε with the linear bounds of [`linear`] (an image counts
+/// when either they or the interval bounds certify it).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LinearCertificate {
+    /// Share certified.
+    pub certified_accuracy: f64,
+    /// Images certified.
+    pub certified: usize,
+    /// Seconds spent on the linear bounds.
+    pub seconds: f64,
 }
 
 /// What [`certify`] found.
@@ -290,8 +308,13 @@ pub struct Certification {
     pub features: usize,
     /// One entry per ε.
     pub results: Vec<EpsCertificate>,
-    /// Per ε, which images were certified.
+    /// Per ε, which images the interval bounds certified.
     pub certified: Vec<Vec<bool>>,
+    /// Per ε, which images the linear or the interval bounds certified (empty when the
+    /// linear bounds were not computed).
+    pub certified_linear: Vec<Vec<bool>>,
+    /// Why the linear bounds were not computed, when they were asked for.
+    pub linear_note: Option<String>,
     /// Images classified right.
     pub clean_correct: usize,
 }
@@ -326,8 +349,17 @@ pub fn certify(
     let n = ds.len();
     let share = |a: usize| if n == 0 { 0.0 } else { a as f64 / n as f64 };
     let bounder = Bounder::new(model, &head.input, engine, ds, feed, settings.margin)?;
+    let (linear, linear_note) = if settings.linear {
+        match linear_bounder(model, &head, engine, ds, feed, settings.margin.roundoff) {
+            Ok(b) => (Some(b), None),
+            Err(why) => (None, Some(why)),
+        }
+    } else {
+        (None, None)
+    };
     let mut results = Vec::with_capacity(settings.eps.len());
     let mut certified_all = Vec::with_capacity(settings.eps.len());
+    let mut certified_linear = Vec::new();
     for &eps in &settings.eps {
         let started = Instant::now();
         let b = bounder.bounds(ds, eps, feed)?;
@@ -368,14 +400,33 @@ pub fn certify(
             pgd: None,
             mean_width,
             seconds: started.elapsed().as_secs_f64(),
+            linear: None,
         });
+        if let Some(lb) = &linear {
+            let started = Instant::now();
+            let flags = linear_certified(lb, ds, &correct, &certified, eps, feed.threads);
+            let count = flags.iter().filter(|&&c| c).count();
+            if let Some(r) = results.last_mut() {
+                r.linear = Some(LinearCertificate {
+                    certified_accuracy: share(count),
+                    certified: count,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            certified_linear.push(flags);
+        }
         certified_all.push(certified);
     }
     let m = settings.pgd_limit.min(n);
     if m > 0 && !settings.eps.is_empty() {
         let subset = ds.take(m);
         let measured = protocol::measure(model, engine, &subset, &settings.eps, &settings.protocol, feed)?;
-        for ((r, cert), meas) in results.iter_mut().zip(&certified_all).zip(&measured) {
+        let best = if certified_linear.is_empty() {
+            &certified_all
+        } else {
+            &certified_linear
+        };
+        for ((r, cert), meas) in results.iter_mut().zip(best).zip(&measured) {
             let certified = cert[..m].iter().filter(|&&c| c).count();
             let certified_but_broken = (0..m).filter(|&i| cert[i] && meas.broken[i]).count();
             r.pgd_accuracy = Some(meas.robustness.robust_accuracy);
@@ -393,8 +444,81 @@ pub fn certify(
         features: d,
         results,
         certified: certified_all,
+        certified_linear,
+        linear_note,
         clean_correct,
     })
+}
+
+/// The linear bounder of a linear hybrid, or why there is none.
+fn linear_bounder(
+    model: &ModelProto,
+    head: &HeadSite,
+    engine: &dyn Engine,
+    ds: &Dataset,
+    feed: &Feed,
+    roundoff: f64,
+) -> std::result::Result<linear::LinearBounder, String> {
+    if head.kind != HeadKind::Linear {
+        return Err("linear bounds cover linear hybrids; a kernel hybrid's head reads Nyström features".into());
+    }
+    let sample = engine
+        .prepare(model)
+        .map_err(|e| e.to_string())?
+        .sample_shape()
+        .to_vec();
+    let layout = layout_of(&sample).map_err(|e| e.to_string())?;
+    let chain = linear::Chain::new(
+        model,
+        &head.input,
+        ds.image_shape(),
+        layout,
+        &feed.mean,
+        &feed.std,
+        roundoff,
+    )
+    .map_err(|e| e.to_string())?;
+    linear::LinearBounder::new(chain, head, roundoff).map_err(|e| e.to_string())
+}
+
+/// Which images the linear bounds certify at `eps`, or the interval bounds did
+/// (`interval`); only images classified right (`correct`) are tried.
+fn linear_certified(
+    bounder: &linear::LinearBounder,
+    ds: &Dataset,
+    correct: &[bool],
+    interval: &[bool],
+    eps: f32,
+    threads: usize,
+) -> Vec<bool> {
+    let n = ds.len();
+    let todo: Vec<usize> = (0..n).filter(|&i| correct[i] && !interval[i]).collect();
+    let workers = threads.clamp(1, todo.len().max(1));
+    let per = todo.len().div_ceil(workers).max(1);
+    let found: Vec<usize> = std::thread::scope(|scope| {
+        let handles: Vec<_> = todo
+            .chunks(per)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .copied()
+                        .filter(|&i| {
+                            let px = ds.pixels.to_f32(i..i + 1);
+                            let flat = ArrayView1::from(px.as_slice().unwrap_or_default());
+                            bounder.certifies(flat, ds.labels[i] as usize, f64::from(eps))
+                        })
+                        .collect::<Vec<usize>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let mut flags = interval.to_vec();
+    for i in found {
+        flags[i] = true;
+    }
+    flags
 }
 
 /// [`certify`] at the one radius `eps`, without PGD.
@@ -411,6 +535,7 @@ pub fn certify_at(
         pgd_limit: 0,
         protocol: Protocol::default(),
         margin,
+        linear: false,
     };
     certify(model, engine, ds, &settings, feed)?
         .results

@@ -24,7 +24,7 @@ use nnmend::features::Feed;
 use nnmend::onnx::bounds::{self, Margin};
 use nnmend::onnx::grad::Normalization;
 use nnmend::onnx::{self, head, ModelProto};
-use nnmend::verify::{self, Settings};
+use nnmend::verify::{self, linear, Settings};
 
 use crate::common::{fixture, json, nnmend, ok, python, run, s, tempdir, write_npy};
 
@@ -406,6 +406,7 @@ fn hybrid_feature_bounds_and_certified_counts_match_the_reference() {
             pgd_limit: 0,
             protocol: Protocol::default(),
             margin: Margin::default(),
+            linear: false,
         };
         let cert = verify::certify(&model, &Tract, &ds, &settings, &feed).unwrap();
         let refs = reference(&jobs);
@@ -454,7 +455,8 @@ fn certify_json_reports_certified_clean_and_pgd_accuracy() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let doc = json(&out);
-    assert_eq!(doc["method"], "ibp");
+    assert_eq!(doc["method"], "ibp+linear");
+    assert!(doc["linear_note"].is_null(), "{doc}");
     assert_eq!(doc["head"], "linear");
     assert_eq!(doc["certified_but_broken"], 0);
     let results = doc["results"].as_array().unwrap();
@@ -477,6 +479,11 @@ fn certify_json_reports_certified_clean_and_pgd_accuracy() {
         if eps == 0.0 {
             assert_eq!(certified, clean, "every image classified right is certified at ε = 0");
         }
+        // The linear bounds certify at least what the interval bounds do, and PGD's
+        // check counts the images either certified.
+        let linear = r["linear"]["certified_accuracy"].as_f64().unwrap();
+        assert!(linear >= certified && linear <= clean, "{r}");
+        assert!(pgd["certified"].as_u64().unwrap() as f64 <= linear * 60.0, "{r}");
     }
     assert!(last < results[0]["certified_accuracy"].as_f64().unwrap());
     // Not a hybrid: refused, naming what is missing.
@@ -638,4 +645,121 @@ fn certified_repair_certifies_its_balls_as_certify_and_the_reference_check_them(
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rounds"));
     assert!(!dir.path().join("no.onnx").exists());
+}
+
+/// Pixels `[n, 1, 28, 28]` and labels of the first `n` test images, as `.npy` files.
+fn image_files(dir: &Path, ds: &data::Dataset) -> (PathBuf, PathBuf) {
+    let x = Preprocess {
+        mean: vec![],
+        std: vec![],
+        layout: Layout::Nchw,
+    }
+    .batch(ds, 0..ds.len())
+    .unwrap();
+    let (xp, yp) = (dir.join("x.npy"), dir.join("y.npy"));
+    write_npy(&xp, &x);
+    ndarray_npy::write_npy(&yp, &ndarray::Array1::from(ds.labels.clone())).unwrap();
+    (xp, yp)
+}
+
+#[test]
+fn linear_margin_bounds_equal_the_float64_reference_and_certify_more_than_intervals() {
+    let dir = tempdir();
+    let path = hybrid(dir.path(), false);
+    let model = load(&path);
+    let site = head::find(&model).unwrap();
+    let ds = test_images(30);
+    let (xp, yp) = image_files(dir.path(), &ds);
+    let (mean, std) = (0.1f32, 0.9f32);
+    let exact = |roundoff: f64| {
+        let chain = linear::Chain::new(
+            &model,
+            &site.input,
+            ds.image_shape(),
+            Layout::Nchw,
+            &[mean],
+            &[std],
+            roundoff,
+        )
+        .unwrap();
+        linear::LinearBounder::new(chain, &site, roundoff).unwrap()
+    };
+    let (tight, sound) = (exact(0.0), exact(bounds::F32_ROUNDOFF));
+    let pixels = ds.pixels.to_f32(0..ds.len());
+    let mut gained = 0;
+    for eps in [0.002f32, 0.01, 0.03] {
+        let out = dir.path().join(format!("crown{eps}.npy"));
+        let mut cmd = python("crown_reference.py");
+        cmd.arg(&path).arg(&xp).arg(&yp).arg(eps.to_string()).arg(&out);
+        cmd.args(["--mean", &mean.to_string(), "--std", &std.to_string()]);
+        ok(cmd);
+        let reference: ndarray::Array1<f64> = ndarray_npy::read_npy(&out).unwrap();
+        let feed = Feed {
+            mean: vec![mean],
+            std: vec![std],
+            threads: 1,
+            ..Feed::default()
+        };
+        let boxes = verify::feature_bounds(&model, &Tract, &ds, eps, &feed, Margin::default()).unwrap();
+        for i in 0..ds.len() {
+            let x = ndarray::ArrayView1::from(pixels.index_axis(ndarray::Axis(0), i).to_slice().unwrap());
+            let label = ds.labels[i] as usize;
+            let ours = tight.worst_margin(x, label, f64::from(eps)).unwrap();
+            let r = reference[i];
+            assert!(
+                (ours - r).abs() <= 1e-6 * (1.0 + r.abs()),
+                "image {i} at ε = {eps}: {ours} against {r}"
+            );
+            // With the f32 allowance: a little lower, never higher; and `certifies` agrees.
+            let with = sound.worst_margin(x, label, f64::from(eps)).unwrap();
+            assert!(
+                with < ours && with > ours - 1e-3 * (1.0 + ours.abs()),
+                "{with} against {ours}"
+            );
+            assert_eq!(sound.certifies(x, label, f64::from(eps)), with > 0.0);
+            let interval = verify::worst_margin(
+                &site,
+                boxes.lower.row(i),
+                boxes.upper.row(i),
+                label,
+                bounds::F32_ROUNDOFF,
+            )
+            .unwrap();
+            assert!(
+                with >= interval - 1e-4 * (1.0 + interval.abs()),
+                "{with} below the interval {interval}"
+            );
+            gained += usize::from(with > 0.0 && interval <= 0.0);
+        }
+    }
+    assert!(
+        gained > 0,
+        "the linear bounds certified no image the interval bounds did not"
+    );
+}
+
+#[test]
+fn a_kernel_hybrid_is_certified_by_intervals_with_a_note() {
+    let dir = tempdir();
+    let model = hybrid(dir.path(), true);
+    let out = run(&[
+        "certify",
+        s(&model),
+        "--data",
+        s(&fixture("mnist-small-test.npz")),
+        "--eps",
+        "0.002",
+        "--limit",
+        "10",
+        "--pgd-limit",
+        "0",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = json(&out);
+    assert_eq!(doc["method"], "ibp");
+    assert!(doc["linear_note"].as_str().unwrap().contains("kernel"), "{doc}");
+    assert!(doc["results"][0]["linear"].is_null(), "{doc}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interval bounds only"), "{stderr}");
 }

@@ -1,0 +1,334 @@
+//! The layers of a chain in f64: forward on boxes (with the engine's f32 rounding
+//! error carried beside them) and backward on linear coefficients.
+//!
+//! Tensors are flat, row-major `[C, H, W]` (or `[D]`) without the batch axis.
+
+/// A 2-D convolution `y = W ⋆ x + b` over `[C, H, W]`.
+#[derive(Debug, Clone)]
+pub(super) struct Conv {
+    /// `[M, C / group, KH, KW]`, flat.
+    pub w: Vec<f64>,
+    /// `[M]`.
+    pub b: Vec<f64>,
+    /// Input `[C, H, W]`.
+    pub input: [usize; 3],
+    /// Output `[M, OH, OW]`.
+    pub output: [usize; 3],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// Top and left padding (bottom and right only shape the output).
+    pub pad: [usize; 2],
+    pub group: usize,
+}
+
+impl Conv {
+    /// The output side of a convolution or pooling over `size` input positions.
+    pub fn out_size(size: usize, kernel: usize, stride: usize, dilation: usize, pads: usize) -> Option<usize> {
+        let span = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
+        let padded = size.checked_add(pads)?;
+        (padded >= span && stride > 0).then(|| (padded - span) / stride + 1)
+    }
+
+    /// Terms in each output's sum (the fan-in, bias excluded).
+    pub fn fan_in(&self) -> usize {
+        self.input[0] / self.group * self.kernel[0] * self.kernel[1]
+    }
+
+    /// For every (output, input) position pair the kernel joins, calls
+    /// `f(weight index, input index, output index)`.
+    fn each(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let [c, h, w] = self.input;
+        let [m, oh, ow] = self.output;
+        let [kh, kw] = self.kernel;
+        let (cg, mg) = (c / self.group, m / self.group);
+        for om in 0..m {
+            let g = om / mg;
+            for ci in 0..cg {
+                let ic = g * cg + ci;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let wi = ((om * cg + ci) * kh + ky) * kw + kx;
+                        for oy in 0..oh {
+                            let iy = (oy * self.stride[0] + ky * self.dilation[0]).wrapping_sub(self.pad[0]);
+                            if iy >= h {
+                                continue;
+                            }
+                            for ox in 0..ow {
+                                let ix = (ox * self.stride[1] + kx * self.dilation[1]).wrapping_sub(self.pad[1]);
+                                if ix < w {
+                                    f(wi, (ic * h + iy) * w + ix, (om * oh + oy) * ow + ox);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A max pooling over `[C, H, W]` (padding never wins a maximum).
+#[derive(Debug, Clone)]
+pub(super) struct MaxPool {
+    pub input: [usize; 3],
+    pub output: [usize; 3],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    pub pad: [usize; 2],
+}
+
+impl MaxPool {
+    /// The input indices of output `o`'s window.
+    fn window(&self, o: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let [_, h, w] = self.input;
+        let [_, oh, ow] = self.output;
+        let (c, rest) = (o / (oh * ow), o % (oh * ow));
+        let (oy, ox) = (rest / ow, rest % ow);
+        for ky in 0..self.kernel[0] {
+            let iy = (oy * self.stride[0] + ky * self.dilation[0]).wrapping_sub(self.pad[0]);
+            if iy >= h {
+                continue;
+            }
+            for kx in 0..self.kernel[1] {
+                let ix = (ox * self.stride[1] + kx * self.dilation[1]).wrapping_sub(self.pad[1]);
+                if ix < w {
+                    out.push((c * h + iy) * w + ix);
+                }
+            }
+        }
+    }
+
+    fn outputs(&self) -> usize {
+        self.output.iter().product()
+    }
+}
+
+/// One layer of a chain.
+#[derive(Debug, Clone)]
+pub(super) enum Layer {
+    /// `y = scale ∘ x + shift`, element by element (normalisation, BatchNormalization,
+    /// Add, Sub, Mul and Div by constants); `rounding` is its relative f32 error.
+    Elementwise {
+        scale: Vec<f64>,
+        shift: Vec<f64>,
+        rounding: f64,
+    },
+    Conv(Conv),
+    /// `y = W x + b`, `W` `[out, in]`, flat.
+    Dense {
+        w: Vec<f64>,
+        b: Vec<f64>,
+        inputs: usize,
+    },
+    Relu,
+    MaxPool(MaxPool),
+}
+
+/// A box `[lower, upper]` and a bound on how far the engine's f32 value of each element
+/// can be from its exact value anywhere in the ball.
+#[derive(Debug, Clone)]
+pub(super) struct Boxed {
+    pub lower: Vec<f64>,
+    pub upper: Vec<f64>,
+    pub error: Vec<f64>,
+}
+
+/// Relative slack on every linear layer's box, for the f64 arithmetic that computes it.
+const F64_SLACK: f64 = 1e-12;
+
+/// Values closer than this, relatively, count as equal when a relaxation is chosen, so
+/// that the choice does not hang on the order of a sum's rounding (either choice is
+/// sound).
+const TIE: f64 = 1e-9;
+
+impl Layer {
+    /// The layer on a box: interval bounds of the exact values, and the f32 error.
+    /// `gamma(n)` is the relative error bound of an `n`-term f32 sum.
+    pub fn forward(&self, x: &Boxed, gamma: &dyn Fn(usize) -> f64) -> Boxed {
+        match self {
+            Layer::Relu => Boxed {
+                lower: x.lower.iter().map(|v| v.max(0.0)).collect(),
+                upper: x.upper.iter().map(|v| v.max(0.0)).collect(),
+                error: x.error.clone(),
+            },
+            Layer::MaxPool(p) => {
+                let n = p.outputs();
+                let mut out = Boxed {
+                    lower: vec![f64::NEG_INFINITY; n],
+                    upper: vec![f64::NEG_INFINITY; n],
+                    error: vec![0.0; n],
+                };
+                let mut window = Vec::new();
+                for o in 0..n {
+                    p.window(o, &mut window);
+                    for &i in &window {
+                        out.lower[o] = out.lower[o].max(x.lower[i]);
+                        out.upper[o] = out.upper[o].max(x.upper[i]);
+                        out.error[o] = out.error[o].max(x.error[i]);
+                    }
+                }
+                out
+            }
+            Layer::Elementwise { scale, shift, rounding } => {
+                let n = x.lower.len();
+                let mut out = Boxed {
+                    lower: vec![0.0; n],
+                    upper: vec![0.0; n],
+                    error: vec![0.0; n],
+                };
+                for i in 0..n {
+                    let (a, b) = (scale[i] * x.lower[i] + shift[i], scale[i] * x.upper[i] + shift[i]);
+                    let size = scale[i].abs() * (x.lower[i].abs().max(x.upper[i].abs()) + x.error[i]) + shift[i].abs();
+                    let slack = F64_SLACK * size;
+                    out.lower[i] = a.min(b) - slack;
+                    out.upper[i] = a.max(b) + slack;
+                    out.error[i] = scale[i].abs() * x.error[i] + rounding * size;
+                }
+                out
+            }
+            Layer::Conv(c) => {
+                let rho = gamma(c.fan_in() + 2);
+                let mut mid = vec![0.0; c.output.iter().product()];
+                let mut rad = mid.clone();
+                let mut err = mid.clone();
+                let mut size = mid.clone();
+                c.each(|wi, i, o| {
+                    let (wv, aw) = (c.w[wi], c.w[wi].abs());
+                    mid[o] += wv * 0.5 * (x.lower[i] + x.upper[i]);
+                    rad[o] += aw * 0.5 * (x.upper[i] - x.lower[i]);
+                    err[o] += aw * x.error[i];
+                    size[o] += aw * (x.lower[i].abs().max(x.upper[i].abs()) + x.error[i]);
+                });
+                let per = c.output[1] * c.output[2];
+                affine_box(mid, rad, err, size, |o| c.b[o / per], rho)
+            }
+            Layer::Dense { w, b, inputs } => {
+                let rho = gamma(inputs + 2);
+                let outs = b.len();
+                let (mut mid, mut rad, mut err, mut size) =
+                    (vec![0.0; outs], vec![0.0; outs], vec![0.0; outs], vec![0.0; outs]);
+                for o in 0..outs {
+                    let row = &w[o * inputs..(o + 1) * inputs];
+                    for (i, &wv) in row.iter().enumerate() {
+                        let aw = wv.abs();
+                        mid[o] += wv * 0.5 * (x.lower[i] + x.upper[i]);
+                        rad[o] += aw * 0.5 * (x.upper[i] - x.lower[i]);
+                        err[o] += aw * x.error[i];
+                        size[o] += aw * (x.lower[i].abs().max(x.upper[i].abs()) + x.error[i]);
+                    }
+                }
+                affine_box(mid, rad, err, size, |o| b[o], rho)
+            }
+        }
+    }
+
+    /// One step of back-substitution for a lower bound of `λ·y`: given the
+    /// coefficients `lambda` on this layer's output and the box `x` of its input,
+    /// returns the coefficients on the input and adds the constant to `constant`.
+    pub fn backward(&self, lambda: &[f64], x: &Boxed, constant: &mut f64) -> Vec<f64> {
+        match self {
+            Layer::Relu => lambda
+                .iter()
+                .zip(x.lower.iter().zip(&x.upper))
+                .map(|(&l, (&lo, &hi))| {
+                    if hi <= 0.0 {
+                        0.0
+                    } else if lo >= 0.0 {
+                        l
+                    } else if l >= 0.0 {
+                        // relu(z) ≥ α z with α ∈ {0, 1}: the one nearer the relu on the box
+                        // (0 on a tie, up to the rounding of the box).
+                        if hi + lo > TIE * (hi - lo) {
+                            l
+                        } else {
+                            0.0
+                        }
+                    } else {
+                        // relu(z) ≤ s (z − lo), the chord.
+                        let s = hi / (hi - lo);
+                        *constant -= l * s * lo;
+                        l * s
+                    }
+                })
+                .collect(),
+            Layer::MaxPool(p) => {
+                let mut out = vec![0.0; x.lower.len()];
+                let mut window = Vec::new();
+                for (o, &l) in lambda.iter().enumerate() {
+                    if l == 0.0 {
+                        continue;
+                    }
+                    p.window(o, &mut window);
+                    // The first input whose lower bound is the largest, up to the rounding
+                    // of the box: max ≥ it (any input would do), and max = it when its
+                    // lower bound reaches every other input's upper bound.
+                    let top = window.iter().map(|&i| x.lower[i]).fold(f64::NEG_INFINITY, f64::max);
+                    let Some(&best) = window.iter().find(|&&i| x.lower[i] >= top - TIE * top.abs()) else {
+                        continue;
+                    };
+                    let dominant = window.iter().all(|&i| i == best || x.upper[i] <= x.lower[best]);
+                    if l > 0.0 || dominant {
+                        out[best] += l;
+                    } else {
+                        let top = window.iter().map(|&i| x.upper[i]).fold(f64::NEG_INFINITY, f64::max);
+                        *constant += l * top;
+                    }
+                }
+                out
+            }
+            Layer::Elementwise { scale, shift, .. } => {
+                *constant += lambda.iter().zip(shift).map(|(l, s)| l * s).sum::<f64>();
+                lambda.iter().zip(scale).map(|(l, s)| l * s).collect()
+            }
+            Layer::Conv(c) => {
+                let per = c.output[1] * c.output[2];
+                *constant += lambda.iter().enumerate().map(|(o, l)| l * c.b[o / per]).sum::<f64>();
+                let mut out = vec![0.0; c.input.iter().product()];
+                c.each(|wi, i, o| out[i] += c.w[wi] * lambda[o]);
+                out
+            }
+            Layer::Dense { w, b, inputs } => {
+                *constant += lambda.iter().zip(b).map(|(l, b)| l * b).sum::<f64>();
+                let mut out = vec![0.0; *inputs];
+                for (o, &l) in lambda.iter().enumerate() {
+                    if l != 0.0 {
+                        for (acc, &wv) in out.iter_mut().zip(&w[o * inputs..(o + 1) * inputs]) {
+                            *acc += wv * l;
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The box of an affine layer from its centre, radius, propagated error and the
+/// magnitude of its terms, before the bias.
+fn affine_box(
+    mid: Vec<f64>,
+    rad: Vec<f64>,
+    err: Vec<f64>,
+    size: Vec<f64>,
+    bias: impl Fn(usize) -> f64,
+    rho: f64,
+) -> Boxed {
+    let n = mid.len();
+    let mut out = Boxed {
+        lower: Vec::with_capacity(n),
+        upper: Vec::with_capacity(n),
+        error: Vec::with_capacity(n),
+    };
+    for o in 0..n {
+        let b = bias(o);
+        let total = size[o] + b.abs();
+        let r = rad[o] + F64_SLACK * total;
+        out.lower.push(mid[o] + b - r);
+        out.upper.push(mid[o] + b + r);
+        out.error.push(err[o] + rho * total);
+    }
+    out
+}

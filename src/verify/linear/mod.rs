@@ -1,0 +1,608 @@
+//! Linear bounds on a linear hybrid's margins over L∞ balls: the head's margin
+//! `(w_y − w_j)·f + b_y − b_j` back-substituted through the extractor to the pixels
+//! (CROWN; Zhang et al., *Efficient Neural Network Robustness Certification with
+//! General Activation Functions*, 2018), with interval bounds (IBP) for every layer
+//! in between, as in CROWN-IBP.
+//!
+//! The extractor must be a chain from the pixels to the features (each node reads one
+//! tensor of the path, the rest constants) of Conv, Gemm, MatMul, BatchNormalization,
+//! Add, Sub, Mul and Div by constants, Relu, MaxPool, AveragePool without padding,
+//! GlobalAveragePool, Flatten, Reshape, Identity and Dropout, on channels-first or
+//! flat images. Another op is refused, naming the node; `certify` then reports the
+//! interval bounds alone.
+//!
+//! Backward through a layer whose input lies in `[l, u]`, for a lower bound of `λ·y`:
+//!
+//! - affine `y = W x + b`: `λ ← Wᵀλ`, constant `+= λ·b`;
+//! - Relu, an input that can change sign: where `λ ≥ 0`, `relu(z) ≥ α z` with `α = 1`
+//!   when `u > −l`, else 0; where `λ < 0`, the chord `relu(z) ≤ u (z − l) / (u − l)`;
+//! - MaxPool: where `λ ≥ 0`, `max ≥ x_k` for the input `k` with the largest lower
+//!   bound; where `λ < 0`, `max = x_k` when that input's lower bound reaches every other
+//!   input's upper bound, else `max ≤ max(u)`, a constant.
+//!
+//! At the pixels the bound is `constant + Σ min(λ_p lo_p, λ_p hi_p)` over the ball
+//! clipped to `[0, 1]`. Everything is computed in f64, for exact arithmetic. The
+//! deployed model computes in f32, so each feature also carries a bound `E_i` on how
+//! far the engine's value can be from the exact one anywhere in the ball (the forward
+//! error of each layer, `γ_{n+2}` of the magnitude of its `n` terms for a sum, four
+//! units of roundoff for an element-wise op, propagated through the layers after it),
+//! and the margin's bound is lowered by `Σ |d_i| E_i` and by the head's own rounding,
+//! as [`super::worst_margin`] lowers it. The bound used is the larger of this one and
+//! the interval bound's: both are sound.
+
+mod layers;
+#[cfg(test)]
+mod tests;
+
+use ndarray::ArrayView1;
+
+use crate::data::Layout;
+use crate::onnx::grad::builder::{attr_float, attr_int, attr_ints, attr_string};
+use crate::onnx::grad::unsupported;
+use crate::onnx::graph::{node_label, Index};
+use crate::onnx::head::HeadSite;
+use crate::onnx::proto::{ModelProto, NodeProto};
+use crate::onnx::tensor;
+use crate::onnx::OnnxError;
+
+use layers::{Boxed, Conv, Layer, MaxPool};
+
+/// The extractor as a chain of f64 layers, from pixels in `[0, 1]` to the features.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    layers: Vec<Layer>,
+    pixels: usize,
+    features: usize,
+}
+
+/// Relative error bound of an f32 sum of `n` terms, `γ_n`, for unit roundoff `u`.
+fn gamma(u: f64, n: usize) -> f64 {
+    let nu = n as f64 * u;
+    if nu >= 1.0 {
+        f64::INFINITY
+    } else {
+        nu / (1.0 - nu)
+    }
+}
+
+fn graph_error(reason: String) -> OnnxError {
+    OnnxError::Graph(reason)
+}
+
+impl Chain {
+    /// The chain of `model` from its pixels (images `[C, H, W]` in `layout`, the feed's
+    /// `mean` and `std` applied first) to `tensor`, with `roundoff` the engine's unit
+    /// roundoff.
+    pub fn new(
+        model: &ModelProto,
+        tensor: &str,
+        image: [usize; 3],
+        layout: Layout,
+        mean: &[f32],
+        std: &[f32],
+        roundoff: f64,
+    ) -> Result<Self, OnnxError> {
+        let graph = model
+            .graph
+            .as_ref()
+            .ok_or_else(|| graph_error("the model holds no graph".into()))?;
+        let index = Index::new(graph)?;
+        let inputs = index.data_inputs();
+        let [input] = inputs.as_slice() else {
+            return Err(graph_error(format!(
+                "linear bounds need a model with one data input; it has {}",
+                inputs.len()
+            )));
+        };
+        // The path, walked back from the tensor to the input.
+        let mut path = Vec::new();
+        let mut at = tensor.to_string();
+        while at != input.name() {
+            let node = index.producer(&at).map(|i| &graph.node[i]).ok_or_else(|| {
+                graph_error(format!(
+                    "tensor '{at}' is neither produced by a node nor the model's input"
+                ))
+            })?;
+            let data: Vec<&String> = node
+                .input
+                .iter()
+                .filter(|i| !i.is_empty() && index.constant(i).is_none())
+                .collect();
+            let [one] = data.as_slice() else {
+                return Err(unsupported(
+                    node,
+                    format!(
+                        "linear bounds need a chain of ops each reading one non-constant tensor; it reads {}",
+                        data.len()
+                    ),
+                ));
+            };
+            path.push(node);
+            at = (*one).clone();
+        }
+        path.reverse();
+
+        let [c, h, w] = image;
+        let mut shape = match layout {
+            Layout::Nchw => vec![c, h, w],
+            Layout::Flat => vec![c * h * w],
+            Layout::Nhwc => {
+                return Err(graph_error(
+                    "linear bounds take channels-first or flat images, not channels-last".into(),
+                ))
+            }
+        };
+        let mut layers = Vec::new();
+        if !mean.is_empty() || !std.is_empty() {
+            let per = h * w;
+            let channel = |v: &[f32], k: usize, default: f64| match v.len() {
+                0 => default,
+                1 => f64::from(v[0]),
+                _ => f64::from(v[k.min(v.len() - 1)]),
+            };
+            let scale: Vec<f64> = (0..c * per).map(|i| 1.0 / channel(std, i / per, 1.0)).collect();
+            let shift: Vec<f64> = (0..c * per)
+                .map(|i| -channel(mean, i / per, 0.0) / channel(std, i / per, 1.0))
+                .collect();
+            layers.push(Layer::Elementwise {
+                scale,
+                shift,
+                rounding: 4.0 * roundoff,
+            });
+        }
+        let mut data = input.name().to_string();
+        for node in path {
+            if let Some(layer) = layer(node, &index, &data, &mut shape, roundoff)? {
+                layers.push(layer);
+            }
+            data = node.output.first().cloned().unwrap_or_default();
+        }
+        Ok(Self {
+            layers,
+            pixels: c * h * w,
+            features: shape.iter().product(),
+        })
+    }
+
+    /// Width of the features.
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
+    /// Boxes of every layer's input, and of the features last, over the ball
+    /// `[lo, hi]` of pixels.
+    fn boxes(&self, lo: Vec<f64>, hi: Vec<f64>, roundoff: f64) -> Vec<Boxed> {
+        let n = lo.len();
+        let mut all = vec![Boxed {
+            lower: lo,
+            upper: hi,
+            error: vec![0.0; n],
+        }];
+        let g = |k: usize| gamma(roundoff, k);
+        for layer in &self.layers {
+            let next = layer.forward(all.last().unwrap_or_else(|| unreachable!()), &g);
+            all.push(next);
+        }
+        all
+    }
+}
+
+/// Linear bounds of a linear hybrid's head margins.
+#[derive(Debug, Clone)]
+pub struct LinearBounder {
+    chain: Chain,
+    /// `[K, D]`, row-major.
+    weights: Vec<f64>,
+    bias: Vec<f64>,
+    roundoff: f64,
+}
+
+impl LinearBounder {
+    /// The bounder of `chain` followed by `head`.
+    pub fn new(chain: Chain, head: &HeadSite, roundoff: f64) -> Result<Self, OnnxError> {
+        let (_, d) = head.weights.dim();
+        if d != chain.features {
+            return Err(graph_error(format!(
+                "the chain to '{}' gives {} features but the head reads {d}",
+                head.input, chain.features
+            )));
+        }
+        Ok(Self {
+            chain,
+            weights: head.weights.iter().map(|&v| f64::from(v)).collect(),
+            bias: head.bias.iter().map(|&v| f64::from(v)).collect(),
+            roundoff,
+        })
+    }
+
+    /// The worst, over the classes `j ≠ label`, of a sound lower bound on the margin
+    /// `z_label − z_j` the engine computes anywhere in the ε-ball (clipped to `[0, 1]`)
+    /// around `pixels` (`[C·H·W]`, in `[0, 1]`): positive when the whole ball is
+    /// classified `label`. `None` for a label out of range or pixels of the wrong size.
+    pub fn worst_margin(&self, pixels: ArrayView1<f32>, label: usize, eps: f64) -> Option<f64> {
+        self.margin_until(pixels, label, eps, f64::NEG_INFINITY)
+    }
+
+    /// Whether the whole ε-ball around `pixels` is classified `label`: [`Self::worst_margin`]
+    /// is positive. Stops at the first class whose bound is not.
+    pub fn certifies(&self, pixels: ArrayView1<f32>, label: usize, eps: f64) -> bool {
+        self.margin_until(pixels, label, eps, 0.0).is_some_and(|m| m > 0.0)
+    }
+
+    /// The worst margin's bound, the classes taken from the weakest interval bound up;
+    /// returns as soon as one class's bound is at most `stop`.
+    fn margin_until(&self, pixels: ArrayView1<f32>, label: usize, eps: f64, stop: f64) -> Option<f64> {
+        let k = self.bias.len();
+        let d = self.chain.features;
+        if label >= k || pixels.len() != self.chain.pixels {
+            return None;
+        }
+        let lo: Vec<f64> = pixels.iter().map(|&p| (f64::from(p) - eps).max(0.0)).collect();
+        let hi: Vec<f64> = pixels.iter().map(|&p| (f64::from(p) + eps).min(1.0)).collect();
+        let boxes = self.chain.boxes(lo, hi, self.roundoff);
+        let features = boxes.last()?;
+        let head_gamma = gamma(self.roundoff, d + 2);
+        let wy = &self.weights[label * d..(label + 1) * d];
+        // Per class: the interval bound and what rounding can take away (the features'
+        // f32 error and the head's own).
+        let mut classes: Vec<(usize, f64, f64)> = (0..k)
+            .filter(|&j| j != label)
+            .map(|j| {
+                let wj = &self.weights[j * d..(j + 1) * d];
+                let mut allowance = head_gamma * (self.bias[label].abs() + self.bias[j].abs());
+                let mut interval = self.bias[label] - self.bias[j];
+                for i in 0..d {
+                    let (l, u, e) = (features.lower[i], features.upper[i], features.error[i]);
+                    let di = wy[i] - wj[i];
+                    allowance += di.abs() * e + head_gamma * (wy[i].abs() + wj[i].abs()) * (l.abs().max(u.abs()) + e);
+                    interval += (di * l).min(di * u);
+                }
+                (j, interval, allowance)
+            })
+            .collect();
+        classes.sort_by(|a, b| (a.1 - a.2).total_cmp(&(b.1 - b.2)));
+        let mut worst = f64::INFINITY;
+        for (j, interval, allowance) in classes {
+            let wj = &self.weights[j * d..(j + 1) * d];
+            let mut lambda: Vec<f64> = wy.iter().zip(wj).map(|(a, b)| a - b).collect();
+            let mut constant = self.bias[label] - self.bias[j];
+            for (layer, input) in self.chain.layers.iter().zip(&boxes).rev() {
+                lambda = layer.backward(&lambda, input, &mut constant);
+            }
+            let px = &boxes[0];
+            let linear = constant
+                + lambda
+                    .iter()
+                    .zip(px.lower.iter().zip(&px.upper))
+                    .map(|(&l, (&a, &b))| (l * a).min(l * b))
+                    .sum::<f64>();
+            worst = worst.min(linear.max(interval) - allowance);
+            if worst <= stop {
+                break;
+            }
+        }
+        Some(worst)
+    }
+}
+
+/// The int-list attribute `name` as `usize`s, or `default`.
+fn usizes(node: &NodeProto, name: &str, default: Vec<usize>) -> Result<Vec<usize>, OnnxError> {
+    match attr_ints(node, name)? {
+        None => Ok(default),
+        Some(v) => v
+            .iter()
+            .map(|&x| usize::try_from(x).map_err(|_| unsupported(node, format!("attribute '{name}' is negative"))))
+            .collect(),
+    }
+}
+
+fn constant_f64(index: &Index, node: &NodeProto, name: &str) -> Result<ndarray::ArrayD<f64>, OnnxError> {
+    let t = index
+        .constant(name)
+        .ok_or_else(|| unsupported(node, format!("input '{name}' is not a constant")))?;
+    tensor::to_f64(t)
+}
+
+/// A constant broadcast (numpy rules) against the batched `[1, …shape]`, flat.
+fn broadcast(node: &NodeProto, c: &ndarray::ArrayD<f64>, shape: &[usize]) -> Result<Vec<f64>, OnnxError> {
+    let mut full = vec![1usize];
+    full.extend_from_slice(shape);
+    c.broadcast(ndarray::IxDyn(&full))
+        .map(|b| b.iter().copied().collect())
+        .ok_or_else(|| {
+            unsupported(
+                node,
+                format!("a constant of shape {:?} does not broadcast to {full:?}", c.shape()),
+            )
+        })
+}
+
+/// Strides, dilations, top-left pads and output size of a window.
+type Window = ([usize; 2], [usize; 2], [usize; 2], [usize; 2]);
+
+/// The spatial attributes of a Conv or a pooling: strides, dilations and the top-left
+/// pads, with the output size, for input `[C, H, W]` and `kernel`.
+fn spatial(node: &NodeProto, shape: &[usize], kernel: [usize; 2]) -> Result<Window, OnnxError> {
+    let [_, h, w] = shape else {
+        return Err(unsupported(node, format!("the input is {shape:?}, not [C, H, W]")));
+    };
+    let auto = attr_string(node, "auto_pad", "NOTSET")?;
+    if auto != "NOTSET" && auto != "VALID" {
+        return Err(unsupported(
+            node,
+            format!("auto_pad = {auto} has no linear-bounds rule"),
+        ));
+    }
+    if attr_int(node, "ceil_mode", 0)? != 0 {
+        return Err(unsupported(node, "ceil_mode = 1 has no linear-bounds rule"));
+    }
+    let strides = usizes(node, "strides", vec![1, 1])?;
+    let dil = usizes(node, "dilations", vec![1, 1])?;
+    let pads = if auto == "VALID" {
+        vec![0; 4]
+    } else {
+        usizes(node, "pads", vec![0; 4])?
+    };
+    let (&[sh, sw], &[dh, dw], &[pt, pl, pb, pr]) = (strides.as_slice(), dil.as_slice(), pads.as_slice()) else {
+        return Err(unsupported(
+            node,
+            "only 2-D strides, dilations and pads have a linear-bounds rule",
+        ));
+    };
+    let oh = Conv::out_size(*h, kernel[0], sh, dh, pt + pb);
+    let ow = Conv::out_size(*w, kernel[1], sw, dw, pl + pr);
+    let (Some(oh), Some(ow)) = (oh, ow) else {
+        return Err(unsupported(node, "the window does not fit the input"));
+    };
+    Ok(([sh, sw], [dh, dw], [pt, pl], [oh, ow]))
+}
+
+/// The layer of `node`, reading `data` of shape `shape` (updated to its output's), or
+/// `None` for an op that only relabels the shape.
+fn layer(
+    node: &NodeProto,
+    index: &Index,
+    data: &str,
+    shape: &mut Vec<usize>,
+    roundoff: f64,
+) -> Result<Option<Layer>, OnnxError> {
+    let size: usize = shape.iter().product();
+    let data_at = node.input.iter().position(|i| i == data).unwrap_or(0);
+    let other = || {
+        node.input
+            .iter()
+            .enumerate()
+            .find(|(k, i)| *k != data_at && !i.is_empty())
+            .map(|(_, i)| i.as_str())
+    };
+    Ok(Some(match node.op_type() {
+        "Identity" | "Dropout" => return Ok(None),
+        "Flatten" => {
+            if attr_int(node, "axis", 1)? != 1 {
+                return Err(unsupported(node, "only Flatten with axis = 1 has a linear-bounds rule"));
+            }
+            *shape = vec![size];
+            return Ok(None);
+        }
+        "Reshape" => {
+            let target = index
+                .constant(other().unwrap_or(""))
+                .ok_or_else(|| unsupported(node, "the target shape is not a constant"))
+                .and_then(tensor::to_i64)?;
+            let target: Vec<i64> = target.iter().copied().collect();
+            let rest = target.get(1..).unwrap_or_default();
+            let mut dims: Vec<usize> = Vec::with_capacity(rest.len());
+            let mut free = None;
+            for (k, &t) in rest.iter().enumerate() {
+                match t {
+                    -1 => free = Some(k),
+                    0 => dims.push(shape.get(k).copied().unwrap_or(0)),
+                    t => dims.push(usize::try_from(t).map_err(|_| unsupported(node, "a negative target dimension"))?),
+                }
+                if t == -1 {
+                    dims.push(1);
+                }
+            }
+            let known: usize = dims.iter().product();
+            if let Some(k) = free {
+                if known == 0 || size % known != 0 {
+                    return Err(unsupported(node, format!("cannot reshape {shape:?} to {target:?}")));
+                }
+                dims[k] = size / known;
+            }
+            if dims.iter().product::<usize>() != size || target.first().is_some_and(|&b| b > 1) {
+                return Err(unsupported(
+                    node,
+                    format!("cannot reshape {shape:?} to {target:?} with the batch first"),
+                ));
+            }
+            *shape = dims;
+            return Ok(None);
+        }
+        "Relu" => Layer::Relu,
+        "Conv" => {
+            let w = constant_f64(index, node, other().unwrap_or(""))?;
+            let &[m, cg, kh, kw] = w.shape() else {
+                return Err(unsupported(node, "only 2-D convolutions have a linear-bounds rule"));
+            };
+            let group = usize::try_from(attr_int(node, "group", 1)?).unwrap_or(0);
+            if group == 0 || shape.len() != 3 || shape[0] != cg * group || m % group != 0 {
+                return Err(unsupported(
+                    node,
+                    format!("weights {:?} do not fit input {shape:?}", w.shape()),
+                ));
+            }
+            let (stride, dilation, pad, [oh, ow]) = spatial(node, shape, [kh, kw])?;
+            let b = match node.input.get(2).filter(|b| !b.is_empty()) {
+                Some(b) => constant_f64(index, node, b)?.iter().copied().collect(),
+                None => vec![0.0; m],
+            };
+            if b.len() != m {
+                return Err(unsupported(node, "the bias does not match the output channels"));
+            }
+            let input = [shape[0], shape[1], shape[2]];
+            *shape = vec![m, oh, ow];
+            Layer::Conv(Conv {
+                w: w.iter().copied().collect(),
+                b,
+                input,
+                output: [m, oh, ow],
+                kernel: [kh, kw],
+                stride,
+                dilation,
+                pad,
+                group,
+            })
+        }
+        "MaxPool" => {
+            let k = usizes(node, "kernel_shape", vec![])?;
+            let &[kh, kw] = k.as_slice() else {
+                return Err(unsupported(node, "only 2-D max pooling has a linear-bounds rule"));
+            };
+            let (stride, dilation, pad, [oh, ow]) = spatial(node, shape, [kh, kw])?;
+            let input = [shape[0], shape[1], shape[2]];
+            *shape = vec![input[0], oh, ow];
+            Layer::MaxPool(MaxPool {
+                input,
+                output: [input[0], oh, ow],
+                kernel: [kh, kw],
+                stride,
+                dilation,
+                pad,
+            })
+        }
+        "AveragePool" | "GlobalAveragePool" => {
+            let [c, h, w] = shape.as_slice() else {
+                return Err(unsupported(node, format!("the input is {shape:?}, not [C, H, W]")));
+            };
+            let (c, h, w) = (*c, *h, *w);
+            let (kernel, stride, [oh, ow]) = if node.op_type() == "GlobalAveragePool" {
+                ([h, w], [1, 1], [1, 1])
+            } else {
+                let k = usizes(node, "kernel_shape", vec![])?;
+                let &[kh, kw] = k.as_slice() else {
+                    return Err(unsupported(node, "only 2-D average pooling has a linear-bounds rule"));
+                };
+                let (stride, _, pad, out) = spatial(node, shape, [kh, kw])?;
+                let pads = usizes(node, "pads", vec![0; 4])?;
+                if pad != [0, 0] || pads.iter().any(|&p| p != 0) {
+                    return Err(unsupported(
+                        node,
+                        "average pooling with padding has no linear-bounds rule",
+                    ));
+                }
+                ([kh, kw], stride, out)
+            };
+            let per = 1.0 / (kernel[0] * kernel[1]) as f64;
+            *shape = vec![c, oh, ow];
+            Layer::Conv(Conv {
+                w: vec![per; c * kernel[0] * kernel[1]],
+                b: vec![0.0; c],
+                input: [c, h, w],
+                output: [c, oh, ow],
+                kernel,
+                stride,
+                dilation: [1, 1],
+                pad: [0, 0],
+                group: c,
+            })
+        }
+        "Gemm" | "MatMul" => {
+            let gemm = node.op_type() == "Gemm";
+            if data_at != 0 || shape.len() != 1 || (gemm && attr_int(node, "transA", 0)? != 0) {
+                return Err(unsupported(
+                    node,
+                    format!("only flat features times constant weights have a linear-bounds rule (input {shape:?})"),
+                ));
+            }
+            let b = constant_f64(index, node, node.input.get(1).map(String::as_str).unwrap_or(""))?;
+            let &[r, c] = b.shape() else {
+                return Err(unsupported(node, "the weights are not a matrix"));
+            };
+            let trans = gemm && attr_int(node, "transB", 0)? != 0;
+            let (inputs, outs) = if trans { (c, r) } else { (r, c) };
+            if inputs != size {
+                return Err(unsupported(
+                    node,
+                    format!("weights {:?} do not fit {size} inputs", b.shape()),
+                ));
+            }
+            let alpha = if gemm {
+                f64::from(attr_float(node, "alpha", 1.0)?)
+            } else {
+                1.0
+            };
+            let beta = if gemm {
+                f64::from(attr_float(node, "beta", 1.0)?)
+            } else {
+                1.0
+            };
+            let mut w = vec![0.0; outs * inputs];
+            for o in 0..outs {
+                for i in 0..inputs {
+                    w[o * inputs + i] = alpha * if trans { b[[o, i]] } else { b[[i, o]] };
+                }
+            }
+            let bias = match node.input.get(2).filter(|c| gemm && !c.is_empty()) {
+                Some(c) => broadcast(node, &constant_f64(index, node, c)?, &[outs])?
+                    .into_iter()
+                    .map(|v| beta * v)
+                    .collect(),
+                None => vec![0.0; outs],
+            };
+            *shape = vec![outs];
+            Layer::Dense { w, b: bias, inputs }
+        }
+        "BatchNormalization" => {
+            let get = |k: usize| -> Result<Vec<f64>, OnnxError> {
+                Ok(
+                    constant_f64(index, node, node.input.get(k).map(String::as_str).unwrap_or(""))?
+                        .iter()
+                        .copied()
+                        .collect(),
+                )
+            };
+            let (s, b, mu, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+            let eps = f64::from(attr_float(node, "epsilon", 1e-5)?);
+            let c = shape.first().copied().unwrap_or(0);
+            if [&s, &b, &mu, &var].iter().any(|v| v.len() != c) {
+                return Err(unsupported(node, format!("parameters do not match {c} channels")));
+            }
+            let per = size / c.max(1);
+            let scale: Vec<f64> = (0..size).map(|i| s[i / per] / (var[i / per] + eps).sqrt()).collect();
+            let shift: Vec<f64> = (0..size).map(|i| b[i / per] - mu[i / per] * scale[i]).collect();
+            Layer::Elementwise {
+                scale,
+                shift,
+                rounding: 16.0 * roundoff,
+            }
+        }
+        op @ ("Add" | "Sub" | "Mul" | "Div") => {
+            let c = broadcast(node, &constant_f64(index, node, other().unwrap_or(""))?, shape)?;
+            let (scale, shift) = match (op, data_at) {
+                ("Add", _) => (vec![1.0; size], c),
+                ("Sub", 0) => (vec![1.0; size], c.iter().map(|v| -v).collect()),
+                ("Sub", _) => (vec![-1.0; size], c),
+                ("Mul", _) => (c, vec![0.0; size]),
+                ("Div", 0) => (c.iter().map(|v| 1.0 / v).collect(), vec![0.0; size]),
+                _ => {
+                    return Err(unsupported(
+                        node,
+                        "a constant divided by the features has no linear-bounds rule",
+                    ))
+                }
+            };
+            Layer::Elementwise {
+                scale,
+                shift,
+                rounding: 4.0 * roundoff,
+            }
+        }
+        _ => {
+            return Err(unsupported(
+                node,
+                format!("linear bounds have no rule for this op ({})", node_label(node)),
+            ))
+        }
+    }))
+}

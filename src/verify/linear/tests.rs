@@ -1,0 +1,238 @@
+#![allow(clippy::unwrap_used)]
+
+use ndarray::{Array1, Array2};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::layers::{Boxed, Conv, Layer, MaxPool};
+use super::{Chain, LinearBounder};
+use crate::head::HeadKind;
+use crate::onnx::head::HeadSite;
+
+fn random(rng: &mut StdRng, n: usize, scale: f64) -> Vec<f64> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// Pixels `[2, 6, 6]` → Conv 3×3 (4 channels) → Relu → MaxPool 2×2 → Dense 16 → Relu
+/// → features 16, with random weights; and with `relu: false` the affine layers alone.
+fn chain(rng: &mut StdRng, nonlinear: bool) -> Chain {
+    let conv = Conv {
+        w: random(rng, 4 * 2 * 9, 0.5),
+        b: random(rng, 4, 0.2),
+        input: [2, 6, 6],
+        output: [4, 4, 4],
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pad: [0, 0],
+        group: 1,
+    };
+    let mut layers = vec![
+        Layer::Elementwise {
+            scale: random(rng, 72, 2.0),
+            shift: random(rng, 72, 0.5),
+            rounding: 0.0,
+        },
+        Layer::Conv(conv),
+    ];
+    if nonlinear {
+        layers.push(Layer::Relu);
+        layers.push(Layer::MaxPool(MaxPool {
+            input: [4, 4, 4],
+            output: [4, 2, 2],
+            kernel: [2, 2],
+            stride: [2, 2],
+            dilation: [1, 1],
+            pad: [0, 0],
+        }));
+        layers.push(Layer::Dense {
+            w: random(rng, 16 * 16, 0.5),
+            b: random(rng, 16, 0.2),
+            inputs: 16,
+        });
+        layers.push(Layer::Relu);
+    } else {
+        layers.push(Layer::Dense {
+            w: random(rng, 16 * 64, 0.5),
+            b: random(rng, 16, 0.2),
+            inputs: 64,
+        });
+    }
+    Chain {
+        layers,
+        pixels: 72,
+        features: 16,
+    }
+}
+
+fn head(rng: &mut StdRng, d: usize) -> HeadSite {
+    HeadSite {
+        kind: HeadKind::Linear,
+        input: "features".into(),
+        weight_name: "w".into(),
+        bias_name: "b".into(),
+        weights: Array2::from_shape_fn((3, d), |_| rng.random_range(-1.0f32..1.0)),
+        bias: Array1::from_shape_fn(3, |_| rng.random_range(-0.2f32..0.2)),
+    }
+}
+
+/// The chain's features at one point, in f64.
+fn features(chain: &Chain, x: &[f64]) -> Vec<f64> {
+    let mut b = Boxed {
+        lower: x.to_vec(),
+        upper: x.to_vec(),
+        error: vec![0.0; x.len()],
+    };
+    for layer in &chain.layers {
+        b = layer.forward(&b, &|_| 0.0);
+    }
+    b.lower.iter().zip(&b.upper).map(|(l, u)| 0.5 * (l + u)).collect()
+}
+
+fn worst_margin_at(h: &HeadSite, f: &[f64], label: usize) -> f64 {
+    let score = |k: usize| -> f64 {
+        f64::from(h.bias[k])
+            + h.weights
+                .row(k)
+                .iter()
+                .zip(f)
+                .map(|(&w, &v)| f64::from(w) * v)
+                .sum::<f64>()
+    };
+    (0..3)
+        .filter(|&j| j != label)
+        .map(|j| score(label) - score(j))
+        .fold(f64::INFINITY, f64::min)
+}
+
+#[test]
+fn the_bound_holds_at_every_point_of_the_ball_tried() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for trial in 0..20 {
+        let c = chain(&mut rng, true);
+        let h = head(&mut rng, 16);
+        let b = LinearBounder::new(c.clone(), &h, 0.0).unwrap();
+        let x: Vec<f32> = (0..72).map(|_| rng.random_range(0.0f32..1.0)).collect();
+        let eps = [0.01, 0.05, 0.2][trial % 3];
+        for label in 0..3 {
+            let bound = b.worst_margin(Array1::from(x.clone()).view(), label, eps).unwrap();
+            for _ in 0..200 {
+                // Corners and inner points of the clipped ball.
+                let p: Vec<f64> = x
+                    .iter()
+                    .map(|&v| {
+                        let (lo, hi) = ((f64::from(v) - eps).max(0.0), (f64::from(v) + eps).min(1.0));
+                        if rng.random_bool(0.5) {
+                            if rng.random_bool(0.5) {
+                                lo
+                            } else {
+                                hi
+                            }
+                        } else {
+                            rng.random_range(lo..=hi)
+                        }
+                    })
+                    .collect();
+                let m = worst_margin_at(&h, &features(&c, &p), label);
+                assert!(
+                    m >= bound - 1e-9,
+                    "trial {trial}, label {label}: margin {m} below the bound {bound}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn an_affine_chain_is_bounded_exactly() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let c = chain(&mut rng, false);
+    let h = head(&mut rng, 16);
+    let b = LinearBounder::new(c.clone(), &h, 0.0).unwrap();
+    let x: Vec<f32> = (0..72).map(|_| rng.random_range(0.0f32..1.0)).collect();
+    let eps = 0.1;
+    // The margin over j is affine in the pixels, so its minimum is at the corner that
+    // each pixel's coefficient picks: found here by differences, not by the bounder.
+    for label in 0..3 {
+        let mut exact = f64::INFINITY;
+        for j in (0..3).filter(|&j| j != label) {
+            let margin = |p: &[f64]| {
+                let f = features(&c, p);
+                let s = |k: usize| {
+                    f64::from(h.bias[k])
+                        + h.weights
+                            .row(k)
+                            .iter()
+                            .zip(&f)
+                            .map(|(&w, &v)| f64::from(w) * v)
+                            .sum::<f64>()
+                };
+                s(label) - s(j)
+            };
+            let centre: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+            let mut corner = centre.clone();
+            for i in 0..72 {
+                let mut up = centre.clone();
+                up[i] += 1e-3;
+                let slope = margin(&up) - margin(&centre);
+                let (lo, hi) = ((centre[i] - eps).max(0.0), (centre[i] + eps).min(1.0));
+                corner[i] = if slope >= 0.0 { lo } else { hi };
+            }
+            exact = exact.min(margin(&corner));
+        }
+        let bound = b.worst_margin(Array1::from(x.clone()).view(), label, eps).unwrap();
+        assert!(
+            (bound - exact).abs() <= 1e-8 * (1.0 + exact.abs()),
+            "label {label}: {bound} against {exact}"
+        );
+    }
+}
+
+#[test]
+fn the_linear_bound_is_at_least_the_interval_bound_and_rounding_lowers_it() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let c = chain(&mut rng, true);
+    let h = head(&mut rng, 16);
+    let exact = LinearBounder::new(c.clone(), &h, 0.0).unwrap();
+    let f32_engine = LinearBounder::new(c.clone(), &h, crate::onnx::bounds::F32_ROUNDOFF).unwrap();
+    let x: Vec<f32> = (0..72).map(|_| rng.random_range(0.0f32..1.0)).collect();
+    let x = Array1::from(x);
+    let mut tighter = 0;
+    for eps in [0.0, 0.01, 0.1] {
+        let boxes = c.boxes(
+            x.iter().map(|&p| (f64::from(p) - eps).max(0.0)).collect(),
+            x.iter().map(|&p| (f64::from(p) + eps).min(1.0)).collect(),
+            0.0,
+        );
+        let f = boxes.last().unwrap();
+        let lower = f.lower.iter().map(|&v| v as f32).collect::<Array1<f32>>();
+        let upper = f.upper.iter().map(|&v| v as f32).collect::<Array1<f32>>();
+        for label in 0..3 {
+            let linear = exact.worst_margin(x.view(), label, eps).unwrap();
+            let interval = crate::verify::worst_margin(&h, lower.view(), upper.view(), label, 0.0).unwrap();
+            assert!(
+                linear >= interval - 1e-5 * (1.0 + interval.abs()),
+                "{linear} < {interval}"
+            );
+            tighter += usize::from(linear > interval + 1e-3 * (1.0 + interval.abs()));
+            let rounded = f32_engine.worst_margin(x.view(), label, eps).unwrap();
+            assert!(
+                rounded < linear && rounded > linear - 1e-3 * (1.0 + linear.abs()),
+                "{rounded} vs {linear}"
+            );
+        }
+    }
+    assert!(tighter > 0, "back-substitution never beat the interval bound");
+}
+
+#[test]
+fn labels_and_pixels_out_of_range_give_none() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let c = chain(&mut rng, true);
+    let h = head(&mut rng, 16);
+    let b = LinearBounder::new(c, &h, 0.0).unwrap();
+    assert!(b.worst_margin(Array1::zeros(72).view(), 3, 0.1).is_none());
+    assert!(b.worst_margin(Array1::zeros(71).view(), 0, 0.1).is_none());
+    let wrong = head(&mut rng, 15);
+    assert!(LinearBounder::new(chain(&mut rng, true), &wrong, 0.0).is_err());
+}
