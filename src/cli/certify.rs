@@ -27,6 +27,10 @@ enum BoundsArg {
     /// The interval bounds, and for a linear hybrid the head's margins bounded by
     /// back-substitution through the extractor (CROWN-IBP), which certify more.
     Linear,
+    /// As `linear`, with the boxes of the layers in between also tightened by
+    /// back-substitution (CROWN): tighter, and slower by one back-substitution per
+    /// neuron whose box straddles zero (small networks).
+    Crown,
 }
 
 /// Arguments of `nnmend certify`.
@@ -81,7 +85,8 @@ pub fn certify(args: CertifyArgs, g: &Global) -> Result<ExitCode> {
             ..Protocol::default()
         },
         margin: Margin::default(),
-        linear: args.bounds == BoundsArg::Linear,
+        linear: args.bounds != BoundsArg::Interval,
+        refine: args.bounds == BoundsArg::Crown,
     };
     let certification = verify::certify(&model, engine.as_ref(), &ds, &settings, &feed)
         .with_context(|| format!("certifying {}", args.model.display()))?;

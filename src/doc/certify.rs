@@ -41,7 +41,7 @@ pub struct CertifyDoc {
     pub engine: serde_json::Value,
     /// How the bounds were computed: `ibp` (interval bound propagation), or
     /// `ibp+linear` when a linear hybrid's margins were also back-substituted (each
-    /// result's `linear`).
+    /// result's `linear`), `ibp+crown` when the boxes in between were too.
     pub method: &'static str,
     /// Why the linear bounds were not computed, when they were asked for.
     pub linear_note: Option<String>,
@@ -80,10 +80,10 @@ impl CertifyDoc {
             model,
             data,
             engine,
-            method: if certification.certified_linear.is_empty() {
-                "ibp"
-            } else {
-                "ibp+linear"
+            method: match (certification.certified_linear.is_empty(), certification.refined) {
+                (true, _) => "ibp",
+                (false, false) => "ibp+linear",
+                (false, true) => "ibp+crown",
             },
             linear_note: certification.linear_note.clone(),
             head: certification.kind,

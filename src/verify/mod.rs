@@ -244,6 +244,9 @@ pub struct Settings {
     pub margin: Margin,
     /// Also bound a linear hybrid's margins by back-substitution ([`linear`]).
     pub linear: bool,
+    /// With `linear`, tighten the boxes of the layers in between by back-substitution
+    /// too (CROWN rather than CROWN-IBP).
+    pub refine: bool,
 }
 
 /// PGD on the first images, beside the certificates.
@@ -315,6 +318,8 @@ pub struct Certification {
     pub certified_linear: Vec<Vec<bool>>,
     /// Why the linear bounds were not computed, when they were asked for.
     pub linear_note: Option<String>,
+    /// Whether the boxes in between were tightened by back-substitution.
+    pub refined: bool,
     /// Images classified right.
     pub clean_correct: usize,
 }
@@ -351,7 +356,7 @@ pub fn certify(
     let bounder = Bounder::new(model, &head.input, engine, ds, feed, settings.margin)?;
     let (linear, linear_note) = if settings.linear {
         match linear_bounder(model, &head, engine, ds, feed, settings.margin.roundoff) {
-            Ok(b) => (Some(b), None),
+            Ok(b) => (Some(b.refined(settings.refine)), None),
             Err(why) => (None, Some(why)),
         }
     } else {
@@ -444,6 +449,7 @@ pub fn certify(
         features: d,
         results,
         certified: certified_all,
+        refined: settings.refine && !certified_linear.is_empty(),
         certified_linear,
         linear_note,
         clean_correct,
@@ -536,6 +542,7 @@ pub fn certify_at(
         protocol: Protocol::default(),
         margin,
         linear: false,
+        refine: false,
     };
     certify(model, engine, ds, &settings, feed)?
         .results

@@ -407,6 +407,7 @@ fn hybrid_feature_bounds_and_certified_counts_match_the_reference() {
             protocol: Protocol::default(),
             margin: Margin::default(),
             linear: false,
+            refine: false,
         };
         let cert = verify::certify(&model, &Tract, &ds, &settings, &feed).unwrap();
         let refs = reference(&jobs);
@@ -670,6 +671,10 @@ fn linear_margin_bounds_equal_the_float64_reference_and_certify_more_than_interv
     let site = head::find(&model).unwrap();
     let ds = test_images(30);
     let (xp, yp) = image_files(dir.path(), &ds);
+    // The reference's CROWN takes a second or more per image: the first 8 images.
+    let few_dir = dir.path().join("few");
+    std::fs::create_dir(&few_dir).unwrap();
+    let (few_x, few_y) = image_files(&few_dir, &ds.take(8));
     let (mean, std) = (0.1f32, 0.9f32);
     let exact = |roundoff: f64| {
         let chain = linear::Chain::new(
@@ -684,14 +689,25 @@ fn linear_margin_bounds_equal_the_float64_reference_and_certify_more_than_interv
         .unwrap();
         linear::LinearBounder::new(chain, &site, roundoff).unwrap()
     };
-    let (tight, sound) = (exact(0.0), exact(bounds::F32_ROUNDOFF));
     let pixels = ds.pixels.to_f32(0..ds.len());
     let mut gained = 0;
-    for eps in [0.002f32, 0.01, 0.03] {
-        let out = dir.path().join(format!("crown{eps}.npy"));
+    // CROWN-IBP at three radii; CROWN (the boxes in between refined too) at two.
+    for (refine, eps) in [
+        (false, 0.002f32),
+        (false, 0.01),
+        (false, 0.03),
+        (true, 0.01),
+        (true, 0.03),
+    ] {
+        let (tight, sound) = (exact(0.0).refined(refine), exact(bounds::F32_ROUNDOFF).refined(refine));
+        let out = dir.path().join(format!("crown{eps}_{refine}.npy"));
         let mut cmd = python("crown_reference.py");
-        cmd.arg(&path).arg(&xp).arg(&yp).arg(eps.to_string()).arg(&out);
+        let (x_file, y_file) = if refine { (&few_x, &few_y) } else { (&xp, &yp) };
+        cmd.arg(&path).arg(x_file).arg(y_file).arg(eps.to_string()).arg(&out);
         cmd.args(["--mean", &mean.to_string(), "--std", &std.to_string()]);
+        if refine {
+            cmd.arg("--refine");
+        }
         ok(cmd);
         let reference: ndarray::Array1<f64> = ndarray_npy::read_npy(&out).unwrap();
         let feed = Feed {
@@ -701,14 +717,14 @@ fn linear_margin_bounds_equal_the_float64_reference_and_certify_more_than_interv
             ..Feed::default()
         };
         let boxes = verify::feature_bounds(&model, &Tract, &ds, eps, &feed, Margin::default()).unwrap();
-        for i in 0..ds.len() {
+        for i in 0..reference.len() {
             let x = ndarray::ArrayView1::from(pixels.index_axis(ndarray::Axis(0), i).to_slice().unwrap());
             let label = ds.labels[i] as usize;
             let ours = tight.worst_margin(x, label, f64::from(eps)).unwrap();
             let r = reference[i];
             assert!(
                 (ours - r).abs() <= 1e-6 * (1.0 + r.abs()),
-                "image {i} at ε = {eps}: {ours} against {r}"
+                "image {i} at ε = {eps} (refined: {refine}): {ours} against {r}"
             );
             // With the f32 allowance: a little lower, never higher; and `certifies` agrees.
             let with = sound.worst_margin(x, label, f64::from(eps)).unwrap();

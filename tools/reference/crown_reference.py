@@ -21,11 +21,15 @@ so no convolution is written here. A MaxPool's windows are read off the same way
   the window, else max <= the largest upper bound of the window;
   at the pixels: constant + sum of min(lambda lo, lambda hi).
 - Interval bound of the margin: sum_i min(d_i l_i, d_i u_i) + b_y - b_j.
+- With --refine (CROWN rather than CROWN-IBP): the box of each linear node that feeds a
+  Relu, after an earlier Relu or MaxPool, is tightened where it straddles zero: each
+  such neuron's lower bound is the back-substitution of its unit vector, its upper
+  bound minus that of the negated unit vector (kept inside the interval box).
 
 No rounding allowance: these are exact-arithmetic bounds.
 
 Usage:
-    crown_reference.py MODEL X.npy Y.npy EPS OUT.npy [--mean M] [--std S]
+    crown_reference.py MODEL X.npy Y.npy EPS OUT.npy [--mean M] [--std S] [--refine]
 X.npy: float32 [n, C, H, W] in [0, 1]; Y.npy: int64 labels. --mean/--std (one value
 for every channel) are applied first, as the feed does. OUT.npy: float64 [n].
 """
@@ -91,22 +95,71 @@ def layers(model, in_shape):
     return out, (w, b)
 
 
-def worst_margins(model, x, y, eps, mean, std):
+def substitute(chain, boxes, last, lam):
+    """A lower bound of lam . y over the ball, y the output of chain[last], by
+    back-substitution through chain[last] down to chain[0] (boxes[t]: the input box of
+    chain[t])."""
+    const = 0.0
+    for t in range(last, -1, -1):
+        kind, data = chain[t]
+        l, u = boxes[t]
+        if kind == "linear":
+            jac, bias = data
+            const += lam @ bias
+            lam = jac.T @ lam
+        elif kind == "relu":
+            new = np.where(l >= 0, lam, 0.0)
+            cross = (l < 0) & (u > 0)
+            s = np.where(cross, u / np.where(cross, u - l, 1.0), 0.0)
+            up = cross & (lam < 0)
+            new = np.where(cross & (lam >= 0), np.where(u + l > TIE * (u - l), lam, 0.0), new)
+            new = np.where(up, lam * s, new)
+            const += np.sum(np.where(up, -lam * s * l, 0.0))
+            lam = new
+        else:
+            new = np.zeros(len(l))
+            for o in np.nonzero(lam)[0]:
+                wi = data[o]
+                top = l[wi].max()
+                k = wi[np.nonzero(l[wi] >= top - TIE * abs(top))[0][0]]
+                dominant = all(i == k or u[i] <= l[k] for i in wi)
+                if lam[o] > 0 or dominant:
+                    new[k] += lam[o]
+                else:
+                    const += lam[o] * u[wi].max()
+            lam = new
+    lo, hi = boxes[0]
+    # lam on the normalised inputs; the box is that of the normalised ball.
+    return const + np.minimum(lam * lo, lam * hi).sum()
+
+
+def worst_margins(model, x, y, eps, mean, std, refine=False):
     chain, (w, b) = layers(model, x.shape[1:])
     res = []
     for xi, yi in zip(x.astype(np.float64), y):
         lo = (np.clip(xi - eps, 0, 1).reshape(-1) - mean) / std
         hi = (np.clip(xi + eps, 0, 1).reshape(-1) - mean) / std
         boxes = [(lo, hi)]
-        for kind, data in chain:
+        nonlinear = False
+        for t, (kind, data) in enumerate(chain):
             l, u = boxes[-1]
             if kind == "linear":
                 jac, bias = data
                 c, r = jac @ ((l + u) / 2) + bias, np.abs(jac) @ ((u - l) / 2)
-                boxes.append((c - r, c + r))
+                nl, nu = c - r, c + r
+                feeds_relu = t + 1 < len(chain) and chain[t + 1][0] == "relu"
+                if refine and nonlinear and feeds_relu:
+                    for k in np.nonzero((nl < 0) & (nu > 0))[0]:
+                        unit = np.zeros(len(nl))
+                        unit[k] = 1.0
+                        nl[k] = max(nl[k], substitute(chain, boxes, t, unit))
+                        nu[k] = min(nu[k], -substitute(chain, boxes, t, -unit))
+                boxes.append((nl, nu))
             elif kind == "relu":
+                nonlinear = True
                 boxes.append((np.maximum(l, 0), np.maximum(u, 0)))
             else:
+                nonlinear = True
                 boxes.append((np.array([l[wi].max() for wi in data]), np.array([u[wi].max() for wi in data])))
         fl, fu = boxes[-1]
         worst = np.inf
@@ -115,36 +168,7 @@ def worst_margins(model, x, y, eps, mean, std):
                 continue
             d = w[yi] - w[j]
             interval = np.minimum(d * fl, d * fu).sum() + b[yi] - b[j]
-            lam, const = d.copy(), b[yi] - b[j]
-            for (kind, data), (l, u) in zip(reversed(chain), reversed(boxes[:-1])):
-                if kind == "linear":
-                    jac, bias = data
-                    const += lam @ bias
-                    lam = jac.T @ lam
-                elif kind == "relu":
-                    new = np.where(l >= 0, lam, 0.0)
-                    cross = (l < 0) & (u > 0)
-                    s = np.where(cross, u / np.where(cross, u - l, 1.0), 0.0)
-                    up = cross & (lam < 0)
-                    new = np.where(cross & (lam >= 0), np.where(u + l > TIE * (u - l), lam, 0.0), new)
-                    new = np.where(up, lam * s, new)
-                    const += np.sum(np.where(up, -lam * s * l, 0.0))
-                    lam = new
-                else:
-                    new = np.zeros(len(l))
-                    for o, wi in enumerate(data):
-                        if lam[o] == 0:
-                            continue
-                        top = l[wi].max()
-                        k = wi[np.nonzero(l[wi] >= top - TIE * abs(top))[0][0]]
-                        dominant = all(i == k or u[i] <= l[k] for i in wi)
-                        if lam[o] > 0 or dominant:
-                            new[k] += lam[o]
-                        else:
-                            const += lam[o] * u[wi].max()
-                    lam = new
-            # The pixels: lam on normalised inputs; the box is that of the normalised ball.
-            linear = const + np.minimum(lam * lo, lam * hi).sum()
+            linear = b[yi] - b[j] + substitute(chain, boxes, len(chain) - 1, d)
             worst = min(worst, max(linear, interval))
         res.append(worst)
     return np.array(res)
@@ -159,10 +183,11 @@ def main():
     p.add_argument("out")
     p.add_argument("--mean", type=float, default=0.0)
     p.add_argument("--std", type=float, default=1.0)
+    p.add_argument("--refine", action="store_true", help="tighten the boxes in between by back-substitution (CROWN)")
     a = p.parse_args()
     model = onnx.load(a.model)
     x, y = np.load(a.x), np.load(a.y)
-    np.save(a.out, worst_margins(model, x, y, a.eps, a.mean, a.std))
+    np.save(a.out, worst_margins(model, x, y, a.eps, a.mean, a.std, a.refine))
 
 
 if __name__ == "__main__":

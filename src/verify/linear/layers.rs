@@ -68,6 +68,43 @@ impl Conv {
     }
 }
 
+impl Conv {
+    /// `Wᵀ λ`, output by output, skipping the zeros of `λ` (a single neuron's
+    /// coefficients touch only its receptive field).
+    fn transpose(&self, lambda: &[f64]) -> Vec<f64> {
+        let [c, h, w] = self.input;
+        let [m, oh, ow] = self.output;
+        let [kh, kw] = self.kernel;
+        let (cg, mg) = (c / self.group, m / self.group);
+        let mut out = vec![0.0; c * h * w];
+        for (o, &l) in lambda.iter().enumerate() {
+            if l == 0.0 {
+                continue;
+            }
+            let (om, rest) = (o / (oh * ow), o % (oh * ow));
+            let (oy, ox) = (rest / ow, rest % ow);
+            let g = om / mg;
+            for ci in 0..cg {
+                let ic = g * cg + ci;
+                for ky in 0..kh {
+                    let iy = (oy * self.stride[0] + ky * self.dilation[0]).wrapping_sub(self.pad[0]);
+                    if iy >= h {
+                        continue;
+                    }
+                    let wrow = ((om * cg + ci) * kh + ky) * kw;
+                    for kx in 0..kw {
+                        let ix = (ox * self.stride[1] + kx * self.dilation[1]).wrapping_sub(self.pad[1]);
+                        if ix < w {
+                            out[(ic * h + iy) * w + ix] += self.w[wrow + kx] * l;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// A max pooling over `[C, H, W]` (padding never wins a maximum).
 #[derive(Debug, Clone)]
 pub(super) struct MaxPool {
@@ -137,7 +174,7 @@ pub(super) struct Boxed {
 }
 
 /// Relative slack on every linear layer's box, for the f64 arithmetic that computes it.
-const F64_SLACK: f64 = 1e-12;
+pub(super) const F64_SLACK: f64 = 1e-12;
 
 /// Values closer than this, relatively, count as equal when a relaxation is chosen, so
 /// that the choice does not hang on the order of a sum's rounding (either choice is
@@ -145,6 +182,12 @@ const F64_SLACK: f64 = 1e-12;
 const TIE: f64 = 1e-9;
 
 impl Layer {
+    /// Whether the layer is affine (its output's bounds can be refined by
+    /// back-substitution).
+    pub fn affine(&self) -> bool {
+        matches!(self, Layer::Elementwise { .. } | Layer::Conv(_) | Layer::Dense { .. })
+    }
+
     /// The layer on a box: interval bounds of the exact values, and the f32 error.
     /// `gamma(n)` is the relative error bound of an `n`-term f32 sum.
     pub fn forward(&self, x: &Boxed, gamma: &dyn Fn(usize) -> f64) -> Boxed {
@@ -286,9 +329,7 @@ impl Layer {
             Layer::Conv(c) => {
                 let per = c.output[1] * c.output[2];
                 *constant += lambda.iter().enumerate().map(|(o, l)| l * c.b[o / per]).sum::<f64>();
-                let mut out = vec![0.0; c.input.iter().product()];
-                c.each(|wi, i, o| out[i] += c.w[wi] * lambda[o]);
-                out
+                c.transpose(lambda)
             }
             Layer::Dense { w, b, inputs } => {
                 *constant += lambda.iter().zip(b).map(|(l, b)| l * b).sum::<f64>();

@@ -111,7 +111,7 @@ fn the_bound_holds_at_every_point_of_the_ball_tried() {
     for trial in 0..20 {
         let c = chain(&mut rng, true);
         let h = head(&mut rng, 16);
-        let b = LinearBounder::new(c.clone(), &h, 0.0).unwrap();
+        let b = LinearBounder::new(c.clone(), &h, 0.0).unwrap().refined(trial % 2 == 1);
         let x: Vec<f32> = (0..72).map(|_| rng.random_range(0.0f32..1.0)).collect();
         let eps = [0.01, 0.05, 0.2][trial % 3];
         for label in 0..3 {
@@ -203,6 +203,7 @@ fn the_linear_bound_is_at_least_the_interval_bound_and_rounding_lowers_it() {
             x.iter().map(|&p| (f64::from(p) - eps).max(0.0)).collect(),
             x.iter().map(|&p| (f64::from(p) + eps).min(1.0)).collect(),
             0.0,
+            false,
         );
         let f = boxes.last().unwrap();
         let lower = f.lower.iter().map(|&v| v as f32).collect::<Array1<f32>>();
@@ -235,4 +236,38 @@ fn labels_and_pixels_out_of_range_give_none() {
     assert!(b.worst_margin(Array1::zeros(71).view(), 0, 0.1).is_none());
     let wrong = head(&mut rng, 15);
     assert!(LinearBounder::new(chain(&mut rng, true), &wrong, 0.0).is_err());
+}
+
+#[test]
+fn refined_boxes_lie_inside_the_interval_boxes_and_tighten_some() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let c = chain(&mut rng, true);
+    let x: Vec<f64> = (0..72).map(|_| rng.random_range(0.0..1.0)).collect();
+    let eps = 0.05;
+    let lo: Vec<f64> = x.iter().map(|&p| (p - eps).max(0.0)).collect();
+    let hi: Vec<f64> = x.iter().map(|&p| (p + eps).min(1.0)).collect();
+    let plain = c.boxes(lo.clone(), hi.clone(), 0.0, false);
+    let refined = c.boxes(lo, hi, 0.0, true);
+    let mut tighter = 0;
+    for (p, r) in plain.iter().zip(&refined) {
+        for k in 0..p.lower.len() {
+            assert!(r.lower[k] >= p.lower[k] - 1e-12 && r.upper[k] <= p.upper[k] + 1e-12);
+            tighter += usize::from(r.upper[k] - r.lower[k] < 0.99 * (p.upper[k] - p.lower[k]));
+        }
+    }
+    assert!(tighter > 0, "no box was tightened");
+    // Points of the ball stay inside the refined boxes of the features.
+    let f = refined.last().unwrap();
+    for _ in 0..500 {
+        let p: Vec<f64> = x
+            .iter()
+            .map(|&v| rng.random_range((v - eps).max(0.0)..=(v + eps).min(1.0)))
+            .collect();
+        for (k, v) in features(&c, &p).iter().enumerate() {
+            assert!(
+                *v >= f.lower[k] - 1e-9 && *v <= f.upper[k] + 1e-9,
+                "feature {k}: {v} outside"
+            );
+        }
+    }
 }
