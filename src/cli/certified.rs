@@ -18,7 +18,7 @@ use nnmend::repair::{assess, Checks, Status};
 use nnmend::verify;
 
 use super::gate::verdict;
-use super::repair::{Mode, RepairArgs};
+use super::repair::{CertifyBounds, Mode, RepairArgs};
 use super::{print_doc, save_model, usage, warn};
 
 /// The worst margin a certified repair asks of each ball by default: small, since the
@@ -64,6 +64,7 @@ pub(super) fn repair(args: &RepairArgs, hybrid: &ModelProto, eps: f32) -> Result
         preserve: args.repair.preserve,
         repair_bias: args.repair.repair_bias,
         bounds: Margin::default(),
+        crown: args.certify_bounds == CertifyBounds::Crown,
         solve: CertifiedSettings {
             max_iter: args.repair.lp_max_iter,
             threads: u32::try_from(feed.threads.max(1)).unwrap_or(1),
@@ -97,7 +98,16 @@ pub(super) fn repair(args: &RepairArgs, hybrid: &ModelProto, eps: f32) -> Result
             let accuracy = assess(hybrid, &done.model, &checks, engine.as_ref(), &feed)?.accuracy;
             let first = test.take(args.pgd_limit);
             let share = |m: &ModelProto| -> Result<f64> {
-                Ok(verify::certify_at(m, engine.as_ref(), &first, eps, Margin::default(), &feed)?.certified_accuracy)
+                let n = verify::certified_count(
+                    m,
+                    engine.as_ref(),
+                    &first,
+                    eps,
+                    Margin::default(),
+                    settings.crown,
+                    &feed,
+                )?;
+                Ok(n as f64 / first.len().max(1) as f64)
             };
             let held_out = (!first.is_empty())
                 .then(|| -> Result<HeldOutDoc> {

@@ -27,6 +27,17 @@ use nnmend::repair::{assess, repair_hybrid, Checks, ClassSettings, MarginOptions
 use super::gate::{verdict, GateArgs};
 use super::{load_model, non_negative, print_doc, save_model, usage, warn, DataArgs, EngineArgs, Global};
 
+/// The feature boxes of a certified repair (`--certify-bounds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum CertifyBounds {
+    /// Interval bounds (IBP), as `certify --bounds interval`.
+    Interval,
+    /// CROWN: each feature's bounds back-substituted through the extractor, the layers
+    /// in between tightened the same way (a linear hybrid only), as `certify --bounds
+    /// crown` checks them: tighter boxes, so a cheaper repair, at a larger radius.
+    Crown,
+}
+
 /// Which hybrid the repair expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum HeadArg {
@@ -265,6 +276,9 @@ pub struct RepairArgs {
         conflicts_with = "adv"
     )]
     pub(super) balls: usize,
+    /// Certified repair: the feature boxes, and the check afterwards.
+    #[arg(long, value_enum, default_value_t = CertifyBounds::Interval, requires = "certify")]
+    pub(super) certify_bounds: CertifyBounds,
     #[command(flatten)]
     pub(super) repair: RepairOptions,
     /// The radius of the rounds' attacks and of the robust accuracy [default: the

@@ -27,7 +27,7 @@ pub struct HeldOutDoc {
 pub struct CertifiedRepairDoc {
     /// Always `certified`.
     pub mode: &'static str,
-    /// How the feature bounds were computed: `ibp`.
+    /// How the feature bounds were computed: `ibp` (interval bounds) or `crown`.
     pub method: &'static str,
     /// Linear or kernel hybrid.
     pub head: HeadKind,
@@ -102,7 +102,7 @@ impl CertifiedRepairDoc {
             .collect();
         Self {
             mode: "certified",
-            method: "ibp",
+            method: if settings.crown { "crown" } else { "ibp" },
             head: done.head,
             features: done.features,
             eps: settings.eps,
@@ -151,7 +151,8 @@ impl CertifiedRepairDoc {
         )?;
         writeln!(
             out,
-            "balls certified (interval bounds): {} ({:.4}) before, {} ({:.4}) after",
+            "balls certified ({} bounds): {} ({:.4}) before, {} ({:.4}) after",
+            if self.method == "crown" { "CROWN" } else { "interval" },
             self.certified_before,
             share(self.certified_before),
             self.certified_after,

@@ -18,6 +18,9 @@ pub enum VerifyError {
         /// Width of the head's input.
         head: usize,
     },
+    /// Linear bounds asked for where they do not apply.
+    #[error("linear bounds: {0}")]
+    Linear(String),
     /// A broken invariant (a bug).
     #[error("internal error: {0}")]
     Invariant(&'static str),

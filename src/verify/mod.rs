@@ -550,6 +550,95 @@ pub fn certify_at(
         .ok_or_else(|| VerifyError::Invariant("certify returned no result for its one radius").into())
 }
 
+/// How many images of `ds` are certified at `eps`: by the interval bounds, or with
+/// `crown`, by those or the CROWN bounds of [`linear`] (the boxes in between and the
+/// features refined), for a linear hybrid.
+pub fn certified_count(
+    model: &ModelProto,
+    engine: &dyn Engine,
+    ds: &Dataset,
+    eps: f32,
+    margin: Margin,
+    crown: bool,
+    feed: &Feed,
+) -> Result<usize> {
+    let settings = Settings {
+        eps: vec![eps],
+        pgd_limit: 0,
+        protocol: Protocol::default(),
+        margin,
+        linear: crown,
+        refine: crown,
+    };
+    let c = certify(model, engine, ds, &settings, feed)?;
+    if let Some(note) = c.linear_note.filter(|_| crown) {
+        return Err(VerifyError::Linear(note).into());
+    }
+    let r = c
+        .results
+        .first()
+        .ok_or(VerifyError::Invariant("certify returned no result for its one radius"))?;
+    Ok(r.linear.as_ref().map_or(r.certified, |l| l.certified))
+}
+
+/// Feature boxes `[n, D]` of a linear hybrid over the ε-balls around the images of
+/// `ds` from the CROWN bounds of [`linear`] (sound for the engine's f32 features,
+/// rounded outward to f32), on `threads` workers.
+pub fn crown_feature_bounds(
+    model: &ModelProto,
+    engine: &dyn Engine,
+    ds: &Dataset,
+    eps: f32,
+    margin: Margin,
+    feed: &Feed,
+) -> Result<(Array2<f32>, Array2<f32>)> {
+    let head = head::find(model)?;
+    let bounder = linear_bounder(model, &head, engine, ds, feed, margin.roundoff)
+        .map_err(VerifyError::Linear)?
+        .refined(true);
+    let d = head.weights.ncols();
+    let n = ds.len();
+    let rows: Vec<usize> = (0..n).collect();
+    let per = n.div_ceil(feed.threads.max(1)).max(1);
+    let parts: Vec<Vec<(Vec<f64>, Vec<f64>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = rows
+            .chunks(per)
+            .map(|chunk| {
+                let bounder = &bounder;
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&i| {
+                            let px = ds.pixels.to_f32(i..i + 1);
+                            let flat = ArrayView1::from(px.as_slice().unwrap_or_default());
+                            bounder.feature_box(flat, f64::from(eps)).unwrap_or_default()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let mut lower = Array2::<f32>::zeros((n, d));
+    let mut upper = Array2::<f32>::zeros((n, d));
+    let mut i = 0;
+    for (l, u) in parts.into_iter().flatten() {
+        if l.len() != d || u.len() != d || i >= n {
+            return Err(VerifyError::Invariant("a feature box is missing").into());
+        }
+        for k in 0..d {
+            let (lo, hi) = (l[k] as f32, u[k] as f32);
+            lower[[i, k]] = if f64::from(lo) > l[k] { lo.next_down() } else { lo };
+            upper[[i, k]] = if f64::from(hi) < u[k] { hi.next_up() } else { hi };
+        }
+        i += 1;
+    }
+    if i != n {
+        return Err(VerifyError::Invariant("a feature box is missing").into());
+    }
+    Ok((lower, upper))
+}
+
 /// The head's scores `[n, K]` at feature rows `f` `[n, D]`, in f64 (for checks).
 pub fn scores(head: &HeadSite, f: &Array2<f32>) -> Array2<f64> {
     let w = head.weights.mapv(f64::from);

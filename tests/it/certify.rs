@@ -779,3 +779,81 @@ fn a_kernel_hybrid_is_certified_by_intervals_with_a_note() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("interval bounds only"), "{stderr}");
 }
+
+#[test]
+fn a_certified_repair_on_crown_boxes_is_certified_by_certify_crown_and_the_reference() {
+    let dir = tempdir();
+    let model = hybrid(dir.path(), false);
+    let repaired = dir.path().join("crown.onnx");
+    let eps = "0.045";
+    let common = ["--limit", "40", "--threads", "2"];
+    let out = run(&[
+        &[
+            "repair",
+            s(&model),
+            "--certify",
+            eps,
+            "--balls",
+            "40",
+            "--certify-bounds",
+            "crown",
+        ],
+        // Every ball's shortfall priced above what the weights cost to fix it.
+        &["--slack-price", "10"][..],
+        &["--train", s(&fixture("mnist-small")), "-o", s(&repaired), "--json"][..],
+        &common[..],
+    ]
+    .concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = json(&out);
+    assert_eq!(doc["method"], "crown");
+    let before = doc["certified_before"].as_u64().unwrap();
+    assert!(
+        before < 20,
+        "{before} of 40 balls certified before: the radius is too small to test"
+    );
+    assert_eq!(doc["certified_after"], 40, "{doc}");
+
+    // `certify --bounds crown` finds the same; the interval bounds alone find fewer.
+    let out = run(&[
+        &[
+            "certify",
+            s(&repaired),
+            "--data",
+            s(&fixture("mnist-small")),
+            "--eps",
+            eps,
+        ],
+        &["--split", "train", "--pgd-limit", "20", "--bounds", "crown", "--json"][..],
+        &common[..],
+    ]
+    .concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cert = json(&out);
+    assert_eq!(cert["method"], "ibp+crown");
+    assert_eq!(cert["results"][0]["linear"]["certified"], 40, "{cert}");
+    assert!(cert["results"][0]["certified"].as_u64().unwrap() < 40, "{cert}");
+    assert_eq!(cert["certified_but_broken"], 0);
+
+    // The float64 reference's CROWN margins are positive on the balls it has time for.
+    let ds = data::load(
+        &fixture("mnist-small"),
+        &LoadOptions {
+            split: Split::Train,
+            limit: Some(40),
+        },
+    )
+    .unwrap();
+    let (xp, yp) = image_files(dir.path(), &ds.take(10));
+    let margins = dir.path().join("margins.npy");
+    let mut cmd = python("crown_reference.py");
+    cmd.arg(&repaired)
+        .arg(&xp)
+        .arg(&yp)
+        .arg(eps)
+        .arg(&margins)
+        .arg("--refine");
+    ok(cmd);
+    let m: ndarray::Array1<f64> = ndarray_npy::read_npy(&margins).unwrap();
+    assert!(m.iter().all(|&v| v > 0.0), "the reference's worst margins: {m}");
+}

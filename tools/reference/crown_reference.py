@@ -24,7 +24,8 @@ so no convolution is written here. A MaxPool's windows are read off the same way
 - With --refine (CROWN rather than CROWN-IBP): the box of each linear node that feeds a
   Relu, after an earlier Relu or MaxPool, is tightened where it straddles zero: each
   such neuron's lower bound is the back-substitution of its unit vector, its upper
-  bound minus that of the negated unit vector (kept inside the interval box).
+  bound minus that of the negated unit vector (kept inside the interval box); and so
+  is every feature's box, which the interval bound of the margin then reads.
 
 No rounding allowance: these are exact-arithmetic bounds.
 
@@ -161,6 +162,13 @@ def worst_margins(model, x, y, eps, mean, std, refine=False):
             else:
                 nonlinear = True
                 boxes.append((np.array([l[wi].max() for wi in data]), np.array([u[wi].max() for wi in data])))
+        if refine and nonlinear:
+            fl, fu = boxes[-1]
+            for k in range(len(fl)):
+                unit = np.zeros(len(fl))
+                unit[k] = 1.0
+                fl[k] = max(fl[k], substitute(chain, boxes[:-1], len(chain) - 1, unit))
+                fu[k] = min(fu[k], -substitute(chain, boxes[:-1], len(chain) - 1, -unit))
         fl, fu = boxes[-1]
         worst = np.inf
         for j in range(w.shape[0]):

@@ -37,6 +37,10 @@ pub struct CertifiedRepairSettings {
     pub repair_bias: bool,
     /// The rounding margin of the bounds.
     pub bounds: Margin,
+    /// Feature boxes from CROWN (back-substitution through the extractor, a linear
+    /// hybrid only) instead of interval bounds; the check then certifies as
+    /// `certify --bounds crown` does.
+    pub crown: bool,
     /// The solve.
     pub solve: CertifiedSettings,
 }
@@ -91,8 +95,17 @@ pub fn repair_certified(
         return Err(RepairError::NoSamples.into());
     }
     let ball_labels = crate::repair::class_indices(&balls.labels, k)?;
-    let bounder = Bounder::new(hybrid, &site.input, engine, balls, feed, settings.bounds)?;
-    let boxes = bounder.bounds(balls, settings.eps, feed)?;
+    let boxes = if settings.crown {
+        let (lower, upper) =
+            crate::verify::crown_feature_bounds(hybrid, engine, balls, settings.eps, settings.bounds, feed)?;
+        crate::verify::Bounds {
+            value: Array2::zeros((0, d)),
+            lower,
+            upper,
+        }
+    } else {
+        Bounder::new(hybrid, &site.input, engine, balls, feed, settings.bounds)?.bounds(balls, settings.eps, feed)?
+    };
     let bounds_seconds = started.elapsed().as_secs_f64();
     if boxes.lower.dim() != (balls.len(), d) {
         return Err(RepairError::Shape(format!(
@@ -167,7 +180,7 @@ pub fn repair_certified(
     let model = head::replace(hybrid, &site, &repaired.weights, &repaired.bias, &provenance)?;
     // The check is `certify`'s own, on the written model and on the original.
     let count = |m: &ModelProto| -> Result<usize> {
-        Ok(crate::verify::certify_at(m, engine, balls, settings.eps, settings.bounds, feed)?.certified)
+        crate::verify::certified_count(m, engine, balls, settings.eps, settings.bounds, settings.crown, feed)
     };
     Ok(CertifiedRepair {
         certified_before: count(hybrid)?,

@@ -204,6 +204,23 @@ impl Chain {
             nonlinear |= !layer.affine();
             all.push(next);
         }
+        // The features themselves, every one of them: their boxes are what a head's
+        // interval bound (and a certified repair's program) reads.
+        let last = self.layers.len();
+        if refine && nonlinear && last > 0 {
+            let width = all[last].lower.len();
+            for k in 0..width {
+                let mut unit = vec![0.0; width];
+                unit[k] = 1.0;
+                let below = self.substitute(last - 1, unit.clone(), &all[..last]);
+                unit[k] = -1.0;
+                let above = -self.substitute(last - 1, unit, &all[..last]);
+                let slack = layers::F64_SLACK * (below.abs().max(above.abs()));
+                let f = &mut all[last];
+                f.lower[k] = f.lower[k].max(below - slack);
+                f.upper[k] = f.upper[k].min(above + slack);
+            }
+        }
         all
     }
 
@@ -269,6 +286,23 @@ impl LinearBounder {
     /// classified `label`. `None` for a label out of range or pixels of the wrong size.
     pub fn worst_margin(&self, pixels: ArrayView1<f32>, label: usize, eps: f64) -> Option<f64> {
         self.margin_until(pixels, label, eps, f64::NEG_INFINITY)
+    }
+
+    /// Boxes `[lower, upper]` `[D]` that hold the features as the engine computes them
+    /// (in f32) anywhere in the ε-ball around `pixels`: the exact features' bounds
+    /// (back-substituted feature by feature when refined) widened by their f32 error.
+    /// `None` for pixels of the wrong size.
+    pub fn feature_box(&self, pixels: ArrayView1<f32>, eps: f64) -> Option<(Vec<f64>, Vec<f64>)> {
+        if pixels.len() != self.chain.pixels {
+            return None;
+        }
+        let lo: Vec<f64> = pixels.iter().map(|&p| (f64::from(p) - eps).max(0.0)).collect();
+        let hi: Vec<f64> = pixels.iter().map(|&p| (f64::from(p) + eps).min(1.0)).collect();
+        let boxes = self.chain.boxes(lo, hi, self.roundoff, self.refine);
+        let f = boxes.last()?;
+        let lower = f.lower.iter().zip(&f.error).map(|(l, e)| l - e).collect();
+        let upper = f.upper.iter().zip(&f.error).map(|(u, e)| u + e).collect();
+        Some((lower, upper))
     }
 
     /// Whether the whole ε-ball around `pixels` is classified `label`: [`Self::worst_margin`]
