@@ -628,8 +628,8 @@ pub fn crown_feature_bounds(
         }
         for k in 0..d {
             let (lo, hi) = (l[k] as f32, u[k] as f32);
-            lower[[i, k]] = if f64::from(lo) > l[k] { lo.next_down() } else { lo };
-            upper[[i, k]] = if f64::from(hi) < u[k] { hi.next_up() } else { hi };
+            lower[[i, k]] = if f64::from(lo) > l[k] { f32_below(lo) } else { lo };
+            upper[[i, k]] = if f64::from(hi) < u[k] { -f32_below(-hi) } else { hi };
         }
         i += 1;
     }
@@ -639,9 +639,35 @@ pub fn crown_feature_bounds(
     Ok((lower, upper))
 }
 
+/// The largest f32 below a finite `v`.
+fn f32_below(v: f32) -> f32 {
+    if v == 0.0 {
+        -f32::from_bits(1)
+    } else if v > 0.0 {
+        f32::from_bits(v.to_bits() - 1)
+    } else {
+        f32::from_bits(v.to_bits() + 1)
+    }
+}
+
 /// The head's scores `[n, K]` at feature rows `f` `[n, D]`, in f64 (for checks).
 pub fn scores(head: &HeadSite, f: &Array2<f32>) -> Array2<f64> {
     let w = head.weights.mapv(f64::from);
     let b: Array1<f64> = head.bias.mapv(f64::from);
     f.mapv(f64::from).dot(&w.t()) + &b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f32_below;
+
+    #[test]
+    fn f32_below_steps_down_one_unit_in_the_last_place() {
+        for v in [1.0f32, -1.0, 3.5e-3, -7.25e4, f32::MIN_POSITIVE, -f32::MIN_POSITIVE] {
+            let b = f32_below(v);
+            assert!(b < v, "{b} !< {v}");
+            assert!(f64::from(v) - f64::from(b) <= f64::from(v).abs() * 2.0 * f64::from(f32::EPSILON));
+        }
+        assert!(f32_below(0.0) < 0.0 && f32_below(0.0) > -1e-44);
+    }
 }
