@@ -249,6 +249,21 @@ pub struct Settings {
     pub refine: bool,
 }
 
+impl Settings {
+    /// One radius, no PGD; the interval bounds alone, or with `crown` the CROWN bounds
+    /// too.
+    fn one(eps: f32, margin: Margin, crown: bool) -> Self {
+        Self {
+            eps: vec![eps],
+            pgd_limit: 0,
+            protocol: Protocol::default(),
+            margin,
+            linear: crown,
+            refine: crown,
+        }
+    }
+}
+
 /// PGD on the first images, beside the certificates.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PgdCheck {
@@ -536,15 +551,7 @@ pub fn certify_at(
     margin: Margin,
     feed: &Feed,
 ) -> Result<EpsCertificate> {
-    let settings = Settings {
-        eps: vec![eps],
-        pgd_limit: 0,
-        protocol: Protocol::default(),
-        margin,
-        linear: false,
-        refine: false,
-    };
-    certify(model, engine, ds, &settings, feed)?
+    certify(model, engine, ds, &Settings::one(eps, margin, false), feed)?
         .results
         .pop()
         .ok_or_else(|| VerifyError::Invariant("certify returned no result for its one radius").into())
@@ -562,15 +569,7 @@ pub fn certified_count(
     crown: bool,
     feed: &Feed,
 ) -> Result<usize> {
-    let settings = Settings {
-        eps: vec![eps],
-        pgd_limit: 0,
-        protocol: Protocol::default(),
-        margin,
-        linear: crown,
-        refine: crown,
-    };
-    let c = certify(model, engine, ds, &settings, feed)?;
+    let c = certify(model, engine, ds, &Settings::one(eps, margin, crown), feed)?;
     if let Some(note) = c.linear_note.filter(|_| crown) {
         return Err(VerifyError::Linear(note).into());
     }

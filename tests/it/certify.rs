@@ -351,6 +351,19 @@ fn hybrid(dir: &Path, kernel: bool) -> PathBuf {
     out
 }
 
+/// The first `n` training images of the fixture, the balls of `repair --certify --balls n`
+/// with `--limit n`.
+fn train_images(n: usize) -> data::Dataset {
+    data::load(
+        &fixture("mnist-small"),
+        &LoadOptions {
+            split: Split::Train,
+            limit: Some(n),
+        },
+    )
+    .unwrap()
+}
+
 fn test_images(n: usize) -> data::Dataset {
     data::load(
         &fixture("mnist-small-test.npz"),
@@ -603,14 +616,7 @@ fn certified_repair_certifies_its_balls_as_certify_and_the_reference_check_them(
     assert_eq!(cert["certified_but_broken"], 0);
 
     // So does the float64 reference, computed from IBP's definitions.
-    let ds = data::load(
-        &fixture("mnist-small"),
-        &LoadOptions {
-            split: Split::Train,
-            limit: Some(40),
-        },
-    )
-    .unwrap();
+    let ds = train_images(40);
     let pixels = Preprocess {
         mean: vec![],
         std: vec![],
@@ -836,14 +842,7 @@ fn a_certified_repair_on_crown_boxes_is_certified_by_certify_crown_and_the_refer
     assert_eq!(cert["certified_but_broken"], 0);
 
     // The float64 reference's CROWN margins are positive on the balls it has time for.
-    let ds = data::load(
-        &fixture("mnist-small"),
-        &LoadOptions {
-            split: Split::Train,
-            limit: Some(40),
-        },
-    )
-    .unwrap();
+    let ds = train_images(40);
     let (xp, yp) = image_files(dir.path(), &ds.take(10));
     let margins = dir.path().join("margins.npy");
     let mut cmd = python("crown_reference.py");

@@ -3,13 +3,9 @@
 //!
 //! Tensors are flat, row-major `[C, H, W]` (or `[D]`) without the batch axis.
 
-/// A 2-D convolution `y = W ⋆ x + b` over `[C, H, W]`.
+/// Where a convolution's or a pooling's windows sit over `[C, H, W]`.
 #[derive(Debug, Clone)]
-pub(super) struct Conv {
-    /// `[M, C / group, KH, KW]`, flat.
-    pub w: Vec<f64>,
-    /// `[M]`.
-    pub b: Vec<f64>,
+pub(super) struct Window {
     /// Input `[C, H, W]`.
     pub input: [usize; 3],
     /// Output `[M, OH, OW]`.
@@ -19,6 +15,25 @@ pub(super) struct Conv {
     pub dilation: [usize; 2],
     /// Top and left padding (bottom and right only shape the output).
     pub pad: [usize; 2],
+}
+
+impl Window {
+    /// The input row or column that kernel tap `k` of output position `o` reads on
+    /// `axis` (0: rows, 1: columns), or `None` in the padding.
+    fn at(&self, axis: usize, o: usize, k: usize) -> Option<usize> {
+        let i = (o * self.stride[axis] + k * self.dilation[axis]).wrapping_sub(self.pad[axis]);
+        (i < self.input[axis + 1]).then_some(i)
+    }
+}
+
+/// A 2-D convolution `y = W ⋆ x + b` over `[C, H, W]`.
+#[derive(Debug, Clone)]
+pub(super) struct Conv {
+    /// `[M, C / group, KH, KW]`, flat.
+    pub w: Vec<f64>,
+    /// `[M]`.
+    pub b: Vec<f64>,
+    pub window: Window,
     pub group: usize,
 }
 
@@ -32,15 +47,15 @@ impl Conv {
 
     /// Terms in each output's sum (the fan-in, bias excluded).
     pub fn fan_in(&self) -> usize {
-        self.input[0] / self.group * self.kernel[0] * self.kernel[1]
+        self.window.input[0] / self.group * self.window.kernel[0] * self.window.kernel[1]
     }
 
     /// For every (output, input) position pair the kernel joins, calls
     /// `f(weight index, input index, output index)`.
     fn each(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let [c, h, w] = self.input;
-        let [m, oh, ow] = self.output;
-        let [kh, kw] = self.kernel;
+        let [c, h, w] = self.window.input;
+        let [m, oh, ow] = self.window.output;
+        let [kh, kw] = self.window.kernel;
         let (cg, mg) = (c / self.group, m / self.group);
         for om in 0..m {
             let g = om / mg;
@@ -50,13 +65,11 @@ impl Conv {
                     for kx in 0..kw {
                         let wi = ((om * cg + ci) * kh + ky) * kw + kx;
                         for oy in 0..oh {
-                            let iy = (oy * self.stride[0] + ky * self.dilation[0]).wrapping_sub(self.pad[0]);
-                            if iy >= h {
+                            let Some(iy) = self.window.at(0, oy, ky) else {
                                 continue;
-                            }
+                            };
                             for ox in 0..ow {
-                                let ix = (ox * self.stride[1] + kx * self.dilation[1]).wrapping_sub(self.pad[1]);
-                                if ix < w {
+                                if let Some(ix) = self.window.at(1, ox, kx) {
                                     f(wi, (ic * h + iy) * w + ix, (om * oh + oy) * ow + ox);
                                 }
                             }
@@ -72,9 +85,9 @@ impl Conv {
     /// `Wᵀ λ`, output by output, skipping the zeros of `λ` (a single neuron's
     /// coefficients touch only its receptive field).
     fn transpose(&self, lambda: &[f64]) -> Vec<f64> {
-        let [c, h, w] = self.input;
-        let [m, oh, ow] = self.output;
-        let [kh, kw] = self.kernel;
+        let [c, h, w] = self.window.input;
+        let [m, oh, ow] = self.window.output;
+        let [kh, kw] = self.window.kernel;
         let (cg, mg) = (c / self.group, m / self.group);
         let mut out = vec![0.0; c * h * w];
         for (o, &l) in lambda.iter().enumerate() {
@@ -87,14 +100,12 @@ impl Conv {
             for ci in 0..cg {
                 let ic = g * cg + ci;
                 for ky in 0..kh {
-                    let iy = (oy * self.stride[0] + ky * self.dilation[0]).wrapping_sub(self.pad[0]);
-                    if iy >= h {
+                    let Some(iy) = self.window.at(0, oy, ky) else {
                         continue;
-                    }
+                    };
                     let wrow = ((om * cg + ci) * kh + ky) * kw;
                     for kx in 0..kw {
-                        let ix = (ox * self.stride[1] + kx * self.dilation[1]).wrapping_sub(self.pad[1]);
-                        if ix < w {
+                        if let Some(ix) = self.window.at(1, ox, kx) {
                             out[(ic * h + iy) * w + ix] += self.w[wrow + kx] * l;
                         }
                     }
@@ -108,30 +119,23 @@ impl Conv {
 /// A max pooling over `[C, H, W]` (padding never wins a maximum).
 #[derive(Debug, Clone)]
 pub(super) struct MaxPool {
-    pub input: [usize; 3],
-    pub output: [usize; 3],
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    pub dilation: [usize; 2],
-    pub pad: [usize; 2],
+    pub window: Window,
 }
 
 impl MaxPool {
     /// The input indices of output `o`'s window.
     fn window(&self, o: usize, out: &mut Vec<usize>) {
         out.clear();
-        let [_, h, w] = self.input;
-        let [_, oh, ow] = self.output;
+        let [_, h, w] = self.window.input;
+        let [_, oh, ow] = self.window.output;
         let (c, rest) = (o / (oh * ow), o % (oh * ow));
         let (oy, ox) = (rest / ow, rest % ow);
-        for ky in 0..self.kernel[0] {
-            let iy = (oy * self.stride[0] + ky * self.dilation[0]).wrapping_sub(self.pad[0]);
-            if iy >= h {
+        for ky in 0..self.window.kernel[0] {
+            let Some(iy) = self.window.at(0, oy, ky) else {
                 continue;
-            }
-            for kx in 0..self.kernel[1] {
-                let ix = (ox * self.stride[1] + kx * self.dilation[1]).wrapping_sub(self.pad[1]);
-                if ix < w {
+            };
+            for kx in 0..self.window.kernel[1] {
+                if let Some(ix) = self.window.at(1, ox, kx) {
                     out.push((c * h + iy) * w + ix);
                 }
             }
@@ -139,7 +143,7 @@ impl MaxPool {
     }
 
     fn outputs(&self) -> usize {
-        self.output.iter().product()
+        self.window.output.iter().product()
     }
 }
 
@@ -234,7 +238,7 @@ impl Layer {
             }
             Layer::Conv(c) => {
                 let rho = gamma(c.fan_in() + 2);
-                let mut mid = vec![0.0; c.output.iter().product()];
+                let mut mid = vec![0.0; c.window.output.iter().product()];
                 let mut rad = mid.clone();
                 let mut err = mid.clone();
                 let mut size = mid.clone();
@@ -245,7 +249,7 @@ impl Layer {
                     err[o] += aw * x.error[i];
                     size[o] += aw * (x.lower[i].abs().max(x.upper[i].abs()) + x.error[i]);
                 });
-                let per = c.output[1] * c.output[2];
+                let per = c.window.output[1] * c.window.output[2];
                 affine_box(mid, rad, err, size, |o| c.b[o / per], rho)
             }
             Layer::Dense { w, b, inputs } => {
@@ -327,7 +331,7 @@ impl Layer {
                 lambda.iter().zip(scale).map(|(l, s)| l * s).collect()
             }
             Layer::Conv(c) => {
-                let per = c.output[1] * c.output[2];
+                let per = c.window.output[1] * c.window.output[2];
                 *constant += lambda.iter().enumerate().map(|(o, l)| l * c.b[o / per]).sum::<f64>();
                 c.transpose(lambda)
             }

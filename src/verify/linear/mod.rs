@@ -45,7 +45,7 @@ use crate::onnx::proto::{ModelProto, NodeProto};
 use crate::onnx::tensor;
 use crate::onnx::OnnxError;
 
-use layers::{Boxed, Conv, Layer, MaxPool};
+use layers::{Boxed, Conv, Layer, MaxPool, Window};
 
 /// The extractor as a chain of f64 layers, from pixels in `[0, 1]` to the features.
 #[derive(Debug, Clone)]
@@ -397,12 +397,14 @@ fn broadcast(node: &NodeProto, c: &ndarray::ArrayD<f64>, shape: &[usize]) -> Res
         })
 }
 
-/// Strides, dilations, top-left pads and output size of a window.
-type Window = ([usize; 2], [usize; 2], [usize; 2], [usize; 2]);
-
-/// The spatial attributes of a Conv or a pooling: strides, dilations and the top-left
-/// pads, with the output size, for input `[C, H, W]` and `kernel`.
-fn spatial(node: &NodeProto, shape: &[usize], kernel: [usize; 2]) -> Result<Window, OnnxError> {
+/// The windows of a Conv (`channels` outputs) or a pooling (as many as it reads) with
+/// `kernel` over input `[C, H, W]`, from the node's strides, dilations and pads.
+fn spatial(
+    node: &NodeProto,
+    shape: &[usize],
+    kernel: [usize; 2],
+    channels: Option<usize>,
+) -> Result<Window, OnnxError> {
     let [_, h, w] = shape else {
         return Err(unsupported(node, format!("the input is {shape:?}, not [C, H, W]")));
     };
@@ -434,7 +436,14 @@ fn spatial(node: &NodeProto, shape: &[usize], kernel: [usize; 2]) -> Result<Wind
     let (Some(oh), Some(ow)) = (oh, ow) else {
         return Err(unsupported(node, "the window does not fit the input"));
     };
-    Ok(([sh, sw], [dh, dw], [pt, pl], [oh, ow]))
+    Ok(Window {
+        input: [shape[0], *h, *w],
+        output: [channels.unwrap_or(shape[0]), oh, ow],
+        kernel,
+        stride: [sh, sw],
+        dilation: [dh, dw],
+        pad: [pt, pl],
+    })
 }
 
 /// The layer of `node`, reading `data` of shape `shape` (updated to its output's), or
@@ -512,7 +521,7 @@ fn layer(
                     format!("weights {:?} do not fit input {shape:?}", w.shape()),
                 ));
             }
-            let (stride, dilation, pad, [oh, ow]) = spatial(node, shape, [kh, kw])?;
+            let window = spatial(node, shape, [kh, kw], Some(m))?;
             let b = match node.input.get(2).filter(|b| !b.is_empty()) {
                 Some(b) => constant_f64(index, node, b)?.iter().copied().collect(),
                 None => vec![0.0; m],
@@ -520,17 +529,11 @@ fn layer(
             if b.len() != m {
                 return Err(unsupported(node, "the bias does not match the output channels"));
             }
-            let input = [shape[0], shape[1], shape[2]];
-            *shape = vec![m, oh, ow];
+            *shape = window.output.to_vec();
             Layer::Conv(Conv {
                 w: w.iter().copied().collect(),
                 b,
-                input,
-                output: [m, oh, ow],
-                kernel: [kh, kw],
-                stride,
-                dilation,
-                pad,
+                window,
                 group,
             })
         }
@@ -539,51 +542,45 @@ fn layer(
             let &[kh, kw] = k.as_slice() else {
                 return Err(unsupported(node, "only 2-D max pooling has a linear-bounds rule"));
             };
-            let (stride, dilation, pad, [oh, ow]) = spatial(node, shape, [kh, kw])?;
-            let input = [shape[0], shape[1], shape[2]];
-            *shape = vec![input[0], oh, ow];
-            Layer::MaxPool(MaxPool {
-                input,
-                output: [input[0], oh, ow],
-                kernel: [kh, kw],
-                stride,
-                dilation,
-                pad,
-            })
+            let window = spatial(node, shape, [kh, kw], None)?;
+            *shape = window.output.to_vec();
+            Layer::MaxPool(MaxPool { window })
         }
         "AveragePool" | "GlobalAveragePool" => {
             let [c, h, w] = shape.as_slice() else {
                 return Err(unsupported(node, format!("the input is {shape:?}, not [C, H, W]")));
             };
             let (c, h, w) = (*c, *h, *w);
-            let (kernel, stride, [oh, ow]) = if node.op_type() == "GlobalAveragePool" {
-                ([h, w], [1, 1], [1, 1])
+            let window = if node.op_type() == "GlobalAveragePool" {
+                Window {
+                    input: [c, h, w],
+                    output: [c, 1, 1],
+                    kernel: [h, w],
+                    stride: [1, 1],
+                    dilation: [1, 1],
+                    pad: [0, 0],
+                }
             } else {
                 let k = usizes(node, "kernel_shape", vec![])?;
                 let &[kh, kw] = k.as_slice() else {
                     return Err(unsupported(node, "only 2-D average pooling has a linear-bounds rule"));
                 };
-                let (stride, _, pad, out) = spatial(node, shape, [kh, kw])?;
+                let window = spatial(node, shape, [kh, kw], None)?;
                 let pads = usizes(node, "pads", vec![0; 4])?;
-                if pad != [0, 0] || pads.iter().any(|&p| p != 0) {
+                if window.dilation != [1, 1] || pads.iter().any(|&p| p != 0) {
                     return Err(unsupported(
                         node,
-                        "average pooling with padding has no linear-bounds rule",
+                        "average pooling with padding or dilation has no linear-bounds rule",
                     ));
                 }
-                ([kh, kw], stride, out)
+                window
             };
-            let per = 1.0 / (kernel[0] * kernel[1]) as f64;
-            *shape = vec![c, oh, ow];
+            let taps = window.kernel[0] * window.kernel[1];
+            *shape = window.output.to_vec();
             Layer::Conv(Conv {
-                w: vec![per; c * kernel[0] * kernel[1]],
+                w: vec![1.0 / taps as f64; c * taps],
                 b: vec![0.0; c],
-                input: [c, h, w],
-                output: [c, oh, ow],
-                kernel,
-                stride,
-                dilation: [1, 1],
-                pad: [0, 0],
+                window,
                 group: c,
             })
         }

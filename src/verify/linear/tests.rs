@@ -4,7 +4,7 @@ use ndarray::{Array1, Array2};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::layers::{Boxed, Conv, Layer, MaxPool};
+use super::layers::{Boxed, Conv, Layer, MaxPool, Window};
 use super::{Chain, LinearBounder};
 use crate::head::HeadKind;
 use crate::onnx::head::HeadSite;
@@ -16,15 +16,18 @@ fn random(rng: &mut StdRng, n: usize, scale: f64) -> Vec<f64> {
 /// Pixels `[2, 6, 6]` → Conv 3×3 (4 channels) → Relu → MaxPool 2×2 → Dense 16 → Relu
 /// → features 16, with random weights; and with `relu: false` the affine layers alone.
 fn chain(rng: &mut StdRng, nonlinear: bool) -> Chain {
+    let window = |input: [usize; 3], output: [usize; 3], k: usize, stride: usize| Window {
+        input,
+        output,
+        kernel: [k, k],
+        stride: [stride; 2],
+        dilation: [1, 1],
+        pad: [0, 0],
+    };
     let conv = Conv {
         w: random(rng, 4 * 2 * 9, 0.5),
         b: random(rng, 4, 0.2),
-        input: [2, 6, 6],
-        output: [4, 4, 4],
-        kernel: [3, 3],
-        stride: [1, 1],
-        dilation: [1, 1],
-        pad: [0, 0],
+        window: window([2, 6, 6], [4, 4, 4], 3, 1),
         group: 1,
     };
     let mut layers = vec![
@@ -38,12 +41,7 @@ fn chain(rng: &mut StdRng, nonlinear: bool) -> Chain {
     if nonlinear {
         layers.push(Layer::Relu);
         layers.push(Layer::MaxPool(MaxPool {
-            input: [4, 4, 4],
-            output: [4, 2, 2],
-            kernel: [2, 2],
-            stride: [2, 2],
-            dilation: [1, 1],
-            pad: [0, 0],
+            window: window([4, 4, 4], [4, 2, 2], 2, 2),
         }));
         layers.push(Layer::Dense {
             w: random(rng, 16 * 16, 0.5),
