@@ -48,7 +48,7 @@ pub struct CertifyArgs {
     /// losses, 3 random restarts each) and check that no certified image falls; 0: no PGD.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pgd_limit: usize,
-    /// The bounds.
+    /// The bounds that certify (an image counts when any of those computed does).
     #[arg(long, value_enum, default_value_t = BoundsArg::Linear)]
     bounds: BoundsArg,
     /// Also write, into this new folder, the model with the normalisation inside
