@@ -512,34 +512,21 @@ fn linear_certified(
     eps: f32,
     threads: usize,
 ) -> Vec<bool> {
-    let n = ds.len();
-    let todo: Vec<usize> = (0..n).filter(|&i| correct[i] && !interval[i]).collect();
-    let workers = threads.clamp(1, todo.len().max(1));
-    let per = todo.len().div_ceil(workers).max(1);
-    let found: Vec<usize> = std::thread::scope(|scope| {
-        let handles: Vec<_> = todo
-            .chunks(per)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .copied()
-                        .filter(|&i| {
-                            let px = ds.pixels.to_f32(i..i + 1);
-                            let flat = ArrayView1::from(px.as_slice().unwrap_or_default());
-                            bounder.certifies(flat, ds.labels[i] as usize, f64::from(eps))
-                        })
-                        .collect::<Vec<usize>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    let todo: Vec<usize> = (0..ds.len()).filter(|&i| correct[i] && !interval[i]).collect();
+    let found = crate::parallel::map_indices(todo.len(), threads, |t| {
+        let i = todo[t];
+        bounder.certifies(image(ds, i).view(), ds.labels[i] as usize, f64::from(eps))
     });
     let mut flags = interval.to_vec();
-    for i in found {
-        flags[i] = true;
+    for (&i, certified) in todo.iter().zip(found) {
+        flags[i] |= certified;
     }
     flags
+}
+
+/// Image `i` of `ds`, flat (`[C·H·W]`, intensities in `[0, 1]`).
+fn image(ds: &Dataset, i: usize) -> Array1<f32> {
+    ds.pixels.to_f32(i..i + 1).into_iter().collect()
 }
 
 /// [`certify`] at the one radius `eps`, without PGD.
@@ -582,7 +569,7 @@ pub fn certified_count(
 
 /// Feature boxes `[n, D]` of a linear hybrid over the ε-balls around the images of
 /// `ds` from the CROWN bounds of [`linear`] (sound for the engine's f32 features,
-/// rounded outward to f32), on `threads` workers.
+/// rounded outward to f32), on `feed.threads` workers.
 pub fn crown_feature_bounds(
     model: &ModelProto,
     engine: &dyn Engine,
@@ -597,43 +584,20 @@ pub fn crown_feature_bounds(
         .refined(true);
     let d = head.weights.ncols();
     let n = ds.len();
-    let rows: Vec<usize> = (0..n).collect();
-    let per = n.div_ceil(feed.threads.max(1)).max(1);
-    let parts: Vec<Vec<(Vec<f64>, Vec<f64>)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = rows
-            .chunks(per)
-            .map(|chunk| {
-                let bounder = &bounder;
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|&i| {
-                            let px = ds.pixels.to_f32(i..i + 1);
-                            let flat = ArrayView1::from(px.as_slice().unwrap_or_default());
-                            bounder.feature_box(flat, f64::from(eps)).unwrap_or_default()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    let boxes = crate::parallel::map_indices(n, feed.threads, |i| {
+        bounder.feature_box(image(ds, i).view(), f64::from(eps))
     });
     let mut lower = Array2::<f32>::zeros((n, d));
     let mut upper = Array2::<f32>::zeros((n, d));
-    let mut i = 0;
-    for (l, u) in parts.into_iter().flatten() {
-        if l.len() != d || u.len() != d || i >= n {
+    for (i, b) in boxes.into_iter().enumerate() {
+        let Some((l, u)) = b.filter(|(l, u)| l.len() == d && u.len() == d) else {
             return Err(VerifyError::Invariant("a feature box is missing").into());
-        }
+        };
         for k in 0..d {
             let (lo, hi) = (l[k] as f32, u[k] as f32);
             lower[[i, k]] = if f64::from(lo) > l[k] { f32_below(lo) } else { lo };
             upper[[i, k]] = if f64::from(hi) < u[k] { -f32_below(-hi) } else { hi };
         }
-        i += 1;
-    }
-    if i != n {
-        return Err(VerifyError::Invariant("a feature box is missing").into());
     }
     Ok((lower, upper))
 }
