@@ -15,13 +15,13 @@ use ndarray::{Array2, ArrayView2, CowArray, Ix2};
 
 use crate::svm::{LinearSvm, Nystrom};
 
-/// What a hybrid's head reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// What a hybrid's head reads (`fit --head`, `repair --head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum HeadKind {
-    /// The linear hybrid: the linear part reads the extractor's features.
+    /// A linear SVM on the extractor's features (the paper's LH).
     Linear,
-    /// The kernel hybrid: the linear part reads the Nyström features s·φ.
+    /// A linear SVM on the Nyström features of an RBF kernel (the paper's KH).
     Kernel,
 }
 

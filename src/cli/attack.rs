@@ -1,7 +1,6 @@
 //! `nnmend attack MODEL --data DATA --eps E1,E2,…`: FGSM or PGD at each ε; writes the
 //! adversarial images as .npz with `-o` and reports clean and robust accuracy.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,7 +11,7 @@ use nnmend::attack::{self, AdversarialFile, Loss, Method, Settings, Target};
 use nnmend::data::Split;
 use nnmend::doc::AttackDoc;
 
-use super::{load_model, print_json, unit_interval, DataArgs, EngineArgs, Global};
+use super::{load_model, print_doc, unit_interval, DataArgs, EngineArgs, Global};
 
 /// Arguments of `nnmend attack`.
 #[derive(Debug, Args)]
@@ -72,7 +71,6 @@ pub fn attack(args: AttackArgs, g: &Global) -> Result<ExitCode> {
     let (engine, feed) = args.engine.open(&args.data_args)?;
     let target = Target::new(&model, engine.as_ref(), &ds, &feed, args.loss)
         .with_context(|| format!("building the gradient graph of {}", args.model.display()))?;
-    let pgd = args.method == Method::Pgd;
     let settings = Settings {
         method: args.method,
         eps: args.eps.clone(),
@@ -87,33 +85,8 @@ pub fn attack(args: AttackArgs, g: &Global) -> Result<ExitCode> {
     if let Some(out) = &args.output {
         AdversarialFile::new(&outcome, &ds, args.only_successful)?.save(out)?;
     }
-    if args.json {
-        print_json(&AttackDoc {
-            engine: engine.describe(),
-            method: args.method,
-            loss: args.loss,
-            steps: pgd.then_some(settings.steps),
-            step_ratio: pgd.then_some(settings.step_ratio),
-            random_start: args.random_start,
-            early_stop: pgd.then_some(!args.keep_going),
-            seed: args.seed,
-            results: outcome.results,
-            clean_seconds: outcome.clean_seconds,
-            seconds: outcome.seconds,
-            model: args.model,
-            data: args.data,
-            output: args.output,
-        })?;
-    } else {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "eps      clean    robust   success  seconds")?;
-        for r in &outcome.results {
-            writeln!(
-                out,
-                "{:<8} {:.4}   {:.4}   {:.4}   {:.1}",
-                r.eps, r.clean_accuracy, r.robust_accuracy, r.success_rate, r.seconds
-            )?;
-        }
-    }
+    let paths = (args.model, args.data, args.output);
+    let doc = AttackDoc::new(&settings, args.loss, &outcome, paths, engine.describe());
+    print_doc(&doc, args.json, |d, out| d.write_text(out))?;
     Ok(ExitCode::SUCCESS)
 }

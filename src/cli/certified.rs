@@ -7,15 +7,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use nnmend::attack::file::read_successful;
-use nnmend::data::{Dataset, Split};
-use nnmend::doc::{CertifiedRepairDoc, HeldOutDoc};
+use nnmend::data::Split;
+use nnmend::doc::CertifiedRepairDoc;
 use nnmend::onnx::bounds::Margin;
 use nnmend::onnx::ModelProto;
-use nnmend::repair::certified::{repair_certified, CertifiedRepairSettings, CertifiedSettings};
-use nnmend::repair::hybrid::{originals, pool};
-use nnmend::repair::{assess, Checks, Status};
-use nnmend::verify;
+use nnmend::repair::certified::{
+    assess_certified, balls, repair_certified, CertifiedRepairSettings, CertifiedSettings,
+};
+use nnmend::repair::hybrid::read_samples;
+use nnmend::repair::Status;
 
 use super::gate::verdict;
 use super::repair::{CertifyBounds, Mode, RepairArgs};
@@ -26,35 +26,15 @@ use super::{print_doc, save_model, usage, warn};
 /// rounding, which `certify` subtracts.
 pub(super) const CERTIFY_MARGIN: f64 = 0.1;
 
-/// The balls: the clean originals of `--adv`'s repair samples, or `--balls` images of
-/// the training data in a seeded random order.
-fn balls(args: &RepairArgs, clean: &Dataset) -> Result<Dataset> {
-    match &args.adv {
-        Some(path) => {
-            let mut adv = read_successful(path)?;
-            if let Some(n) = args.samples {
-                adv = adv.take(usize::try_from(n).unwrap_or(usize::MAX));
-            }
-            if adv.images.is_empty() {
-                anyhow::bail!(
-                    "{}: no row has success = true, so there is no ball to certify",
-                    path.display()
-                );
-            }
-            let rows = originals(&adv.index, &adv.images.labels, clean)?;
-            clean.select(&rows).context("an --adv index is out of range of --train")
-        }
-        None => Ok(pool(clean, args.balls, args.seed)?.0),
-    }
-}
-
 /// Runs `nnmend repair --certify E`, for `hybrid` read from `args.hybrid`.
 pub(super) fn repair(args: &RepairArgs, hybrid: &ModelProto, eps: f32) -> Result<ExitCode> {
     if args.repair.rounds > 1 || matches!(args.repair.mode, Mode::Paper) {
         usage!("--certify is a repair of its own: it takes neither --rounds nor --mode paper");
     }
     let clean = args.data_args.load(&args.train, Split::Train)?;
-    let ds = balls(args, &clean)?;
+    let samples = args.samples.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let adv = args.adv.as_deref().map(|p| read_samples(p, samples)).transpose()?;
+    let ds = balls(adv.as_ref(), &clean, args.balls, args.seed)?;
     let (engine, feed) = args.engine.open(&args.data_args)?;
     let settings = CertifiedRepairSettings {
         eps,
@@ -84,48 +64,24 @@ pub(super) fn repair(args: &RepairArgs, hybrid: &ModelProto, eps: f32) -> Result
         ),
     }
     save_model(&done.model, &args.output)?;
-    let test = args
-        .test
-        .as_ref()
-        .map(|p| args.data_args.load(p, Split::Test))
+    let test = args.data_args.load_test(args.test.as_deref())?;
+    let measured = test
+        .map(|t| {
+            assess_certified(
+                hybrid,
+                &done.model,
+                &t,
+                args.pgd_limit,
+                engine.as_ref(),
+                &feed,
+                &settings,
+            )
+        })
         .transpose()?;
-    let (accuracy, held_out) = match &test {
-        Some(test) => {
-            let checks = Checks {
-                test: Some(test),
-                ..Checks::default()
-            };
-            let accuracy = assess(hybrid, &done.model, &checks, engine.as_ref(), &feed)?.accuracy;
-            let first = test.take(args.pgd_limit);
-            let share = |m: &ModelProto| -> Result<f64> {
-                let n = verify::certified_count(
-                    m,
-                    engine.as_ref(),
-                    &first,
-                    eps,
-                    Margin::default(),
-                    settings.crown,
-                    &feed,
-                )?;
-                Ok(n as f64 / first.len().max(1) as f64)
-            };
-            let held_out = (!first.is_empty())
-                .then(|| -> Result<HeldOutDoc> {
-                    Ok(HeldOutDoc {
-                        n: first.len(),
-                        before: share(hybrid)?,
-                        after: share(&done.model)?,
-                    })
-                })
-                .transpose()?;
-            (accuracy, held_out)
-        }
-        None => (None, None),
-    };
     let doc = CertifiedRepairDoc::new(
         &done,
         &settings,
-        (accuracy, held_out),
+        measured,
         engine.describe(),
         args.output.clone(),
         &args.gates.gates(),

@@ -3,7 +3,6 @@
 //! margin over the feature box; for a linear hybrid also the margins back-substituted
 //! to the pixels), beside clean accuracy and PGD's robust accuracy.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -17,7 +16,7 @@ use nnmend::doc::CertifyDoc;
 use nnmend::onnx::bounds::Margin;
 use nnmend::verify::{self, Settings};
 
-use super::{load_model, print_json, unit_interval, warn, DataArgs, EngineArgs, Global};
+use super::{load_model, print_doc, unit_interval, warn, DataArgs, EngineArgs, Global};
 
 /// The bounds `certify` computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,40 +102,17 @@ pub fn certify(args: CertifyArgs, g: &Global) -> Result<ExitCode> {
             dir.display()
         );
     }
-    if args.json {
-        print_json(&CertifyDoc::new(
-            args.model.clone(),
-            args.data.clone(),
-            engine.describe(),
-            &certification,
-            settings.margin,
-            (settings.pgd_limit > 0).then(|| settings.protocol.clone()),
-            args.vnnlib.clone(),
-            started.elapsed().as_secs_f64(),
-        ))?;
-    } else {
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "eps      n      clean    certified  linear   pgd (n)          width     seconds"
-        )?;
-        for r in &certification.results {
-            let pgd = match &r.pgd {
-                Some(p) => format!("{:.4} ({})", p.robust_accuracy, p.n),
-                None => "-".into(),
-            };
-            let linear = r
-                .linear
-                .as_ref()
-                .map_or("-     ".into(), |l| format!("{:.4}", l.certified_accuracy));
-            let seconds = r.seconds + r.linear.as_ref().map_or(0.0, |l| l.seconds);
-            writeln!(
-                out,
-                "{:<8} {:<6} {:.4}   {:.4}     {linear}   {:<16} {:<9.4} {seconds:.1}",
-                r.eps, r.n, r.clean_accuracy, r.certified_accuracy, pgd, r.mean_width
-            )?;
-        }
-    }
+    let doc = CertifyDoc::new(
+        args.model.clone(),
+        args.data.clone(),
+        engine.describe(),
+        &certification,
+        settings.margin,
+        (settings.pgd_limit > 0).then(|| settings.protocol.clone()),
+        args.vnnlib.clone(),
+        started.elapsed().as_secs_f64(),
+    );
+    print_doc(&doc, args.json, |d, out| d.write_text(out))?;
     if broken > 0 {
         bail!(
             "SOUNDNESS BUG: PGD broke {broken} image(s) that the bounds certified; the bounds of {} are \

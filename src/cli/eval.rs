@@ -1,6 +1,5 @@
 //! `nnmend eval MODEL... --data DATA`: accuracy of each model, in argument order.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,7 +11,7 @@ use nnmend::gate::{parse_bound, Gate, Quantity};
 use nnmend::hybrid::evaluate;
 
 use super::gate::verdict;
-use super::{load_model, print_json, DataArgs, EngineArgs};
+use super::{load_model, print_doc, DataArgs, EngineArgs};
 
 /// Arguments of `nnmend eval`.
 #[derive(Debug, Args)]
@@ -54,19 +53,13 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         }
         rows.push(EvalRow::new(path.clone(), acc));
     }
-    if args.json {
-        print_json(&EvalDoc {
-            models: rows,
-            min_accuracy: args.min_accuracy,
-            passed: checks.iter().all(|c| c.passed),
-            gates: checks.clone(),
-            engine: engine.describe(),
-        })?;
-    } else {
-        let mut out = std::io::stdout().lock();
-        for r in &rows {
-            writeln!(out, "{:.4}  {}/{}  {}", r.accuracy, r.correct, r.n, r.path.display())?;
-        }
-    }
-    Ok(verdict(&checks))
+    let doc = EvalDoc {
+        models: rows,
+        min_accuracy: args.min_accuracy,
+        passed: checks.iter().all(|c| c.passed),
+        gates: checks,
+        engine: engine.describe(),
+    };
+    print_doc(&doc, args.json, |d, out| d.write_text(out))?;
+    Ok(verdict(&doc.gates))
 }

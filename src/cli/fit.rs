@@ -6,32 +6,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use nnmend::data::Split;
 use nnmend::doc::FitDoc;
+use nnmend::head::HeadKind;
 use nnmend::hybrid::{evaluate, fit as fit_hybrid, FitSettings};
 use nnmend::svm::{CSearch, Loss, NystromSettings, SolverChoice, SvmParams, Tuning};
 
 use super::{load_model, positive, print_doc, save_model, usage, warn, warn_cut, DataArgs, EngineArgs, Global};
-
-/// The head fitted on the features.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum HeadArg {
-    /// A linear SVM on the extractor's features (the paper's LH).
-    Linear,
-    /// A linear SVM on the Nyström features of an RBF kernel (the paper's KH).
-    Kernel,
-}
-
-/// The SVM's loss.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LossArg {
-    /// max(0, 1 − y·f)², as LIBLINEAR's and scikit-learn's default.
-    SquaredHinge,
-    /// max(0, 1 − y·f).
-    Hinge,
-}
 
 /// C as the command line gives it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,19 +55,6 @@ fn holdout(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The SVM's solver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum SolverArg {
-    /// The primal for the squared hinge when there are at least twice as many
-    /// training images as features; otherwise the dual, handing over to the primal
-    /// when it stalls.
-    Auto,
-    /// Trust-region Newton on the primal (squared hinge only), as LinearSVC(dual=False).
-    Primal,
-    /// Coordinate descent on the dual, as LinearSVC(dual=True).
-    Dual,
-}
-
 /// The SVM options `fit` and `run` share: C or its choice, standardisation, solver.
 #[derive(Debug, Args)]
 pub struct SvmArgs {
@@ -104,8 +74,8 @@ pub struct SvmArgs {
     #[arg(long)]
     scale: bool,
     /// The SVM solver.
-    #[arg(long, value_enum, default_value_t = SolverArg::Auto)]
-    solver: SolverArg,
+    #[arg(long, value_enum, default_value_t = SolverChoice::Auto)]
+    solver: SolverChoice,
 }
 
 impl SvmArgs {
@@ -119,11 +89,7 @@ impl SvmArgs {
 
     /// The solver asked for.
     pub fn solver(&self) -> SolverChoice {
-        match self.solver {
-            SolverArg::Auto => SolverChoice::Auto,
-            SolverArg::Primal => SolverChoice::Primal,
-            SolverArg::Dual => SolverChoice::Dual,
-        }
+        self.solver
     }
 
     /// The search for C and the standardisation; refuses search options without
@@ -171,8 +137,8 @@ pub struct FitArgs {
     #[command(flatten)]
     svm: SvmArgs,
     /// SVM loss.
-    #[arg(long, value_enum, default_value_t = LossArg::SquaredHinge)]
-    loss: LossArg,
+    #[arg(long, value_enum, default_value_t = Loss::SquaredHinge)]
+    loss: Loss,
     /// Stopping tolerance ε: the dual's projected-gradient spread; for the primal,
     /// ‖∇f‖ ≤ ε · max(min(#pos, #neg), 1) / n · ‖∇f(0)‖ (as LinearSVC's tol).
     #[arg(long, default_value_t = 1e-4)]
@@ -184,8 +150,8 @@ pub struct FitArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The head: a linear SVM on the features, or on their RBF-kernel Nyström features.
-    #[arg(long, value_enum, default_value_t = HeadArg::Linear)]
-    head: HeadArg,
+    #[arg(long, value_enum, default_value_t = HeadKind::Linear)]
+    head: HeadKind,
     /// With --head kernel: landmarks of the Nyström map (at most the number of
     /// training images) [default: 1000].
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
@@ -205,11 +171,11 @@ pub struct FitArgs {
 
 /// Runs `nnmend fit`.
 pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
-    if args.svm.solver == SolverArg::Primal && matches!(args.loss, LossArg::Hinge) {
+    if args.svm.solver == SolverChoice::Primal && args.loss == Loss::Hinge {
         usage!("--solver primal needs --loss squared-hinge: the hinge loss is solved in the dual");
     }
     let tuning = args.svm.tuning()?;
-    if args.head == HeadArg::Linear && (args.landmarks.is_some() || args.gamma.is_some()) {
+    if args.head == HeadKind::Linear && (args.landmarks.is_some() || args.gamma.is_some()) {
         usage!("--landmarks and --gamma shape the kernel head: use them with --head kernel");
     }
     let mut inputs = vec![args.model.as_path(), args.train.as_path()];
@@ -217,9 +183,9 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
     g.refuse_overwrite(&args.output, &inputs)?;
     let model = load_model(&args.model)?;
     let train = args.data.load(&args.train, Split::Train)?;
-    let test = args.test.as_ref().map(|t| args.data.load(t, Split::Test)).transpose()?;
+    let test = args.data.load_test(args.test.as_deref())?;
     let (engine, feed) = args.engine.open(&args.data)?;
-    let kernel = (args.head == HeadArg::Kernel).then(|| NystromSettings {
+    let kernel = (args.head == HeadKind::Kernel).then(|| NystromSettings {
         landmarks: args.landmarks.map_or(NystromSettings::default().landmarks, |m| {
             usize::try_from(m).unwrap_or(usize::MAX)
         }),
@@ -230,10 +196,7 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
         at: args.at.clone(),
         svm: SvmParams {
             c: args.svm.c(),
-            loss: match args.loss {
-                LossArg::SquaredHinge => Loss::SquaredHinge,
-                LossArg::Hinge => Loss::Hinge,
-            },
+            loss: args.loss,
             tol: args.tol,
             max_iter: args.max_iter,
             seed: args.seed,
@@ -269,7 +232,7 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
     }
     let r = &fitted.report;
     if let Some(worst) = r.worst_violation().filter(|_| !r.converged()) {
-        let advice = if worst.solver == nnmend::svm::Solver::Dual && !matches!(args.loss, LossArg::Hinge) {
+        let advice = if worst.solver == nnmend::svm::Solver::Dual && args.loss != Loss::Hinge {
             "raise --max-iter, try --solver primal, or lower --c"
         } else {
             "raise --max-iter, or lower --c"

@@ -9,6 +9,7 @@ use anyhow::Result;
 use clap::Args;
 
 use nnmend::doc::LpDoc;
+use nnmend::repair::margin::MarginSolver;
 use nnmend::repair::Instance;
 
 use super::print_json;
@@ -22,8 +23,8 @@ pub struct LpArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
     /// The solver of a margin-mode instance.
-    #[arg(long, value_enum, default_value_t = super::repair::LpSolver::Ipm)]
-    solver: super::repair::LpSolver,
+    #[arg(long, value_enum, default_value_t = MarginSolver::Ipm)]
+    solver: MarginSolver,
     /// Print one JSON document instead of text.
     #[arg(long)]
     json: bool,
@@ -35,7 +36,7 @@ pub fn lp(args: LpArgs) -> Result<ExitCode> {
     let threads = args
         .threads
         .map_or_else(|| nnmend::features::Feed::default().threads, |t| t as usize);
-    let (solved, seconds) = instance.solve(threads, args.solver.into())?;
+    let (solved, seconds) = instance.solve(threads, args.solver)?;
     let doc = LpDoc::new(instance.mode(), instance.x.dim(), &solved, seconds, threads);
     if args.json {
         print_json(&doc)?;

@@ -153,7 +153,7 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
             nnmend::Error::Fit(FitError::OneClass { .. }) => {
                 Some("--limit N keeps the first images only: use all of the data, or an .npz of a shuffled subset")
             }
-            nnmend::Error::Repair(RepairError::NoSamples) => Some(
+            nnmend::Error::Repair(RepairError::NoSamples | RepairError::NoSuccess(_)) => Some(
                 "attack with a larger --eps, with --method pgd (stronger than FGSM), or on more images (--limit), \
              then repair with that file",
             ),
@@ -256,6 +256,11 @@ impl DataArgs {
             anyhow::bail!("{}: no images to use", path.display());
         }
         Ok(ds)
+    }
+
+    /// Loads the test data at `path`, when one was given.
+    fn load_test(&self, path: Option<&Path>) -> Result<Option<Dataset>> {
+        path.map(|p| self.load(p, Split::Test)).transpose()
     }
 
     fn feed(&self, engine: &EngineArgs) -> Feed {

@@ -20,6 +20,7 @@ use nnmend::gate::Quantity;
 use nnmend::head::HeadKind;
 use nnmend::onnx::head;
 use nnmend::repair::adversarial::TrainSettings;
+use nnmend::repair::hybrid::read_samples;
 use nnmend::repair::margin::{MarginSettings, MarginSolver};
 use nnmend::repair::rounds::RoundSettings;
 use nnmend::repair::{assess, repair_hybrid, Checks, ClassSettings, MarginOptions, Settings, Status};
@@ -65,24 +66,6 @@ enum Select {
     /// Only features whose clean and adversarial values differ by a Wilcoxon
     /// signed-rank test (p below `--p`) change.
     Wilcoxon,
-}
-
-/// The margin LP's solver (`--lp-solver`).
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub(super) enum LpSolver {
-    /// The structured interior-point method.
-    Ipm,
-    /// clarabel.
-    Clarabel,
-}
-
-impl From<LpSolver> for MarginSolver {
-    fn from(solver: LpSolver) -> Self {
-        match solver {
-            LpSolver::Ipm => MarginSolver::Ipm,
-            LpSolver::Clarabel => MarginSolver::Clarabel,
-        }
-    }
 }
 
 /// Epochs of head training before a margin repair's LP, chosen on a validation split
@@ -131,8 +114,8 @@ pub(super) struct RepairOptions {
     pub repair_bias: bool,
     /// Margin mode: the solver of the LPs (the structured interior-point method, or
     /// clarabel's general one).
-    #[arg(long, value_enum, default_value_t = LpSolver::Ipm)]
-    pub lp_solver: LpSolver,
+    #[arg(long, value_enum, default_value_t = MarginSolver::Ipm)]
+    pub lp_solver: MarginSolver,
     /// The LP solver's iteration limit per solve; a solve that reaches it stalls, and a
     /// stalled repair writes no model.
     #[arg(long, value_name = "N", default_value_t = nnmend::repair::DEFAULT_MAX_ITER,
@@ -181,7 +164,7 @@ impl RepairOptions {
                 guard_price: self.guard_price.unwrap_or(if kernel { 0.0 } else { 0.5 }),
                 solve: MarginSettings {
                     solver_max_iter: self.lp_max_iter,
-                    solver: self.lp_solver.into(),
+                    solver: self.lp_solver,
                     ..Default::default()
                 },
             }),
@@ -417,18 +400,7 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     let Some(adv_path) = args.adv.as_deref() else {
         usage!("repair needs --adv ADV.npz (the repair samples), or --certify E for a certified repair");
     };
-    let mut adv = read_successful(adv_path)?;
-    if adv.images.is_empty() {
-        anyhow::bail!(
-            "{}: no row has success = true, so there is no adversarial example to repair. Attack with a \
-             larger --eps, with --method pgd (stronger than FGSM), or on more images (--limit), then repair \
-             with that file",
-            adv_path.display()
-        );
-    }
-    if let Some(n) = args.samples {
-        adv = adv.take(usize::try_from(n).unwrap_or(usize::MAX));
-    }
+    let adv = read_samples(adv_path, args.samples.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))?;
     let eps = args.eps.or_else(|| adv.radius());
     let looped = args.repair.rounds > 1 || args.repair.epochs() > 0;
     if eps.is_none() && (looped || (args.test.is_some() && args.pgd_limit > 0)) {
@@ -465,11 +437,7 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
     }
     check_status(&done.fix.repair, &args)?;
     save_model(&done.model, &args.output)?;
-    let test = args
-        .test
-        .as_ref()
-        .map(|p| args.data_args.load(p, Split::Test))
-        .transpose()?;
+    let test = args.data_args.load_test(args.test.as_deref())?;
     let held_out = args.adv_test.as_deref().map(read_successful).transpose()?;
     let protocol = Protocol {
         seed: args.seed,

@@ -15,7 +15,7 @@ use clap::Args;
 use nnmend::attack::protocol::Protocol;
 use nnmend::attack::{self, Loss, Method};
 use nnmend::data::Split;
-use nnmend::experiment::{self, Inputs, Model, Robust, Settings, TestSet};
+use nnmend::experiment::{self, Inputs, Robust, Settings};
 use nnmend::hybrid::FitSettings;
 use nnmend::report::{folder, ReportError};
 use nnmend::svm::{NystromSettings, SvmParams};
@@ -208,22 +208,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         print_json(&doc)?;
     } else {
         let mut out = std::io::stdout().lock();
-        let report = &outcome.report;
-        writeln!(out, "eps      NN/Data  LH/Data  RLH/Data NN/NADV  LH/HADV  RLH/RHADV")?;
-        for e in report.eps() {
-            let a = |m: Model, s: TestSet| report.accuracy(m, s, e).map_or(f64::NAN, |v| 100.0 * v);
-            writeln!(
-                out,
-                "{:<8} {:<8.2} {:<8.2} {:<8.2} {:<8.2} {:<8.2} {:.2}",
-                e,
-                a(Model::NN, TestSet::Data),
-                a(Model::LH, TestSet::Data),
-                a(Model::RLH, TestSet::Data),
-                a(Model::NN, TestSet::NADV),
-                a(Model::LH, TestSet::HADV),
-                a(Model::RLH, TestSet::RHADV)
-            )?;
-        }
+        outcome.report.write_text(&mut out)?;
         writeln!(out, "wrote {}", args.out.display())?;
     }
     Ok(verdict(&outcome.report.gates))

@@ -7,20 +7,9 @@ use serde::Serialize;
 
 use crate::gate::{Check, Gate, Quantity};
 use crate::head::HeadKind;
-use crate::repair::certified::{CertifiedRepair, CertifiedRepairSettings, CertifiedSolution};
+use crate::repair::certified::{CertifiedRepair, CertifiedRepairSettings, CertifiedSolution, HeldOut};
 
 use super::{BeforeAfter, ChangeDoc};
-
-/// Certified accuracy of held-out balls before and after a repair.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct HeldOutDoc {
-    /// Test images whose balls were certified (the first ones).
-    pub n: usize,
-    /// The hybrid's certified accuracy on them.
-    pub before: f64,
-    /// The repaired hybrid's.
-    pub after: f64,
-}
 
 /// `repair --certify E --json`: a repair that certifies balls rather than fixing points.
 #[derive(Debug, Clone, Serialize)]
@@ -62,7 +51,7 @@ pub struct CertifiedRepairDoc {
     /// Clean accuracy lost.
     pub drawdown: Option<f64>,
     /// Certified accuracy of the first test images' balls before and after.
-    pub held_out: Option<HeldOutDoc>,
+    pub held_out: Option<HeldOut>,
     /// Seconds of the balls' bounds.
     pub bounds_seconds: f64,
     /// Seconds of the repair: bounds, program, write and check.
@@ -76,11 +65,12 @@ pub struct CertifiedRepairDoc {
 }
 
 impl CertifiedRepairDoc {
-    /// The document of `done`, repaired with `settings`, with `gates` judged on it.
+    /// The document of `done`, repaired with `settings` and measured on test images
+    /// ([`crate::repair::certified::assess_certified`]), with `gates` judged on it.
     pub fn new(
         done: &CertifiedRepair,
         settings: &CertifiedRepairSettings,
-        (accuracy, held_out): (Option<(f64, f64)>, Option<HeldOutDoc>),
+        test: Option<((f64, f64), Option<HeldOut>)>,
         engine: serde_json::Value,
         output: PathBuf,
         gates: &[Gate],
@@ -89,6 +79,10 @@ impl CertifiedRepairDoc {
             0.0
         } else {
             done.certified_after as f64 / done.balls as f64
+        };
+        let (accuracy, held_out) = match test {
+            Some((accuracy, held_out)) => (Some(accuracy), held_out),
+            None => (None, None),
         };
         let drawdown = accuracy.map(|(before, after)| before - after);
         let checks = gates

@@ -97,3 +97,30 @@ impl CertifyDoc {
         }
     }
 }
+
+impl CertifyDoc {
+    /// The text `certify` prints: one line per ε.
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "eps      n      clean    certified  linear   pgd (n)          width     seconds"
+        )?;
+        for r in &self.results {
+            let pgd = match &r.pgd {
+                Some(p) => format!("{:.4} ({})", p.robust_accuracy, p.n),
+                None => "-".into(),
+            };
+            let linear = r
+                .linear
+                .as_ref()
+                .map_or("-     ".into(), |l| format!("{:.4}", l.certified_accuracy));
+            let seconds = r.seconds + r.linear.as_ref().map_or(0.0, |l| l.seconds);
+            writeln!(
+                out,
+                "{:<8} {:<6} {:.4}   {:.4}     {linear}   {:<16} {:<9.4} {seconds:.1}",
+                r.eps, r.n, r.clean_accuracy, r.certified_accuracy, pgd, r.mean_width
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -19,7 +19,7 @@ use crate::features::Accuracy;
 use crate::repair::instance::Solved;
 use crate::repair::{ClassSolution, Status};
 
-pub use certified::{CertifiedRepairDoc, HeldOutDoc};
+pub use certified::CertifiedRepairDoc;
 pub use certify::{CertifyDoc, MarginDoc as BoundsMarginDoc};
 pub use fit::{FitDoc, KernelDoc, SvmClassDoc, SvmDoc};
 pub use repair::{BeforeAfter, ChangeDoc, MarginDoc, RepairDoc};
@@ -64,6 +64,16 @@ pub struct EvalDoc {
     pub engine: serde_json::Value,
 }
 
+impl EvalDoc {
+    /// The text `eval` prints: one line per model.
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        for r in &self.models {
+            writeln!(out, "{:.4}  {}/{}  {}", r.accuracy, r.correct, r.n, r.path.display())?;
+        }
+        Ok(())
+    }
+}
+
 /// `attack --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttackDoc {
@@ -95,6 +105,49 @@ pub struct AttackDoc {
     pub seconds: f64,
     /// The attack file written, if any.
     pub output: Option<PathBuf>,
+}
+
+impl AttackDoc {
+    /// The document of an attack run with `settings` following `loss` on `model`'s
+    /// images in `data`, with its attack file `output` if written.
+    pub fn new(
+        settings: &crate::attack::Settings,
+        loss: Loss,
+        outcome: &crate::attack::Outcome,
+        (model, data, output): (PathBuf, PathBuf, Option<PathBuf>),
+        engine: serde_json::Value,
+    ) -> Self {
+        let pgd = settings.method == Method::Pgd;
+        Self {
+            model,
+            data,
+            engine,
+            method: settings.method,
+            loss,
+            steps: pgd.then_some(settings.steps),
+            step_ratio: pgd.then_some(settings.step_ratio),
+            random_start: settings.random_start,
+            early_stop: pgd.then_some(settings.early_stop),
+            seed: settings.seed,
+            results: outcome.results.clone(),
+            clean_seconds: outcome.clean_seconds,
+            seconds: outcome.seconds,
+            output,
+        }
+    }
+
+    /// The text `attack` prints: clean and robust accuracy, success rate and time per ε.
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "eps      clean    robust   success  seconds")?;
+        for r in &self.results {
+            writeln!(
+                out,
+                "{:<8} {:.4}   {:.4}   {:.4}   {:.1}",
+                r.eps, r.clean_accuracy, r.robust_accuracy, r.success_rate, r.seconds
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a model was cut, as `cut --json` and `features --json` report it.

@@ -455,6 +455,26 @@ impl Report {
         out
     }
 
+    /// The summary `run` prints: the paper's six accuracies (in percent) at each ε.
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "eps      NN/Data  LH/Data  RLH/Data NN/NADV  LH/HADV  RLH/RHADV")?;
+        for e in self.eps() {
+            let a = |m: Model, s: TestSet| self.accuracy(m, s, e).map_or(f64::NAN, |v| 100.0 * v);
+            writeln!(
+                out,
+                "{:<8} {:<8.2} {:<8.2} {:<8.2} {:<8.2} {:<8.2} {:.2}",
+                e,
+                a(Model::NN, TestSet::Data),
+                a(Model::LH, TestSet::Data),
+                a(Model::RLH, TestSet::Data),
+                a(Model::NN, TestSet::NADV),
+                a(Model::LH, TestSet::HADV),
+                a(Model::RLH, TestSet::RHADV)
+            )?;
+        }
+        Ok(())
+    }
+
     /// The models measured, in report order.
     pub fn models(&self) -> Vec<Model> {
         Model::ALL

@@ -7,6 +7,9 @@ pub enum RepairError {
     /// No repair sample was given.
     #[error("no repair samples: nothing to repair")]
     NoSamples,
+    /// An attack file none of whose rows is a successful adversarial example.
+    #[error("{}: no row has success = true, so there is no adversarial example to repair", .0.display())]
+    NoSuccess(std::path::PathBuf),
     /// Arrays that do not fit together (a caller's mistake, or a broken file).
     #[error("{0}")]
     Shape(String),

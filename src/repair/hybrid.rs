@@ -4,6 +4,9 @@
 //! [`super::repair_head`] repairs it, and the repaired weights are written back in
 //! place, with the repair's provenance in `metadata_props`.
 
+use std::path::Path;
+
+use crate::attack::file::{read_successful, Successful};
 use crate::attack::protocol::{self, Protocol, Robustness};
 use crate::data::Dataset;
 use crate::engine::Engine;
@@ -44,6 +47,20 @@ pub struct HybridRepair {
     pub epochs: Vec<super::adversarial::Epoch>,
     /// Seconds for the whole repair: features, training, every round's LP and attack.
     pub seconds: f64,
+}
+
+/// Reads the repair samples: the successful rows of the attack file at `path` (the
+/// `attack -o` format), the first `limit` of them when given. A file with none is an
+/// error that names it.
+pub fn read_samples(path: &Path, limit: Option<usize>) -> Result<Successful> {
+    let adv = read_successful(path)?;
+    if adv.images.is_empty() {
+        return Err(RepairError::NoSuccess(path.to_path_buf()).into());
+    }
+    Ok(match limit {
+        Some(n) => adv.take(n),
+        None => adv,
+    })
 }
 
 /// The rows of `clean` that the repair samples came from, checked: each `index` must

@@ -60,15 +60,16 @@ pub struct MarginSettings {
     pub solver: MarginSolver,
 }
 
-/// The solver of the margin program's restricted duals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+/// The solver of the margin program's restricted duals (`repair --lp-solver`). The
+/// structured one ([`super::ipm`]) forms dense normal equations over the active pairs,
+/// class by class at GEMM speed; clarabel factorises the general conic form (sparse LDLᵀ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum MarginSolver {
-    /// The structured interior-point method ([`super::ipm`]): dense normal equations
-    /// over the active pairs, formed class by class at GEMM speed.
+    /// The structured interior-point method.
     #[default]
     Ipm,
-    /// clarabel on the general conic form (sparse LDLᵀ).
+    /// clarabel.
     Clarabel,
 }
 

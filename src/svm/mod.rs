@@ -65,14 +65,13 @@ use dcd::Settings;
 use rows::{to_sparse, DenseRows, Rows};
 use tron::PrimalSettings;
 
-/// Loss applied to the margin violation 1 − y wᵀx of each sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Loss applied to the margin violation 1 − y wᵀx of each sample (`fit --loss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Loss {
-    /// max(0, 1 − y wᵀx)²: differentiable, unbounded dual (LinearSVC's
-    /// default and usually the faster one to solve).
+    /// max(0, 1 − y·f)², as LIBLINEAR's and scikit-learn's default.
     #[default]
     SquaredHinge,
-    /// max(0, 1 − y wᵀx): the classic SVM loss, dual box 0 ≤ α ≤ C.
+    /// max(0, 1 − y·f).
     Hinge,
 }
 
@@ -101,19 +100,19 @@ pub struct SvmParams {
     pub threads: Option<usize>,
 }
 
-/// Which solver [`fit`] runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which solver [`fit`] runs (`fit --solver`). `Auto`, for the squared hinge, hands
+/// over from the dual after [`STALL_PASSES`] passes when `max_iter` allows more, and
+/// runs the primal from the start when n ≥ [`PRIMAL_RATIO`]·(d + 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum SolverChoice {
-    /// The hinge loss: the dual. The squared hinge: the primal when the samples
-    /// outnumber the augmented features [`PRIMAL_RATIO`] times (n ≥ 2(d + 1));
-    /// otherwise the dual, handing over
-    /// to the primal from its weights when it has not converged after
-    /// [`STALL_PASSES`] passes (and `max_iter` allows more).
+    /// The primal for the squared hinge when there are at least twice as many
+    /// training images as features; otherwise the dual, handing over to the primal
+    /// when it stalls.
     #[default]
     Auto,
-    /// The primal trust-region Newton method (squared hinge only).
+    /// Trust-region Newton on the primal (squared hinge only), as LinearSVC(dual=False).
     Primal,
-    /// Dual coordinate descent, for up to `max_iter` passes.
+    /// Coordinate descent on the dual, as LinearSVC(dual=True).
     Dual,
 }
 

@@ -6,15 +6,18 @@ use std::time::Instant;
 use ndarray::{Array2, Axis};
 
 use super::{solve, CertifiedProblem, CertifiedSettings, CertifiedSolution};
+use crate::attack::file::Successful;
 use crate::data::Dataset;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::features::{collect, Feed};
 use crate::head::HeadKind;
+use crate::hybrid::evaluate;
 use crate::onnx::bounds::Margin;
 use crate::onnx::head;
 use crate::onnx::surgery::extractor;
 use crate::onnx::{find_cut, ModelProto};
+use crate::repair::hybrid::{originals, pool};
 use crate::repair::RepairError;
 use crate::svm::LinearSvm;
 use crate::verify::Bounder;
@@ -196,4 +199,62 @@ pub fn repair_certified(
         bounds_seconds,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The balls of a certified repair: the clean originals (in `clean`) of the repair
+/// samples `adv`, or without them `count` images of `clean` in a seeded random order.
+pub fn balls(adv: Option<&Successful>, clean: &Dataset, count: usize, seed: u64) -> Result<Dataset> {
+    match adv {
+        Some(adv) => {
+            let rows = originals(&adv.index, &adv.images.labels, clean)?;
+            Ok(clean
+                .select(&rows)
+                .ok_or_else(|| RepairError::Shape("a repair sample's image is out of range of the data".into()))?)
+        }
+        None => Ok(pool(clean, count, seed)?.0),
+    }
+}
+
+/// The certified share of the balls around the first test images, before and after a
+/// certified repair.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct HeldOut {
+    /// Test images whose balls were checked (the first ones).
+    pub n: usize,
+    /// The hybrid's certified accuracy on them.
+    pub before: f64,
+    /// The repaired hybrid's.
+    pub after: f64,
+}
+
+/// A certified repair measured on test images: the clean accuracy of `hybrid` and of
+/// `repaired` on all of `test`, and the share of the balls around the first `limit`
+/// test images that each certifies, by the repair's own check (`None` for a limit of 0).
+pub fn assess_certified(
+    hybrid: &ModelProto,
+    repaired: &ModelProto,
+    test: &Dataset,
+    limit: usize,
+    engine: &dyn Engine,
+    feed: &Feed,
+    settings: &CertifiedRepairSettings,
+) -> Result<((f64, f64), Option<HeldOut>)> {
+    let accuracy = (
+        evaluate(hybrid, test, engine, feed)?.0.accuracy,
+        evaluate(repaired, test, engine, feed)?.0.accuracy,
+    );
+    let first = test.take(limit);
+    if first.is_empty() {
+        return Ok((accuracy, None));
+    }
+    let share = |m: &ModelProto| -> Result<f64> {
+        let n = crate::verify::certified_count(m, engine, &first, settings.eps, settings.bounds, settings.crown, feed)?;
+        Ok(n as f64 / first.len() as f64)
+    };
+    let held_out = HeldOut {
+        n: first.len(),
+        before: share(hybrid)?,
+        after: share(repaired)?,
+    };
+    Ok((accuracy, Some(held_out)))
 }

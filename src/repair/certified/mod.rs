@@ -39,7 +39,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use super::Status;
 use program::{entering_columns, solve_restricted};
 
-pub use hybrid::{repair_certified, CertifiedRepair, CertifiedRepairSettings};
+pub use hybrid::{assess_certified, balls, repair_certified, CertifiedRepair, CertifiedRepairSettings, HeldOut};
 
 /// The samples of a certified repair: balls (and points, with radius 0).
 #[derive(Debug, Clone, Copy)]
