@@ -86,6 +86,7 @@ pub fn certify(args: CertifyArgs, g: &Global) -> Result<ExitCode> {
         margin: Margin::default(),
         linear: args.bounds != BoundsArg::Interval,
         refine: args.bounds == BoundsArg::Crown,
+        boxes: None,
     };
     let certification = verify::certify(&model, engine.as_ref(), &ds, &settings, &feed)
         .with_context(|| format!("certifying {}", args.model.display()))?;

@@ -23,6 +23,7 @@ mod error;
 pub mod linear;
 pub mod vnnlib;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::{Array1, Array2};
@@ -39,6 +40,7 @@ use crate::onnx::ModelProto;
 
 pub use bounder::{bounds_model, feature_bounds, worst_margin, Bounder, Bounds};
 pub use error::VerifyError;
+pub use linear::BoxCache;
 /// What [`certify`] does.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -55,12 +57,15 @@ pub struct Settings {
     /// With `linear`, tighten the boxes of the layers in between by back-substitution
     /// too (CROWN rather than CROWN-IBP).
     pub refine: bool,
+    /// With `linear`, keep the balls' boxes here and reuse those kept (another head on
+    /// the same extractor bounds the same balls: [`linear::BoxCache`]).
+    pub boxes: Option<Arc<BoxCache>>,
 }
 
 impl Settings {
     /// One radius, no PGD; the interval bounds alone, or with `crown` the CROWN bounds
     /// too.
-    fn one(eps: f32, margin: Margin, crown: bool) -> Self {
+    fn one(eps: f32, margin: Margin, crown: bool, boxes: Option<Arc<BoxCache>>) -> Self {
         Self {
             eps: vec![eps],
             pgd_limit: 0,
@@ -68,6 +73,7 @@ impl Settings {
             margin,
             linear: crown,
             refine: crown,
+            boxes,
         }
     }
 }
@@ -179,7 +185,7 @@ pub fn certify(
     let bounder = Bounder::new(model, &head.input, engine, ds, feed, settings.margin)?;
     let (linear, linear_note) = if settings.linear {
         match linear_bounder(model, &head, engine, ds, feed, settings.margin.roundoff) {
-            Ok(b) => (Some(b.refined(settings.refine)), None),
+            Ok(b) => (Some(b.refined(settings.refine).cached(settings.boxes.clone())), None),
             Err(why) => (None, Some(why)),
         }
     } else {
@@ -346,7 +352,7 @@ pub fn certify_at(
     margin: Margin,
     feed: &Feed,
 ) -> Result<EpsCertificate> {
-    certify(model, engine, ds, &Settings::one(eps, margin, false), feed)?
+    certify(model, engine, ds, &Settings::one(eps, margin, false, None), feed)?
         .results
         .pop()
         .ok_or_else(|| VerifyError::Invariant("certify returned no result for its one radius").into())
@@ -354,7 +360,8 @@ pub fn certify_at(
 
 /// How many images of `ds` are certified at `eps`: by the interval bounds, or with
 /// `crown`, by those or the CROWN bounds of [`linear`] (the boxes in between and the
-/// features refined), for a linear hybrid.
+/// features refined), for a linear hybrid, with their boxes kept in `boxes`.
+#[allow(clippy::too_many_arguments)]
 pub fn certified_count(
     model: &ModelProto,
     engine: &dyn Engine,
@@ -363,8 +370,9 @@ pub fn certified_count(
     margin: Margin,
     crown: bool,
     feed: &Feed,
+    boxes: Option<Arc<BoxCache>>,
 ) -> Result<usize> {
-    let c = certify(model, engine, ds, &Settings::one(eps, margin, crown), feed)?;
+    let c = certify(model, engine, ds, &Settings::one(eps, margin, crown, boxes), feed)?;
     if let Some(note) = c.linear_note.filter(|_| crown) {
         return Err(VerifyError::Linear(note).into());
     }
@@ -377,7 +385,8 @@ pub fn certified_count(
 
 /// Feature boxes `[n, D]` of a linear hybrid over the ε-balls around the images of
 /// `ds` from the CROWN bounds of [`linear`] (sound for the engine's f32 features,
-/// rounded outward to f32), on `feed.threads` workers.
+/// rounded outward to f32), on `feed.threads` workers; the boxes of every layer are
+/// kept in `boxes`.
 pub fn crown_feature_bounds(
     model: &ModelProto,
     engine: &dyn Engine,
@@ -385,11 +394,13 @@ pub fn crown_feature_bounds(
     eps: f32,
     margin: Margin,
     feed: &Feed,
+    boxes: Option<Arc<BoxCache>>,
 ) -> Result<(Array2<f32>, Array2<f32>)> {
     let head = head::find(model)?;
     let bounder = linear_bounder(model, &head, engine, ds, feed, margin.roundoff)
         .map_err(VerifyError::Linear)?
-        .refined(true);
+        .refined(true)
+        .cached(boxes);
     let d = head.weights.ncols();
     let n = ds.len();
     let boxes = crate::parallel::map_indices(n, feed.threads, |i| {

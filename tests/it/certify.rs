@@ -421,6 +421,7 @@ fn hybrid_feature_bounds_and_certified_counts_match_the_reference() {
             margin: Margin::default(),
             linear: false,
             refine: false,
+            boxes: None,
         };
         let cert = verify::certify(&model, &Tract, &ds, &settings, &feed).unwrap();
         let refs = reference(&jobs);

@@ -1,6 +1,7 @@
 //! The certified repair of a hybrid: the balls' feature boxes, the preserved images'
 //! features, the program, and the written model checked as `certify` checks it.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::{Array2, Axis};
@@ -20,7 +21,7 @@ use crate::onnx::{find_cut, ModelProto};
 use crate::repair::hybrid::{originals, pool};
 use crate::repair::RepairError;
 use crate::svm::LinearSvm;
-use crate::verify::Bounder;
+use crate::verify::{Bounder, BoxCache};
 
 /// What a certified repair of a hybrid does.
 #[derive(Debug, Clone, Copy)]
@@ -98,9 +99,18 @@ pub fn repair_certified(
         return Err(RepairError::NoSamples.into());
     }
     let ball_labels = crate::repair::class_indices(&balls.labels, k)?;
+    // The balls' CROWN boxes serve the program and both checks below.
+    let cache = settings.crown.then(|| Arc::new(BoxCache::default()));
     let boxes = if settings.crown {
-        let (lower, upper) =
-            crate::verify::crown_feature_bounds(hybrid, engine, balls, settings.eps, settings.bounds, feed)?;
+        let (lower, upper) = crate::verify::crown_feature_bounds(
+            hybrid,
+            engine,
+            balls,
+            settings.eps,
+            settings.bounds,
+            feed,
+            cache.clone(),
+        )?;
         crate::verify::Bounds {
             value: Array2::zeros((0, d)),
             lower,
@@ -183,7 +193,16 @@ pub fn repair_certified(
     let model = head::replace(hybrid, &site, &repaired.weights, &repaired.bias, &provenance)?;
     // The check is `certify`'s own, on the written model and on the original.
     let count = |m: &ModelProto| -> Result<usize> {
-        crate::verify::certified_count(m, engine, balls, settings.eps, settings.bounds, settings.crown, feed)
+        crate::verify::certified_count(
+            m,
+            engine,
+            balls,
+            settings.eps,
+            settings.bounds,
+            settings.crown,
+            feed,
+            cache.clone(),
+        )
     };
     Ok(CertifiedRepair {
         certified_before: count(hybrid)?,
@@ -247,8 +266,18 @@ pub fn assess_certified(
     if first.is_empty() {
         return Ok((accuracy, None));
     }
+    let cache = settings.crown.then(|| Arc::new(BoxCache::default()));
     let share = |m: &ModelProto| -> Result<f64> {
-        let n = crate::verify::certified_count(m, engine, &first, settings.eps, settings.bounds, settings.crown, feed)?;
+        let n = crate::verify::certified_count(
+            m,
+            engine,
+            &first,
+            settings.eps,
+            settings.bounds,
+            settings.crown,
+            feed,
+            cache.clone(),
+        )?;
         Ok(n as f64 / first.len() as f64)
     };
     let held_out = HeldOut {

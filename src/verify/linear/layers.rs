@@ -4,7 +4,7 @@
 //! Tensors are flat, row-major `[C, H, W]` (or `[D]`) without the batch axis.
 
 /// Where a convolution's or a pooling's windows sit over `[C, H, W]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Hash)]
 pub(super) struct Window {
     /// Input `[C, H, W]`.
     pub input: [usize; 3],
@@ -166,6 +166,45 @@ pub(super) enum Layer {
     },
     Relu,
     MaxPool(MaxPool),
+}
+
+impl Layer {
+    /// Feeds every parameter of the layer (the bits of its numbers) to `h`.
+    pub fn hash_into(&self, h: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        fn bits(v: &[f64], h: &mut impl std::hash::Hasher) {
+            v.len().hash(h);
+            for x in v {
+                x.to_bits().hash(h);
+            }
+        }
+        match self {
+            Layer::Elementwise { scale, shift, rounding } => {
+                0u8.hash(h);
+                bits(scale, h);
+                bits(shift, h);
+                rounding.to_bits().hash(h);
+            }
+            Layer::Conv(c) => {
+                1u8.hash(h);
+                bits(&c.w, h);
+                bits(&c.b, h);
+                c.window.hash(h);
+                c.group.hash(h);
+            }
+            Layer::Dense { w, b, inputs } => {
+                2u8.hash(h);
+                bits(w, h);
+                bits(b, h);
+                inputs.hash(h);
+            }
+            Layer::Relu => 3u8.hash(h),
+            Layer::MaxPool(m) => {
+                4u8.hash(h);
+                m.window.hash(h);
+            }
+        }
+    }
 }
 
 /// A box `[lower, upper]` and a bound on how far the engine's f32 value of each element

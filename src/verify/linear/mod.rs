@@ -35,6 +35,9 @@ mod layers;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use ndarray::ArrayView1;
 
 use crate::data::Layout;
@@ -53,6 +56,8 @@ pub struct Chain {
     layers: Vec<Layer>,
     pixels: usize,
     features: usize,
+    /// A hash of every layer's parameters, which keys the chain's boxes in a [`BoxCache`].
+    signature: u64,
 }
 
 /// Relative error bound of an f32 sum of `n` terms, `γ_n`, for unit roundoff `u`.
@@ -152,11 +157,21 @@ impl Chain {
             }
             data = node.output.first().cloned().unwrap_or_default();
         }
-        Ok(Self {
+        Ok(Self::from_layers(layers, c * h * w, shape.iter().product()))
+    }
+
+    /// The chain of `layers` from `pixels` inputs to `features` outputs, signed.
+    fn from_layers(layers: Vec<Layer>, pixels: usize, features: usize) -> Self {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for layer in &layers {
+            layer.hash_into(&mut hasher);
+        }
+        Self {
             layers,
-            pixels: c * h * w,
-            features: shape.iter().product(),
-        })
+            pixels,
+            features,
+            signature: std::hash::Hasher::finish(&hasher),
+        }
     }
 
     /// Width of the features.
@@ -237,6 +252,38 @@ impl Chain {
     }
 }
 
+/// The boxes of balls, kept across bounders of one extractor. They depend on the
+/// extractor and the ball, not on the head, so a certified repair computes them once for
+/// its program and for the checks of the hybrid before and after. An entry is keyed by
+/// the chain's signature (a hash of every layer's parameters), the roundoff, whether
+/// the boxes were refined, the radius and the pixels: a cache handed to the bounder of
+/// another extractor only misses.
+#[derive(Debug, Default)]
+pub struct BoxCache {
+    entries: Mutex<HashMap<BoxKey, Arc<Vec<Boxed>>>>,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BoxKey {
+    chain: u64,
+    roundoff: u64,
+    refine: bool,
+    eps: u64,
+    pixels: Vec<u32>,
+}
+
+impl BoxCache {
+    /// Balls whose boxes are kept.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Whether no box is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Linear bounds of a linear hybrid's head margins.
 #[derive(Debug, Clone)]
 pub struct LinearBounder {
@@ -246,6 +293,7 @@ pub struct LinearBounder {
     bias: Vec<f64>,
     roundoff: f64,
     refine: bool,
+    cache: Option<Arc<BoxCache>>,
 }
 
 impl LinearBounder {
@@ -264,6 +312,7 @@ impl LinearBounder {
             bias: head.bias.iter().map(|&v| f64::from(v)).collect(),
             roundoff,
             refine: false,
+            cache: None,
         })
     }
 
@@ -273,6 +322,43 @@ impl LinearBounder {
     pub fn refined(mut self, refine: bool) -> Self {
         self.refine = refine;
         self
+    }
+
+    /// Keeps the boxes of the balls it bounds in `cache`, and reads them from there.
+    pub fn cached(mut self, cache: Option<Arc<BoxCache>>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Boxes of every layer's input and of the features over the ε-ball around
+    /// `pixels` (of the right size), from the cache when it holds them.
+    fn boxes(&self, pixels: ArrayView1<f32>, eps: f64) -> Arc<Vec<Boxed>> {
+        let compute = || {
+            let lo: Vec<f64> = pixels.iter().map(|&p| (f64::from(p) - eps).max(0.0)).collect();
+            let hi: Vec<f64> = pixels.iter().map(|&p| (f64::from(p) + eps).min(1.0)).collect();
+            Arc::new(self.chain.boxes(lo, hi, self.roundoff, self.refine))
+        };
+        let Some(cache) = &self.cache else {
+            return compute();
+        };
+        let key = BoxKey {
+            chain: self.chain.signature,
+            roundoff: self.roundoff.to_bits(),
+            refine: self.refine,
+            eps: eps.to_bits(),
+            pixels: pixels.iter().map(|p| p.to_bits()).collect(),
+        };
+        if let Some(hit) = cache.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return Arc::clone(hit);
+        }
+        // Computed outside the lock, so that the workers do not wait on each other.
+        let boxes = compute();
+        cache
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, Arc::clone(&boxes));
+        boxes
     }
 
     /// The worst, over the classes `j ≠ label`, of a sound lower bound on the margin
@@ -291,9 +377,7 @@ impl LinearBounder {
         if pixels.len() != self.chain.pixels {
             return None;
         }
-        let lo: Vec<f64> = pixels.iter().map(|&p| (f64::from(p) - eps).max(0.0)).collect();
-        let hi: Vec<f64> = pixels.iter().map(|&p| (f64::from(p) + eps).min(1.0)).collect();
-        let boxes = self.chain.boxes(lo, hi, self.roundoff, self.refine);
+        let boxes = self.boxes(pixels, eps);
         let f = boxes.last()?;
         let lower = f.lower.iter().zip(&f.error).map(|(l, e)| l - e).collect();
         let upper = f.upper.iter().zip(&f.error).map(|(u, e)| u + e).collect();
@@ -314,9 +398,7 @@ impl LinearBounder {
         if label >= k || pixels.len() != self.chain.pixels {
             return None;
         }
-        let lo: Vec<f64> = pixels.iter().map(|&p| (f64::from(p) - eps).max(0.0)).collect();
-        let hi: Vec<f64> = pixels.iter().map(|&p| (f64::from(p) + eps).min(1.0)).collect();
-        let boxes = self.chain.boxes(lo, hi, self.roundoff, self.refine);
+        let boxes = self.boxes(pixels, eps);
         let features = boxes.last()?;
         let head_gamma = gamma(self.roundoff, d + 2);
         let wy = &self.weights[label * d..(label + 1) * d];

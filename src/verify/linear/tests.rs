@@ -5,7 +5,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::layers::{Boxed, Conv, Layer, MaxPool, Window};
-use super::{Chain, LinearBounder};
+use std::sync::Arc;
+
+use super::{BoxCache, Chain, LinearBounder};
 use crate::head::HeadKind;
 use crate::onnx::head::HeadSite;
 
@@ -56,11 +58,7 @@ fn chain(rng: &mut StdRng, nonlinear: bool) -> Chain {
             inputs: 64,
         });
     }
-    Chain {
-        layers,
-        pixels: 72,
-        features: 16,
-    }
+    Chain::from_layers(layers, 72, 16)
 }
 
 fn head(rng: &mut StdRng, d: usize) -> HeadSite {
@@ -268,4 +266,47 @@ fn refined_boxes_lie_inside_the_interval_boxes_and_tighten_some() {
             );
         }
     }
+}
+
+#[test]
+fn a_box_cache_serves_other_heads_on_the_same_chain_only() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let c = chain(&mut rng, true);
+    let other = chain(&mut rng, true);
+    let (h1, h2) = (head(&mut rng, 16), head(&mut rng, 16));
+    let images: Vec<Array1<f32>> = (0..4)
+        .map(|_| (0..72).map(|_| rng.random_range(0.0f32..1.0)).collect())
+        .collect();
+    let cache = Arc::new(BoxCache::default());
+    let eps = 0.03;
+    for h in [&h1, &h2] {
+        let plain = LinearBounder::new(c.clone(), h, 1e-7).unwrap().refined(true);
+        let cached = plain.clone().cached(Some(Arc::clone(&cache)));
+        for x in &images {
+            for label in 0..3 {
+                let (a, b) = (
+                    plain.worst_margin(x.view(), label, eps),
+                    cached.worst_margin(x.view(), label, eps),
+                );
+                assert_eq!(a.map(f64::to_bits), b.map(f64::to_bits), "label {label}");
+            }
+            assert_eq!(plain.feature_box(x.view(), eps), cached.feature_box(x.view(), eps));
+        }
+        // The second head reads the first one's boxes: nothing new is kept.
+        assert_eq!(cache.len(), images.len());
+    }
+    // Another radius, or another extractor, misses.
+    let cached = LinearBounder::new(c, &h1, 1e-7)
+        .unwrap()
+        .refined(true)
+        .cached(Some(Arc::clone(&cache)));
+    cached.worst_margin(images[0].view(), 0, 2.0 * eps);
+    assert_eq!(cache.len(), images.len() + 1);
+    let plain = LinearBounder::new(other, &h1, 1e-7).unwrap().refined(true);
+    let cached = plain.clone().cached(Some(Arc::clone(&cache)));
+    assert_eq!(
+        plain.worst_margin(images[0].view(), 0, eps).map(f64::to_bits),
+        cached.worst_margin(images[0].view(), 0, eps).map(f64::to_bits)
+    );
+    assert_eq!(cache.len(), images.len() + 2);
 }
