@@ -7,6 +7,10 @@ are one or two classes only; this script takes N images at random (seeded), in r
 order (so that `--limit M` on the result is a random subset too), which nnmend reads
 like any other .npz.
 
+`--skip K` takes the N images after the first K of the same random order (a held-out
+part disjoint from `--n K`); `--in-order` takes the first N in the cache's order
+instead; `--mirror` appends each image's left-right mirror, with its label, after them.
+
 Run from the project root (any python3 with numpy):
     python3 tools/train/cifar_subset.py --split train --n 10000 --seed 0
         -> target/cifar-cache/train_10k.npz
@@ -24,18 +28,27 @@ def main():
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default="target/cifar-cache")
+    parser.add_argument("--skip", type=int, default=0, help="skip the first K of the random order")
+    parser.add_argument("--in-order", action="store_true", help="the first N in the cache's order")
+    parser.add_argument("--mirror", action="store_true", help="append each image's left-right mirror")
     parser.add_argument("--out", help="default: CACHE/SPLIT_<n/1000>k.npz")
     args = parser.parse_args()
     data = np.load(os.path.join(args.cache, f"{args.split}.npz"))
     x, y = data["x"], data["y"]
-    if not 0 < args.n <= len(y):
-        parser.error(f"--n must be in 1..{len(y)}")
-    rows = np.random.default_rng(args.seed).permutation(len(y))[: args.n]
+    if not 0 < args.n <= len(y) - args.skip or args.skip < 0:
+        parser.error(f"--skip K and --n N must have 0 <= K and 0 < N <= {len(y)} - K")
+    if args.in_order:
+        rows = np.arange(args.skip, args.skip + args.n)
+    else:
+        rows = np.random.default_rng(args.seed).permutation(len(y))[args.skip : args.skip + args.n]
+    xs, ys = x[rows], y[rows]
+    if args.mirror:
+        xs, ys = np.concatenate([xs, xs[:, :, ::-1, :]]), np.concatenate([ys, ys])
     out = args.out or os.path.join(args.cache, f"{args.split}_{args.n // 1000}k.npz")
     tmp = out + ".tmp.npz"
-    np.savez(tmp, x=x[rows], y=y[rows])
+    np.savez(tmp, x=xs, y=ys)
     os.replace(tmp, out)
-    print(f"{out}: {args.n} images, per class {np.bincount(y[rows], minlength=10).tolist()}")
+    print(f"{out}: {len(ys)} images, per class {np.bincount(ys, minlength=10).tolist()}")
 
 
 if __name__ == "__main__":
