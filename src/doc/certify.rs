@@ -96,9 +96,7 @@ impl CertifyDoc {
             seconds,
         }
     }
-}
 
-impl CertifyDoc {
     /// The text `certify` prints: one line per ε.
     pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         writeln!(

@@ -171,8 +171,7 @@ pub fn worst_margin(
         return None;
     }
     let wy = head.weights.row(label);
-    let n = (d + 2) as f64 * roundoff;
-    let gamma = if n >= 1.0 { f64::INFINITY } else { n / (1.0 - n) };
+    let gamma = super::linear::gamma(roundoff, d + 2);
     let mut worst = f64::INFINITY;
     for j in (0..k).filter(|&j| j != label) {
         let wj = head.weights.row(j);

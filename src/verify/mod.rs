@@ -41,6 +41,7 @@ use crate::onnx::ModelProto;
 pub use bounder::{bounds_model, feature_bounds, worst_margin, Bounder, Bounds};
 pub use error::VerifyError;
 pub use linear::BoxCache;
+
 /// What [`certify`] does.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -61,7 +61,7 @@ pub struct Chain {
 }
 
 /// Relative error bound of an f32 sum of `n` terms, `γ_n`, for unit roundoff `u`.
-fn gamma(u: f64, n: usize) -> f64 {
+pub(super) fn gamma(u: f64, n: usize) -> f64 {
     Margin {
         roundoff: u,
         ..Margin::NONE
