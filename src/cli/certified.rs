@@ -26,6 +26,11 @@ use super::{print_doc, save_model, usage, warn};
 /// rounding, which `certify` subtracts.
 pub(super) const CERTIFY_MARGIN: f64 = 0.1;
 
+/// The price of a unit of a ball's shortfall by default: high enough that a ball
+/// stays uncertified only when certifying it costs far more than the others did
+/// (chosen on a validation split, docs/RESULTS.md).
+const BALL_PRICE: f64 = 10.0;
+
 /// Runs `nnmend repair --certify E`, for `hybrid` read from `args.hybrid`.
 pub(super) fn repair(args: &RepairArgs, hybrid: &ModelProto, eps: f32) -> Result<ExitCode> {
     if args.repair.rounds > 1 || matches!(args.repair.mode, Mode::Paper) {
@@ -39,7 +44,7 @@ pub(super) fn repair(args: &RepairArgs, hybrid: &ModelProto, eps: f32) -> Result
     let settings = CertifiedRepairSettings {
         eps,
         margin: args.repair.margin.unwrap_or(CERTIFY_MARGIN),
-        ball_price: args.repair.slack_price,
+        ball_price: args.repair.slack_price.unwrap_or(BALL_PRICE),
         keep_price: args.repair.keep_price,
         preserve: args.repair.preserve,
         repair_bias: args.repair.repair_bias,

@@ -88,9 +88,10 @@ pub(super) struct RepairOptions {
     /// every repair sample [default: 1 for a linear hybrid, 0.2 for a kernel hybrid].
     #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
     pub margin: Option<f64>,
-    /// Margin mode: price of a unit of a repair sample's shortfall.
-    #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
-    pub slack_price: f64,
+    /// Margin mode: price of a unit of a repair sample's shortfall; a certified
+    /// repair: of a ball's [default: 1, and 10 for a ball].
+    #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
+    pub slack_price: Option<f64>,
     /// Margin mode: price of a unit of a preservation sample's loss of margin.
     #[arg(long, default_value_t = 10.0, value_parser = non_negative, allow_negative_numbers = true)]
     pub keep_price: f64,
@@ -159,7 +160,7 @@ impl RepairOptions {
         Settings {
             margin: matches!(self.mode, Mode::Margin).then_some(MarginOptions {
                 margin: self.margin.unwrap_or(if kernel { KERNEL_MARGIN } else { 1.0 }),
-                slack_price: self.slack_price,
+                slack_price: self.slack_price.unwrap_or(1.0),
                 keep_price: self.keep_price,
                 guard_price: self.guard_price.unwrap_or(if kernel { 0.0 } else { 0.5 }),
                 solve: MarginSettings {

@@ -596,6 +596,8 @@ fn certified_repair_certifies_its_balls_as_certify_and_the_reference_check_them(
     assert_eq!(after, 40, "{doc}");
     assert_eq!(doc["efficacy"], 1.0);
     assert!(doc["change"]["l1"].as_f64().unwrap() > 0.0);
+    // A ball's shortfall is priced 10 by default, a repair sample's 1.
+    assert_eq!(doc["ball_price"], 10.0);
 
     // `certify` finds the same, and PGD breaks none of them.
     let out = run(&[
