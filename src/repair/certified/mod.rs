@@ -25,7 +25,8 @@
 //! A point (radius 0: the preservation set) is the same row without a. The rows are
 //! dense, so they are generated: the restricted program (the rows that bind, and the
 //! pairs those rows name) is solved by clarabel, every (sample, class) is then checked
-//! with the exact worst margin, and the violated ones join until none is left. The
+//! with the exact worst margin, and the violated ones join until none is left; rows
+//! that neither bind nor come near their margin leave it between rounds. The
 //! restricted program is a relaxation whose solution is feasible for the whole one, so
 //! it is the whole one's optimum.
 
@@ -81,6 +82,11 @@ pub struct CertifiedSettings {
     pub column_tol: f64,
     /// Weights that join per round, at most (the most negative reduced costs).
     pub columns_per_round: usize,
+    /// Rows with no dual weight and a slack beyond `lookahead` leave the restricted
+    /// program after each round (they are checked every round like the others and join
+    /// again when broken): an early solution breaks many preserved images' rows that
+    /// the optimum leaves slack, and each row kept makes every later solve dearer.
+    pub drop_rows: bool,
 }
 
 impl Default for CertifiedSettings {
@@ -93,6 +99,7 @@ impl Default for CertifiedSettings {
             max_iter: super::DEFAULT_MAX_ITER,
             column_tol: 1e-7,
             columns_per_round: 200,
+            drop_rows: true,
         }
     }
 }
@@ -149,6 +156,15 @@ pub fn worst_margins(p: &CertifiedProblem, w: ArrayView2<f64>, b: ArrayView1<f64
         }
     }
     out
+}
+
+/// Σ|Δw| + Σ|Δb| of `(w, b)` against the problem's head.
+fn change_of(w: &Array2<f64>, b: &Array1<f64>, p: &CertifiedProblem) -> f64 {
+    (w - &p.weights)
+        .iter()
+        .chain((b - &p.bias).iter())
+        .map(|v| v.abs())
+        .sum()
 }
 
 /// Solves the certified program (see the module's documentation): rows and weights
@@ -231,12 +247,8 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
         };
         let done = entering.is_empty() && columns.is_empty();
         if done || failed || rounds >= settings.max_rounds {
-            let change: f64 = (&sol.weights - &p.weights)
-                .iter()
-                .chain((&sol.bias - &p.bias).iter())
-                .map(|v| v.abs())
-                .sum();
-            let objective = change + shortfall.iter().zip(p.price).map(|(x, c)| x * c).sum::<f64>();
+            let objective =
+                change_of(&sol.weights, &sol.bias, p) + shortfall.iter().zip(p.price).map(|(x, c)| x * c).sum::<f64>();
             let status = if failed || done { sol.status } else { Status::Stalled };
             return CertifiedSolution {
                 weights: sol.weights,
@@ -250,6 +262,28 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
                 columns: working.iter().filter(|&&w| w).count(),
                 seconds: started.elapsed().as_secs_f64(),
             };
+        }
+        // Rows leave only in the first half of the rounds: from then on the rounds
+        // only add, and end as plain row generation does.
+        if settings.drop_rows && rounds < settings.max_rounds / 2 {
+            // Rows that neither bind (no dual weight) nor come near their margin leave
+            // the restricted program; they are checked every round like any other and
+            // join again when a later solution breaks them.
+            let top = (0..rows.len())
+                .map(|i| sol.z[layout.margin0 + i])
+                .fold(0.0f64, f64::max);
+            let mut kept = Vec::with_capacity(rows.len());
+            for (i, &(s, c)) in rows.iter().enumerate() {
+                let slack = -need(&worst, s, c);
+                if sol.z[layout.margin0 + i] <= 1e-6 * top
+                    && slack > settings.lookahead * p.margin[s].abs().max(settings.tol)
+                {
+                    active[s * k + c] = false;
+                } else {
+                    kept.push((s, c));
+                }
+            }
+            rows = kept;
         }
         for (s, c) in entering.into_iter().chain(near) {
             active[s * k + c] = true;
@@ -423,6 +457,19 @@ mod tests {
             };
             let generated = solve(&p, &CertifiedSettings::default());
             let whole = solve_with(&p, &CertifiedSettings::default(), &vec![true; k * d]);
+            // Keeping every row that joined reaches the same optimum.
+            let keeping = CertifiedSettings {
+                drop_rows: false,
+                ..CertifiedSettings::default()
+            };
+            let kept = solve(&p, &keeping);
+            assert_eq!(kept.status, Status::Solved, "seed {seed}");
+            assert!(
+                (kept.objective - whole.objective).abs() <= 1e-5 * (1.0 + whole.objective),
+                "seed {seed}: {} against {}",
+                kept.objective,
+                whole.objective
+            );
             assert_eq!(generated.status, Status::Solved, "seed {seed}");
             assert_eq!(whole.status, Status::Solved, "seed {seed}");
             assert!(

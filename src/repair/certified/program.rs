@@ -41,7 +41,7 @@ pub(super) struct Layout {
     /// (`usize::MAX` when the feature is fixed for that pair).
     pair_rows: Vec<Vec<usize>>,
     /// The first margin row; margin row `i` is `rows[i]`.
-    margin0: usize,
+    pub(super) margin0: usize,
 }
 
 /// Whether feature `j` can change for the pair `(t, c)`: either class's weight can.
