@@ -40,7 +40,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::graph::{dims, node_label, Dim, Index, DIMENSION_OPS};
+use super::graph::{dims, graph_of, node_label, Dim, Index, DIMENSION_OPS};
 use super::proto::{ModelProto, NodeProto};
 use super::tensor::element_count;
 use super::OnnxError;
@@ -335,10 +335,7 @@ impl Finder<'_, '_> {
 /// module docs (the last pooling output, the tensor entering the last weighted node,
 /// the tensor entering the flatten→dense head).
 pub fn find_cut(model: &ModelProto, at: Option<&str>) -> Result<Cut, OnnxError> {
-    let graph = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+    let graph = graph_of(model)?;
     let index = Index::new(graph)?;
     let inputs = index.data_inputs();
     let input = match inputs.as_slice() {

@@ -100,6 +100,22 @@ fn free_names(g: &GraphProto) -> Vec<&str> {
     free
 }
 
+/// The graph of `model`, or an error when it holds none.
+pub fn graph_of(model: &ModelProto) -> Result<&GraphProto, OnnxError> {
+    model
+        .graph
+        .as_ref()
+        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))
+}
+
+/// The graph of `model`, mutably, or an error when it holds none.
+pub fn graph_of_mut(model: &mut ModelProto) -> Result<&mut GraphProto, OnnxError> {
+    model
+        .graph
+        .as_mut()
+        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))
+}
+
 /// Lookup tables over one graph, built once.
 #[derive(Debug)]
 pub struct Index<'g> {

@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use ndarray::{ArrayView1, ArrayView2};
 
 use super::cut::Cut;
-use super::graph::{dims, elem_type, node_inputs, Dim, Index};
+use super::graph::{dims, elem_type, graph_of, node_inputs, Dim, Index};
 use super::proto::{
     attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
     StringStringEntryProto, TensorShapeProto, TypeProto, ValueInfoProto,
@@ -156,10 +156,7 @@ fn rename_tensor(graph: &mut GraphProto, from: &str, to: &str) {
 /// The feature extractor of `model`: the nodes computing `cut.tensor`, then
 /// `Flatten(axis=1)` into the output `features` [N, D]. `feature_dim` is D when known.
 pub fn extractor(model: &ModelProto, cut: &Cut, feature_dim: Option<usize>) -> Result<ModelProto, OnnxError> {
-    let graph = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+    let graph = graph_of(model)?;
     let index = Index::new(graph)?;
     let keep = index.ancestors(&[&cut.tensor]);
     let nodes: Vec<NodeProto> = keep.iter().map(|&i| graph.node[i].clone()).collect();
@@ -369,10 +366,7 @@ fn with_head(
     }
     let feature_dim = kernel.map_or(d, |map| map.landmarks.ncols());
     let mut out = extractor(model, cut, Some(feature_dim))?;
-    let original = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+    let original = graph_of(model)?;
     let original_index = Index::new(original)?;
     let softmax = trailing_softmax(original, &original_index, &cut.output);
     let opset = opset(model);

@@ -3,25 +3,12 @@
 
 use super::*;
 use ndarray::{array, Array2};
-use rand::Rng;
 
 type TestResult = Result<(), SvmError>;
 
 /// Three overlapping blobs of non-negative, uncentred features (like CNN activations).
 fn blobs(n: usize, d: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut x = Array2::<f32>::zeros((n, d));
-    let mut y = Vec::with_capacity(n);
-    for i in 0..n {
-        let class = i % 3;
-        for j in 0..d {
-            let centre = if j % 3 == class { 1.0 } else { 0.0 };
-            let v: f32 = centre + rng.random_range(-1.0..1.0);
-            x[[i, j]] = v.max(0.0) + 0.5;
-        }
-        y.push(class);
-    }
-    (x, y)
+    super::tests::blobs_with(n, d, seed, 1.0, |_, v| v.max(0.0) + 0.5)
 }
 
 fn with(solver: SolverChoice, c: f64, tol: f64) -> SvmParams {

@@ -6,22 +6,35 @@ use rand::Rng;
 
 type TestResult = Result<(), SvmError>;
 
-/// Three overlapping uniform blobs in `d` dimensions, with some zeros so
-/// that sparse and dense storage both see realistic rows.
-fn blobs(n: usize, d: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
+/// Three overlapping blobs in `d` dimensions: feature `j` of class `j % 3` is centred
+/// on `centre`, the others on 0, each spread uniformly over ±1 and then passed to
+/// `place` (with the generator, for a further draw).
+pub(super) fn blobs_with(
+    n: usize,
+    d: usize,
+    seed: u64,
+    centre: f32,
+    mut place: impl FnMut(&mut ChaCha8Rng, f32) -> f32,
+) -> (Array2<f32>, Vec<usize>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut x = Array2::<f32>::zeros((n, d));
     let mut y = Vec::with_capacity(n);
     for i in 0..n {
         let class = i % 3;
         for j in 0..d {
-            let centre = if j % 3 == class { 1.5 } else { 0.0 };
-            let v: f32 = centre + rng.random_range(-1.0..1.0);
-            x[[i, j]] = if rng.random_bool(0.3) { 0.0 } else { v };
+            let c = if j % 3 == class { centre } else { 0.0 };
+            let v: f32 = c + rng.random_range(-1.0..1.0);
+            x[[i, j]] = place(&mut rng, v);
         }
         y.push(class);
     }
     (x, y)
+}
+
+/// Three overlapping uniform blobs in `d` dimensions, with some zeros so
+/// that sparse and dense storage both see realistic rows.
+fn blobs(n: usize, d: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
+    blobs_with(n, d, seed, 1.5, |rng, v| if rng.random_bool(0.3) { 0.0 } else { v })
 }
 
 /// Dual coordinate descent with these settings (the primal has tests of its own).

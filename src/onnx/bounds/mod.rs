@@ -61,8 +61,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::grad::builder::Builder;
 use super::grad::{unsupported, Forward, FWD, PIXELS};
-use super::graph::{Dim, Index};
-use super::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
+use super::graph::{graph_of, graph_of_mut, Dim, Index};
+use super::proto::{ModelProto, NodeProto, TensorProto};
 use super::surgery::{opset, tensor_value_info, BATCH};
 use super::tensor::{self, FLOAT};
 use super::OnnxError;
@@ -259,13 +259,6 @@ impl Ctx<'_> {
     }
 }
 
-fn graph_of(model: &ModelProto) -> Result<&GraphProto, OnnxError> {
-    model
-        .graph
-        .as_ref()
-        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))
-}
-
 /// Appends interval bounds of the forward graph's output to it. `shapes` holds the
 /// shape of every tensor in [`Forward::active`], measured on a batch of
 /// [`super::grad::PROBE_BATCH`]. The result has inputs [`PIXELS`] and [`EPS`] and
@@ -324,10 +317,7 @@ pub fn build(fwd: &Forward, shapes: &HashMap<String, Vec<usize>>, margin: Margin
     ctx.b.op_into("Identity", &[&out.l], LOWER, vec![]);
     ctx.b.op_into("Identity", &[&out.u], UPPER, vec![]);
 
-    let g = model
-        .graph
-        .as_mut()
-        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+    let g = graph_of_mut(&mut model)?;
     // The forward graph's Identity to `logits` becomes the value output.
     for n in g.node.iter_mut() {
         if n.output.first().map(String::as_str) == Some(super::grad::LOGITS) {

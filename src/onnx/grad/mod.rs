@@ -35,7 +35,7 @@ mod spatial;
 
 use std::collections::{HashMap, HashSet};
 
-use super::graph::{dims, elem_type, node_label, Dim, Index};
+use super::graph::{dims, elem_type, graph_of, graph_of_mut, node_label, Dim, Index};
 use super::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
 use super::surgery::{opset, relax_batch, tensor_value_info, BATCH};
 use super::tensor::{self, FLOAT};
@@ -130,13 +130,6 @@ const NO_GRADIENT: &[&str] = &[
 
 /// Ops that end a classifier after its logits and are dropped.
 const TRAILING: &[&str] = &["Identity", "Softmax", "LogSoftmax", "Dropout"];
-
-fn graph_of(model: &ModelProto) -> Result<&GraphProto, OnnxError> {
-    model
-        .graph
-        .as_ref()
-        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))
-}
 
 fn renamed(name: &str) -> String {
     if name.is_empty() {
@@ -526,10 +519,7 @@ fn backward_with(
     let total = ctx.b.sum(&terms);
     ctx.b.op_into("Identity", &[&total], GRAD, vec![]);
 
-    let g = model
-        .graph
-        .as_mut()
-        .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+    let g = graph_of_mut(&mut model)?;
     let batch = Dim::Param(BATCH.into());
     g.input.push(tensor_value_info(
         TARGET,

@@ -43,7 +43,7 @@ use ndarray::ArrayView1;
 use crate::data::Layout;
 use crate::onnx::bounds::Margin;
 use crate::onnx::grad::unsupported;
-use crate::onnx::graph::Index;
+use crate::onnx::graph::{graph_of, Index};
 use crate::onnx::head::HeadSite;
 use crate::onnx::proto::ModelProto;
 use crate::onnx::OnnxError;
@@ -82,10 +82,7 @@ impl Chain {
         std: &[f32],
         roundoff: f64,
     ) -> Result<Self, OnnxError> {
-        let graph = model
-            .graph
-            .as_ref()
-            .ok_or_else(|| OnnxError::Graph("the model holds no graph".into()))?;
+        let graph = graph_of(model)?;
         let index = Index::new(graph)?;
         let inputs = index.data_inputs();
         let [input] = inputs.as_slice() else {
