@@ -50,13 +50,15 @@ impl Conv {
         self.window.input[0] / self.group * self.window.kernel[0] * self.window.kernel[1]
     }
 
-    /// For every (output, input) position pair the kernel joins, calls
-    /// `f(weight index, input index, output index)`.
-    fn each(&self, mut f: impl FnMut(usize, usize, usize)) {
+    /// For every kernel tap and output row, the run of output positions it joins:
+    /// calls `f(weight index, first input index, first output index, length)`, the
+    /// input index stepping by the column stride and the output index by one.
+    pub(super) fn each_run(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
         let [c, h, w] = self.window.input;
         let [m, oh, ow] = self.window.output;
         let [kh, kw] = self.window.kernel;
         let (cg, mg) = (c / self.group, m / self.group);
+        let (sx, dx, px) = (self.window.stride[1], self.window.dilation[1], self.window.pad[1]);
         for om in 0..m {
             let g = om / mg;
             for ci in 0..cg {
@@ -64,15 +66,20 @@ impl Conv {
                 for ky in 0..kh {
                     for kx in 0..kw {
                         let wi = ((om * cg + ci) * kh + ky) * kw + kx;
+                        // The output columns whose tap kx lands inside the image.
+                        let first = (px.saturating_sub(kx * dx)).div_ceil(sx);
+                        let Some(ix0) = (first * sx + kx * dx).checked_sub(px) else {
+                            continue;
+                        };
+                        if ix0 >= w || first >= ow {
+                            continue;
+                        }
+                        let len = ((w - 1 - ix0) / sx + 1).min(ow - first);
                         for oy in 0..oh {
                             let Some(iy) = self.window.at(0, oy, ky) else {
                                 continue;
                             };
-                            for ox in 0..ow {
-                                if let Some(ix) = self.window.at(1, ox, kx) {
-                                    f(wi, (ic * h + iy) * w + ix, (om * oh + oy) * ow + ox);
-                                }
-                            }
+                            f(wi, (ic * h + iy) * w + ix0, (om * oh + oy) * ow + first, len);
                         }
                     }
                 }
@@ -82,8 +89,34 @@ impl Conv {
 }
 
 impl Conv {
+    /// Adds `l` times output `o`'s kernel to the inputs it reads (a row of `Wᵀ`).
+    fn scatter(&self, o: usize, l: f64, scratch: &mut Scratch) {
+        let [c, h, w] = self.window.input;
+        let [m, oh, ow] = self.window.output;
+        let [kh, kw] = self.window.kernel;
+        let (cg, mg) = (c / self.group, m / self.group);
+        let (om, rest) = (o / (oh * ow), o % (oh * ow));
+        let (oy, ox) = (rest / ow, rest % ow);
+        let g = om / mg;
+        for ci in 0..cg {
+            let ic = g * cg + ci;
+            for ky in 0..kh {
+                let Some(iy) = self.window.at(0, oy, ky) else {
+                    continue;
+                };
+                let wrow = ((om * cg + ci) * kh + ky) * kw;
+                for kx in 0..kw {
+                    if let Some(ix) = self.window.at(1, ox, kx) {
+                        scratch.add((ic * h + iy) * w + ix, self.w[wrow + kx] * l);
+                    }
+                }
+            }
+        }
+    }
+
     /// `Wᵀ λ`, output by output, skipping the zeros of `λ` (a single neuron's
     /// coefficients touch only its receptive field).
+    #[cfg(test)]
     fn transpose(&self, lambda: &[f64]) -> Vec<f64> {
         let [c, h, w] = self.window.input;
         let [m, oh, ow] = self.window.output;
@@ -144,6 +177,61 @@ impl MaxPool {
 
     fn outputs(&self) -> usize {
         self.window.output.iter().product()
+    }
+}
+
+/// Linear coefficients on a layer's values: the non-zero ones, `(index, value)` in
+/// increasing index order. A back-substitution from one neuron only ever touches its
+/// receptive field, so its coefficients stay sparse until the pixels.
+pub(super) type Coefficients = Vec<(usize, f64)>;
+
+/// Buffers reused by the steps of back-substitutions: a dense accumulator over the
+/// widest layer and the indices it holds.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    acc: Vec<f64>,
+    seen: Vec<bool>,
+    touched: Vec<usize>,
+    window: Vec<usize>,
+}
+
+impl Scratch {
+    /// Makes room for `n` values.
+    fn room(&mut self, n: usize) {
+        if self.acc.len() < n {
+            self.acc.resize(n, 0.0);
+            self.seen.resize(n, false);
+        }
+    }
+
+    fn add(&mut self, i: usize, v: f64) {
+        if !self.seen[i] {
+            self.seen[i] = true;
+            self.touched.push(i);
+        }
+        self.acc[i] += v;
+    }
+
+    /// Moves the accumulated values into `out`, in increasing index order (so that
+    /// every sum downstream is taken in the order of the dense computation), and
+    /// clears the accumulator.
+    fn drain(&mut self, n: usize, out: &mut Coefficients) {
+        out.clear();
+        let t = self.touched.len();
+        if t * (usize::BITS - t.leading_zeros()) as usize > n {
+            self.touched.clear();
+            self.touched.extend((0..n).filter(|&i| self.seen[i]));
+        } else {
+            self.touched.sort_unstable();
+        }
+        for &i in &self.touched {
+            let v = std::mem::take(&mut self.acc[i]);
+            self.seen[i] = false;
+            if v != 0.0 {
+                out.push((i, v));
+            }
+        }
+        self.touched.clear();
     }
 }
 
@@ -281,12 +369,23 @@ impl Layer {
                 let mut rad = mid.clone();
                 let mut err = mid.clone();
                 let mut size = mid.clone();
-                c.each(|wi, i, o| {
+                // Per input: the box's centre and half-width, and the magnitude the
+                // rounding error scales with.
+                let centre: Vec<f64> = x.lower.iter().zip(&x.upper).map(|(l, u)| 0.5 * (l + u)).collect();
+                let half: Vec<f64> = x.lower.iter().zip(&x.upper).map(|(l, u)| 0.5 * (u - l)).collect();
+                let magnitude: Vec<f64> = (0..x.lower.len())
+                    .map(|i| x.lower[i].abs().max(x.upper[i].abs()) + x.error[i])
+                    .collect();
+                let step = c.window.stride[1];
+                c.each_run(|wi, i0, o0, len| {
                     let (wv, aw) = (c.w[wi], c.w[wi].abs());
-                    mid[o] += wv * 0.5 * (x.lower[i] + x.upper[i]);
-                    rad[o] += aw * 0.5 * (x.upper[i] - x.lower[i]);
-                    err[o] += aw * x.error[i];
-                    size[o] += aw * (x.lower[i].abs().max(x.upper[i].abs()) + x.error[i]);
+                    for t in 0..len {
+                        let (i, o) = (i0 + t * step, o0 + t);
+                        mid[o] += wv * centre[i];
+                        rad[o] += aw * half[i];
+                        err[o] += aw * x.error[i];
+                        size[o] += aw * magnitude[i];
+                    }
                 });
                 let per = c.window.output[1] * c.window.output[2];
                 affine_box(mid, rad, err, size, |o| c.b[o / per], rho)
@@ -311,10 +410,106 @@ impl Layer {
         }
     }
 
-    /// One step of back-substitution for a lower bound of `λ·y`: given the
+    /// One step of back-substitution for a lower bound of `λ·y`: given the non-zero
     /// coefficients `lambda` on this layer's output and the box `x` of its input,
-    /// returns the coefficients on the input and adds the constant to `constant`.
-    pub fn backward(&self, lambda: &[f64], x: &Boxed, constant: &mut f64) -> Vec<f64> {
+    /// writes the coefficients on the input to `out` and adds the constant to
+    /// `constant` (the relaxations of the module's documentation).
+    pub fn backward(
+        &self,
+        lambda: &[(usize, f64)],
+        x: &Boxed,
+        constant: &mut f64,
+        scratch: &mut Scratch,
+        out: &mut Coefficients,
+    ) {
+        let inputs = x.lower.len();
+        out.clear();
+        match self {
+            Layer::Relu => {
+                for &(i, l) in lambda {
+                    let (lo, hi) = (x.lower[i], x.upper[i]);
+                    let v = if hi <= 0.0 {
+                        0.0
+                    } else if lo >= 0.0 {
+                        l
+                    } else if l >= 0.0 {
+                        // relu(z) ≥ α z with α ∈ {0, 1}: the one nearer the relu on the box
+                        // (0 on a tie, up to the rounding of the box).
+                        if hi + lo > TIE * (hi - lo) {
+                            l
+                        } else {
+                            0.0
+                        }
+                    } else {
+                        // relu(z) ≤ s (z − lo), the chord.
+                        let s = hi / (hi - lo);
+                        *constant -= l * s * lo;
+                        l * s
+                    };
+                    if v != 0.0 {
+                        out.push((i, v));
+                    }
+                }
+            }
+            Layer::MaxPool(p) => {
+                scratch.room(inputs);
+                let mut window = std::mem::take(&mut scratch.window);
+                for &(o, l) in lambda {
+                    p.window(o, &mut window);
+                    // The first input whose lower bound is the largest, up to the rounding
+                    // of the box: max ≥ it (any input would do), and max = it when its
+                    // lower bound reaches every other input's upper bound.
+                    let top = window.iter().map(|&i| x.lower[i]).fold(f64::NEG_INFINITY, f64::max);
+                    let Some(&best) = window.iter().find(|&&i| x.lower[i] >= top - TIE * top.abs()) else {
+                        continue;
+                    };
+                    let dominant = window.iter().all(|&i| i == best || x.upper[i] <= x.lower[best]);
+                    if l > 0.0 || dominant {
+                        scratch.add(best, l);
+                    } else {
+                        let top = window.iter().map(|&i| x.upper[i]).fold(f64::NEG_INFINITY, f64::max);
+                        *constant += l * top;
+                    }
+                }
+                scratch.window = window;
+                scratch.drain(inputs, out);
+            }
+            Layer::Elementwise { scale, shift, .. } => {
+                // Each affine layer's terms are summed before they join the constant.
+                *constant += lambda.iter().map(|&(i, l)| l * shift[i]).sum::<f64>();
+                for &(i, l) in lambda {
+                    let v = l * scale[i];
+                    if v != 0.0 {
+                        out.push((i, v));
+                    }
+                }
+            }
+            Layer::Conv(c) => {
+                scratch.room(inputs);
+                let per = c.window.output[1] * c.window.output[2];
+                *constant += lambda.iter().map(|&(o, l)| l * c.b[o / per]).sum::<f64>();
+                for &(o, l) in lambda {
+                    c.scatter(o, l, scratch);
+                }
+                scratch.drain(inputs, out);
+            }
+            Layer::Dense { w, b, inputs } => {
+                scratch.room(*inputs);
+                *constant += lambda.iter().map(|&(o, l)| l * b[o]).sum::<f64>();
+                for &(o, l) in lambda {
+                    for (i, &wv) in w[o * inputs..(o + 1) * inputs].iter().enumerate() {
+                        scratch.add(i, wv * l);
+                    }
+                }
+                scratch.drain(*inputs, out);
+            }
+        }
+    }
+
+    /// [`Self::backward`] on dense coefficients, as first written: the reference the
+    /// sparse steps are tested against.
+    #[cfg(test)]
+    pub fn backward_dense(&self, lambda: &[f64], x: &Boxed, constant: &mut f64) -> Vec<f64> {
         match self {
             Layer::Relu => lambda
                 .iter()

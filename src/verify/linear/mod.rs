@@ -189,23 +189,16 @@ impl Chain {
         }];
         let g = |k: usize| gamma(roundoff, k);
         let mut nonlinear = false;
+        let mut work = Substitution::default();
         for (t, layer) in self.layers.iter().enumerate() {
             let mut next = layer.forward(all.last().unwrap_or_else(|| unreachable!()), &g);
             let feeds_relu = matches!(self.layers.get(t + 1), Some(Layer::Relu));
             if refine && nonlinear && feeds_relu && layer.affine() {
-                let width = next.lower.len();
-                for k in 0..width {
+                for k in 0..next.lower.len() {
                     if next.lower[k] >= 0.0 || next.upper[k] <= 0.0 {
                         continue;
                     }
-                    let mut unit = vec![0.0; width];
-                    unit[k] = 1.0;
-                    let below = self.substitute(t, unit.clone(), &all);
-                    unit[k] = -1.0;
-                    let above = -self.substitute(t, unit, &all);
-                    let slack = layers::F64_SLACK * (below.abs().max(above.abs()));
-                    next.lower[k] = next.lower[k].max(below - slack);
-                    next.upper[k] = next.upper[k].min(above + slack);
+                    self.tighten(t, k, &all, &mut next, &mut work);
                 }
             }
             nonlinear |= !layer.affine();
@@ -215,38 +208,53 @@ impl Chain {
         // interval bound (and a certified repair's program) reads.
         let last = self.layers.len();
         if refine && nonlinear && last > 0 {
-            let width = all[last].lower.len();
-            for k in 0..width {
-                let mut unit = vec![0.0; width];
-                unit[k] = 1.0;
-                let below = self.substitute(last - 1, unit.clone(), &all[..last]);
-                unit[k] = -1.0;
-                let above = -self.substitute(last - 1, unit, &all[..last]);
-                let slack = layers::F64_SLACK * (below.abs().max(above.abs()));
-                let f = &mut all[last];
-                f.lower[k] = f.lower[k].max(below - slack);
-                f.upper[k] = f.upper[k].min(above + slack);
+            let mut features = all.pop().unwrap_or_else(|| unreachable!());
+            for k in 0..features.lower.len() {
+                self.tighten(last - 1, k, &all, &mut features, &mut work);
             }
+            all.push(features);
         }
         all
     }
 
-    /// A lower bound of `lambda · y` over the ball, `y` the output of layer `last`,
-    /// by back-substitution through layers `last` down to the first, whose input
-    /// boxes are `boxes`.
-    fn substitute(&self, last: usize, mut lambda: Vec<f64>, boxes: &[Boxed]) -> f64 {
+    /// Tightens element `k` of `out`, the box of layer `t`'s output, by
+    /// back-substitution of `±y_k` through the boxes `boxes` of the layers up to `t`.
+    fn tighten(&self, t: usize, k: usize, boxes: &[Boxed], out: &mut Boxed, work: &mut Substitution) {
+        let below = self.substitute(t, &[(k, 1.0)], boxes, work);
+        let above = -self.substitute(t, &[(k, -1.0)], boxes, work);
+        let slack = layers::F64_SLACK * (below.abs().max(above.abs()));
+        out.lower[k] = out.lower[k].max(below - slack);
+        out.upper[k] = out.upper[k].min(above + slack);
+    }
+
+    /// A lower bound of `lambda · y` over the ball, `y` the output of layer `last` and
+    /// `lambda` its non-zero coefficients in increasing index order, by
+    /// back-substitution through layers `last` down to the first, whose input boxes
+    /// are `boxes`.
+    fn substitute(&self, last: usize, lambda: &[(usize, f64)], boxes: &[Boxed], work: &mut Substitution) -> f64 {
         let mut constant = 0.0;
+        work.from.clear();
+        work.from.extend_from_slice(lambda);
         for t in (0..=last).rev() {
-            lambda = self.layers[t].backward(&lambda, &boxes[t], &mut constant);
+            self.layers[t].backward(&work.from, &boxes[t], &mut constant, &mut work.scratch, &mut work.to);
+            std::mem::swap(&mut work.from, &mut work.to);
         }
         let px = &boxes[0];
         constant
-            + lambda
+            + work
+                .from
                 .iter()
-                .zip(px.lower.iter().zip(&px.upper))
-                .map(|(&l, (&a, &b))| (l * a).min(l * b))
+                .map(|&(i, l)| (l * px.lower[i]).min(l * px.upper[i]))
                 .sum::<f64>()
     }
+}
+
+/// The buffers of back-substitutions, reused from one to the next.
+#[derive(Debug, Default)]
+struct Substitution {
+    from: layers::Coefficients,
+    to: layers::Coefficients,
+    scratch: layers::Scratch,
 }
 
 /// The boxes of balls, kept across bounders of one extractor. They depend on the
@@ -418,17 +426,23 @@ impl LinearBounder {
             .collect();
         classes.sort_by(|a, b| (a.1 - a.2).total_cmp(&(b.1 - b.2)));
         let mut worst = f64::INFINITY;
+        let mut work = Substitution::default();
         for (j, interval, allowance) in classes {
             let wj = &self.weights[j * d..(j + 1) * d];
-            let lambda: Vec<f64> = wy.iter().zip(wj).map(|(a, b)| a - b).collect();
+            let lambda: Vec<(usize, f64)> = wy
+                .iter()
+                .zip(wj)
+                .map(|(a, b)| a - b)
+                .enumerate()
+                .filter(|&(_, l)| l != 0.0)
+                .collect();
             let linear = self.bias[label] - self.bias[j]
                 + match self.chain.layers.len() {
                     0 => lambda
                         .iter()
-                        .zip(boxes[0].lower.iter().zip(&boxes[0].upper))
-                        .map(|(&l, (&a, &b))| (l * a).min(l * b))
+                        .map(|&(i, l)| (l * boxes[0].lower[i]).min(l * boxes[0].upper[i]))
                         .sum::<f64>(),
-                    n => self.chain.substitute(n - 1, lambda, &boxes),
+                    n => self.chain.substitute(n - 1, &lambda, &boxes, &mut work),
                 };
             worst = worst.min(linear.max(interval) - allowance);
             if worst <= stop {

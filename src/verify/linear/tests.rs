@@ -310,3 +310,90 @@ fn a_box_cache_serves_other_heads_on_the_same_chain_only() {
     );
     assert_eq!(cache.len(), images.len() + 2);
 }
+
+#[test]
+fn sparse_back_substitution_steps_equal_the_dense_ones_to_the_bit() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let c = chain(&mut rng, true);
+    let x: Vec<f64> = (0..72).map(|_| rng.random_range(0.0..1.0)).collect();
+    let eps = 0.1;
+    let boxes = c.boxes(
+        x.iter().map(|&p| (p - eps).max(0.0)).collect(),
+        x.iter().map(|&p| (p + eps).min(1.0)).collect(),
+        0.0,
+        false,
+    );
+    let mut scratch = super::layers::Scratch::default();
+    let mut sparse = Vec::new();
+    for (t, layer) in c.layers.iter().enumerate() {
+        let width = boxes[t + 1].lower.len();
+        for density in [0.05, 0.5, 1.0] {
+            // Coefficients of both signs, many of them zero.
+            let dense: Vec<f64> = (0..width)
+                .map(|_| {
+                    if rng.random_bool(density) {
+                        rng.random_range(-1.0..1.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let given: Vec<(usize, f64)> = dense.iter().copied().enumerate().filter(|&(_, l)| l != 0.0).collect();
+            let (mut a, mut b) = (0.25, 0.25);
+            let want = layer.backward_dense(&dense, &boxes[t], &mut a);
+            layer.backward(&given, &boxes[t], &mut b, &mut scratch, &mut sparse);
+            let want: Vec<(usize, f64)> = want.into_iter().enumerate().filter(|&(_, l)| l != 0.0).collect();
+            assert_eq!(sparse, want, "layer {t}, density {density}");
+            assert_eq!(a.to_bits(), b.to_bits(), "layer {t}, density {density}: constant");
+        }
+    }
+}
+
+#[test]
+fn the_runs_of_a_convolution_are_its_taps_with_padding_stride_and_dilation() {
+    for (stride, dilation, pad) in [(1, 1, 0), (2, 1, 1), (1, 2, 2), (3, 2, 1), (2, 1, 3)] {
+        let (input, kernel) = ([2usize, 7usize, 6usize], [3usize, 2usize]);
+        let side = |size: usize, k: usize| Conv::out_size(size, k, stride, dilation, 2 * pad).unwrap();
+        let output = [4, side(input[1], kernel[0]), side(input[2], kernel[1])];
+        let conv = Conv {
+            w: vec![0.0; 4 * kernel[0] * kernel[1]],
+            b: vec![0.0; 4],
+            window: Window {
+                input,
+                output,
+                kernel,
+                stride: [stride; 2],
+                dilation: [dilation; 2],
+                pad: [pad; 2],
+            },
+            group: 2,
+        };
+        let mut runs = Vec::new();
+        conv.each_run(|wi, i0, o0, len| runs.extend((0..len).map(|t| (wi, i0 + t * stride, o0 + t))));
+        // Every tap, enumerated from the definition.
+        let mut taps = Vec::new();
+        let [c, h, w] = input;
+        let [m, oh, ow] = output;
+        for om in 0..m {
+            let g = om / (m / 2);
+            for ci in 0..c / 2 {
+                for ky in 0..kernel[0] {
+                    for kx in 0..kernel[1] {
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                let iy = (oy * stride + ky * dilation) as isize - pad as isize;
+                                let ix = (ox * stride + kx * dilation) as isize - pad as isize;
+                                if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                                    let wi = ((om * (c / 2) + ci) * kernel[0] + ky) * kernel[1] + kx;
+                                    let i = ((g * (c / 2) + ci) * h + iy as usize) * w + ix as usize;
+                                    taps.push((wi, i, (om * oh + oy) * ow + ox));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(runs, taps, "stride {stride}, dilation {dilation}, pad {pad}");
+    }
+}
