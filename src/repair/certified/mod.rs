@@ -26,9 +26,9 @@
 //! dense, so they are generated: the restricted program (the rows that bind, and the
 //! pairs those rows name) is solved by clarabel, every (sample, class) is then checked
 //! with the exact worst margin, and the violated ones join until none is left; rows
-//! that neither bind nor come near their margin leave it between rounds. The
-//! restricted program is a relaxation whose solution is feasible for the whole one, so
-//! it is the whole one's optimum.
+//! that neither bind nor come near their margin, and weights the optimum leaves
+//! unchanged, leave it between rounds. The restricted program is a relaxation whose
+//! solution is feasible for the whole one, so it is the whole one's optimum.
 
 mod hybrid;
 mod program;
@@ -87,6 +87,11 @@ pub struct CertifiedSettings {
     /// again when broken): an early solution breaks many preserved images' rows that
     /// the optimum leaves slack, and each row kept makes every later solve dearer.
     pub drop_rows: bool,
+    /// Weights the restricted optimum leaves unchanged leave the working set after
+    /// each round, with the rows (they are priced every round and join again when
+    /// worth changing): every working weight makes each later solve dearer, and many
+    /// that an early round priced in end unused.
+    pub drop_columns: bool,
 }
 
 impl Default for CertifiedSettings {
@@ -100,6 +105,7 @@ impl Default for CertifiedSettings {
             column_tol: 1e-7,
             columns_per_round: 200,
             drop_rows: true,
+            drop_columns: true,
         }
     }
 }
@@ -174,6 +180,8 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
     let started = Instant::now();
     let (k, _) = p.weights.dim();
     let n = p.labels.len();
+    // All weights working from the start: no weight generation, and none leaves.
+    let generating = working.iter().any(|&w| !w);
     let mut working = working.to_vec();
     let need = |worst: &Array2<f64>, s: usize, c: usize| p.margin[s] - worst[[s, c]];
     // Start with each ball's worst class, when it is short of its margin: the rows are
@@ -279,6 +287,21 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
                 }
             }
             rows = kept;
+        }
+        if generating && settings.drop_columns && rounds < settings.max_rounds / 2 {
+            // A weight the optimum leaves where it was leaves too: the restricted
+            // optimum stays what it was without it, and its reduced cost, priced
+            // again each round, brings it back when moving it pays.
+            let (_, d) = p.weights.dim();
+            let unchanged = |w: usize| {
+                let (c, j) = (w / d, w % d);
+                (sol.weights[[c, j]] - p.weights[[c, j]]).abs() <= 1e-9 * (1.0 + p.weights[[c, j]].abs())
+            };
+            for (w, on) in working.iter_mut().enumerate() {
+                if *on && unchanged(w) {
+                    *on = false;
+                }
+            }
         }
         for (s, c) in entering.into_iter().chain(near) {
             active[s * k + c] = true;
@@ -452,9 +475,10 @@ mod tests {
             };
             let generated = solve(&p, &CertifiedSettings::default());
             let whole = solve_with(&p, &CertifiedSettings::default(), &vec![true; k * d]);
-            // Keeping every row that joined reaches the same optimum.
+            // Keeping every row and weight that joined reaches the same optimum.
             let keeping = CertifiedSettings {
                 drop_rows: false,
+                drop_columns: false,
                 ..CertifiedSettings::default()
             };
             let kept = solve(&p, &keeping);
