@@ -379,12 +379,27 @@ impl Layer {
                 let step = c.window.stride[1];
                 c.each_run(|wi, i0, o0, len| {
                     let (wv, aw) = (c.w[wi], c.w[wi].abs());
-                    for t in 0..len {
-                        let (i, o) = (i0 + t * step, o0 + t);
-                        mid[o] += wv * centre[i];
-                        rad[o] += aw * half[i];
-                        err[o] += aw * x.error[i];
-                        size[o] += aw * magnitude[i];
+                    if step == 1 {
+                        // A contiguous run: slices of one length, which the compiler
+                        // can vectorise.
+                        let (m, r) = (&mut mid[o0..o0 + len], &mut rad[o0..o0 + len]);
+                        let (e, z) = (&mut err[o0..o0 + len], &mut size[o0..o0 + len]);
+                        let (cv, hv) = (&centre[i0..i0 + len], &half[i0..i0 + len]);
+                        let (ev, gv) = (&x.error[i0..i0 + len], &magnitude[i0..i0 + len]);
+                        for t in 0..len {
+                            m[t] += wv * cv[t];
+                            r[t] += aw * hv[t];
+                            e[t] += aw * ev[t];
+                            z[t] += aw * gv[t];
+                        }
+                    } else {
+                        for t in 0..len {
+                            let (i, o) = (i0 + t * step, o0 + t);
+                            mid[o] += wv * centre[i];
+                            rad[o] += aw * half[i];
+                            err[o] += aw * x.error[i];
+                            size[o] += aw * magnitude[i];
+                        }
                     }
                 });
                 let per = c.window.output[1] * c.window.output[2];
