@@ -89,8 +89,9 @@ impl Conv {
 }
 
 impl Conv {
-    /// Adds `l` times output `o`'s kernel to the inputs it reads (a row of `Wᵀ`).
-    fn scatter(&self, o: usize, l: f64, scratch: &mut Scratch) {
+    /// Calls `f(input index, weight index)` for each tap of output `o`'s kernel that
+    /// lands inside the input (the non-zeros of row `o` of `W`).
+    fn taps(&self, o: usize, mut f: impl FnMut(usize, usize)) {
         let [c, h, w] = self.window.input;
         let [m, oh, ow] = self.window.output;
         let [kh, kw] = self.window.kernel;
@@ -107,43 +108,24 @@ impl Conv {
                 let wrow = ((om * cg + ci) * kh + ky) * kw;
                 for kx in 0..kw {
                     if let Some(ix) = self.window.at(1, ox, kx) {
-                        scratch.add((ic * h + iy) * w + ix, self.w[wrow + kx] * l);
+                        f((ic * h + iy) * w + ix, wrow + kx);
                     }
                 }
             }
         }
     }
 
-    /// `Wᵀ λ`, output by output, skipping the zeros of `λ` (a single neuron's
-    /// coefficients touch only its receptive field).
+    /// Adds `l` times output `o`'s kernel to the inputs it reads (a row of `Wᵀ`).
+    fn scatter(&self, o: usize, l: f64, scratch: &mut Scratch) {
+        self.taps(o, |i, wi| scratch.add(i, self.w[wi] * l));
+    }
+
+    /// `Wᵀ λ`, output by output, skipping the zeros of `λ`.
     #[cfg(test)]
     fn transpose(&self, lambda: &[f64]) -> Vec<f64> {
-        let [c, h, w] = self.window.input;
-        let [m, oh, ow] = self.window.output;
-        let [kh, kw] = self.window.kernel;
-        let (cg, mg) = (c / self.group, m / self.group);
-        let mut out = vec![0.0; c * h * w];
-        for (o, &l) in lambda.iter().enumerate() {
-            if l == 0.0 {
-                continue;
-            }
-            let (om, rest) = (o / (oh * ow), o % (oh * ow));
-            let (oy, ox) = (rest / ow, rest % ow);
-            let g = om / mg;
-            for ci in 0..cg {
-                let ic = g * cg + ci;
-                for ky in 0..kh {
-                    let Some(iy) = self.window.at(0, oy, ky) else {
-                        continue;
-                    };
-                    let wrow = ((om * cg + ci) * kh + ky) * kw;
-                    for kx in 0..kw {
-                        if let Some(ix) = self.window.at(1, ox, kx) {
-                            out[(ic * h + iy) * w + ix] += self.w[wrow + kx] * l;
-                        }
-                    }
-                }
-            }
+        let mut out = vec![0.0; self.window.input.iter().product()];
+        for (o, &l) in lambda.iter().enumerate().filter(|&(_, &l)| l != 0.0) {
+            self.taps(o, |i, wi| out[i] += self.w[wi] * l);
         }
         out
     }
@@ -442,25 +424,7 @@ impl Layer {
         match self {
             Layer::Relu => {
                 for &(i, l) in lambda {
-                    let (lo, hi) = (x.lower[i], x.upper[i]);
-                    let v = if hi <= 0.0 {
-                        0.0
-                    } else if lo >= 0.0 {
-                        l
-                    } else if l >= 0.0 {
-                        // relu(z) ≥ α z with α ∈ {0, 1}: the one nearer the relu on the box
-                        // (0 on a tie, up to the rounding of the box).
-                        if hi + lo > TIE * (hi - lo) {
-                            l
-                        } else {
-                            0.0
-                        }
-                    } else {
-                        // relu(z) ≤ s (z − lo), the chord.
-                        let s = hi / (hi - lo);
-                        *constant -= l * s * lo;
-                        l * s
-                    };
+                    let v = relu_back(l, x.lower[i], x.upper[i], constant);
                     if v != 0.0 {
                         out.push((i, v));
                     }
@@ -471,19 +435,8 @@ impl Layer {
                 let mut window = std::mem::take(&mut scratch.window);
                 for &(o, l) in lambda {
                     p.window(o, &mut window);
-                    // The first input whose lower bound is the largest, up to the rounding
-                    // of the box: max ≥ it (any input would do), and max = it when its
-                    // lower bound reaches every other input's upper bound.
-                    let top = window.iter().map(|&i| x.lower[i]).fold(f64::NEG_INFINITY, f64::max);
-                    let Some(&best) = window.iter().find(|&&i| x.lower[i] >= top - TIE * top.abs()) else {
-                        continue;
-                    };
-                    let dominant = window.iter().all(|&i| i == best || x.upper[i] <= x.lower[best]);
-                    if l > 0.0 || dominant {
+                    if let Some(best) = pool_back(l, &window, x, constant) {
                         scratch.add(best, l);
-                    } else {
-                        let top = window.iter().map(|&i| x.upper[i]).fold(f64::NEG_INFINITY, f64::max);
-                        *constant += l * top;
                     }
                 }
                 scratch.window = window;
@@ -521,34 +474,15 @@ impl Layer {
         }
     }
 
-    /// [`Self::backward`] on dense coefficients, as first written: the reference the
-    /// sparse steps are tested against.
+    /// [`Self::backward`] on dense coefficients, with the same relaxations: the
+    /// reference the sparse steps' bookkeeping is tested against.
     #[cfg(test)]
     pub fn backward_dense(&self, lambda: &[f64], x: &Boxed, constant: &mut f64) -> Vec<f64> {
         match self {
             Layer::Relu => lambda
                 .iter()
                 .zip(x.lower.iter().zip(&x.upper))
-                .map(|(&l, (&lo, &hi))| {
-                    if hi <= 0.0 {
-                        0.0
-                    } else if lo >= 0.0 {
-                        l
-                    } else if l >= 0.0 {
-                        // relu(z) ≥ α z with α ∈ {0, 1}: the one nearer the relu on the box
-                        // (0 on a tie, up to the rounding of the box).
-                        if hi + lo > TIE * (hi - lo) {
-                            l
-                        } else {
-                            0.0
-                        }
-                    } else {
-                        // relu(z) ≤ s (z − lo), the chord.
-                        let s = hi / (hi - lo);
-                        *constant -= l * s * lo;
-                        l * s
-                    }
-                })
+                .map(|(&l, (&lo, &hi))| relu_back(l, lo, hi, constant))
                 .collect(),
             Layer::MaxPool(p) => {
                 let mut out = vec![0.0; x.lower.len()];
@@ -558,19 +492,8 @@ impl Layer {
                         continue;
                     }
                     p.window(o, &mut window);
-                    // The first input whose lower bound is the largest, up to the rounding
-                    // of the box: max ≥ it (any input would do), and max = it when its
-                    // lower bound reaches every other input's upper bound.
-                    let top = window.iter().map(|&i| x.lower[i]).fold(f64::NEG_INFINITY, f64::max);
-                    let Some(&best) = window.iter().find(|&&i| x.lower[i] >= top - TIE * top.abs()) else {
-                        continue;
-                    };
-                    let dominant = window.iter().all(|&i| i == best || x.upper[i] <= x.lower[best]);
-                    if l > 0.0 || dominant {
+                    if let Some(best) = pool_back(l, &window, x, constant) {
                         out[best] += l;
-                    } else {
-                        let top = window.iter().map(|&i| x.upper[i]).fold(f64::NEG_INFINITY, f64::max);
-                        *constant += l * top;
                     }
                 }
                 out
@@ -597,6 +520,47 @@ impl Layer {
                 out
             }
         }
+    }
+}
+
+/// The coefficient on a Relu's input, for `l` on its output and the input in
+/// `[lo, hi]`; the relaxation's constant joins `constant`.
+fn relu_back(l: f64, lo: f64, hi: f64, constant: &mut f64) -> f64 {
+    if hi <= 0.0 {
+        0.0
+    } else if lo >= 0.0 {
+        l
+    } else if l >= 0.0 {
+        // relu(z) ≥ α z with α ∈ {0, 1}: the one nearer the relu on the box (0 on a
+        // tie, up to the rounding of the box).
+        if hi + lo > TIE * (hi - lo) {
+            l
+        } else {
+            0.0
+        }
+    } else {
+        // relu(z) ≤ s (z − lo), the chord.
+        let s = hi / (hi - lo);
+        *constant -= l * s * lo;
+        l * s
+    }
+}
+
+/// The input of a max pooling's `window` that takes the coefficient `l` on its output,
+/// or `None` when the bound is a constant (added to `constant`) or the window empty.
+fn pool_back(l: f64, window: &[usize], x: &Boxed, constant: &mut f64) -> Option<usize> {
+    // The first input whose lower bound is the largest, up to the rounding of the box:
+    // max ≥ it (any input would do), and max = it when its lower bound reaches every
+    // other input's upper bound.
+    let top = window.iter().map(|&i| x.lower[i]).fold(f64::NEG_INFINITY, f64::max);
+    let &best = window.iter().find(|&&i| x.lower[i] >= top - TIE * top.abs())?;
+    let dominant = window.iter().all(|&i| i == best || x.upper[i] <= x.lower[best]);
+    if l > 0.0 || dominant {
+        Some(best)
+    } else {
+        let top = window.iter().map(|&i| x.upper[i]).fold(f64::NEG_INFINITY, f64::max);
+        *constant += l * top;
+        None
     }
 }
 
