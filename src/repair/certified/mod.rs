@@ -80,8 +80,12 @@ pub struct CertifiedSettings {
     /// A weight joins when moving it would lower the Lagrangian by more than this per
     /// unit.
     pub column_tol: f64,
-    /// Weights that join per round, at most (the most negative reduced costs).
+    /// Weights that join per round, at most (the most negative reduced costs)...
     pub columns_per_round: usize,
+    /// ...or this fraction of the weights already working, when that is more: a
+    /// large repair changes thousands of weights, and a fixed number per round would
+    /// take dozens of rounds to bring them in.
+    pub column_growth: f64,
     /// Rows with no dual weight and a slack beyond `lookahead` leave the restricted
     /// program after each round (they are checked every round like the others and join
     /// again when broken): an early solution breaks many preserved images' rows that
@@ -104,6 +108,7 @@ impl Default for CertifiedSettings {
             max_iter: super::DEFAULT_MAX_ITER,
             column_tol: 1e-7,
             columns_per_round: 200,
+            column_growth: 0.5,
             drop_rows: true,
             drop_columns: true,
         }
@@ -241,7 +246,10 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
                 &working,
                 &layout,
                 &sol.z,
-                (settings.column_tol, settings.columns_per_round),
+                (settings.column_tol, {
+                    let now = working.iter().filter(|&&w| w).count() as f64;
+                    settings.columns_per_round.max((settings.column_growth * now) as usize)
+                }),
             )
         };
         let done = entering.is_empty() && columns.is_empty();
