@@ -300,13 +300,9 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
             // A weight the optimum leaves where it was leaves too: the restricted
             // optimum stays what it was without it, and its reduced cost, priced
             // again each round, brings it back when moving it pays.
-            let (_, d) = p.weights.dim();
-            let unchanged = |w: usize| {
-                let (c, j) = (w / d, w % d);
-                (sol.weights[[c, j]] - p.weights[[c, j]]).abs() <= 1e-9 * (1.0 + p.weights[[c, j]].abs())
-            };
-            for (w, on) in working.iter_mut().enumerate() {
-                if *on && unchanged(w) {
+            // `working` is laid out as the weights are iterated: row-major.
+            for ((on, new), old) in working.iter_mut().zip(&sol.weights).zip(p.weights) {
+                if (new - old).abs() <= 1e-9 * (1.0 + old.abs()) {
                     *on = false;
                 }
             }

@@ -67,10 +67,9 @@ impl Conv {
                     for kx in 0..kw {
                         let wi = ((om * cg + ci) * kh + ky) * kw + kx;
                         // The output columns whose tap kx lands inside the image.
-                        let first = (px.saturating_sub(kx * dx)).div_ceil(sx);
-                        let Some(ix0) = (first * sx + kx * dx).checked_sub(px) else {
-                            continue;
-                        };
+                        // (first·sx ≥ px − kx·dx, so the subtraction cannot wrap.)
+                        let first = px.saturating_sub(kx * dx).div_ceil(sx);
+                        let ix0 = first * sx + kx * dx - px;
                         if ix0 >= w || first >= ow {
                             continue;
                         }
