@@ -115,22 +115,38 @@ impl Status {
 /// clarabel's own default iteration limit.
 pub const DEFAULT_MAX_ITER: u32 = 200;
 
+/// Which sparse LDLᵀ factorises clarabel's KKT systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ldl {
+    /// clarabel's choice: faer's supernodal LDLᵀ when the `faer` feature is on (the
+    /// default) and the ordering predicts enough work per entry of the factor, qdldl
+    /// otherwise.
+    Auto,
+    /// qdldl, whatever the prediction.
+    Qdldl,
+}
+
 /// Runs clarabel on the LP `minimise qᵀx subject to Ax + s = b, s ∈ cones` with
-/// `threads` factorisation threads and at most `max_iter` iterations: its solution and how it ended, or `None` when
-/// clarabel refuses the data. The solver is "auto": faer's supernodal LDLᵀ when the
-/// `faer` feature is on (the default), qdldl otherwise.
+/// `threads` factorisation threads, at most `max_iter` iterations and the
+/// factorisation `ldl`: its solution and how it ended, or `None` when clarabel
+/// refuses the data.
 pub(crate) fn clarabel_lp(
     q: &[f64],
     a: &CscMatrix<f64>,
     b: &[f64],
     cones: &[SupportedConeT<f64>],
-    threads: u32,
-    max_iter: u32,
+    (threads, max_iter): (u32, u32),
+    ldl: Ldl,
 ) -> Option<(DefaultSolution<f64>, Status)> {
+    let method = match ldl {
+        Ldl::Auto => "auto",
+        Ldl::Qdldl => "qdldl",
+    };
     let settings = DefaultSettingsBuilder::default()
         .verbose(false)
         .max_threads(threads)
         .max_iter(max_iter)
+        .direct_solve_method(method.to_string())
         .build()
         .unwrap_or_default();
     let p = CscMatrix::<f64>::zeros((q.len(), q.len()));
@@ -242,7 +258,7 @@ fn solve_restricted(
     if bias {
         cones.push(ZeroConeT(1));
     }
-    let Some((sol, status)) = clarabel_lp(&q, &a, &b, &cones, threads, max_iter) else {
+    let Some((sol, status)) = clarabel_lp(&q, &a, &b, &cones, (threads, max_iter), Ldl::Auto) else {
         return Restricted {
             gamma: vec![0.0; f],
             beta: 0.0,

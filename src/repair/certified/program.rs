@@ -6,6 +6,7 @@ use clarabel::solver::SupportedConeT::NonnegativeConeT;
 use ndarray::{Array1, Array2};
 
 use super::{CertifiedProblem, CertifiedSettings};
+use crate::repair::paper::{clarabel_lp, Ldl};
 use crate::repair::Status;
 
 /// Column-compressed form of `(row, column, value)` entries.
@@ -191,9 +192,10 @@ pub(super) fn solve_restricted(
         iterations,
         z: vec![0.0; row],
     };
-    let Some((sol, status)) =
-        crate::repair::paper::clarabel_lp(&q, &a, &b, &cones, settings.threads, settings.max_iter)
-    else {
+    // qdldl, not faer's supernodal LDLᵀ that clarabel picks for most of these
+    // programs: the dense margin rows couple every feature, and on them qdldl took a
+    // third of the time for the same iterates (docs/BENCHMARKS.md).
+    let Some((sol, status)) = clarabel_lp(&q, &a, &b, &cones, (settings.threads, settings.max_iter), Ldl::Qdldl) else {
         return (unchanged(Status::Stalled, 0), layout);
     };
     if !status.usable() {
