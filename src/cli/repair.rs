@@ -68,6 +68,9 @@ enum Select {
     Wilcoxon,
 }
 
+/// Training images a margin repair preserves by default.
+const PRESERVE: usize = 1000;
+
 /// Epochs of head training before a margin repair's LP, chosen on a validation split
 /// (docs/RESULTS.md).
 const DEFAULT_EPOCHS: usize = 10;
@@ -101,9 +104,10 @@ pub(super) struct RepairOptions {
     #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
     pub guard_price: Option<f64>,
     /// Margin mode: N training images, evenly spaced through them, join the
-    /// preservation set (with the repair samples' clean originals).
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub preserve: usize,
+    /// preservation set (with the repair samples' clean originals) [default: 1000;
+    /// 10000 in a certified repair].
+    #[arg(long, value_name = "N")]
+    pub preserve: Option<usize>,
     /// Restrict the change to the features an attack moves.
     #[arg(long, value_enum)]
     select: Option<Select>,
@@ -169,7 +173,7 @@ impl RepairOptions {
                     ..Default::default()
                 },
             }),
-            preserve: self.preserve,
+            preserve: self.preserve.unwrap_or(PRESERVE),
             select: self.select.map(|_| self.p),
             class: ClassSettings {
                 repair_bias: self.repair_bias,
@@ -260,6 +264,11 @@ pub struct RepairArgs {
         conflicts_with = "adv"
     )]
     pub(super) balls: usize,
+    /// Certified repair: the margin each preserved image keeps, or its own when that is
+    /// smaller [default: 2].
+    #[arg(long, value_name = "M", value_parser = non_negative, allow_negative_numbers = true,
+          requires = "certify")]
+    pub(super) keep_margin: Option<f64>,
     /// Certified repair: the feature boxes, and the check afterwards.
     #[arg(long, value_enum, default_value_t = CertifyBounds::Interval, requires = "certify")]
     pub(super) certify_bounds: CertifyBounds,

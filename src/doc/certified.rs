@@ -30,6 +30,8 @@ pub struct CertifiedRepairDoc {
     pub ball_price: f64,
     /// Price of a preserved image's loss of margin.
     pub keep_price: f64,
+    /// The margin a preserved image keeps (its own when smaller).
+    pub keep_margin: f64,
     /// Balls repaired.
     pub balls: usize,
     /// Training images preserved.
@@ -103,6 +105,7 @@ impl CertifiedRepairDoc {
             margin: settings.margin,
             ball_price: settings.ball_price,
             keep_price: settings.keep_price,
+            keep_margin: settings.keep_margin,
             balls: done.balls,
             preserved: done.preserved,
             certified_before: done.certified_before,

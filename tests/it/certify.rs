@@ -596,8 +596,10 @@ fn certified_repair_certifies_its_balls_as_certify_and_the_reference_check_them(
     assert_eq!(after, 40, "{doc}");
     assert_eq!(doc["efficacy"], 1.0);
     assert!(doc["change"]["l1"].as_f64().unwrap() > 0.0);
-    // A ball's shortfall is priced 10 by default, a repair sample's 1.
+    // A ball's shortfall is priced 10 by default, a repair sample's 1; preserved
+    // images (10,000 by default: here all 40) keep their margins up to 2.
     assert_eq!(doc["ball_price"], 10.0);
+    assert_eq!((doc["preserved"].as_u64(), doc["keep_margin"].as_f64()), (Some(40), Some(2.0)));
 
     // `certify` finds the same, and PGD breaks none of them.
     let out = run(&[

@@ -34,6 +34,8 @@ pub struct CertifiedRepairSettings {
     pub ball_price: f64,
     /// Price of a unit of a preserved image's loss of margin.
     pub keep_price: f64,
+    /// The margin a preserved image keeps: this, or its own when that is smaller.
+    pub keep_margin: f64,
     /// Training images, evenly spaced, whose margins are kept
     /// ([`crate::repair::preservation_rows`]).
     pub preserve: usize,
@@ -152,7 +154,7 @@ pub fn repair_certified(
     let b = site.bias.mapv(f64::from);
     let current = crate::repair::margin::margins((points.dot(&w.t()) + &b).view(), &kept_labels);
     let margin: Vec<f64> = std::iter::repeat_n(settings.margin, balls.len())
-        .chain(current.iter().map(|&m| m.min(settings.margin)))
+        .chain(current.iter().map(|&m| m.min(settings.keep_margin)))
         .collect();
     let price: Vec<f64> = std::iter::repeat_n(settings.ball_price, balls.len())
         .chain(std::iter::repeat_n(settings.keep_price, kept.len()))
