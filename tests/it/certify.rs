@@ -599,7 +599,10 @@ fn certified_repair_certifies_its_balls_as_certify_and_the_reference_check_them(
     // A ball's shortfall is priced 10 by default, a repair sample's 1; preserved
     // images (10,000 by default: here all 40) keep their margins up to 2.
     assert_eq!(doc["ball_price"], 10.0);
-    assert_eq!((doc["preserved"].as_u64(), doc["keep_margin"].as_f64()), (Some(40), Some(2.0)));
+    assert_eq!(
+        (doc["preserved"].as_u64(), doc["keep_margin"].as_f64()),
+        (Some(40), Some(2.0))
+    );
 
     // `certify` finds the same, and PGD breaks none of them.
     let out = run(&[
