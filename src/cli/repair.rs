@@ -103,9 +103,9 @@ pub(super) struct RepairOptions {
     /// [default: 0.5 for a linear hybrid, 0 (no guards) for a kernel hybrid].
     #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
     pub guard_price: Option<f64>,
-    /// Margin mode: N training images, evenly spaced through them, join the
-    /// preservation set (with the repair samples' clean originals) [default: 1000;
-    /// 10000 in a certified repair].
+    /// Margin mode and a certified repair: N training images, evenly spaced through
+    /// them, join the preservation set (with the repair samples' clean originals)
+    /// [default: 1000; 10000 in a certified repair].
     #[arg(long, value_name = "N")]
     pub preserve: Option<usize>,
     /// Restrict the change to the features an attack moves.

@@ -194,7 +194,7 @@ pub(super) fn solve_restricted(
     };
     // qdldl, not faer's supernodal LDLᵀ that clarabel picks for most of these
     // programs: the dense margin rows couple every feature, and on them qdldl took a
-    // third of the time for the same iterates (docs/BENCHMARKS.md).
+    // half to a third of the time for the same iterates (docs/BENCHMARKS.md).
     let Some((sol, status)) = clarabel_lp(&q, &a, &b, &cones, (settings.threads, settings.max_iter), Ldl::Qdldl) else {
         return (unchanged(Status::Stalled, 0), layout);
     };
