@@ -33,7 +33,7 @@ const BALL_PRICE: f64 = 10.0;
 
 /// Training images a certified repair preserves by default: ten times a margin
 /// repair's, since its change is larger and reaches more unseen images; on the
-/// validation split they lowered the drawdown at the price of about three times the LP
+/// validation split they lowered the drawdown at the price of three to four times the LP
 /// (docs/RESULTS.md).
 const CERTIFY_PRESERVE: usize = 10_000;
 
