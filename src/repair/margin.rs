@@ -226,8 +226,7 @@ fn solve_clarabel(p: &MarginProblem, pairs: &[(usize, usize)], threads: u32, max
     b.extend(std::iter::repeat_n(0.0, r));
     let mut cones = vec![SecondOrderConeT(2); weights];
     cones.push(NonnegativeConeT(n + r));
-    let Some((sol, status)) =
-        super::paper::clarabel_lp(&q, &a, &b, &cones, (threads, max_iter), super::paper::Ldl::Auto)
+    let Some((sol, status)) = super::paper::clarabel_lp(&q, &a, &b, &cones, threads, max_iter, super::paper::Ldl::Auto)
     else {
         return Restricted {
             gamma: Array2::zeros((k, d)),

@@ -135,7 +135,8 @@ pub(crate) fn clarabel_lp(
     a: &CscMatrix<f64>,
     b: &[f64],
     cones: &[SupportedConeT<f64>],
-    (threads, max_iter): (u32, u32),
+    threads: u32,
+    max_iter: u32,
     ldl: Ldl,
 ) -> Option<(DefaultSolution<f64>, Status)> {
     let method = match ldl {
@@ -258,7 +259,7 @@ fn solve_restricted(
     if bias {
         cones.push(ZeroConeT(1));
     }
-    let Some((sol, status)) = clarabel_lp(&q, &a, &b, &cones, (threads, max_iter), Ldl::Auto) else {
+    let Some((sol, status)) = clarabel_lp(&q, &a, &b, &cones, threads, max_iter, Ldl::Auto) else {
         return Restricted {
             gamma: vec![0.0; f],
             beta: 0.0,

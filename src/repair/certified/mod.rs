@@ -240,17 +240,9 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
         let columns = if failed {
             Vec::new()
         } else {
-            entering_columns(
-                p,
-                &rows,
-                &working,
-                &layout,
-                &sol.z,
-                (settings.column_tol, {
-                    let now = working.iter().filter(|&&w| w).count() as f64;
-                    settings.columns_per_round.max((settings.column_growth * now) as usize)
-                }),
-            )
+            let now = working.iter().filter(|&&w| w).count() as f64;
+            let limit = settings.columns_per_round.max((settings.column_growth * now) as usize);
+            entering_columns(p, &rows, &working, &layout, &sol.z, (settings.column_tol, limit))
         };
         let done = entering.is_empty() && columns.is_empty();
         if done || failed || rounds >= settings.max_rounds {

@@ -195,7 +195,7 @@ pub(super) fn solve_restricted(
     // qdldl, not faer's supernodal LDLᵀ that clarabel picks for most of these
     // programs: the dense margin rows couple every feature, and on them qdldl took a
     // half to a third of the time for the same iterates (docs/BENCHMARKS.md).
-    let Some((sol, status)) = clarabel_lp(&q, &a, &b, &cones, (settings.threads, settings.max_iter), Ldl::Qdldl) else {
+    let Some((sol, status)) = clarabel_lp(&q, &a, &b, &cones, settings.threads, settings.max_iter, Ldl::Qdldl) else {
         return (unchanged(Status::Stalled, 0), layout);
     };
     if !status.usable() {
