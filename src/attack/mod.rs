@@ -45,6 +45,12 @@ pub enum Method {
     Pgd,
 }
 
+/// The PGD step, as a multiple of ε, for `steps` iterations: 2.5 / steps, so that the
+/// steps together could cross the ball's diameter and a quarter more.
+pub fn step_ratio(steps: usize) -> f32 {
+    2.5 / steps.max(1) as f32
+}
+
 /// How to attack.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -73,7 +79,7 @@ impl Default for Settings {
             method: Method::Fgsm,
             eps: vec![0.1],
             steps: 40,
-            step_ratio: 2.5 / 40.0,
+            step_ratio: step_ratio(40),
             random_start: false,
             early_stop: true,
             seed: 0,

@@ -39,7 +39,7 @@ impl Default for Protocol {
     fn default() -> Self {
         Self {
             steps: 40,
-            step_ratio: 2.5 / 40.0,
+            step_ratio: super::step_ratio(40),
             restarts: 3,
             losses: vec![Loss::Ce, Loss::Margin],
             seed: 0,

@@ -75,7 +75,7 @@ pub fn attack(args: AttackArgs, g: &Global) -> Result<ExitCode> {
         method: args.method,
         eps: args.eps.clone(),
         steps: args.steps as usize,
-        step_ratio: args.step_ratio.unwrap_or(2.5 / args.steps as f32),
+        step_ratio: args.step_ratio.unwrap_or(attack::step_ratio(args.steps as usize)),
         random_start: args.random_start,
         early_stop: !args.keep_going,
         seed: args.seed,

@@ -21,9 +21,9 @@ use nnmend::head::HeadKind;
 use nnmend::onnx::head;
 use nnmend::repair::adversarial::TrainSettings;
 use nnmend::repair::hybrid::read_samples;
-use nnmend::repair::margin::{MarginSettings, MarginSolver};
+use nnmend::repair::margin::MarginSolver;
 use nnmend::repair::rounds::RoundSettings;
-use nnmend::repair::{assess, repair_hybrid, Checks, ClassSettings, MarginOptions, Settings, Status};
+use nnmend::repair::{assess, repair_hybrid, Checks, Settings, Status, TRAIN_EPOCHS};
 
 use super::gate::{verdict, GateArgs};
 use super::{load_model, non_negative, print_doc, save_model, usage, warn, DataArgs, EngineArgs, Global};
@@ -67,19 +67,6 @@ enum Select {
     /// signed-rank test (p below `--p`) change.
     Wilcoxon,
 }
-
-/// Training images a margin repair preserves by default.
-const PRESERVE: usize = 1000;
-
-/// Epochs of head training before a margin repair's LP, chosen on a validation split
-/// (docs/RESULTS.md).
-const DEFAULT_EPOCHS: usize = 10;
-
-/// The margin a kernel hybrid's repair samples get after its training, with no guards:
-/// on the validation split, the LP after a kernel head's training cost robust accuracy
-/// whatever it was asked, least with a small margin and without guards, which also
-/// keep its LP small (docs/RESULTS.md).
-const KERNEL_MARGIN: f64 = 0.2;
 
 /// How a head is repaired: the options `repair` and `run` share.
 #[derive(Debug, Args)]
@@ -160,35 +147,28 @@ pub(super) struct RepairOptions {
 impl RepairOptions {
     /// The repair's settings for a head of kind `head`, with `threads` threads.
     pub fn settings(&self, threads: usize, head: HeadKind) -> Settings {
-        let kernel = head == HeadKind::Kernel;
-        Settings {
-            margin: matches!(self.mode, Mode::Margin).then_some(MarginOptions {
-                margin: self.margin.unwrap_or(if kernel { KERNEL_MARGIN } else { 1.0 }),
-                slack_price: self.slack_price.unwrap_or(1.0),
-                keep_price: self.keep_price,
-                guard_price: self.guard_price.unwrap_or(if kernel { 0.0 } else { 0.5 }),
-                solve: MarginSettings {
-                    solver_max_iter: self.lp_max_iter,
-                    solver: self.lp_solver,
-                    ..Default::default()
-                },
-            }),
-            preserve: self.preserve.unwrap_or(PRESERVE),
-            select: self.select.map(|_| self.p),
-            class: ClassSettings {
-                repair_bias: self.repair_bias,
-                solver_max_iter: self.lp_max_iter,
-                ..Default::default()
-            },
-            threads,
+        let mut s = match self.mode {
+            Mode::Margin => Settings::margin(head, threads),
+            Mode::Paper => Settings::paper(threads),
+        };
+        if let Some(m) = &mut s.margin {
+            m.margin = self.margin.unwrap_or(m.margin);
+            m.slack_price = self.slack_price.unwrap_or(m.slack_price);
+            m.keep_price = self.keep_price;
+            m.guard_price = self.guard_price.unwrap_or(m.guard_price);
+            (m.solve.solver_max_iter, m.solve.solver) = (self.lp_max_iter, self.lp_solver);
         }
+        s.preserve = self.preserve.unwrap_or(s.preserve);
+        s.select = self.select.map(|_| self.p);
+        (s.class.repair_bias, s.class.solver_max_iter) = (self.repair_bias, self.lp_max_iter);
+        s
     }
 
     /// The training's epochs: as given, or the default (in margin mode; the paper's LP
     /// repairs the head as it is).
     pub fn epochs(&self) -> usize {
         self.epochs.unwrap_or(match self.mode {
-            Mode::Margin => DEFAULT_EPOCHS,
+            Mode::Margin => TRAIN_EPOCHS,
             Mode::Paper => 0,
         })
     }
@@ -203,7 +183,7 @@ impl RepairOptions {
                 method: Method::Pgd,
                 eps: vec![eps],
                 steps,
-                step_ratio: 2.5 / steps as f32,
+                step_ratio: attack::step_ratio(steps),
                 random_start: true,
                 early_stop: true,
                 seed,
@@ -477,7 +457,9 @@ pub fn repair(args: RepairArgs, g: &Global) -> Result<ExitCode> {
 mod tests {
     use clap::Parser;
 
-    use super::{HeadKind, RepairOptions, DEFAULT_EPOCHS, KERNEL_MARGIN};
+    use nnmend::repair::KERNEL_MARGIN;
+
+    use super::{HeadKind, RepairOptions, TRAIN_EPOCHS};
 
     #[derive(Debug, Parser)]
     struct Line {
@@ -494,7 +476,7 @@ mod tests {
     #[test]
     fn the_defaults_depend_on_the_head_and_the_mode() {
         let o = options(&[]);
-        assert_eq!(o.epochs(), DEFAULT_EPOCHS);
+        assert_eq!(o.epochs(), TRAIN_EPOCHS);
         let linear = o.settings(1, HeadKind::Linear).margin.unwrap();
         assert_eq!((linear.margin, linear.guard_price), (1.0, 0.5));
         let kernel = o.settings(1, HeadKind::Kernel).margin.unwrap();

@@ -41,18 +41,22 @@ pub enum Kind {
         /// `[S, k]`.
         residuals: Array2<f64>,
     },
-    /// The margin program: current scores `[N, K]`, labels, wanted margins and slack
-    /// prices, repair samples first.
-    Margin {
-        /// `[N, K]`.
-        scores: Array2<f64>,
-        /// `[N]`.
-        labels: Vec<usize>,
-        /// Wanted margin per sample.
-        margin: Vec<f64>,
-        /// Slack price per sample.
-        price: Vec<f64>,
-    },
+    /// The margin program.
+    Margin(MarginData),
+}
+
+/// A margin-mode instance's data beside its features: current scores `[N, K]`, labels,
+/// wanted margins and slack prices, repair samples first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarginData {
+    /// `[N, K]`.
+    pub scores: Array2<f64>,
+    /// `[N]`.
+    pub labels: Vec<usize>,
+    /// Wanted margin per sample.
+    pub margin: Vec<f64>,
+    /// Slack price per sample.
+    pub price: Vec<f64>,
 }
 
 /// How a solve of an instance ended.
@@ -164,12 +168,12 @@ impl Instance {
         Self {
             repair_bias,
             x,
-            kind: Kind::Margin {
+            kind: Kind::Margin(MarginData {
                 scores,
                 labels,
                 margin,
                 price,
-            },
+            }),
         }
     }
 
@@ -177,7 +181,7 @@ impl Instance {
     pub fn mode(&self) -> &'static str {
         match self.kind {
             Kind::Paper { .. } => "paper",
-            Kind::Margin { .. } => "margin",
+            Kind::Margin(_) => "margin",
         }
     }
 
@@ -185,7 +189,7 @@ impl Instance {
     pub fn classes(&self) -> usize {
         match &self.kind {
             Kind::Paper { residuals } => residuals.ncols(),
-            Kind::Margin { scores, .. } => scores.ncols(),
+            Kind::Margin(m) => m.scores.ncols(),
         }
     }
 
@@ -208,16 +212,11 @@ impl Instance {
                     .map(|c| DumpClass { r: c.to_vec() })
                     .collect();
             }
-            Kind::Margin {
-                scores,
-                labels,
-                margin,
-                price,
-            } => {
-                dump.scores = rows(scores);
-                dump.labels = labels.clone();
-                dump.margin = margin.clone();
-                dump.price = price.clone();
+            Kind::Margin(m) => {
+                dump.scores = rows(&m.scores);
+                dump.labels = m.labels.clone();
+                dump.margin = m.margin.clone();
+                dump.price = m.price.clone();
             }
         }
         dump
@@ -322,18 +321,13 @@ impl Instance {
                 };
                 Solved::Paper(solve_classes(self.x.view(), residuals.view(), &settings, threads)?)
             }
-            Kind::Margin {
-                scores,
-                labels,
-                margin,
-                price,
-            } => {
+            Kind::Margin(m) => {
                 let problem = MarginProblem {
                     x: self.x.view(),
-                    scores: scores.view(),
-                    labels,
-                    margin,
-                    price,
+                    scores: m.scores.view(),
+                    labels: &m.labels,
+                    margin: &m.margin,
+                    price: &m.price,
                 };
                 let settings = MarginSettings {
                     solver_threads: u32::try_from(threads).unwrap_or(1),

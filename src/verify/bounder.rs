@@ -78,18 +78,10 @@ impl std::fmt::Debug for Bounder {
 }
 
 impl Bounder {
-    /// Builds and prepares the interval graph of `model` up to `tensor` (see
-    /// [`bounds_model`]).
-    pub fn new(
-        model: &ModelProto,
-        tensor: &str,
-        engine: &dyn Engine,
-        ds: &Dataset,
-        feed: &Feed,
-        margin: Margin,
-    ) -> Result<Self> {
-        let graph = bounds_model(model, tensor, engine, ds, feed, margin)?;
-        let session = engine.prepare(&graph)?;
+    /// Prepares `graph`, an interval graph built by [`bounds_model`], in `engine` for
+    /// images like those of `ds`.
+    pub fn new(graph: &ModelProto, engine: &dyn Engine, ds: &Dataset) -> Result<Self> {
+        let session = engine.prepare(graph)?;
         let pixels = preprocess_for(ds, session.sample_shape(), &Feed::default())?;
         Ok(Self { session, pixels })
     }
@@ -153,7 +145,8 @@ pub fn feature_bounds(
     margin: Margin,
 ) -> Result<Bounds> {
     let head = head::find(model)?;
-    Bounder::new(model, &head.input, engine, ds, feed, margin)?.bounds(ds, eps, feed)
+    let graph = bounds_model(model, &head.input, engine, ds, feed, margin)?;
+    Bounder::new(&graph, engine, ds)?.bounds(ds, eps, feed)
 }
 
 /// The head's worst margin for `label` over the box `[lower, upper]` minus the f32

@@ -183,7 +183,11 @@ pub fn certify(
     let clean_correct = correct.iter().filter(|&&c| c).count();
     let n = ds.len();
     let share = |a: usize| if n == 0 { 0.0 } else { a as f64 / n as f64 };
-    let bounder = Bounder::new(model, &head.input, engine, ds, feed, settings.margin)?;
+    let bounder = Bounder::new(
+        &bounds_model(model, &head.input, engine, ds, feed, settings.margin)?,
+        engine,
+        ds,
+    )?;
     let (linear, linear_note) = if settings.linear {
         match linear_bounder(model, &head, engine, ds, feed, settings.margin.roundoff) {
             Ok(b) => (Some(b.refined(settings.refine).cached(settings.boxes.clone())), None),
@@ -342,21 +346,6 @@ fn linear_certified(
 /// Image `i` of `ds`, flat (`[C·H·W]`, intensities in `[0, 1]`).
 fn image(ds: &Dataset, i: usize) -> Array1<f32> {
     ds.pixels.to_f32(i..i + 1).into_iter().collect()
-}
-
-/// [`certify`] at the one radius `eps`, without PGD.
-pub fn certify_at(
-    model: &ModelProto,
-    engine: &dyn Engine,
-    ds: &Dataset,
-    eps: f32,
-    margin: Margin,
-    feed: &Feed,
-) -> Result<EpsCertificate> {
-    certify(model, engine, ds, &Settings::one(eps, margin, false, None), feed)?
-        .results
-        .pop()
-        .ok_or_else(|| VerifyError::Invariant("certify returned no result for its one radius").into())
 }
 
 /// How many images of `ds` are certified at `eps`: by the interval bounds, or with

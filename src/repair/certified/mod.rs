@@ -373,18 +373,15 @@ mod tests {
         let b = array![0.0, 0.0, -0.5];
         let centre = array![[0.6, 0.5], [0.9, 0.1], [0.1, 0.9]];
         let radius = array![[0.2, 0.2], [0.0, 0.0], [0.0, 0.0]];
-        let labels = [0, 0, 1];
-        let margin = [0.1, 0.1, 0.1];
-        let price = [10.0, 10.0, 10.0];
         let p = CertifiedProblem {
+            labels: &[0, 0, 1],
+            margin: &[0.1; 3],
+            price: &[10.0; 3],
+            repair_bias: true,
             weights: w.view(),
             bias: b.view(),
             centre: centre.view(),
             radius: radius.view(),
-            labels: &labels,
-            margin: &margin,
-            price: &price,
-            repair_bias: true,
         };
         let before = worst_margins(&p, w.view(), b.view());
         assert!(before[[0, 1]] < 0.0, "the ball is not certified before");
@@ -392,15 +389,15 @@ mod tests {
         assert_eq!(sol.status, Status::Solved);
         let after = worst_margins(&p, sol.weights.view(), sol.bias.view());
         for s in 0..3 {
-            for c in (0..3).filter(|&c| c != labels[s]) {
+            for c in (0..3).filter(|&c| c != p.labels[s]) {
                 assert!(
-                    after[[s, c]] >= margin[s] - 1e-6,
+                    after[[s, c]] >= p.margin[s] - 1e-6,
                     "sample {s} class {c}: {}",
                     after[[s, c]]
                 );
                 let lo: Vec<f64> = (0..2).map(|j| centre[[s, j]] - radius[[s, j]]).collect();
                 let hi: Vec<f64> = (0..2).map(|j| centre[[s, j]] + radius[[s, j]]).collect();
-                let exact = corners(&sol.weights, sol.bias.as_slice().unwrap(), &lo, &hi, labels[s], c);
+                let exact = corners(&sol.weights, sol.bias.as_slice().unwrap(), &lo, &hi, p.labels[s], c);
                 assert!((after[[s, c]] - exact).abs() < 1e-9);
             }
         }
