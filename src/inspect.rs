@@ -73,6 +73,37 @@ pub struct Inspection {
     pub producer: String,
 }
 
+impl Inspection {
+    /// The text `inspect` prints of the model read from `path`: one aligned line each
+    /// for the model, its producer, input, cut, cut rule, features and head.
+    pub fn write_text(&self, path: &std::path::Path, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let (input, cut) = (&self.input, &self.cut);
+        writeln!(out, "model     {}", path.display())?;
+        writeln!(
+            out,
+            "producer  {} (opset {}), {} nodes, {} parameters",
+            self.producer, self.opset, self.nodes, self.params
+        )?;
+        writeln!(
+            out,
+            "input     {} [{}] ({})",
+            input.name,
+            input.shape.join(", "),
+            input.layout
+        )?;
+        let fallback = if cut.fallback { " [fallback]" } else { "" };
+        writeln!(out, "cut       {} = {} ({}){fallback}", cut.tensor, cut.node, cut.op)?;
+        writeln!(out, "rule      {}", cut.rule.describe())?;
+        writeln!(out, "features  {:?} -> D = {}", cut.feature_shape, cut.feature_dim)?;
+        writeln!(
+            out,
+            "head      {} ({} parameters)",
+            self.head.nodes.join(" -> "),
+            self.head.params
+        )
+    }
+}
+
 /// Inspects `model`, running its extractor once on zeros to measure the feature shape.
 pub fn inspect(model: &ModelProto, engine: &dyn Engine, at: Option<&str>) -> Result<Inspection> {
     summarise(model, engine, &find_cut(model, at)?)

@@ -1,14 +1,13 @@
 //! `nnmend cut MODEL -o OUT.onnx [--at TENSOR]`: writes the feature extractor.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::json;
+use nnmend::doc::CutDoc;
 
-use super::{load_model, print_json, save_model, warn_cut, EngineArgs, Global};
+use super::{load_model, print_doc, save_model, warn_cut, EngineArgs, Global};
 
 /// Arguments of `nnmend cut`.
 #[derive(Debug, Args)]
@@ -39,21 +38,11 @@ pub fn cut(args: CutArgs, g: &Global) -> Result<ExitCode> {
         warn_cut(w);
     }
     save_model(&extractor, &args.output)?;
-    if args.json {
-        print_json(&json!({
-            "output": args.output,
-            "cut": info.cut,
-            "input": info.input,
-        }))?;
-    } else {
-        writeln!(
-            std::io::stdout().lock(),
-            "wrote {}: {} -> features [N, {}] (cut at {})",
-            args.output.display(),
-            info.input.name,
-            info.cut.feature_dim,
-            info.cut.tensor
-        )?;
-    }
+    let doc = CutDoc {
+        output: args.output,
+        cut: info.cut,
+        input: info.input,
+    };
+    print_doc(&doc, args.json, |d, out| d.write_text(out))?;
     Ok(ExitCode::SUCCESS)
 }

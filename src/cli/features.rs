@@ -2,7 +2,6 @@
 //! set and writes `features` (f32 [N, D]) and `labels` (i64 [N]), so that a large job
 //! can be split into shards and the head fitted elsewhere.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,7 +11,7 @@ use nnmend::data::Split;
 use nnmend::doc::{CutRef, FeaturesDoc};
 use nnmend::hybrid::extract;
 
-use super::{load_model, print_json, warn_cut, DataArgs, EngineArgs, Global};
+use super::{load_model, print_doc, warn_cut, DataArgs, EngineArgs, Global};
 
 /// Arguments of `nnmend features`.
 #[derive(Debug, Args)]
@@ -49,29 +48,19 @@ pub fn features(args: FeaturesArgs, g: &Global) -> Result<ExitCode> {
         warn_cut(w);
     }
     nnmend::features::write_features(&args.output, &features, &ds.labels)?;
-    if args.json {
-        print_json(&FeaturesDoc {
-            output: args.output,
-            n: features.nrows(),
-            feature_dim: features.ncols(),
-            cut: CutRef {
-                fallback: cut.fallback(),
-                rule: cut.rule,
-                tensor: cut.tensor,
-                op: cut.op,
-            },
-            seconds,
-            engine: engine.describe(),
-        })?;
-    } else {
-        writeln!(
-            std::io::stdout().lock(),
-            "wrote {}: {} x {} features (cut at {}) in {seconds:.2} s",
-            args.output.display(),
-            features.nrows(),
-            features.ncols(),
-            cut.tensor
-        )?;
-    }
+    let doc = FeaturesDoc {
+        output: args.output,
+        n: features.nrows(),
+        feature_dim: features.ncols(),
+        cut: CutRef {
+            fallback: cut.fallback(),
+            rule: cut.rule,
+            tensor: cut.tensor,
+            op: cut.op,
+        },
+        seconds,
+        engine: engine.describe(),
+    };
+    print_doc(&doc, args.json, |d, out| d.write_text(out))?;
     Ok(ExitCode::SUCCESS)
 }

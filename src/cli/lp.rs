@@ -12,7 +12,7 @@ use nnmend::doc::LpDoc;
 use nnmend::repair::margin::MarginSolver;
 use nnmend::repair::Instance;
 
-use super::print_json;
+use super::print_doc;
 
 /// Arguments of `nnmend lp`.
 #[derive(Debug, Args)]
@@ -37,19 +37,7 @@ pub fn lp(args: LpArgs) -> Result<ExitCode> {
         .threads
         .map_or_else(|| nnmend::features::Feed::default().threads, |t| t as usize);
     let (solved, seconds) = instance.solve(threads, args.solver)?;
-    let doc = LpDoc::new(instance.mode(), instance.x.dim(), &solved, seconds, threads);
-    if args.json {
-        print_json(&doc)?;
-    } else {
-        println!(
-            "{:?}: objective {:.6} (certified gap {:.1e}), {} samples x {} features x {} classes, {seconds:.2} s",
-            doc.status,
-            doc.objective,
-            doc.gap,
-            doc.samples,
-            doc.features,
-            instance.classes()
-        );
-    }
+    let doc = LpDoc::new(&instance, &solved, seconds, threads);
+    print_doc(&doc, args.json, |d, out| d.write_text(out))?;
     Ok(ExitCode::SUCCESS)
 }

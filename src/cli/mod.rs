@@ -284,25 +284,20 @@ fn save_model(model: &ModelProto, out: &Path) -> Result<()> {
     Ok(onnx::save(model, out)?)
 }
 
-/// Prints one JSON document on stdout.
-fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
-}
-
 /// Prints `doc` on stdout: as one JSON document with `json`, else as `text` writes it.
 fn print_doc<D: serde::Serialize>(
     doc: &D,
     json: bool,
     text: impl FnOnce(&D, &mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
 ) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     if json {
-        print_json(doc)
+        serde_json::to_writer_pretty(&mut out, doc)?;
+        writeln!(out)?;
     } else {
-        Ok(text(doc, &mut std::io::stdout().lock())?)
+        text(doc, &mut out)?;
     }
+    Ok(())
 }
 
 /// Parses a number in `[0, 1]`: a radius ε in pixel space.

@@ -5,7 +5,6 @@
 //! DIR appears whole or not at all: everything is written into a temporary folder
 //! beside it (removed on failure or Ctrl-C), which is renamed to DIR at the end.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,6 +14,7 @@ use clap::Args;
 use nnmend::attack::protocol::Protocol;
 use nnmend::attack::{self, Loss, Method};
 use nnmend::data::Split;
+use nnmend::doc::RunDoc;
 use nnmend::experiment::{self, Inputs, Robust, Settings};
 use nnmend::hybrid::FitSettings;
 use nnmend::report::{folder, ReportError};
@@ -23,7 +23,7 @@ use nnmend::svm::{NystromSettings, SvmParams};
 use super::fit::SvmArgs;
 use super::gate::{verdict, GateArgs};
 use super::repair::RepairOptions;
-use super::{load_model, print_json, unit_interval, usage, warn, warn_cut, DataArgs, EngineArgs, Global};
+use super::{load_model, print_doc, unit_interval, usage, warn, warn_cut, DataArgs, EngineArgs, Global};
 
 /// Arguments of `nnmend run`.
 #[derive(Debug, Args)]
@@ -131,7 +131,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         attack: attack::Settings {
             method: args.attack,
             steps: args.steps as usize,
-            step_ratio: 2.5 / args.steps as f32,
+            step_ratio: attack::step_ratio(args.steps as usize),
             random_start: args.random_start,
             seed: args.seed,
             feed: feed.clone(),
@@ -200,16 +200,10 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         }
     }
     folder::write(&outcome, &args.out)?;
-    if args.json {
-        let mut doc = serde_json::to_value(&outcome.report)?;
-        if let Some(map) = doc.as_object_mut() {
-            map.insert("out".into(), serde_json::json!(args.out));
-        }
-        print_json(&doc)?;
-    } else {
-        let mut out = std::io::stdout().lock();
-        outcome.report.write_text(&mut out)?;
-        writeln!(out, "wrote {}", args.out.display())?;
-    }
+    let doc = RunDoc {
+        report: &outcome.report,
+        out: args.out.clone(),
+    };
+    print_doc(&doc, args.json, |d, out| d.write_text(out))?;
     Ok(verdict(&outcome.report.gates))
 }

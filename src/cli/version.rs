@@ -2,15 +2,15 @@
 //! the features compiled in and the tract version; with `--backend ort` or `ort-cuda`,
 //! the ONNX Runtime library found and its version too.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use nnmend::doc::VersionDoc;
 use nnmend::engine::{self, Backend, EngineOptions};
 use nnmend::provenance::Provenance;
 
-use super::{print_json, usage};
+use super::{print_doc, usage};
 
 /// The options of `nnmend --version`.
 #[derive(Debug, Args)]
@@ -40,7 +40,6 @@ pub fn version(args: &VersionArgs) -> Result<ExitCode> {
     if !args.version {
         usage!("no command given; `nnmend --help` lists them");
     }
-    let provenance = Provenance::current();
     let engine = match args.backend {
         Some(backend) => Some(
             engine::engine_with(backend, EngineOptions::default())
@@ -52,28 +51,10 @@ pub fn version(args: &VersionArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
-    if args.json {
-        let mut doc = serde_json::to_value(&provenance)?;
-        if let (Some(engine), Some(map)) = (engine, doc.as_object_mut()) {
-            map.insert("engine".into(), engine);
-        }
-        print_json(&doc)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut out = std::io::stdout().lock();
-    write!(out, "{}", provenance.text())?;
-    if let Some(engine) = engine {
-        let field = |key: &str| {
-            engine
-                .get(key)
-                .and_then(|v| v.as_str())
-                .unwrap_or("unknown")
-                .to_string()
-        };
-        match engine.get("library").and_then(|v| v.as_str()) {
-            Some(library) => writeln!(out, "{}: {} ({library})", field("name"), field("version"))?,
-            None => writeln!(out, "{}: {}", field("name"), field("version"))?,
-        }
-    }
+    let doc = VersionDoc {
+        provenance: Provenance::current(),
+        engine,
+    };
+    print_doc(&doc, args.json, |d, out| d.write_text(out))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,8 +2,7 @@
 //! of these on stdout. The keys scripts rely on are the CLI contract
 //! (`../shared/docs/ARCHITECTURE.md`); more may be added, none renamed. Accuracies and
 //! rates are fractions in `[0, 1]`, times are seconds. `inspect --json` prints
-//! [`crate::inspect::Inspection`], and `run --json` the experiment's
-//! [`crate::experiment::Report`].
+//! [`crate::inspect::Inspection`].
 
 mod certified;
 mod certify;
@@ -16,7 +15,7 @@ use serde::Serialize;
 
 use crate::attack::{EpsResult, Loss, Method};
 use crate::features::Accuracy;
-use crate::repair::instance::Solved;
+use crate::repair::instance::{Instance, Solved};
 use crate::repair::{ClassSolution, Status};
 
 pub use certified::CertifiedRepairDoc;
@@ -71,6 +70,55 @@ impl EvalDoc {
             writeln!(out, "{:.4}  {}/{}  {}", r.accuracy, r.correct, r.n, r.path.display())?;
         }
         Ok(())
+    }
+}
+
+/// `--version --json`: the build, and with `--backend`, the engine found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionDoc {
+    /// The build.
+    #[serde(flatten)]
+    pub provenance: crate::provenance::Provenance,
+    /// The engine's description (`name`, `version`, `library` for ONNX Runtime).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<serde_json::Value>,
+}
+
+impl VersionDoc {
+    /// The text `--version` prints: the provenance, then `NAME: VERSION (LIBRARY)` of
+    /// the engine.
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        write!(out, "{}", self.provenance.text())?;
+        let Some(engine) = &self.engine else {
+            return Ok(());
+        };
+        let field = |key: &str| engine.get(key).and_then(|v| v.as_str());
+        let (name, version) = (
+            field("name").unwrap_or("unknown"),
+            field("version").unwrap_or("unknown"),
+        );
+        match field("library") {
+            Some(library) => writeln!(out, "{name}: {version} ({library})"),
+            None => writeln!(out, "{name}: {version}"),
+        }
+    }
+}
+
+/// `run --json`: the experiment's report, and the folder it was written to.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunDoc<'a> {
+    /// The report, as `report.json` holds it.
+    #[serde(flatten)]
+    pub report: &'a crate::experiment::Report,
+    /// The output folder.
+    pub out: PathBuf,
+}
+
+impl RunDoc<'_> {
+    /// The text `run` prints: the report's summary, then where it was written.
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.report.write_text(out)?;
+        writeln!(out, "wrote {}", self.out.display())
     }
 }
 
@@ -150,7 +198,32 @@ impl AttackDoc {
     }
 }
 
-/// Where a model was cut, as `cut --json` and `features --json` report it.
+/// `cut --json`: the extractor written, where the model was cut and its input.
+#[derive(Debug, Clone, Serialize)]
+pub struct CutDoc {
+    /// The extractor file.
+    pub output: PathBuf,
+    /// The cut.
+    pub cut: crate::inspect::CutSummary,
+    /// The model's data input.
+    pub input: crate::inspect::InputSummary,
+}
+
+impl CutDoc {
+    /// The text `cut` prints: the file, its input and the feature size.
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "wrote {}: {} -> features [N, {}] (cut at {})",
+            self.output.display(),
+            self.input.name,
+            self.cut.feature_dim,
+            self.cut.tensor
+        )
+    }
+}
+
+/// `features --json`: the features written and where the model was cut.
 #[derive(Debug, Clone, Serialize)]
 pub struct FeaturesDoc {
     /// The features file.
@@ -165,6 +238,21 @@ pub struct FeaturesDoc {
     pub seconds: f64,
     /// The engine.
     pub engine: serde_json::Value,
+}
+
+impl FeaturesDoc {
+    /// The text `features` prints: the file, the matrix's size, the cut and the time.
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "wrote {}: {} x {} features (cut at {}) in {:.2} s",
+            self.output.display(),
+            self.n,
+            self.feature_dim,
+            self.cut.tensor,
+            self.seconds
+        )
+    }
 }
 
 /// A cut, briefly.
@@ -253,20 +341,18 @@ pub struct LpDoc {
     /// Margin mode: constraints in the final active set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_constraints: Option<usize>,
+    /// The head's classes.
+    #[serde(skip)]
+    pub head_classes: usize,
 }
 
 impl LpDoc {
-    /// The document of an instance of `mode` with `x` of `(samples, features)`, solved
-    /// as `solved` in `seconds` on `threads` threads.
-    pub fn new(
-        mode: &'static str,
-        (samples, features): (usize, usize),
-        solved: &Solved,
-        seconds: f64,
-        threads: usize,
-    ) -> Self {
+    /// The document of `instance`, solved as `solved` in `seconds` on `threads` threads.
+    pub fn new(instance: &Instance, solved: &Solved, seconds: f64, threads: usize) -> Self {
+        let (samples, features) = instance.x.dim();
         let mut doc = Self {
-            mode,
+            mode: instance.mode(),
+            head_classes: instance.classes(),
             status: solved.status(),
             objective: solved.objective(),
             seconds,
@@ -288,6 +374,15 @@ impl LpDoc {
             }
         }
         doc
+    }
+
+    /// The text `lp` prints: status, optimum, gap, size and time on one line.
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "{:?}: objective {:.6} (certified gap {:.1e}), {} samples x {} features x {} classes, {:.2} s",
+            self.status, self.objective, self.gap, self.samples, self.features, self.head_classes, self.seconds
+        )
     }
 }
 

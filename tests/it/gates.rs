@@ -260,6 +260,23 @@ fn experiment(dir: &Path, extra: &[&str]) -> Output {
     c.output().unwrap()
 }
 
+/// Whether `a` and `b` hold the same keys and values, numbers equal to f32 precision
+/// (a radius prints as the f32 it is in one, widened to f64 in the other).
+fn same_document(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            (x - y).abs() <= 1e-7 * x.abs().max(y.abs())
+        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_document(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_document(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 fn report(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
 }
@@ -336,9 +353,28 @@ fn run_gates_judge_the_worst_epsilon_after_writing_the_report() {
 
     // Drawdown: the largest over ε.
     let dir = tmp.path().join("drawdown");
-    let out = experiment(&dir, &["--mode", "paper", "--pgd-limit", "0", "--max-drawdown", "0.01"]);
+    let out = experiment(
+        &dir,
+        &[
+            "--mode",
+            "paper",
+            "--pgd-limit",
+            "0",
+            "--max-drawdown",
+            "0.01",
+            "--json",
+        ],
+    );
     let line = one_failed_gate(&out);
     let r = report(&dir);
+    // `--json` prints report.json's document with the folder beside it.
+    let mut printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["out"], serde_json::json!(dir), "run --json names its folder");
+    printed.as_object_mut().unwrap().remove("out");
+    assert!(
+        same_document(&printed, &r),
+        "run --json prints what report.json holds:\n{printed}\n{r}"
+    );
     let (value, eps) = worst(&r, "drawdown", true);
     assert!(value > 0.01, "{}", r["repairs"]);
     assert_eq!(
