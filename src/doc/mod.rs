@@ -455,4 +455,49 @@ mod tests {
         };
         has(&attack, &["results"]);
     }
+
+    #[test]
+    fn version_and_lp_documents_keep_the_contract_keys_and_their_text() {
+        let mut version = VersionDoc {
+            provenance: crate::provenance::Provenance::current(),
+            engine: None,
+        };
+        has(&version, &["version", "commit", "features", "tract"]);
+        assert!(!keys(&version).contains(&"engine".to_string()));
+        version.engine = Some(serde_json::json!({"name": "onnxruntime", "version": "1.2", "library": "/x.so"}));
+        has(&version, &["version", "engine"]);
+        let mut text = Vec::new();
+        version.write_text(&mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.starts_with(&format!("nnmend {}\n", crate::provenance::VERSION)),
+            "{text}"
+        );
+        assert!(text.ends_with("onnxruntime: 1.2 (/x.so)\n"), "{text}");
+
+        // Two samples, one feature, three classes: a paper-mode LP.
+        let x = ndarray::array![[1.0], [2.0]];
+        let residuals = ndarray::array![[0.5, 0.0, -0.5], [1.0, 0.0, 0.0]];
+        let instance = Instance::paper(x, residuals, false);
+        let (solved, seconds) = instance.solve(1, Default::default()).unwrap();
+        let doc = LpDoc::new(&instance, &solved, seconds, 1);
+        has(
+            &doc,
+            &[
+                "mode",
+                "status",
+                "objective",
+                "seconds",
+                "samples",
+                "features",
+                "gap",
+                "classes",
+            ],
+        );
+        assert!(!keys(&doc).contains(&"head_classes".to_string()));
+        let mut text = Vec::new();
+        doc.write_text(&mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("2 samples x 1 features x 3 classes"), "{text}");
+    }
 }
