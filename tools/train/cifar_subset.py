@@ -9,7 +9,10 @@ like any other .npz.
 
 `--skip K` takes the N images after the first K of the same random order (a held-out
 part disjoint from `--n K`); `--in-order` takes the first N in the cache's order
-instead; `--mirror` appends each image's left-right mirror, with its label, after them.
+instead; `--mirror` appends each image's left-right mirror, with its label, after them;
+`--crops K` then appends K shifted copies of every image so far: each a 32x32 crop of
+the image zero-padded by 4 pixels at a seeded random offset, as the training
+augmentation of `tools/train/train_cifar.py` crops.
 
 Run from the project root (any python3 with numpy):
     python3 tools/train/cifar_subset.py --split train --n 10000 --seed 0
@@ -22,6 +25,19 @@ import os
 import numpy as np
 
 
+def crops(x, rng, pad=4):
+    """A 32x32 crop of each image of `x` (NHWC) zero-padded by `pad`, at an offset
+    drawn uniformly from 0..2*pad in each direction."""
+    n, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dy = rng.integers(0, 2 * pad + 1, n)
+    dx = rng.integers(0, 2 * pad + 1, n)
+    out = np.empty_like(x)
+    for k in range(n):
+        out[k] = padded[k, dy[k] : dy[k] + h, dx[k] : dx[k] + w]
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", choices=["train", "test"], required=True)
@@ -31,6 +47,7 @@ def main():
     parser.add_argument("--skip", type=int, default=0, help="skip the first K of the random order")
     parser.add_argument("--in-order", action="store_true", help="the first N in the cache's order")
     parser.add_argument("--mirror", action="store_true", help="append each image's left-right mirror")
+    parser.add_argument("--crops", type=int, default=0, help="append K randomly shifted copies of each image")
     parser.add_argument("--out", help="default: CACHE/SPLIT_<n/1000>k.npz")
     args = parser.parse_args()
     data = np.load(os.path.join(args.cache, f"{args.split}.npz"))
@@ -44,6 +61,13 @@ def main():
     xs, ys = x[rows], y[rows]
     if args.mirror:
         xs, ys = np.concatenate([xs, xs[:, :, ::-1, :]]), np.concatenate([ys, ys])
+    if args.crops < 0:
+        parser.error("--crops K needs K >= 0")
+    rng = np.random.default_rng([args.seed, 1])
+    copies = [xs]
+    for _ in range(args.crops):
+        copies.append(crops(xs, rng))
+    xs, ys = np.concatenate(copies), np.tile(ys, args.crops + 1)
     out = args.out or os.path.join(args.cache, f"{args.split}_{args.n // 1000}k.npz")
     tmp = out + ".tmp.npz"
     np.savez(tmp, x=xs, y=ys)
