@@ -353,18 +353,10 @@ fn run_gates_judge_the_worst_epsilon_after_writing_the_report() {
 
     // Drawdown: the largest over ε.
     let dir = tmp.path().join("drawdown");
-    let out = experiment(
-        &dir,
-        &[
-            "--mode",
-            "paper",
-            "--pgd-limit",
-            "0",
-            "--max-drawdown",
-            "0.01",
-            "--json",
-        ],
-    );
+    let extra: Vec<&str> = "--mode paper --pgd-limit 0 --max-drawdown 0.01 --json"
+        .split(' ')
+        .collect();
+    let out = experiment(&dir, &extra);
     let line = one_failed_gate(&out);
     let r = report(&dir);
     // `--json` prints report.json's document with the folder beside it.
