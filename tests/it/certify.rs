@@ -593,6 +593,15 @@ fn certified_repair_certifies_its_balls_as_certify_and_the_reference_check_them(
         "{before} of 40 balls certified before: the radius is too small to test"
     );
     assert!(doc["lp"]["columns"].as_u64().unwrap() > 0);
+    // Each round's program and solve, the last the one whose weights were written.
+    let history = doc["lp"]["history"].as_array().unwrap();
+    assert_eq!(history.len() as u64, doc["lp"]["rounds"].as_u64().unwrap());
+    let last = history.last().unwrap();
+    assert_eq!(
+        (&last["rows"], &last["columns"]),
+        (&doc["lp"]["rows"], &doc["lp"]["columns"])
+    );
+    assert!(last["constraints"].as_u64().unwrap() > last["rows"].as_u64().unwrap());
     assert_eq!(after, 40, "{doc}");
     assert_eq!(doc["efficacy"], 1.0);
     assert!(doc["change"]["l1"].as_f64().unwrap() > 0.0);

@@ -40,7 +40,10 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use super::Status;
 use program::{entering_columns, solve_restricted};
 
-pub use hybrid::{assess_certified, balls, repair_certified, CertifiedRepair, CertifiedRepairSettings, HeldOut};
+pub use hybrid::{
+    assess_certified, balls, repair_certified, CertifiedRepair, CertifiedRepairSettings, HeldOut, BALL_PRICE,
+    CERTIFY_MARGIN, CERTIFY_PRESERVE, KEEP_MARGIN,
+};
 
 /// The samples of a certified repair: balls (and points, with radius 0).
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +144,29 @@ pub struct CertifiedSolution {
     pub columns: usize,
     /// Seconds in all.
     pub seconds: f64,
+    /// Each round's restricted program and its solve, in order.
+    pub history: Vec<RoundFigures>,
+}
+
+/// One round of a certified repair's program: the restricted program solved, and what
+/// its solve cost.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RoundFigures {
+    /// Margin rows (sample, class).
+    pub rows: usize,
+    /// Weights it could change.
+    pub columns: usize,
+    /// Variables of the program as clarabel sees it: each working weight's change and
+    /// its bound, each sample's shortfall, each class pair's `|w_t − w_c|` per feature.
+    pub variables: usize,
+    /// Its constraints (inequalities), the margin rows among them.
+    pub constraints: usize,
+    /// Non-zero coefficients of those constraints.
+    pub nonzeros: usize,
+    /// clarabel's iterations.
+    pub iterations: u32,
+    /// Seconds of the solve, the program's assembly included.
+    pub seconds: f64,
 }
 
 /// Worst margins `[N, K]` of every sample's label over each class under `(w, b)`
@@ -207,10 +233,21 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
     }
     let mut iterations = 0;
     let mut rounds = 0;
+    let mut history = Vec::new();
     loop {
         rounds += 1;
+        let solving = Instant::now();
         let (sol, layout) = solve_restricted(p, &rows, &working, settings);
         iterations += sol.iterations;
+        history.push(RoundFigures {
+            rows: rows.len(),
+            columns: working.iter().filter(|&&w| w).count(),
+            variables: layout.variables,
+            constraints: layout.constraints,
+            nonzeros: layout.nonzeros,
+            iterations: sol.iterations,
+            seconds: solving.elapsed().as_secs_f64(),
+        });
         let worst = worst_margins(p, sol.weights.view(), sol.bias.view());
         let shortfall: Vec<f64> = (0..n)
             .map(|s| {
@@ -264,6 +301,7 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
                 rows: rows.len(),
                 columns: working.iter().filter(|&&w| w).count(),
                 seconds: started.elapsed().as_secs_f64(),
+                history,
             };
         }
         // Rows leave only in the first half of the rounds: from then on the rounds
@@ -476,6 +514,16 @@ mod tests {
             };
             let kept = solve(&p, &keeping);
             assert_eq!(whole.status, Status::Solved, "seed {seed}");
+            for solved in [&kept, &generated, &whole] {
+                // One entry per round, the last the program solved last.
+                let h = &solved.history;
+                assert_eq!(h.len(), solved.rounds, "seed {seed}");
+                assert_eq!(h.iter().map(|r| r.iterations).sum::<u32>(), solved.iterations);
+                let last = h.last().unwrap();
+                assert_eq!((last.rows, last.columns), (solved.rows, solved.columns), "seed {seed}");
+                assert!(last.constraints >= last.rows && last.variables >= 2 * last.columns);
+                assert!(h.iter().all(|r| r.seconds >= 0.0 && r.nonzeros > 0));
+            }
             for solved in [&kept, &generated] {
                 assert_eq!(solved.status, Status::Solved, "seed {seed}");
                 assert!(

@@ -43,6 +43,10 @@ pub(super) struct Layout {
     pair_rows: Vec<Vec<usize>>,
     /// The first margin row; margin row `i` is `rows[i]`.
     pub(super) margin0: usize,
+    /// The program's variables, constraints and non-zero coefficients.
+    pub(super) variables: usize,
+    pub(super) constraints: usize,
+    pub(super) nonzeros: usize,
 }
 
 /// Whether feature `j` can change for the pair `(t, c)`: either class's weight can.
@@ -178,12 +182,16 @@ pub(super) fn solve_restricted(
         b.push(-need);
         row += 1;
     }
+    let nonzeros = entries.len();
     let a = csc(row, vars, entries);
     let cones = [NonnegativeConeT(row)];
     let layout = Layout {
         pair_of,
         pair_rows,
         margin0,
+        variables: vars,
+        constraints: row,
+        nonzeros,
     };
     let unchanged = |status, iterations| Restricted {
         weights: p.weights.to_owned(),
