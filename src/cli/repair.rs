@@ -23,7 +23,7 @@ use nnmend::repair::adversarial::TrainSettings;
 use nnmend::repair::hybrid::read_samples;
 use nnmend::repair::margin::MarginSolver;
 use nnmend::repair::rounds::RoundSettings;
-use nnmend::repair::{assess, repair_hybrid, Checks, Settings, Status, TRAIN_EPOCHS};
+use nnmend::repair::{assess, repair_hybrid, Checks, MarginOptions, Settings, Status, TRAIN_EPOCHS};
 
 use super::gate::{verdict, GateArgs};
 use super::{load_model, non_negative, print_doc, save_model, usage, warn, DataArgs, EngineArgs, Global};
@@ -83,7 +83,8 @@ pub(super) struct RepairOptions {
     #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
     pub slack_price: Option<f64>,
     /// Margin mode: price of a unit of a preservation sample's loss of margin.
-    #[arg(long, default_value_t = 10.0, value_parser = non_negative, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = MarginOptions::default().keep_price, value_parser = non_negative,
+          allow_negative_numbers = true)]
     pub keep_price: f64,
     /// Margin mode, after head training: price of a unit of a guard's loss of margin
     /// (the pool's adversarial examples that the trained head classifies right)

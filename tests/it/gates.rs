@@ -360,7 +360,7 @@ fn run_gates_judge_the_worst_epsilon_after_writing_the_report() {
     let line = one_failed_gate(&out);
     let r = report(&dir);
     // `--json` prints report.json's document with the folder beside it.
-    let mut printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut printed = stdout_json(&out);
     assert_eq!(printed["out"], serde_json::json!(dir), "run --json names its folder");
     printed.as_object_mut().unwrap().remove("out");
     assert!(
