@@ -602,6 +602,15 @@ fn certified_repair_certifies_its_balls_as_certify_and_the_reference_check_them(
         (&doc["lp"]["rows"], &doc["lp"]["columns"])
     );
     assert!(last["constraints"].as_u64().unwrap() > last["rows"].as_u64().unwrap());
+    // Its optimum is the program's: nothing was left to enter.
+    let (optimum, objective) = (
+        last["objective"].as_f64().unwrap(),
+        doc["lp"]["objective"].as_f64().unwrap(),
+    );
+    assert!(
+        (optimum - objective).abs() <= 1e-5 * (1.0 + objective),
+        "{optimum} against {objective}"
+    );
     assert_eq!(after, 40, "{doc}");
     assert_eq!(doc["efficacy"], 1.0);
     assert!(doc["change"]["l1"].as_f64().unwrap() > 0.0);

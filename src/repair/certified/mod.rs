@@ -163,6 +163,8 @@ pub struct RoundFigures {
     pub constraints: usize,
     /// Non-zero coefficients of those constraints.
     pub nonzeros: usize,
+    /// The restricted program's optimum (NaN, `null` in JSON, when the solve failed).
+    pub objective: f64,
     /// clarabel's iterations.
     pub iterations: u32,
     /// Seconds of the solve, the program's assembly included.
@@ -245,6 +247,7 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
             variables: layout.variables,
             constraints: layout.constraints,
             nonzeros: layout.nonzeros,
+            objective: sol.objective,
             iterations: sol.iterations,
             seconds: solving.elapsed().as_secs_f64(),
         });
@@ -523,6 +526,13 @@ mod tests {
                 assert_eq!((last.rows, last.columns), (solved.rows, solved.columns), "seed {seed}");
                 assert!(last.constraints >= last.rows && last.variables >= 2 * last.columns);
                 assert!(h.iter().all(|r| r.seconds >= 0.0 && r.nonzeros > 0));
+                // The last restricted optimum is the whole program's.
+                assert!(
+                    (last.objective - solved.objective).abs() <= 1e-5 * (1.0 + solved.objective),
+                    "seed {seed}: {} against {}",
+                    last.objective,
+                    solved.objective
+                );
             }
             for solved in [&kept, &generated] {
                 assert_eq!(solved.status, Status::Solved, "seed {seed}");

@@ -30,6 +30,8 @@ pub(super) struct Restricted {
     pub(super) bias: Array1<f64>,
     pub(super) status: Status,
     pub(super) iterations: u32,
+    /// Its optimum (NaN when unsolved).
+    pub(super) objective: f64,
     /// clarabel's dual of every row, laid out as [`Layout`] says.
     pub(super) z: Vec<f64>,
 }
@@ -198,6 +200,7 @@ pub(super) fn solve_restricted(
         bias: p.bias.to_owned(),
         status,
         iterations,
+        objective: f64::NAN,
         z: vec![0.0; row],
     };
     // qdldl, not faer's supernodal LDLᵀ that clarabel picks for most of these
@@ -218,6 +221,7 @@ pub(super) fn solve_restricted(
             bias,
             status,
             iterations: sol.iterations,
+            objective: sol.obj_val,
             z: sol.z,
         },
         layout,
