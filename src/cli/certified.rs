@@ -41,6 +41,7 @@ pub(super) fn repair(args: &RepairArgs, hybrid: &ModelProto, eps: f32) -> Result
         crown: args.certify_bounds == CertifyBounds::Crown,
         solve: CertifiedSettings {
             max_iter: args.repair.lp_max_iter,
+            solver: args.repair.lp_solver,
             threads: u32::try_from(feed.threads.max(1)).unwrap_or(1),
             ..d.solve
         },

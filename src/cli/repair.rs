@@ -105,8 +105,8 @@ pub(super) struct RepairOptions {
     /// Let the bias change too.
     #[arg(long)]
     pub repair_bias: bool,
-    /// Margin mode: the solver of the LPs (the structured interior-point method, or
-    /// clarabel's general one).
+    /// Margin mode and --certify: the solver of the LPs (the structured interior-point
+    /// method, or clarabel's general one).
     #[arg(long, value_enum, default_value_t = MarginSolver::Ipm)]
     pub lp_solver: MarginSolver,
     /// The LP solver's iteration limit per solve; a solve that reaches it stalls, and a

@@ -614,6 +614,41 @@ fn certified_repair_certifies_its_balls_as_certify_and_the_reference_check_them(
     assert_eq!(after, 40, "{doc}");
     assert_eq!(doc["efficacy"], 1.0);
     assert!(doc["change"]["l1"].as_f64().unwrap() > 0.0);
+    // nnmend's interior-point method solved every round, every weight free.
+    assert!(history.iter().all(|r| r["solver"] == "ipm"), "{doc}");
+    assert_eq!(last["columns"].as_u64(), doc["features"].as_u64().map(|d| 10 * d));
+    // clarabel, generating the weights, reaches the same optimum.
+    let out = run(&[
+        &[
+            "repair",
+            s(&model),
+            "--certify",
+            "0.03",
+            "--balls",
+            "40",
+            "--lp-solver",
+            "clarabel",
+        ],
+        &[
+            "--train",
+            s(&fixture("mnist-small")),
+            "-o",
+            s(&dir.path().join("clarabel.onnx")),
+            "--json",
+        ][..],
+        &common[..],
+    ]
+    .concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let other = json(&out);
+    let theirs = other["lp"]["objective"].as_f64().unwrap();
+    assert!(
+        (theirs - objective).abs() <= 1e-5 * (1.0 + objective),
+        "clarabel's {theirs} against {objective}"
+    );
+    let rounds = other["lp"]["history"].as_array().unwrap();
+    assert!(rounds.iter().all(|r| r["solver"] == "clarabel"), "{other}");
+    assert!(other["lp"]["columns"].as_u64() < last["columns"].as_u64());
     // A ball's shortfall is priced 10 by default, a repair sample's 1; preserved
     // images (10,000 by default: here all 40) keep their margins up to 2.
     assert_eq!(doc["ball_price"], 10.0);

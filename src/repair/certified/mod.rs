@@ -24,21 +24,31 @@
 //!
 //! A point (radius 0: the preservation set) is the same row without a. The rows are
 //! dense, so they are generated: the restricted program (the rows that bind, and the
-//! pairs those rows name) is solved by clarabel, every (sample, class) is then checked
-//! with the exact worst margin, and the violated ones join until none is left; rows
-//! that neither bind nor come near their margin, and weights the optimum leaves
-//! unchanged, leave it between rounds. The restricted program is a relaxation whose
-//! solution is feasible for the whole one, so it is the whole one's optimum.
+//! pairs those rows name) is solved, every (sample, class) is then checked with the
+//! exact worst margin, and the violated ones join until none is left; rows that
+//! neither bind nor come near their margin leave it between rounds. The restricted
+//! program is a relaxation whose solution is feasible for the whole one, so it is the
+//! whole one's optimum.
+//!
+//! By default nnmend's interior-point method solves it ([`ipm`]), every weight free:
+//! its Newton systems reduce to one dense matrix over the margin rows, formed with
+//! matrix products, so the thousands of weights cost little. With clarabel
+//! ([`MarginSolver::Clarabel`]), whose sparse factorisation pays for every weight the
+//! dense rows couple, the weights are generated too: the restricted program holds the
+//! weights worth changing, every other weight is priced with the duals, and weights
+//! the optimum leaves unchanged leave it between rounds.
 
 mod hybrid;
+mod ipm;
 mod program;
 
 use std::time::Instant;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
+use super::margin::MarginSolver;
 use super::Status;
-use program::{entering_columns, solve_restricted};
+use program::{entering_columns, solve_restricted, Layout, Restricted};
 
 pub use hybrid::{
     assess_certified, balls, repair_certified, CertifiedRepair, CertifiedRepairSettings, HeldOut, BALL_PRICE,
@@ -78,7 +88,7 @@ pub struct CertifiedSettings {
     pub lookahead: f64,
     /// clarabel's threads.
     pub threads: u32,
-    /// clarabel's iteration limit per solve.
+    /// The solver's iteration limit per solve.
     pub max_iter: u32,
     /// A weight joins when moving it would lower the Lagrangian by more than this per
     /// unit.
@@ -99,6 +109,11 @@ pub struct CertifiedSettings {
     /// worth changing): every working weight makes each later solve dearer, and many
     /// that an early round priced in end unused.
     pub drop_columns: bool,
+    /// The solver of the restricted programs: nnmend's interior-point method on the
+    /// program's structure ([`ipm`]), every weight free (only rows are generated; a
+    /// program it cannot finish goes to clarabel), or clarabel, with the weights
+    /// generated too.
+    pub solver: MarginSolver,
 }
 
 impl Default for CertifiedSettings {
@@ -114,6 +129,7 @@ impl Default for CertifiedSettings {
             column_growth: 0.5,
             drop_rows: true,
             drop_columns: true,
+            solver: MarginSolver::Ipm,
         }
     }
 }
@@ -134,9 +150,9 @@ pub struct CertifiedSolution {
     pub objective: f64,
     /// How the last solve ended.
     pub status: Status,
-    /// clarabel's iterations over all rounds.
+    /// The solvers' iterations over all rounds.
     pub iterations: u32,
-    /// Rounds of row and weight generation.
+    /// Rounds of row (and weight) generation.
     pub rounds: usize,
     /// Rows (sample, class) of the last restricted program, of N·(K − 1).
     pub rows: usize,
@@ -156,8 +172,10 @@ pub struct RoundFigures {
     pub rows: usize,
     /// Weights it could change.
     pub columns: usize,
-    /// Variables of the program as clarabel sees it: each working weight's change and
-    /// its bound, each sample's shortfall, each class pair's `|w_t − w_c|` per feature.
+    /// The solver that solved it (`ipm` hands a program it cannot finish to clarabel).
+    pub solver: MarginSolver,
+    /// Variables of the program: each working weight's change and its bound, each
+    /// sample's shortfall, each class pair's `|w_t − w_c|` per feature.
     pub variables: usize,
     /// Its constraints (inequalities), the margin rows among them.
     pub constraints: usize,
@@ -165,7 +183,7 @@ pub struct RoundFigures {
     pub nonzeros: usize,
     /// The restricted program's optimum (NaN, `null` in JSON, when the solve failed).
     pub objective: f64,
-    /// clarabel's iterations.
+    /// The solver's iterations (both solvers' when clarabel took the program over).
     pub iterations: u32,
     /// Seconds of the solve, the program's assembly included.
     pub seconds: f64,
@@ -197,18 +215,19 @@ pub fn worst_margins(p: &CertifiedProblem, w: ArrayView2<f64>, b: ArrayView1<f64
     out
 }
 
-/// Solves the certified program (see the module's documentation): rows and weights
-/// are both generated. The restricted program holds the rows that bind and the
-/// weights worth changing; every row is then checked with the exact worst margin,
-/// every other weight is priced with the duals, and what violates joins. A changed
-/// head is sparse (a few hundred of thousands of weights), so the restricted program
-/// stays small though its rows are dense over the features.
+/// Solves the certified program (see the module's documentation): rows are generated,
+/// and with clarabel the weights too. The restricted program holds the rows that bind
+/// (and, with clarabel, the weights worth changing); every row is then checked with
+/// the exact worst margin (every other weight priced with the duals), and what
+/// violates joins.
 pub fn solve(p: &CertifiedProblem, settings: &CertifiedSettings) -> CertifiedSolution {
-    solve_with(p, settings, &vec![false; p.weights.len()])
+    let structured = settings.solver == MarginSolver::Ipm;
+    solve_with(p, settings, &vec![structured; p.weights.len()])
 }
 
 /// [`solve`] from the working weights `working` (`[K·d]`, row-major; all `true`: no
-/// weight generation).
+/// weight generation). Any other working set is solved by clarabel, whatever
+/// `settings.solver` says.
 pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &[bool]) -> CertifiedSolution {
     let started = Instant::now();
     let (k, _) = p.weights.dim();
@@ -239,9 +258,34 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
     loop {
         rounds += 1;
         let solving = Instant::now();
-        let (sol, layout) = solve_restricted(p, &rows, &working, settings);
+        let (sol, layout, solver) = match settings.solver {
+            MarginSolver::Ipm if !generating => {
+                let sol = ipm::solve(p, &rows, settings.max_iter);
+                if sol.status.usable() {
+                    let restricted = Restricted {
+                        weights: sol.weights,
+                        bias: sol.bias,
+                        status: sol.status,
+                        iterations: sol.iterations,
+                        objective: sol.objective,
+                        z: sol.y,
+                    };
+                    (restricted, Layout::margins_only(sol.size), MarginSolver::Ipm)
+                } else {
+                    // Out of precision: clarabel solves the same program.
+                    let (mut restricted, layout) = solve_restricted(p, &rows, &working, settings);
+                    restricted.iterations += sol.iterations;
+                    (restricted, layout, MarginSolver::Clarabel)
+                }
+            }
+            _ => {
+                let (restricted, layout) = solve_restricted(p, &rows, &working, settings);
+                (restricted, layout, MarginSolver::Clarabel)
+            }
+        };
         iterations += sol.iterations;
         history.push(RoundFigures {
+            solver,
             rows: rows.len(),
             columns: working.iter().filter(|&&w| w).count(),
             variables: layout.variables,
@@ -277,7 +321,7 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
             }
         }
         let failed = !sol.status.usable();
-        let columns = if failed {
+        let columns = if failed || !generating {
             Vec::new()
         } else {
             let now = working.iter().filter(|&&w| w).count() as f64;
@@ -453,7 +497,7 @@ mod tests {
     }
 
     /// A seeded problem of `n` balls and `points` points in `d` features, `k` classes.
-    fn random_problem(seed: u64, (n, points, d, k): (usize, usize, usize, usize)) -> [Array2<f64>; 4] {
+    pub(super) fn random_problem(seed: u64, (n, points, d, k): (usize, usize, usize, usize)) -> [Array2<f64>; 4] {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let w = Array2::from_shape_fn((k, d), |_| rng.random_range(-1.0..1.0));
@@ -507,17 +551,31 @@ mod tests {
                 price: &price,
                 ..probe
             };
-            let generated = solve(&p, &CertifiedSettings::default());
-            let whole = solve_with(&p, &CertifiedSettings::default(), &vec![true; k * d]);
+            let clarabel = CertifiedSettings {
+                solver: MarginSolver::Clarabel,
+                ..CertifiedSettings::default()
+            };
+            let generated = solve(&p, &clarabel);
+            let whole = solve_with(&p, &clarabel, &vec![true; k * d]);
             // Keeping every row and weight that joined reaches the same optimum.
             let keeping = CertifiedSettings {
                 drop_rows: false,
                 drop_columns: false,
-                ..CertifiedSettings::default()
+                ..clarabel
             };
             let kept = solve(&p, &keeping);
+            // nnmend's interior-point method, every weight free, with and without rows
+            // leaving.
+            let structured = solve(&p, &CertifiedSettings::default());
+            let structured_kept = solve(
+                &p,
+                &CertifiedSettings {
+                    drop_rows: false,
+                    ..CertifiedSettings::default()
+                },
+            );
             assert_eq!(whole.status, Status::Solved, "seed {seed}");
-            for solved in [&kept, &generated, &whole] {
+            for solved in [&kept, &generated, &whole, &structured, &structured_kept] {
                 // One entry per round, the last the program solved last.
                 let h = &solved.history;
                 assert_eq!(h.len(), solved.rounds, "seed {seed}");
@@ -534,7 +592,7 @@ mod tests {
                     solved.objective
                 );
             }
-            for solved in [&kept, &generated] {
+            for solved in [&kept, &generated, &structured, &structured_kept] {
                 assert_eq!(solved.status, Status::Solved, "seed {seed}");
                 assert!(
                     (solved.objective - whole.objective).abs() <= 1e-5 * (1.0 + whole.objective),
@@ -542,6 +600,9 @@ mod tests {
                     solved.objective,
                     whole.objective
                 );
+            }
+            for solved in [&structured, &structured_kept] {
+                assert_eq!(solved.columns, k * d, "seed {seed}: the weights were generated");
             }
             assert!(generated.columns < k * d, "seed {seed}: every weight was generated");
             assert!(whole.objective > 0.0, "seed {seed}: nothing to repair");

@@ -51,6 +51,21 @@ pub(super) struct Layout {
     pub(super) nonzeros: usize,
 }
 
+impl Layout {
+    /// The layout of a program solved by [`super::ipm`]: its duals are the margin
+    /// rows' alone, and it has no fixed weights to price.
+    pub(super) fn margins_only((variables, constraints, nonzeros): (usize, usize, usize)) -> Self {
+        Self {
+            pair_of: Vec::new(),
+            pair_rows: Vec::new(),
+            margin0: 0,
+            variables,
+            constraints,
+            nonzeros,
+        }
+    }
+}
+
 /// Whether feature `j` can change for the pair `(t, c)`: either class's weight can.
 fn free(working: &[bool], d: usize, t: usize, c: usize, j: usize) -> bool {
     working[t * d + j] || working[c * d + j]
