@@ -22,7 +22,8 @@
 //!   α_j = c_s,j + σ_p,j r_s,j (σ from a's elimination), so the R × R matrix
 //!   S = W⁻¹ + C H⁻¹ Cᵀ is, between the rows of pairs p and p′,
 //!   A_p diag(Δ_pᵀ M_j⁻¹ Δ_p′) A_p′ᵀ plus a's own term within a pair and ξ's within a
-//!   sample: dense products, R²·d multiply–adds in all, which run at GEMM speed.
+//!   sample: dense products, about R²·d/2 multiply–adds for its lower half, which run
+//!   at GEMM speed.
 //!
 //! S is factored densely (faer's Cholesky), and each system is solved in its augmented
 //! form [H Cᵀ; C −W⁻¹] (Δx, Δy), Δy the margin rows' dual step, by eliminating Δx:
