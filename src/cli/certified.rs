@@ -53,7 +53,7 @@ pub(super) fn repair(args: &RepairArgs, hybrid: &ModelProto, eps: f32) -> Result
         Status::Solved => {}
         Status::AlmostSolved => warn("the certified repair's LP was solved to reduced accuracy only; the model is written, but check its certificates"),
         status => anyhow::bail!(
-            "the certified repair's LP ended {status:?} (clarabel's iteration limit, --lp-max-iter {}, or numerical \
+            "the certified repair's LP ended {status:?} (the solvers' iteration limit, --lp-max-iter {}, or numerical \
              trouble); no model written to {}. Try fewer balls, a smaller --certify radius or a higher --lp-max-iter",
             args.repair.lp_max_iter,
             args.output.display()

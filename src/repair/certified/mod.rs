@@ -110,9 +110,9 @@ pub struct CertifiedSettings {
     /// that an early round priced in end unused.
     pub drop_columns: bool,
     /// The solver of the restricted programs: nnmend's interior-point method on the
-    /// program's structure ([`ipm`]), every weight free (only rows are generated; a
-    /// program it cannot finish goes to clarabel), or clarabel, with the weights
-    /// generated too.
+    /// program's structure ([`ipm`]), every weight free (only rows are generated; when
+    /// it cannot finish a program, [`solve`] starts again with clarabel), or clarabel,
+    /// with the weights generated too.
     pub solver: MarginSolver,
 }
 
@@ -172,7 +172,7 @@ pub struct RoundFigures {
     pub rows: usize,
     /// Weights it could change.
     pub columns: usize,
-    /// The solver that solved it (`ipm` hands a program it cannot finish to clarabel).
+    /// The solver that solved it.
     pub solver: MarginSolver,
     /// Variables of the program: each working weight's change and its bound, each
     /// sample's shortfall, each class pair's `|w_t − w_c|` per feature.
@@ -183,7 +183,7 @@ pub struct RoundFigures {
     pub nonzeros: usize,
     /// The restricted program's optimum (NaN, `null` in JSON, when the solve failed).
     pub objective: f64,
-    /// The solver's iterations (both solvers' when clarabel took the program over).
+    /// The solver's iterations.
     pub iterations: u32,
     /// Seconds of the solve, the program's assembly included.
     pub seconds: f64,
@@ -219,10 +219,25 @@ pub fn worst_margins(p: &CertifiedProblem, w: ArrayView2<f64>, b: ArrayView1<f64
 /// and with clarabel the weights too. The restricted program holds the rows that bind
 /// (and, with clarabel, the weights worth changing); every row is then checked with
 /// the exact worst margin (every other weight priced with the duals), and what
-/// violates joins.
+/// violates joins. When the interior-point method cannot finish a round's program
+/// (out of precision or iterations), the solve starts again with clarabel, weights
+/// generated; the history holds both.
 pub fn solve(p: &CertifiedProblem, settings: &CertifiedSettings) -> CertifiedSolution {
     let structured = settings.solver == MarginSolver::Ipm;
-    solve_with(p, settings, &vec![structured; p.weights.len()])
+    let sol = solve_with(p, settings, &vec![structured; p.weights.len()]);
+    if !structured || sol.status.usable() {
+        return sol;
+    }
+    let clarabel = CertifiedSettings {
+        solver: MarginSolver::Clarabel,
+        ..*settings
+    };
+    let mut again = solve_with(p, &clarabel, &vec![false; p.weights.len()]);
+    again.history.splice(0..0, sol.history);
+    again.iterations += sol.iterations;
+    again.rounds += sol.rounds;
+    again.seconds += sol.seconds;
+    again
 }
 
 /// [`solve`] from the working weights `working` (`[K·d]`, row-major; all `true`: no
@@ -261,22 +276,18 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
         let (sol, layout, solver) = match settings.solver {
             MarginSolver::Ipm if !generating => {
                 let sol = ipm::solve(p, &rows, settings.max_iter);
-                if sol.status.usable() {
-                    let restricted = Restricted {
-                        weights: sol.weights,
-                        bias: sol.bias,
-                        status: sol.status,
-                        iterations: sol.iterations,
-                        objective: sol.objective,
-                        z: sol.y,
-                    };
-                    (restricted, Layout::margins_only(sol.size), MarginSolver::Ipm)
-                } else {
-                    // Out of precision: clarabel solves the same program.
-                    let (mut restricted, layout) = solve_restricted(p, &rows, &working, settings);
-                    restricted.iterations += sol.iterations;
-                    (restricted, layout, MarginSolver::Clarabel)
-                }
+                // A solve that did not finish leaves the weights as they were, and the
+                // repair ends here ([`solve`] then hands it to clarabel).
+                let usable = sol.status.usable();
+                let restricted = Restricted {
+                    weights: if usable { sol.weights } else { p.weights.to_owned() },
+                    bias: if usable { sol.bias } else { p.bias.to_owned() },
+                    status: sol.status,
+                    iterations: sol.iterations,
+                    objective: if usable { sol.objective } else { f64::NAN },
+                    z: sol.y,
+                };
+                (restricted, Layout::margins_only(sol.size), MarginSolver::Ipm)
             }
             _ => {
                 let (restricted, layout) = solve_restricted(p, &rows, &working, settings);
@@ -511,6 +522,72 @@ mod tests {
             }
         });
         [w, bias, centre, radius]
+    }
+
+    #[test]
+    fn balls_already_certified_leave_the_head_as_it_is() {
+        let w = array![[1.0, -1.0], [-1.0, 1.0]];
+        let b = array![0.0, 0.0];
+        let centre = array![[0.9, 0.1], [0.1, 0.9]];
+        let radius = array![[0.05, 0.05], [0.0, 0.0]];
+        let p = CertifiedProblem {
+            weights: w.view(),
+            bias: b.view(),
+            centre: centre.view(),
+            radius: radius.view(),
+            labels: &[0, 1],
+            margin: &[0.1, 0.1],
+            price: &[10.0, 10.0],
+            repair_bias: true,
+        };
+        for solver in [MarginSolver::Ipm, MarginSolver::Clarabel] {
+            let sol = solve(
+                &p,
+                &CertifiedSettings {
+                    solver,
+                    ..CertifiedSettings::default()
+                },
+            );
+            assert_eq!(sol.status, Status::Solved, "{solver:?}");
+            assert_eq!((sol.rounds, sol.rows), (1, 0), "{solver:?}");
+            assert!(sol.objective.abs() < 1e-9, "{solver:?}: {}", sol.objective);
+            assert!((&sol.weights - &w).iter().all(|v| v.abs() < 1e-9), "{solver:?}");
+        }
+    }
+
+    #[test]
+    fn a_program_the_interior_point_method_cannot_finish_goes_to_clarabel() {
+        let (n, points, d, k) = (12, 8, 10, 4);
+        let [w, bias, centre, radius] = random_problem(7, (n, points, d, k));
+        let labels: Vec<usize> = (0..n + points).map(|s| s % k).collect();
+        let p = CertifiedProblem {
+            weights: w.view(),
+            bias: bias.row(0),
+            centre: centre.view(),
+            radius: radius.view(),
+            labels: &labels,
+            margin: &vec![0.2; n + points],
+            price: &vec![2.0; n + points],
+            repair_bias: false,
+        };
+        // Three iterations are too few for either solver: the interior-point method
+        // gives up on the first round's program, the solve starts again with clarabel,
+        // which stalls too, and the repair ends there, the head unchanged.
+        let sol = solve(
+            &p,
+            &CertifiedSettings {
+                max_iter: 3,
+                ..CertifiedSettings::default()
+            },
+        );
+        assert_eq!(sol.status, Status::Stalled);
+        let solvers: Vec<MarginSolver> = sol.history.iter().map(|r| r.solver).collect();
+        assert_eq!(solvers, [MarginSolver::Ipm, MarginSolver::Clarabel]);
+        assert_eq!(sol.rounds, 2);
+        assert_eq!(sol.history[0].iterations, 3);
+        assert!(sol.history[0].objective.is_nan());
+        assert_eq!(sol.iterations, sol.history.iter().map(|r| r.iterations).sum::<u32>());
+        assert_eq!((&sol.weights, &sol.bias), (&w, &bias.row(0).to_owned()));
     }
 
     #[test]
