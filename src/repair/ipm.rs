@@ -287,16 +287,17 @@ struct Best {
     at: u32,
 }
 
-/// Largest α ≤ 1 with v + α·dv ≥ 0.
-fn max_step(v: &Blocks, dv: &Blocks) -> f64 {
-    v.iter()
-        .zip(dv.iter())
+/// Largest α ≤ 1 with v + α·dv ≥ 0 (also the certified program's method's).
+pub(super) fn max_step<'a>(v: impl IntoIterator<Item = &'a f64>, dv: impl IntoIterator<Item = &'a f64>) -> f64 {
+    v.into_iter()
+        .zip(dv)
         .filter(|(_, &d)| d < 0.0)
         .fold(1.0f64, |alpha, (&v, &d)| alpha.min(-v / d))
 }
 
-fn inf_norm<'a>(v: impl Iterator<Item = &'a f64>) -> f64 {
-    v.fold(0.0f64, |m, x| m.max(x.abs()))
+/// The largest magnitude among `v`.
+pub(super) fn inf_norm<'a>(v: impl IntoIterator<Item = &'a f64>) -> f64 {
+    v.into_iter().fold(0.0f64, |m, x| m.max(x.abs()))
 }
 
 /// The parallelism of every solve, whatever the thread count asked for.
@@ -399,8 +400,8 @@ pub(super) fn solve(p: &MarginProblem, pairs: &[(usize, usize)], max_iter: u32) 
         // Predictor: the affine direction.
         let uz = u.zip_map(&z, |a, b| a * b);
         let (_, du_aff, dz_aff) = direction(&uz);
-        let ap = max_step(&u, &du_aff);
-        let ad = max_step(&z, &dz_aff);
+        let ap = max_step(u.iter(), du_aff.iter());
+        let ad = max_step(z.iter(), dz_aff.iter());
         let mu_aff = u
             .zip_map(&du_aff, |a, b| a + ap * b)
             .iter()
@@ -413,8 +414,8 @@ pub(super) fn solve(p: &MarginProblem, pairs: &[(usize, usize)], max_iter: u32) 
         let cross = du_aff.zip_map(&dz_aff, |a, b| a * b);
         let rc = uz.zip_map(&cross, |a, b| a + b - sigma * mu);
         let (dy, du, dz) = direction(&rc);
-        let ap = (STEP * max_step(&u, &du)).min(1.0);
-        let ad = (STEP * max_step(&z, &dz)).min(1.0);
+        let ap = (STEP * max_step(u.iter(), du.iter())).min(1.0);
+        let ad = (STEP * max_step(z.iter(), dz.iter())).min(1.0);
         for (v, dv) in y.iter_mut().zip(&dy) {
             *v += ap * dv;
         }

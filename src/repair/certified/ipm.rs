@@ -41,6 +41,7 @@ use faer::{Accum, Mat, Par};
 use ndarray::{Array1, Array2};
 
 use super::CertifiedProblem;
+use crate::repair::ipm::{inf_norm, max_step};
 use crate::repair::Status;
 
 /// The method stops when the relative residuals are below this...
@@ -471,7 +472,6 @@ impl<'a> Step<'a> {
                 }
             }
         }
-        let flat = &alpha[..];
         let mut s = Mat::<f64>::zeros(rr, rr);
         let mut scaled = vec![0.0; rr * db];
         let mut m = vec![0.0; db];
@@ -486,7 +486,7 @@ impl<'a> Step<'a> {
                 }
                 for (out, row) in scaled[qlo * db..qhi * db]
                     .chunks_exact_mut(db)
-                    .zip(flat[qlo * db..qhi * db].chunks_exact(db))
+                    .zip(alpha[qlo * db..qhi * db].chunks_exact(db))
                 {
                     for ((o, a), mj) in out.iter_mut().zip(row).zip(&m) {
                         *o = a * mj;
@@ -496,7 +496,7 @@ impl<'a> Step<'a> {
             matmul(
                 s.as_mut().submatrix_mut(lo, 0, hi - lo, hi),
                 Accum::Replace,
-                rows_of(flat, lo, hi - lo, db),
+                rows_of(&alpha, lo, hi - lo, db),
                 rows_of(&scaled, 0, hi, db).transpose(),
                 1.0,
                 par,
@@ -678,18 +678,6 @@ fn dual_start(program: &Program) -> Vec<f64> {
         z[sa.p5 + i] = half;
     }
     z
-}
-
-/// Largest α ≤ 1 with v + α·dv ≥ 0.
-fn max_step(v: &[f64], dv: &[f64]) -> f64 {
-    v.iter()
-        .zip(dv)
-        .filter(|(_, &d)| d < 0.0)
-        .fold(1.0f64, |alpha, (&v, &d)| alpha.min(-v / d))
-}
-
-fn inf_norm(v: &[f64]) -> f64 {
-    v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
