@@ -32,6 +32,14 @@
 //! is refined with its residual, A and W applied exactly. A general sparse solver meets
 //! the same system as one sparse LDLᵀ in which the dense margin rows couple every
 //! feature.
+//!
+//! The method is resumable ([`Solver`]): stopped once its iterate is within a factor
+//! of the tolerances (a round of row generation whose rows will change anyway), it
+//! goes on from that iterate, as if it had not stopped, when the rows turn out final.
+//! The products by the margin rows (C x and Cᵀ λ, a dozen per iteration for the
+//! directions and their refinement) are split between two threads, Cᵀ λ class by
+//! class, so that each weight takes its rows' terms in the rows' order whatever the
+//! split.
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch, LltRegularization};
@@ -76,6 +84,11 @@ const FLOOR: f64 = 1e-12;
 /// The parallelism of the dense products, whatever the thread count asked for: a
 /// fixed split keeps the rounding, and so the repair, the same.
 const THREADS: usize = 2;
+/// The partial sums of a margin row's products.
+const LANES: usize = 4;
+/// Programs with at least this many margin rows have their products by the rows split
+/// between two threads.
+const PARALLEL_ROWS: usize = 256;
 
 /// The restricted program's solution.
 pub(super) struct Solution {
@@ -112,6 +125,12 @@ struct Program {
     r: Array2<f64>,
     /// Per local sample, its rows.
     members: Vec<Vec<usize>>,
+    /// Per class, the pairs whose rows read its weights, in order, with the sign they
+    /// read them with (−1 for the pair's label, +1 for the other class)...
+    touches: Vec<Vec<(usize, f64)>>,
+    /// ...and whether the first of two threads takes its weights in Cᵀ λ (the rows
+    /// shared out evenly).
+    first_thread: Vec<bool>,
     q: Vec<f64>,
     b: Vec<f64>,
 }
@@ -185,6 +204,22 @@ impl Program {
                 with_aux.push(at);
             }
         }
+        let mut touches = vec![Vec::new(); k];
+        for (at, &(t, c)) in pairs.iter().enumerate() {
+            touches[t].push((at, -1.0));
+            touches[c].push((at, 1.0));
+        }
+        // The classes to the thread with fewer rows so far, the busiest first.
+        let load = |c: usize| -> usize { touches[c].iter().map(|&(at, _)| range[at].1 - range[at].0).sum() };
+        let mut by_load: Vec<usize> = (0..k).collect();
+        by_load.sort_by_key(|&c| (std::cmp::Reverse(load(c)), c));
+        let mut first_thread = vec![false; k];
+        let mut shares = [0usize; 2];
+        for c in by_load {
+            let to = usize::from(shares[1] < shares[0]);
+            first_thread[c] = to == 0;
+            shares[to] += load(c);
+        }
         let mut program = Self {
             k,
             d,
@@ -198,6 +233,8 @@ impl Program {
             x,
             r,
             members,
+            touches,
+            first_thread,
             q: Vec::new(),
             b: Vec::new(),
         };
@@ -267,59 +304,126 @@ impl Program {
         4 * kd + self.members.len() + 6 * self.with_aux.len() * self.d + rows
     }
 
-    /// C x: the margin rows' left sides.
+    /// C x: the margin rows' left sides, the rows split between two threads.
     fn margin(&self, x: &[f64]) -> Vec<f64> {
-        let (xa, d, db) = (self.x_at(), self.d, self.db);
-        (0..self.pair.len())
-            .map(|i| {
-                let at = self.pair[i];
-                let (t, c) = self.pairs[at];
-                let (gt, gc) = (&x[t * db..(t + 1) * db], &x[c * db..(c + 1) * db]);
-                let score: f64 = self
-                    .x
-                    .row(i)
-                    .iter()
-                    .zip(gt.iter().zip(gc))
-                    .map(|(v, (a, b))| v * (a - b))
-                    .sum();
-                let mut v = -score - x[xa.xi + self.sample[i]];
-                let ap = self.aux[at];
-                if ap != usize::MAX {
-                    let a = &x[xa.a + ap * d..xa.a + (ap + 1) * d];
-                    v += self.r.row(i).iter().zip(a).map(|(r, a)| r * a).sum::<f64>();
-                }
-                v
-            })
-            .collect()
+        let rows = self.pair.len();
+        let mut out = vec![0.0; rows];
+        if rows < PARALLEL_ROWS {
+            self.margin_rows(x, 0, &mut out);
+        } else {
+            let half = rows / 2;
+            let (first, second) = out.split_at_mut(half);
+            std::thread::scope(|scope| {
+                scope.spawn(|| self.margin_rows(x, half, second));
+                self.margin_rows(x, 0, first);
+            });
+        }
+        out
     }
 
-    /// out += Cᵀ λ.
-    fn margin_t(&self, lambda: &[f64], out: &mut [f64]) {
+    /// Rows `from..from + out.len()` of C x, into `out`.
+    fn margin_rows(&self, x: &[f64], from: usize, out: &mut [f64]) {
         let (xa, d, db) = (self.x_at(), self.d, self.db);
-        for (i, &l) in lambda.iter().enumerate() {
-            if l == 0.0 {
-                continue;
-            }
-            let (t, c) = self.pairs[self.pair[i]];
-            let row = self.x.row(i);
-            for (o, v) in out[t * db..(t + 1) * db].iter_mut().zip(row) {
-                *o -= l * v;
-            }
-            for (o, v) in out[c * db..(c + 1) * db].iter_mut().zip(row) {
-                *o += l * v;
-            }
-            out[xa.xi + self.sample[i]] -= l;
-            let ap = self.aux[self.pair[i]];
+        let (centres, radii) = (self.centres(), self.radii());
+        for (v, i) in out.iter_mut().zip(from..) {
+            let at = self.pair[i];
+            let (t, c) = self.pairs[at];
+            let (gt, gc) = (&x[t * db..(t + 1) * db], &x[c * db..(c + 1) * db]);
+            *v = -dot_diff(&centres[i * db..(i + 1) * db], gt, gc) - x[xa.xi + self.sample[i]];
+            let ap = self.aux[at];
             if ap != usize::MAX {
-                for (o, r) in out[xa.a + ap * d..xa.a + (ap + 1) * d].iter_mut().zip(self.r.row(i)) {
-                    *o += l * r;
-                }
+                *v += dot_lanes(&radii[i * d..(i + 1) * d], &x[xa.a + ap * d..xa.a + (ap + 1) * d]);
             }
         }
     }
 
+    /// The rows' box centres (and 1 for the bias), row-major `[R, db]`.
+    fn centres(&self) -> &[f64] {
+        self.x
+            .as_slice()
+            .unwrap_or_else(|| unreachable!("built in standard layout"))
+    }
+
+    /// The rows' box radii, row-major `[R, d]`.
+    fn radii(&self) -> &[f64] {
+        self.r
+            .as_slice()
+            .unwrap_or_else(|| unreachable!("built in standard layout"))
+    }
+
+    /// out += Cᵀ λ. The weights of each class take their rows' terms in the rows'
+    /// order, as one pass over the rows would, but class by class, the classes (and
+    /// the pairs' a) split between two threads.
+    fn margin_t(&self, lambda: &[f64], out: &mut [f64]) {
+        let (xa, d, db) = (self.x_at(), self.d, self.db);
+        let (weights, rest) = out.split_at_mut(self.k * db);
+        let (middle, aux) = rest.split_at_mut(xa.a - self.k * db);
+        let xi = xa.xi - self.k * db;
+        for (&l, &s) in lambda.iter().zip(&self.sample) {
+            middle[xi + s] -= l;
+        }
+        let (centres, radii) = (self.centres(), self.radii());
+        let class = |c: usize, o: &mut [f64]| {
+            for &(at, sign) in &self.touches[c] {
+                let (lo, hi) = self.range[at];
+                for (i, &l) in lambda.iter().enumerate().take(hi).skip(lo) {
+                    if l == 0.0 {
+                        continue;
+                    }
+                    let sl = sign * l;
+                    for (o, v) in o.iter_mut().zip(&centres[i * db..(i + 1) * db]) {
+                        *o += sl * v;
+                    }
+                }
+            }
+        };
+        let pairs_a = |aux: &mut [f64]| {
+            for (a, &at) in aux.chunks_exact_mut(d).zip(&self.with_aux) {
+                let (lo, hi) = self.range[at];
+                for (i, &l) in lambda.iter().enumerate().take(hi).skip(lo) {
+                    if l == 0.0 {
+                        continue;
+                    }
+                    for (o, r) in a.iter_mut().zip(&radii[i * d..(i + 1) * d]) {
+                        *o += l * r;
+                    }
+                }
+            }
+        };
+        if lambda.len() < PARALLEL_ROWS {
+            for (c, o) in weights.chunks_exact_mut(db).enumerate() {
+                class(c, o);
+            }
+            pairs_a(aux);
+            return;
+        }
+        let (mine, theirs): (Vec<_>, Vec<_>) = weights
+            .chunks_exact_mut(db)
+            .enumerate()
+            .partition(|(c, _)| self.first_thread[*c]);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for (c, o) in theirs {
+                    class(c, o);
+                }
+            });
+            for (c, o) in mine {
+                class(c, o);
+            }
+            pairs_a(aux);
+        });
+    }
+
     /// A x.
     fn a_mul(&self, x: &[f64]) -> Vec<f64> {
+        let mut out = self.a_mul_bounds(x);
+        let c = self.s_at().c;
+        out[c..].copy_from_slice(&self.margin(x));
+        out
+    }
+
+    /// A x but for the margin rows, left 0.
+    fn a_mul_bounds(&self, x: &[f64]) -> Vec<f64> {
         let (xa, sa, d, db) = (self.x_at(), self.s_at(), self.d, self.db);
         let kd = self.k * db;
         let mut out = vec![0.0; sa.len];
@@ -339,7 +443,6 @@ impl Program {
                 out[sa.p5 + ap * d + j] = -diff - a;
             }
         }
-        out[sa.c..].copy_from_slice(&self.margin(x));
         out
     }
 
@@ -472,19 +575,31 @@ impl<'a> Step<'a> {
                 }
             }
         }
+        // M⁻¹ by entry, then feature: each entry's values over the features contiguous.
+        let mut by_entry = vec![0.0; k * k * db];
+        for (j, inv) in minv.chunks_exact(k * k).enumerate() {
+            for (e, &v) in inv.iter().enumerate() {
+                by_entry[e * db + j] = v;
+            }
+        }
+        let entry = |u: usize, v: usize| &by_entry[(u * k + v) * db..(u * k + v + 1) * db];
         let mut s = Mat::<f64>::zeros(rr, rr);
+        let inv_root: Vec<f64> = da.iter().map(|v| 1.0 / v.sqrt()).collect();
         let mut scaled = vec![0.0; rr * db];
-        let mut m = vec![0.0; db];
-        for (p, &(lo, hi)) in program.range.iter().enumerate() {
-            // The rows of pairs up to p, each scaled by Δ_pᵀ M_j⁻¹ Δ_p′.
+        // Rows `out` (from the first row of pair `qs.start` on) of the pairs `qs`, each
+        // scaled for pair p by Δ_pᵀ M_j⁻¹ Δ_q.
+        let scale = |p: usize, qs: std::ops::Range<usize>, out: &mut [f64]| {
             let (t, c) = program.pairs[p];
-            for (q, &(qlo, qhi)) in program.range[..=p].iter().enumerate() {
+            let first = program.range.get(qs.start).map_or(0, |r| r.0);
+            let mut m = vec![0.0; db];
+            for q in qs {
+                let (qlo, qhi) = program.range[q];
                 let (t2, c2) = program.pairs[q];
+                let (tt, tc, ct, cc) = (entry(t, t2), entry(t, c2), entry(c, t2), entry(c, c2));
                 for (j, mj) in m.iter_mut().enumerate() {
-                    let inv = &minv[j * k * k..(j + 1) * k * k];
-                    *mj = inv[t * k + t2] - inv[t * k + c2] - inv[c * k + t2] + inv[c * k + c2];
+                    *mj = tt[j] - tc[j] - ct[j] + cc[j];
                 }
-                for (out, row) in scaled[qlo * db..qhi * db]
+                for (out, row) in out[(qlo - first) * db..(qhi - first) * db]
                     .chunks_exact_mut(db)
                     .zip(alpha[qlo * db..qhi * db].chunks_exact(db))
                 {
@@ -492,6 +607,21 @@ impl<'a> Step<'a> {
                         *o = a * mj;
                     }
                 }
+            }
+        };
+        for (p, &(lo, hi)) in program.range.iter().enumerate() {
+            // The rows of pairs up to p, scaled, the pairs split between two threads
+            // at the middle row.
+            let half = program.range[..=p].partition_point(|r| r.1 <= hi / 2);
+            let at = program.range[half.min(p)].0;
+            if hi < PARALLEL_ROWS || half >= p {
+                scale(p, 0..p + 1, &mut scaled[..hi * db]);
+            } else {
+                let (first, second) = scaled[..hi * db].split_at_mut(at * db);
+                std::thread::scope(|scope| {
+                    scope.spawn(|| scale(p, half..p + 1, second));
+                    scale(p, 0..half, first);
+                });
             }
             matmul(
                 s.as_mut().submatrix_mut(lo, 0, hi - lo, hi),
@@ -504,7 +634,9 @@ impl<'a> Step<'a> {
             let ap = program.aux[p];
             if ap != usize::MAX {
                 // a's own term: Σ_j r r′ / (w₄ + w₅).
-                let rs = Mat::<f64>::from_fn(hi - lo, d, |i, j| program.r[[lo + i, j]] / da[ap * d + j].sqrt());
+                let root = &inv_root[ap * d..(ap + 1) * d];
+                let radii = &program.radii()[lo * d..hi * d];
+                let rs = Mat::<f64>::from_fn(hi - lo, d, |i, j| radii[i * d + j] * root[j]);
                 matmul(
                     s.as_mut().submatrix_mut(lo, lo, hi - lo, hi - lo),
                     Accum::Add,
@@ -684,186 +816,286 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(a, b)| a * b).sum()
 }
 
-/// Solves the certified program over the margin rows `rows` (sample, class), every
-/// weight free.
-pub(super) fn solve(p: &CertifiedProblem, rows: &[(usize, usize)], max_iter: u32) -> Solution {
-    let (k, d) = p.weights.dim();
-    let par = Par::rayon(THREADS);
-    let labels = p.labels;
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.sort_by_key(|&o| (labels[rows[o].0], rows[o].1, o));
-    let program = Program::new(p, rows, &order);
-    let (xa, sa) = (program.x_at(), program.s_at());
-    let size = (xa.len, sa.len, program.nonzeros());
-    // A strictly feasible start: γ = 0, g = 1, a = |d⁰| + 0.01 and each ξ large
-    // enough that every margin row's slack is at least 1 (ξ is then about the balls'
-    // shortfalls under the head as it is).
-    let mut x = vec![0.0; xa.len];
-    x[xa.g..xa.xi].fill(1.0);
-    for i in 0..program.with_aux.len() * d {
-        x[xa.a + i] = program.b[sa.p5 + i].abs() + A_START;
+/// Σ v_j a_j in four interleaved partial sums, so that the loop runs on vectors (a
+/// single running sum waits on each addition); the order is fixed, and so the result.
+fn dot_lanes(v: &[f64], a: &[f64]) -> f64 {
+    let (vc, ac) = (v.chunks_exact(LANES), a.chunks_exact(LANES));
+    let tail: f64 = vc.remainder().iter().zip(ac.remainder()).map(|(v, a)| v * a).sum();
+    let mut acc = [0.0f64; LANES];
+    for (v, a) in vc.zip(ac) {
+        for l in 0..LANES {
+            acc[l] += v[l] * a[l];
+        }
     }
-    let lhs = program.margin(&x);
-    for (i, v) in lhs.iter().enumerate() {
-        let s = xa.xi + program.sample[i];
-        x[s] = x[s].max(v - program.b[sa.c + i] + 1.0);
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// Σ v_j (a_j − b_j), as [`dot_lanes`].
+fn dot_diff(v: &[f64], a: &[f64], b: &[f64]) -> f64 {
+    let (vc, ac, bc) = (v.chunks_exact(LANES), a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f64 = (vc.remainder().iter().zip(ac.remainder()).zip(bc.remainder()))
+        .map(|((v, a), b)| v * (a - b))
+        .sum();
+    let mut acc = [0.0f64; LANES];
+    for ((v, a), b) in vc.zip(ac).zip(bc) {
+        for l in 0..LANES {
+            acc[l] += v[l] * (a[l] - b[l]);
+        }
     }
-    let ax = program.a_mul(&x);
-    let mut s: Vec<f64> = program.b.iter().zip(&ax).map(|(b, a)| (b - a).max(A_START)).collect();
-    let mut z = dual_start(&program);
-    // Mehrotra's shift: the same amount added to every slack, and to every multiplier,
-    // so that no product s∘z starts far below the others.
-    let sz = dot(&s, &z);
-    let (ds, dz) = (0.5 * sz / z.iter().sum::<f64>(), 0.5 * sz / s.iter().sum::<f64>());
-    s.iter_mut().for_each(|v| *v += ds);
-    z.iter_mut().for_each(|v| *v += dz);
-    let m = sa.len as f64;
-    let scale_b = 1.0 + inf_norm(&program.b);
-    let scale_q = 1.0 + inf_norm(&program.q);
-    let mut best: Option<(f64, Vec<f64>, Vec<f64>, u32)> = None;
-    let mut iterations = 0;
-    loop {
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// The method on one restricted program, resumable: [`Solver::run`] stops once the
+/// iterate is within a given factor of the tolerances, and a later call goes on from
+/// there, towards a tighter factor.
+pub(super) struct Solver {
+    program: Program,
+    /// The rows' order in the program, as indices into the rows given.
+    order: Vec<usize>,
+    /// Weights and bias of the head the changes apply to.
+    weights: Array2<f64>,
+    bias: Array1<f64>,
+    repair_bias: bool,
+    x: Vec<f64>,
+    s: Vec<f64>,
+    z: Vec<f64>,
+    /// The best iterate so far: its distance to the tolerances (as a multiple of them),
+    /// x, z and the iteration it came at.
+    best: Option<(f64, Vec<f64>, Vec<f64>, u32)>,
+    iterations: u32,
+    /// Whether the method can go on: false once it broke down or gave up.
+    alive: bool,
+}
+
+impl Solver {
+    /// The method at its start on the certified program over the margin rows `rows`
+    /// (sample, class), every weight free.
+    pub fn new(p: &CertifiedProblem, rows: &[(usize, usize)]) -> Self {
+        let d = p.weights.ncols();
+        let labels = p.labels;
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&o| (labels[rows[o].0], rows[o].1, o));
+        let program = Program::new(p, rows, &order);
+        let (xa, sa) = (program.x_at(), program.s_at());
+        // A strictly feasible start: γ = 0, g = 1, a = |d⁰| + 0.01 and each ξ large
+        // enough that every margin row's slack is at least 1 (ξ is then about the balls'
+        // shortfalls under the head as it is).
+        let mut x = vec![0.0; xa.len];
+        x[xa.g..xa.xi].fill(1.0);
+        for i in 0..program.with_aux.len() * d {
+            x[xa.a + i] = program.b[sa.p5 + i].abs() + A_START;
+        }
+        let lhs = program.margin(&x);
+        for (i, v) in lhs.iter().enumerate() {
+            let s = xa.xi + program.sample[i];
+            x[s] = x[s].max(v - program.b[sa.c + i] + 1.0);
+        }
         let ax = program.a_mul(&x);
-        let rp: Vec<f64> = (0..sa.len).map(|i| ax[i] + s[i] - program.b[i]).collect();
-        let atz = program.at_mul(&z);
-        let rd: Vec<f64> = atz.iter().zip(&program.q).map(|(a, q)| a + q).collect();
-        let mu = dot(&s, &z) / m;
-        let primal = dot(&program.q, &x);
-        let dual = -dot(&program.b, &z);
-        let gap = (primal - dual).abs() / (1.0 + primal.abs());
-        // The worst of the three, as a multiple of its tolerance.
-        let worst = [
-            inf_norm(&rp) / scale_b / TOL_FEASIBLE,
-            inf_norm(&rd) / scale_q / TOL_FEASIBLE,
-            gap / TOL_GAP,
-        ]
-        .into_iter()
-        .fold(0.0f64, |m, v| if v.is_nan() { v } else { m.max(v) });
-        if !worst.is_finite() {
-            break;
-        }
-        if best.as_ref().is_none_or(|b| worst < b.0) {
-            best = Some((worst, x.clone(), z.clone(), iterations));
-        }
-        let stuck = best
-            .as_ref()
-            .is_some_and(|b| b.0 <= NEAR && iterations >= b.3 + PATIENCE);
-        if worst <= 1.0 || stuck || iterations >= max_iter {
-            break;
-        }
-        iterations += 1;
-        let w: Vec<f64> = z.iter().zip(&s).map(|(z, s)| z / s).collect();
-        let Some(step) = Step::new(&program, &w, par) else {
-            break;
-        };
-        // One Newton direction for the complementarity target rc (s∘z = rc wanted).
-        let direction = |rc: &[f64]| -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-            // With e = W r_p − rc/s: r₁ = −r_d − A_Bᵀ e_B and r₂ = −W⁻¹ e_C over the
-            // margin rows; then Δz_B = W (A Δx + r_p) − rc/s and Δz_C = Δy.
-            let mut e: Vec<f64> = (0..sa.len).map(|i| w[i] * rp[i] - rc[i] / s[i]).collect();
-            let r2: Vec<f64> = (sa.c..sa.len).map(|i| -e[i] / w[i]).collect();
-            e[sa.c..].fill(0.0);
-            let at = program.at_mul(&e);
-            let r1: Vec<f64> = rd.iter().zip(&at).map(|(a, b)| -a - b).collect();
-            let (dx, dy) = step.solve(&r1, &r2, &w, par);
-            let adx = program.a_mul(&dx);
-            let mut dz: Vec<f64> = (0..sa.c).map(|i| w[i] * (adx[i] + rp[i]) - rc[i] / s[i]).collect();
-            dz.extend(dy);
-            let ds: Vec<f64> = (0..sa.len).map(|i| -(rc[i] + s[i] * dz[i]) / z[i]).collect();
-            (dx, ds, dz)
-        };
-        let sz: Vec<f64> = s.iter().zip(&z).map(|(a, b)| a * b).collect();
-        let (_, ds_aff, dz_aff) = direction(&sz);
-        let ap = max_step(&s, &ds_aff);
-        let ad = max_step(&z, &dz_aff);
-        let mu_aff = (0..sa.len)
-            .map(|i| (s[i] + ap * ds_aff[i]) * (z[i] + ad * dz_aff[i]))
-            .sum::<f64>()
-            / m;
-        let sigma = (mu_aff / mu).clamp(0.0, 1.0).powi(3);
-        let rc: Vec<f64> = (0..sa.len)
-            .map(|i| sz[i] + ds_aff[i] * dz_aff[i] - sigma * mu)
-            .collect();
-        let (mut dx, mut ds, mut dz) = direction(&rc);
-        let mut ap = max_step(&s, &ds);
-        let mut ad = max_step(&z, &dz);
-        // Gondzio's centrality correctors: aim at a longer step, and pull the products
-        // s∘z of the point it reaches back into [β_min, β_max]·σμ; keep the corrected
-        // direction while it lengthens the step enough.
-        let target = sigma * mu;
-        let mut rc = rc;
-        for _ in 0..CORRECTORS {
-            if ap.min(ad) >= 1.0 {
-                break;
-            }
-            let (tp, td) = ((ap + 0.2).min(1.0), (ad + 0.2).min(1.0));
-            let t: Vec<f64> = (0..sa.len)
-                .map(|i| {
-                    let v = (s[i] + tp * ds[i]) * (z[i] + td * dz[i]);
-                    let lo = 0.1 * target;
-                    let hi = 10.0 * target;
-                    if v < lo {
-                        lo - v
-                    } else if v > hi {
-                        (hi - v).max(-hi)
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let trial: Vec<f64> = rc.iter().zip(&t).map(|(a, b)| a - b).collect();
-            let (cx, cs, cz) = direction(&trial);
-            let (cp, cd) = (max_step(&s, &cs), max_step(&z, &cz));
-            if cp.min(cd) < ap.min(ad) + 0.1 * 0.2 {
-                break;
-            }
-            (dx, ds, dz, ap, ad, rc) = (cx, cs, cz, cp, cd, trial);
-        }
-        let ap = (STEP * ap).min(1.0);
-        let ad = (STEP * ad).min(1.0);
-        for (v, dv) in x.iter_mut().zip(&dx) {
-            *v += ap * dv;
-        }
-        for (v, dv) in s.iter_mut().zip(&ds) {
-            *v += ap * dv;
-        }
-        for (v, dv) in z.iter_mut().zip(&dz) {
-            *v += ad * dv;
-        }
-    }
-    let db = program.db;
-    let Some((worst, x, z, _)) = best else {
-        return Solution {
+        let mut s: Vec<f64> = program.b.iter().zip(&ax).map(|(b, a)| (b - a).max(A_START)).collect();
+        let mut z = dual_start(&program);
+        // Mehrotra's shift: the same amount added to every slack, and to every multiplier,
+        // so that no product s∘z starts far below the others.
+        let sz = dot(&s, &z);
+        let (ds, dz) = (0.5 * sz / z.iter().sum::<f64>(), 0.5 * sz / s.iter().sum::<f64>());
+        s.iter_mut().for_each(|v| *v += ds);
+        z.iter_mut().for_each(|v| *v += dz);
+        Self {
+            program,
+            order,
             weights: p.weights.to_owned(),
             bias: p.bias.to_owned(),
-            status: Status::Stalled,
-            iterations,
-            objective: f64::NAN,
-            y: vec![0.0; rows.len()],
-            size,
-        };
-    };
-    let status = if worst <= SOLVED {
-        Status::Solved
-    } else if worst <= ALMOST {
-        Status::AlmostSolved
-    } else {
-        Status::Stalled
-    };
-    let weights = Array2::from_shape_fn((k, d), |(c, j)| p.weights[[c, j]] + x[c * db + j]);
-    let bias = Array1::from_shape_fn(k, |c| p.bias[c] + if p.repair_bias { x[c * db + d] } else { 0.0 });
-    let mut y = vec![0.0; rows.len()];
-    for (i, &o) in order.iter().enumerate() {
-        y[o] = z[sa.c + i];
+            repair_bias: p.repair_bias,
+            x,
+            s,
+            z,
+            best: None,
+            iterations: 0,
+            alive: true,
+        }
     }
-    Solution {
-        weights,
-        bias,
-        status,
-        iterations,
-        objective: dot(&program.q, &x),
-        y,
-        size,
+
+    /// Iterations so far.
+    pub fn iterations(&self) -> u32 {
+        self.iterations
+    }
+
+    /// Iterates until the iterate is within `within` times the tolerances (1: the
+    /// tolerances themselves), the method stalls, or `max_iter` iterations in all; the
+    /// best iterate so far as a solution, its status judged at the tolerances.
+    pub fn run(&mut self, within: f64, max_iter: u32) -> Solution {
+        let program = &self.program;
+        let (x, s, z) = (&mut self.x, &mut self.s, &mut self.z);
+        let best = &mut self.best;
+        let iterations = &mut self.iterations;
+        let par = Par::rayon(THREADS);
+        let sa = program.s_at();
+        let m = sa.len as f64;
+        let scale_b = 1.0 + inf_norm(&program.b);
+        let scale_q = 1.0 + inf_norm(&program.q);
+        while self.alive {
+            let ax = program.a_mul(x);
+            let rp: Vec<f64> = (0..sa.len).map(|i| ax[i] + s[i] - program.b[i]).collect();
+            let atz = program.at_mul(z);
+            let rd: Vec<f64> = atz.iter().zip(&program.q).map(|(a, q)| a + q).collect();
+            let mu = dot(s, z) / m;
+            let primal = dot(&program.q, x);
+            let dual = -dot(&program.b, z);
+            let gap = (primal - dual).abs() / (1.0 + primal.abs());
+            // The worst of the three, as a multiple of its tolerance.
+            let worst = [
+                inf_norm(&rp) / scale_b / TOL_FEASIBLE,
+                inf_norm(&rd) / scale_q / TOL_FEASIBLE,
+                gap / TOL_GAP,
+            ]
+            .into_iter()
+            .fold(0.0f64, |m, v| if v.is_nan() { v } else { m.max(v) });
+            if !worst.is_finite() {
+                self.alive = false;
+                break;
+            }
+            if best.as_ref().is_none_or(|b| worst < b.0) {
+                *best = Some((worst, x.clone(), z.clone(), *iterations));
+            }
+            let stuck = best
+                .as_ref()
+                .is_some_and(|b| b.0 <= NEAR && *iterations >= b.3 + PATIENCE);
+            if stuck || worst <= 1.0 {
+                self.alive = false;
+            }
+            if !self.alive || worst <= within || *iterations >= max_iter {
+                break;
+            }
+            *iterations += 1;
+            let w: Vec<f64> = z.iter().zip(s.iter()).map(|(z, s)| z / s).collect();
+            let Some(step) = Step::new(program, &w, par) else {
+                self.alive = false;
+                break;
+            };
+            // One Newton direction for the complementarity target rc (s∘z = rc wanted).
+            let direction = |rc: &[f64]| -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+                // With e = W r_p − rc/s: r₁ = −r_d − A_Bᵀ e_B and r₂ = −W⁻¹ e_C over the
+                // margin rows; then Δz_B = W (A Δx + r_p) − rc/s and Δz_C = Δy.
+                let mut e: Vec<f64> = (0..sa.len).map(|i| w[i] * rp[i] - rc[i] / s[i]).collect();
+                let r2: Vec<f64> = (sa.c..sa.len).map(|i| -e[i] / w[i]).collect();
+                e[sa.c..].fill(0.0);
+                let at = program.at_mul(&e);
+                let r1: Vec<f64> = rd.iter().zip(&at).map(|(a, b)| -a - b).collect();
+                let (dx, dy) = step.solve(&r1, &r2, &w, par);
+                let adx = program.a_mul_bounds(&dx);
+                let mut dz: Vec<f64> = (0..sa.c).map(|i| w[i] * (adx[i] + rp[i]) - rc[i] / s[i]).collect();
+                dz.extend(dy);
+                let ds: Vec<f64> = (0..sa.len).map(|i| -(rc[i] + s[i] * dz[i]) / z[i]).collect();
+                (dx, ds, dz)
+            };
+            let sz: Vec<f64> = s.iter().zip(z.iter()).map(|(a, b)| a * b).collect();
+            let (_, ds_aff, dz_aff) = direction(&sz);
+            let ap = max_step(s.as_slice(), &ds_aff);
+            let ad = max_step(z.as_slice(), &dz_aff);
+            let mu_aff = (0..sa.len)
+                .map(|i| (s[i] + ap * ds_aff[i]) * (z[i] + ad * dz_aff[i]))
+                .sum::<f64>()
+                / m;
+            let sigma = (mu_aff / mu).clamp(0.0, 1.0).powi(3);
+            let rc: Vec<f64> = (0..sa.len)
+                .map(|i| sz[i] + ds_aff[i] * dz_aff[i] - sigma * mu)
+                .collect();
+            let (mut dx, mut ds, mut dz) = direction(&rc);
+            let mut ap = max_step(s.as_slice(), &ds);
+            let mut ad = max_step(z.as_slice(), &dz);
+            // Gondzio's centrality correctors: aim at a longer step, and pull the products
+            // s∘z of the point it reaches back into [β_min, β_max]·σμ; keep the corrected
+            // direction while it lengthens the step enough.
+            let target = sigma * mu;
+            let mut rc = rc;
+            for _ in 0..CORRECTORS {
+                if ap.min(ad) >= 1.0 {
+                    break;
+                }
+                let (tp, td) = ((ap + 0.2).min(1.0), (ad + 0.2).min(1.0));
+                let t: Vec<f64> = (0..sa.len)
+                    .map(|i| {
+                        let v = (s[i] + tp * ds[i]) * (z[i] + td * dz[i]);
+                        let lo = 0.1 * target;
+                        let hi = 10.0 * target;
+                        if v < lo {
+                            lo - v
+                        } else if v > hi {
+                            (hi - v).max(-hi)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let trial: Vec<f64> = rc.iter().zip(&t).map(|(a, b)| a - b).collect();
+                let (cx, cs, cz) = direction(&trial);
+                let (cp, cd) = (max_step(s.as_slice(), &cs), max_step(z.as_slice(), &cz));
+                if cp.min(cd) < ap.min(ad) + 0.1 * 0.2 {
+                    break;
+                }
+                (dx, ds, dz, ap, ad, rc) = (cx, cs, cz, cp, cd, trial);
+            }
+            let ap = (STEP * ap).min(1.0);
+            let ad = (STEP * ad).min(1.0);
+            for (v, dv) in x.iter_mut().zip(&dx) {
+                *v += ap * dv;
+            }
+            for (v, dv) in s.iter_mut().zip(&ds) {
+                *v += ap * dv;
+            }
+            for (v, dv) in z.iter_mut().zip(&dz) {
+                *v += ad * dv;
+            }
+        }
+        self.solution(within)
+    }
+
+    /// The best iterate so far as a solution, its status judged at `within` times the
+    /// tolerances (short of them, "solved" or "stalled" only).
+    fn solution(&self, within: f64) -> Solution {
+        let program = &self.program;
+        let (xa, sa) = (program.x_at(), program.s_at());
+        let size = (xa.len, sa.len, program.nonzeros());
+        let (k, d) = self.weights.dim();
+        let db = program.db;
+        let Some((worst, x, z, _)) = &self.best else {
+            return Solution {
+                weights: self.weights.clone(),
+                bias: self.bias.clone(),
+                status: Status::Stalled,
+                iterations: self.iterations,
+                objective: f64::NAN,
+                y: vec![0.0; self.order.len()],
+                size,
+            };
+        };
+        // Short of the tolerances, only an iterate within the factor asked counts.
+        let (worst, almost) = if within > 1.0 {
+            (worst / within, SOLVED)
+        } else {
+            (*worst, ALMOST)
+        };
+        let status = if worst <= SOLVED {
+            Status::Solved
+        } else if worst <= almost {
+            Status::AlmostSolved
+        } else {
+            Status::Stalled
+        };
+        let weights = Array2::from_shape_fn((k, d), |(c, j)| self.weights[[c, j]] + x[c * db + j]);
+        let bias = Array1::from_shape_fn(k, |c| self.bias[c] + if self.repair_bias { x[c * db + d] } else { 0.0 });
+        let mut y = vec![0.0; self.order.len()];
+        for (i, &o) in self.order.iter().enumerate() {
+            y[o] = z[sa.c + i];
+        }
+        Solution {
+            weights,
+            bias,
+            status,
+            iterations: self.iterations,
+            objective: dot(&program.q, x),
+            y,
+            size,
+        }
     }
 }
 
@@ -901,9 +1133,25 @@ mod tests {
                 .flat_map(|s| (0..k).filter(move |&c| c != labels_of[s]).map(move |c| (s, c)))
                 .filter(|&(s, c)| s < n || (s + c) % 2 == 0)
                 .collect();
-            let ours = solve(&p, &rows, 200);
+            let ours = Solver::new(&p, &rows).run(1.0, 200);
             let (theirs, _) = solve_restricted(&p, &rows, &vec![true; k * d], &CertifiedSettings::default());
             assert_eq!(ours.status, Status::Solved, "seed {seed}");
+            // Stopped at a thousand times the tolerances and resumed, the method goes on
+            // from where it stopped: the same iterates as without the stop.
+            let mut resumed = Solver::new(&p, &rows);
+            let loose = resumed.run(1e3, 200);
+            let tight = resumed.run(1.0, 200);
+            assert_eq!(
+                (loose.status, tight.status),
+                (Status::Solved, Status::Solved),
+                "seed {seed}"
+            );
+            assert!(loose.iterations < tight.iterations, "seed {seed}");
+            assert_eq!(
+                (tight.iterations, tight.objective.to_bits()),
+                (ours.iterations, ours.objective.to_bits()),
+                "seed {seed}"
+            );
             assert!(theirs.status.usable(), "seed {seed}");
             assert!(
                 (ours.objective - theirs.objective).abs() <= 1e-6 * (1.0 + theirs.objective),

@@ -32,7 +32,11 @@
 //!
 //! By default nnmend's interior-point method solves it ([`ipm`]), every weight free:
 //! its Newton systems reduce to one dense matrix over the margin rows, formed with
-//! matrix products, so the thousands of weights cost little. With clarabel
+//! matrix products, so the thousands of weights cost little. It solves each round's
+//! program to a thousand times its tolerances only, since an early round's optimum is
+//! only a step towards the rows that bind; when no row is left to add at such a
+//! solution, it takes the same program on from where it stopped to its tolerances, and
+//! checks the rows again. With clarabel
 //! ([`MarginSolver::Clarabel`]), whose sparse factorisation pays for every weight the
 //! dense rows couple, the weights are generated too: the restricted program holds the
 //! weights worth changing, every other weight is priced with the duals, and weights
@@ -114,6 +118,11 @@ pub struct CertifiedSettings {
     /// it cannot finish a program, [`solve`] starts again with clarabel), or clarabel,
     /// with the weights generated too.
     pub solver: MarginSolver,
+    /// The interior-point method solves each round's program to this many times its
+    /// tolerances only (an early round's optimum is only a step towards the rows that
+    /// bind), and takes the program on to the tolerances themselves, from where it
+    /// stopped, once no row is left to add (1: every round to the tolerances).
+    pub loose: f64,
 }
 
 impl Default for CertifiedSettings {
@@ -130,6 +139,7 @@ impl Default for CertifiedSettings {
             drop_rows: true,
             drop_columns: true,
             solver: MarginSolver::Ipm,
+            loose: 1000.0,
         }
     }
 }
@@ -174,6 +184,10 @@ pub struct RoundFigures {
     pub columns: usize,
     /// The solver that solved it.
     pub solver: MarginSolver,
+    /// Whether the round took the last round's program on from where its solve stopped
+    /// (the interior-point method, from its loose tolerances to its own), rather than
+    /// solving a new one.
+    pub resumed: bool,
     /// Variables of the program: each working weight's change and its bound, each
     /// sample's shortfall, each class pair's `|w_t − w_c|` per feature.
     pub variables: usize,
@@ -270,12 +284,26 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
     let mut iterations = 0;
     let mut rounds = 0;
     let mut history = Vec::new();
+    // The interior-point method of the rows as they stand, resumed when a loose solve
+    // leaves no row to add: then it goes on to the tolerances.
+    let mut ipm_state: Option<ipm::Solver> = None;
+    let mut tighten = false;
+    let loose = settings.loose.max(1.0);
+    // Whether the last solve stopped short of the tolerances.
+    let mut stopped_short = false;
     loop {
         rounds += 1;
         let solving = Instant::now();
         let (sol, layout, solver) = match settings.solver {
             MarginSolver::Ipm if !generating => {
-                let sol = ipm::solve(p, &rows, settings.max_iter);
+                let solver = ipm_state.get_or_insert_with(|| ipm::Solver::new(p, &rows));
+                let before = solver.iterations();
+                // A program without rows is solved to the tolerances at once: its
+                // optimum is the head as it is.
+                let within = if tighten || rows.is_empty() { 1.0 } else { loose };
+                stopped_short = within > 1.0;
+                let mut sol = solver.run(within, settings.max_iter);
+                sol.iterations -= before;
                 // A solve that did not finish leaves the weights as they were, and the
                 // repair ends here ([`solve`] then hands it to clarabel).
                 let usable = sol.status.usable();
@@ -297,6 +325,7 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
         iterations += sol.iterations;
         history.push(RoundFigures {
             solver,
+            resumed: tighten,
             rows: rows.len(),
             columns: working.iter().filter(|&&w| w).count(),
             variables: layout.variables,
@@ -340,6 +369,10 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
             entering_columns(p, &rows, &working, &layout, &sol.z, (settings.column_tol, limit))
         };
         let done = entering.is_empty() && columns.is_empty();
+        if done && !failed && stopped_short {
+            tighten = true;
+            continue;
+        }
         if done || failed || rounds >= settings.max_rounds {
             let change: f64 = (&sol.weights - &p.weights)
                 .iter()
@@ -399,6 +432,9 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
             active[s * k + c] = true;
             rows.push((s, c));
         }
+        ipm_state = None;
+        tighten = false;
+        stopped_short = false;
         for w in columns {
             working[w] = true;
         }
@@ -651,8 +687,33 @@ mod tests {
                     ..CertifiedSettings::default()
                 },
             );
+            // Every round to the tolerances: no round resumes the last one's solve.
+            let structured_tight = solve(
+                &p,
+                &CertifiedSettings {
+                    loose: 1.0,
+                    ..CertifiedSettings::default()
+                },
+            );
+            assert!(structured_tight.history.iter().all(|r| !r.resumed), "seed {seed}");
+            // Loose rounds: the last one takes the program before it on to the tolerances.
+            for loose in [&structured, &structured_kept] {
+                let h = &loose.history;
+                assert!(h.last().unwrap().resumed, "seed {seed}");
+                assert!(
+                    h.len() >= 2 && h[h.len() - 2].rows == h[h.len() - 1].rows,
+                    "seed {seed}"
+                );
+            }
             assert_eq!(whole.status, Status::Solved, "seed {seed}");
-            for solved in [&kept, &generated, &whole, &structured, &structured_kept] {
+            for solved in [
+                &kept,
+                &generated,
+                &whole,
+                &structured,
+                &structured_kept,
+                &structured_tight,
+            ] {
                 // One entry per round, the last the program solved last.
                 let h = &solved.history;
                 assert_eq!(h.len(), solved.rounds, "seed {seed}");
@@ -669,7 +730,7 @@ mod tests {
                     solved.objective
                 );
             }
-            for solved in [&kept, &generated, &structured, &structured_kept] {
+            for solved in [&kept, &generated, &structured, &structured_kept, &structured_tight] {
                 assert_eq!(solved.status, Status::Solved, "seed {seed}");
                 assert!(
                     (solved.objective - whole.objective).abs() <= 1e-5 * (1.0 + whole.objective),

@@ -174,12 +174,7 @@ pub(super) fn layer(
                 return Err(unsupported(node, "the bias does not match the output channels"));
             }
             *shape = window.output.to_vec();
-            Layer::Conv(Conv {
-                w: w.iter().copied().collect(),
-                b,
-                window,
-                group,
-            })
+            Layer::Conv(Conv::new(w.iter().copied().collect(), b, window, group))
         }
         "MaxPool" => {
             let k = usizes(node, "kernel_shape", vec![])?;
@@ -221,12 +216,7 @@ pub(super) fn layer(
             };
             let taps = window.kernel[0] * window.kernel[1];
             *shape = window.output.to_vec();
-            Layer::Conv(Conv {
-                w: vec![1.0 / taps as f64; c * taps],
-                b: vec![0.0; c],
-                window,
-                group: c,
-            })
+            Layer::Conv(Conv::new(vec![1.0 / taps as f64; c * taps], vec![0.0; c], window, c))
         }
         "Gemm" | "MatMul" => {
             let gemm = node.op_type() == "Gemm";

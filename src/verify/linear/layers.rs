@@ -35,9 +35,29 @@ pub(super) struct Conv {
     pub b: Vec<f64>,
     pub window: Window,
     pub group: usize,
+    /// Per output, where its kernel's first tap lands: the input index, channel, row
+    /// and column, or `None` when some tap falls in the padding.
+    firsts: Vec<Option<[usize; 4]>>,
 }
 
 impl Conv {
+    /// The convolution of weights `w` `[M, C / group, KH, KW]` and bias `b` `[M]` over
+    /// `window`.
+    pub fn new(w: Vec<f64>, b: Vec<f64>, window: Window, group: usize) -> Self {
+        let mut conv = Self {
+            w,
+            b,
+            window,
+            group,
+            firsts: Vec::new(),
+        };
+        let firsts = (0..conv.window.output.iter().product())
+            .map(|o| conv.interior(o))
+            .collect();
+        conv.firsts = firsts;
+        conv
+    }
+
     /// The output side of a convolution or pooling over `size` input positions.
     pub fn out_size(size: usize, kernel: usize, stride: usize, dilation: usize, pads: usize) -> Option<usize> {
         let span = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
@@ -114,9 +134,31 @@ impl Conv {
         }
     }
 
-    /// Adds `l` times output `o`'s kernel to the inputs it reads (a row of `Wᵀ`).
-    fn scatter(&self, o: usize, l: f64, scratch: &mut Scratch) {
-        self.taps(o, |i, wi| scratch.add(i, self.w[wi] * l));
+    /// The input index of each kernel row's first tap relative to the kernel's first
+    /// tap, rows in the order of [`Self::taps`] (channel, then row).
+    fn row_offsets(&self, out: &mut Vec<usize>) {
+        let [c, h, w] = self.window.input;
+        let kh = self.window.kernel[0];
+        let dy = self.window.dilation[0];
+        out.clear();
+        for ci in 0..c / self.group {
+            out.extend((0..kh).map(|ky| (ci * h + ky * dy) * w));
+        }
+    }
+
+    /// The input index, channel, row and column of output `o`'s first tap when every
+    /// tap of its kernel lands inside the input (no padding).
+    fn interior(&self, o: usize) -> Option<[usize; 4]> {
+        let [c, h, w] = self.window.input;
+        let [m, oh, ow] = self.window.output;
+        let [kh, kw] = self.window.kernel;
+        let (om, rest) = (o / (oh * ow), o % (oh * ow));
+        let (oy, ox) = (rest / ow, rest % ow);
+        let iy = (oy * self.window.stride[0]).checked_sub(self.window.pad[0])?;
+        let ix = (ox * self.window.stride[1]).checked_sub(self.window.pad[1])?;
+        let inside = iy + (kh - 1) * self.window.dilation[0] < h && ix + (kw - 1) * self.window.dilation[1] < w;
+        let channel = om / (m / self.group) * (c / self.group);
+        inside.then_some([(channel * h + iy) * w + ix, channel, iy, ix])
     }
 
     /// `Wᵀ λ`, output by output, skipping the zeros of `λ`.
@@ -156,6 +198,17 @@ impl MaxPool {
         }
     }
 
+    /// The relaxation of every output over the input box `x`.
+    pub fn picks(&self, x: &Boxed) -> Vec<Option<Pick>> {
+        let mut window = Vec::new();
+        (0..self.outputs())
+            .map(|o| {
+                self.window(o, &mut window);
+                pick(&window, x)
+            })
+            .collect()
+    }
+
     fn outputs(&self) -> usize {
         self.window.output.iter().product()
     }
@@ -167,12 +220,15 @@ impl MaxPool {
 pub(super) type Coefficients = Vec<(usize, f64)>;
 
 /// Buffers reused by the steps of back-substitutions: a dense accumulator over the
-/// widest layer and the indices it holds.
+/// widest layer, the indices it holds, and the least and greatest of them.
 #[derive(Debug, Default)]
 pub(super) struct Scratch {
     acc: Vec<f64>,
     seen: Vec<bool>,
     touched: Vec<usize>,
+    span: Option<(usize, usize)>,
+    /// The channels, rows and columns written by [`Self::add_raw`], inclusive.
+    rect: Option<[(usize, usize); 3]>,
     window: Vec<usize>,
 }
 
@@ -185,25 +241,70 @@ impl Scratch {
         }
     }
 
+    /// Adds `v` at `i` without the bookkeeping of the indices held: for a step that
+    /// declares the block it writes in with [`Self::cover`] and ends with
+    /// [`Self::drain_block`].
+    fn add_raw(&mut self, i: usize, v: f64) {
+        self.acc[i] += v;
+    }
+
+    /// Widens the block of `[C, H, W]` written to hold channels, rows and columns
+    /// `lo..=hi` (per axis).
+    fn cover(&mut self, lo: [usize; 3], hi: [usize; 3]) {
+        let rect = self
+            .rect
+            .get_or_insert([(lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2])]);
+        for (r, (l, h)) in rect.iter_mut().zip(lo.into_iter().zip(hi)) {
+            *r = (r.0.min(l), r.1.max(h));
+        }
+    }
+
+    /// [`Self::drain`] after [`Self::add_raw`]: the non-zero values of the block
+    /// covered in `[C, H, W]` `shape`, in increasing index order.
+    fn drain_block(&mut self, shape: [usize; 3], out: &mut Coefficients) {
+        out.clear();
+        let Some([(c0, c1), (y0, y1), (x0, x1)]) = self.rect.take() else {
+            return;
+        };
+        let [_, h, w] = shape;
+        for c in c0..=c1 {
+            for y in y0..=y1 {
+                let row = (c * h + y) * w;
+                for (x, a) in self.acc[row + x0..=row + x1].iter_mut().enumerate() {
+                    let v = std::mem::take(a);
+                    if v != 0.0 {
+                        out.push((row + x0 + x, v));
+                    }
+                }
+            }
+        }
+    }
+
     fn add(&mut self, i: usize, v: f64) {
         if !self.seen[i] {
             self.seen[i] = true;
             self.touched.push(i);
+            self.span = Some(self.span.map_or((i, i), |(lo, hi)| (lo.min(i), hi.max(i))));
         }
         self.acc[i] += v;
     }
 
     /// Moves the accumulated values into `out`, in increasing index order (so that
     /// every sum downstream is taken in the order of the dense computation), and
-    /// clears the accumulator.
-    fn drain(&mut self, n: usize, out: &mut Coefficients) {
+    /// clears the accumulator. The indices are put in order by a scan of the span they
+    /// lie in when that is short, else by sorting the list (most often nearly in order
+    /// already: a step from one neuron touches its receptive field row by row).
+    fn drain(&mut self, out: &mut Coefficients) {
         out.clear();
+        let Some((lo, hi)) = self.span.take() else {
+            return;
+        };
         let t = self.touched.len();
-        if t * (usize::BITS - t.leading_zeros()) as usize > n {
+        if hi - lo < 4 * t {
             self.touched.clear();
-            self.touched.extend((0..n).filter(|&i| self.seen[i]));
+            self.touched.extend((lo..=hi).filter(|&i| self.seen[i]));
         } else {
-            self.touched.sort_unstable();
+            sort_nearly_sorted(&mut self.touched);
         }
         for &i in &self.touched {
             let v = std::mem::take(&mut self.acc[i]);
@@ -213,6 +314,27 @@ impl Scratch {
             }
         }
         self.touched.clear();
+    }
+}
+
+/// Sorts `v` by insertion while that takes few moves (a list nearly in order), else by
+/// `sort_unstable`.
+fn sort_nearly_sorted(v: &mut [usize]) {
+    let budget = 8 * v.len();
+    let mut moves = 0;
+    for i in 1..v.len() {
+        let x = v[i];
+        let mut j = i;
+        while j > 0 && v[j - 1] > x {
+            v[j] = v[j - 1];
+            j -= 1;
+            moves += 1;
+        }
+        v[j] = x;
+        if moves > budget {
+            v.sort_unstable();
+            return;
+        }
     }
 }
 
@@ -278,11 +400,24 @@ impl Layer {
 
 /// A box `[lower, upper]` and a bound on how far the engine's f32 value of each element
 /// can be from its exact value anywhere in the ball.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Boxed {
     pub lower: Vec<f64>,
     pub upper: Vec<f64>,
     pub error: Vec<f64>,
+    /// When the box feeds a max pooling, the pooling's relaxation of each output over
+    /// it (empty otherwise, or not yet worked out: then found per use).
+    pub picks: Vec<Option<Pick>>,
+}
+
+/// A max pooling's relaxation of one output, fixed by the box of its window: the input
+/// that takes the output's coefficient, whether that input's lower bound reaches every
+/// other input's upper bound, and the window's largest upper bound.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pick {
+    best: usize,
+    dominant: bool,
+    top: f64,
 }
 
 /// Relative slack on every linear layer's box, for the f64 arithmetic that computes it.
@@ -308,6 +443,7 @@ impl Layer {
                 lower: x.lower.iter().map(|v| v.max(0.0)).collect(),
                 upper: x.upper.iter().map(|v| v.max(0.0)).collect(),
                 error: x.error.clone(),
+                picks: Vec::new(),
             },
             Layer::MaxPool(p) => {
                 let n = p.outputs();
@@ -315,6 +451,7 @@ impl Layer {
                     lower: vec![f64::NEG_INFINITY; n],
                     upper: vec![f64::NEG_INFINITY; n],
                     error: vec![0.0; n],
+                    picks: Vec::new(),
                 };
                 let mut window = Vec::new();
                 for o in 0..n {
@@ -333,6 +470,7 @@ impl Layer {
                     lower: vec![0.0; n],
                     upper: vec![0.0; n],
                     error: vec![0.0; n],
+                    picks: Vec::new(),
                 };
                 for i in 0..n {
                     let (a, b) = (scale[i] * x.lower[i] + shift[i], scale[i] * x.upper[i] + shift[i]);
@@ -433,13 +571,19 @@ impl Layer {
                 scratch.room(inputs);
                 let mut window = std::mem::take(&mut scratch.window);
                 for &(o, l) in lambda {
-                    p.window(o, &mut window);
-                    if let Some(best) = pool_back(l, &window, x, constant) {
+                    let pick = match x.picks.get(o) {
+                        Some(&pick) => pick,
+                        None => {
+                            p.window(o, &mut window);
+                            pick(&window, x)
+                        }
+                    };
+                    if let Some(best) = pool_back(l, pick, constant) {
                         scratch.add(best, l);
                     }
                 }
                 scratch.window = window;
-                scratch.drain(inputs, out);
+                scratch.drain(out);
             }
             Layer::Elementwise { scale, shift, .. } => {
                 // Each affine layer's terms are summed before they join the constant.
@@ -455,10 +599,42 @@ impl Layer {
                 scratch.room(inputs);
                 let per = c.window.output[1] * c.window.output[2];
                 *constant += lambda.iter().map(|&(o, l)| l * c.b[o / per]).sum::<f64>();
+                // Kernels that lie inside the input take their taps row by row from
+                // a table of the rows' offsets: the same taps as `taps`, and each
+                // input takes its terms in the order of the outputs, as there.
+                let fan = c.fan_in();
+                let mut rows = std::mem::take(&mut scratch.window);
+                c.row_offsets(&mut rows);
+                let [ci, h, w] = c.window.input;
+                let ([kh, kw], [dy, dx]) = (c.window.kernel, c.window.dilation);
+                let extent = [(ci / c.group).saturating_sub(1), (kh - 1) * dy, (kw - 1) * dx];
                 for &(o, l) in lambda {
-                    c.scatter(o, l, scratch);
+                    match c.firsts[o] {
+                        Some([first, channel, y, x]) => {
+                            scratch.cover([channel, y, x], [channel + extent[0], y + extent[1], x + extent[2]]);
+                            let kernel = &c.w[o / per * fan..(o / per + 1) * fan];
+                            for (&row, taps) in rows.iter().zip(kernel.chunks_exact(kw)) {
+                                let at = first + row;
+                                if dx == 1 {
+                                    for (a, &wv) in scratch.acc[at..at + kw].iter_mut().zip(taps) {
+                                        *a += wv * l;
+                                    }
+                                } else {
+                                    for (kx, &wv) in taps.iter().enumerate() {
+                                        scratch.acc[at + kx * dx] += wv * l;
+                                    }
+                                }
+                            }
+                        }
+                        None => c.taps(o, |i, wi| {
+                            let at = [i / (h * w), i / w % h, i % w];
+                            scratch.cover(at, at);
+                            scratch.add_raw(i, c.w[wi] * l);
+                        }),
+                    }
                 }
-                scratch.drain(inputs, out);
+                scratch.window = rows;
+                scratch.drain_block(c.window.input, out);
             }
             Layer::Dense { w, b, inputs } => {
                 scratch.room(*inputs);
@@ -468,7 +644,7 @@ impl Layer {
                         scratch.add(i, wv * l);
                     }
                 }
-                scratch.drain(*inputs, out);
+                scratch.drain(out);
             }
         }
     }
@@ -491,7 +667,7 @@ impl Layer {
                         continue;
                     }
                     p.window(o, &mut window);
-                    if let Some(best) = pool_back(l, &window, x, constant) {
+                    if let Some(best) = pool_back(l, pick(&window, x), constant) {
                         out[best] += l;
                     }
                 }
@@ -545,20 +721,28 @@ fn relu_back(l: f64, lo: f64, hi: f64, constant: &mut f64) -> f64 {
     }
 }
 
-/// The input of a max pooling's `window` that takes the coefficient `l` on its output,
-/// or `None` when the bound is a constant (added to `constant`) or the window empty.
-fn pool_back(l: f64, window: &[usize], x: &Boxed, constant: &mut f64) -> Option<usize> {
-    // The first input whose lower bound is the largest, up to the rounding of the box:
-    // max ≥ it (any input would do), and max = it when its lower bound reaches every
-    // other input's upper bound.
+/// The relaxation of a max pooling's output over the inputs `window` of the box `x`:
+/// the first input whose lower bound is the largest, up to the rounding of the box
+/// (max ≥ it, and any input would do), and max = it when its lower bound reaches every
+/// other input's upper bound. `None` for an empty window.
+fn pick(window: &[usize], x: &Boxed) -> Option<Pick> {
     let top = window.iter().map(|&i| x.lower[i]).fold(f64::NEG_INFINITY, f64::max);
     let &best = window.iter().find(|&&i| x.lower[i] >= top - TIE * top.abs())?;
-    let dominant = window.iter().all(|&i| i == best || x.upper[i] <= x.lower[best]);
-    if l > 0.0 || dominant {
-        Some(best)
+    Some(Pick {
+        best,
+        dominant: window.iter().all(|&i| i == best || x.upper[i] <= x.lower[best]),
+        top: window.iter().map(|&i| x.upper[i]).fold(f64::NEG_INFINITY, f64::max),
+    })
+}
+
+/// The input of a max pooling's output that takes the coefficient `l` on it, or `None`
+/// when the bound is a constant (added to `constant`) or the window empty.
+fn pool_back(l: f64, pick: Option<Pick>, constant: &mut f64) -> Option<usize> {
+    let pick = pick?;
+    if l > 0.0 || pick.dominant {
+        Some(pick.best)
     } else {
-        let top = window.iter().map(|&i| x.upper[i]).fold(f64::NEG_INFINITY, f64::max);
-        *constant += l * top;
+        *constant += l * pick.top;
         None
     }
 }
@@ -578,6 +762,7 @@ fn affine_box(
         lower: Vec::with_capacity(n),
         upper: Vec::with_capacity(n),
         error: Vec::with_capacity(n),
+        picks: Vec::new(),
     };
     for o in 0..n {
         let b = bias(o);

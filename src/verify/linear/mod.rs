@@ -186,12 +186,18 @@ impl Chain {
             lower: lo,
             upper: hi,
             error: vec![0.0; n],
+            picks: Vec::new(),
         }];
         let g = |k: usize| gamma(roundoff, k);
         let mut nonlinear = false;
         let mut work = Substitution::default();
         for (t, layer) in self.layers.iter().enumerate() {
-            let mut next = layer.forward(all.last().unwrap_or_else(|| unreachable!()), &g);
+            let input = all.last_mut().unwrap_or_else(|| unreachable!());
+            if let Layer::MaxPool(p) = layer {
+                // The box is final: later refinements tighten later layers only.
+                input.picks = p.picks(input);
+            }
+            let mut next = layer.forward(input, &g);
             let feeds_relu = matches!(self.layers.get(t + 1), Some(Layer::Relu));
             if refine && nonlinear && feeds_relu && layer.affine() {
                 for k in 0..next.lower.len() {
@@ -219,9 +225,19 @@ impl Chain {
 
     /// Tightens element `k` of `out`, the box of layer `t`'s output, by
     /// back-substitution of `±y_k` through the boxes `boxes` of the layers up to `t`.
+    /// Both substitutions are kept in `work`, for later ones that come down to `±y_k`.
     fn tighten(&self, t: usize, k: usize, boxes: &[Boxed], out: &mut Boxed, work: &mut Substitution) {
-        let below = self.substitute(t, &[(k, 1.0)], boxes, work);
-        let above = -self.substitute(t, &[(k, -1.0)], boxes, work);
+        let up = self.substitute(t, &[(k, 1.0)], boxes, work);
+        let down = self.substitute(t, &[(k, -1.0)], boxes, work);
+        if work.known.len() <= t {
+            work.known.resize(t + 1, Vec::new());
+        }
+        let known = &mut work.known[t];
+        if known.len() < out.lower.len() {
+            known.resize(out.lower.len(), [f64::NAN; 2]);
+        }
+        known[k] = [up, down];
+        let (below, above) = (up, -down);
         let slack = layers::F64_SLACK * (below.abs().max(above.abs()));
         out.lower[k] = out.lower[k].max(below - slack);
         out.upper[k] = out.upper[k].min(above + slack);
@@ -236,6 +252,24 @@ impl Chain {
         work.from.clear();
         work.from.extend_from_slice(lambda);
         for t in (0..=last).rev() {
+            // One coefficient c on a neuron already substituted: the rest is c times
+            // that substitution (every relaxation below depends on the signs of the
+            // coefficients only, and the steps are linear in them).
+            if let [(k, c)] = work.from[..] {
+                let known = work.known.get(t).and_then(|v| v.get(k)).map_or(
+                    f64::NAN,
+                    |&[up, down]| {
+                        if c > 0.0 {
+                            up
+                        } else {
+                            down
+                        }
+                    },
+                );
+                if !known.is_nan() {
+                    return constant + c.abs() * known;
+                }
+            }
             self.layers[t].backward(&work.from, &boxes[t], &mut constant, &mut work.scratch, &mut work.to);
             std::mem::swap(&mut work.from, &mut work.to);
         }
@@ -249,9 +283,12 @@ impl Chain {
     }
 }
 
-/// The buffers of back-substitutions, reused from one to the next.
+/// The buffers of back-substitutions, reused from one to the next, and the results of
+/// those of single neurons: per layer and output, the lower bounds of `y_k` and of
+/// `−y_k` (NaN where not substituted).
 #[derive(Debug, Default)]
 struct Substitution {
+    known: Vec<Vec<[f64; 2]>>,
     from: layers::Coefficients,
     to: layers::Coefficients,
     scratch: layers::Scratch,
@@ -396,7 +433,10 @@ impl LinearBounder {
     }
 
     /// The worst margin's bound, the classes taken from the weakest interval bound up;
-    /// returns as soon as one class's bound is at most `stop`.
+    /// returns as soon as one class's bound is at most `stop`. With a finite `stop`,
+    /// a class whose interval bound clears it is not back-substituted: the bound
+    /// returned is then the interval bound's, lower than the linear one can be, and
+    /// on the same side of `stop`.
     fn margin_until(&self, pixels: ArrayView1<f32>, label: usize, eps: f64, stop: f64) -> Option<f64> {
         let k = self.bias.len();
         let d = self.chain.features;
@@ -428,6 +468,12 @@ impl LinearBounder {
         let mut worst = f64::INFINITY;
         let mut work = Substitution::default();
         for (j, interval, allowance) in classes {
+            if interval - allowance > stop && stop > f64::NEG_INFINITY {
+                // The interval bound alone clears `stop` (the classes after this one
+                // do too): no back-substitution can change the answer.
+                worst = worst.min(interval - allowance);
+                continue;
+            }
             let wj = &self.weights[j * d..(j + 1) * d];
             let lambda: Vec<(usize, f64)> = wy
                 .iter()

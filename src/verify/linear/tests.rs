@@ -26,12 +26,12 @@ fn chain(rng: &mut StdRng, nonlinear: bool) -> Chain {
         dilation: [1, 1],
         pad: [0, 0],
     };
-    let conv = Conv {
-        w: random(rng, 4 * 2 * 9, 0.5),
-        b: random(rng, 4, 0.2),
-        window: window([2, 6, 6], [4, 4, 4], 3, 1),
-        group: 1,
-    };
+    let conv = Conv::new(
+        random(rng, 4 * 2 * 9, 0.5),
+        random(rng, 4, 0.2),
+        window([2, 6, 6], [4, 4, 4], 3, 1),
+        1,
+    );
     let mut layers = vec![
         Layer::Elementwise {
             scale: random(rng, 72, 2.0),
@@ -78,6 +78,7 @@ fn features(chain: &Chain, x: &[f64]) -> Vec<f64> {
         lower: x.to_vec(),
         upper: x.to_vec(),
         error: vec![0.0; x.len()],
+        picks: Vec::new(),
     };
     for layer in &chain.layers {
         b = layer.forward(&b, &|_| 0.0);
@@ -355,10 +356,10 @@ fn the_runs_of_a_convolution_are_its_taps_with_padding_stride_and_dilation() {
         let (input, kernel) = ([2usize, 7usize, 6usize], [3usize, 2usize]);
         let side = |size: usize, k: usize| Conv::out_size(size, k, stride, dilation, 2 * pad).unwrap();
         let output = [4, side(input[1], kernel[0]), side(input[2], kernel[1])];
-        let conv = Conv {
-            w: vec![0.0; 4 * kernel[0] * kernel[1]],
-            b: vec![0.0; 4],
-            window: Window {
+        let conv = Conv::new(
+            vec![0.0; 4 * kernel[0] * kernel[1]],
+            vec![0.0; 4],
+            Window {
                 input,
                 output,
                 kernel,
@@ -366,8 +367,8 @@ fn the_runs_of_a_convolution_are_its_taps_with_padding_stride_and_dilation() {
                 dilation: [dilation; 2],
                 pad: [pad; 2],
             },
-            group: 2,
-        };
+            2,
+        );
         let mut runs = Vec::new();
         conv.each_run(|wi, i0, o0, len| runs.extend((0..len).map(|t| (wi, i0 + t * stride, o0 + t))));
         // Every tap, enumerated from the definition.
@@ -395,5 +396,82 @@ fn the_runs_of_a_convolution_are_its_taps_with_padding_stride_and_dilation() {
             }
         }
         assert_eq!(runs, taps, "stride {stride}, dilation {dilation}, pad {pad}");
+    }
+}
+
+#[test]
+fn a_convolutions_step_back_equals_the_dense_one_with_padding_stride_dilation_and_groups() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut scratch = super::layers::Scratch::default();
+    let mut sparse = Vec::new();
+    for (stride, dilation, pad) in [(1, 1, 0), (2, 1, 1), (1, 2, 2), (3, 2, 1), (2, 1, 3), (1, 1, 1)] {
+        let (input, kernel) = ([4usize, 9usize, 8usize], [3usize, 2usize]);
+        let side = |size: usize, k: usize| Conv::out_size(size, k, stride, dilation, 2 * pad).unwrap();
+        let output = [6, side(input[1], kernel[0]), side(input[2], kernel[1])];
+        let layer = Layer::Conv(Conv::new(
+            random(&mut rng, 6 * 2 * kernel[0] * kernel[1], 1.0),
+            random(&mut rng, 6, 0.2),
+            Window {
+                input,
+                output,
+                kernel,
+                stride: [stride; 2],
+                dilation: [dilation; 2],
+                pad: [pad; 2],
+            },
+            2,
+        ));
+        let n: usize = input.iter().product();
+        let x = Boxed {
+            lower: vec![0.0; n],
+            upper: vec![1.0; n],
+            error: vec![0.0; n],
+            picks: Vec::new(),
+        };
+        for density in [0.1, 1.0] {
+            let dense: Vec<f64> = (0..output.iter().product())
+                .map(|_| {
+                    if rng.random_bool(density) {
+                        rng.random_range(-1.0..1.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let given: Vec<(usize, f64)> = dense.iter().copied().enumerate().filter(|&(_, l)| l != 0.0).collect();
+            let (mut a, mut b) = (0.0, 0.0);
+            let want = layer.backward_dense(&dense, &x, &mut a);
+            layer.backward(&given, &x, &mut b, &mut scratch, &mut sparse);
+            let want: Vec<(usize, f64)> = want.into_iter().enumerate().filter(|&(_, l)| l != 0.0).collect();
+            let case = format!("stride {stride}, dilation {dilation}, pad {pad}, density {density}");
+            assert_eq!(sparse, want, "{case}");
+            assert_eq!(a.to_bits(), b.to_bits(), "{case}: constant");
+        }
+    }
+}
+
+#[test]
+fn features_bounded_through_kept_substitutions_are_as_tight_as_fresh_ones() {
+    let mut rng = StdRng::seed_from_u64(23);
+    for _ in 0..8 {
+        let c = chain(&mut rng, true);
+        let x: Vec<f64> = (0..72).map(|_| rng.random_range(0.0..1.0)).collect();
+        let eps = 0.05;
+        let boxes = c.boxes(
+            x.iter().map(|&p| (p - eps).max(0.0)).collect(),
+            x.iter().map(|&p| (p + eps).min(1.0)).collect(),
+            0.0,
+            true,
+        );
+        let last = c.layers.len();
+        // Each feature's substitution again, with nothing kept from the others.
+        for k in 0..boxes[last].lower.len() {
+            let mut fresh = super::Substitution::default();
+            let below = c.substitute(last - 1, &[(k, 1.0)], &boxes[..last], &mut fresh);
+            let above = -c.substitute(last - 1, &[(k, -1.0)], &boxes[..last], &mut fresh);
+            let slack = super::layers::F64_SLACK * below.abs().max(above.abs()) + 1e-12;
+            assert!(boxes[last].lower[k] >= below - slack, "feature {k}");
+            assert!(boxes[last].upper[k] <= above + slack, "feature {k}");
+        }
     }
 }
