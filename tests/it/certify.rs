@@ -616,6 +616,11 @@ fn certified_repair_certifies_its_balls_as_certify_and_the_reference_check_them(
     assert!(doc["change"]["l1"].as_f64().unwrap() > 0.0);
     // nnmend's interior-point method solved every round, every weight free.
     assert!(history.iter().all(|r| r["solver"] == "ipm"), "{doc}");
+    // The last round took the program before it, solved to a thousand times the
+    // tolerances, on to the tolerances.
+    assert_eq!(last["resumed"], true, "{doc}");
+    assert_eq!(history[history.len() - 2]["rows"], last["rows"], "{doc}");
+    assert_eq!(history[0]["resumed"], false, "{doc}");
     assert_eq!(last["columns"].as_u64(), doc["features"].as_u64().map(|d| 10 * d));
     // clarabel, generating the weights, reaches the same optimum.
     let out = run(&[
