@@ -312,41 +312,79 @@ fn a_box_cache_serves_other_heads_on_the_same_chain_only() {
     assert_eq!(cache.len(), images.len() + 2);
 }
 
+/// The chain's boxes (exact arithmetic) over the ε-ball around `x`, clipped to [0, 1].
+fn ball_boxes(c: &Chain, x: &[f64], eps: f64, refine: bool) -> Vec<Boxed> {
+    c.boxes(
+        x.iter().map(|&p| (p - eps).max(0.0)).collect(),
+        x.iter().map(|&p| (p + eps).min(1.0)).collect(),
+        0.0,
+        refine,
+    )
+}
+
+/// One backward step of `layer` over the box `x` on random coefficients over its
+/// `width` outputs (both signs, a fraction `density` of them non-zero) equals the dense
+/// step to the bit, coefficients and constant; `scratch` is the one the steps before
+/// used, as in a back-substitution.
+fn step_matches_dense(
+    layer: &Layer,
+    x: &Boxed,
+    width: usize,
+    density: f64,
+    (rng, scratch): (&mut StdRng, &mut super::layers::Scratch),
+    case: &str,
+) {
+    let dense: Vec<f64> = (0..width)
+        .map(|_| {
+            if rng.random_bool(density) {
+                rng.random_range(-1.0..1.0)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let given: Vec<(usize, f64)> = dense.iter().copied().enumerate().filter(|&(_, l)| l != 0.0).collect();
+    let (mut a, mut b) = (0.25, 0.25);
+    let want = layer.backward_dense(&dense, x, &mut a);
+    let mut sparse = Vec::new();
+    layer.backward(&given, x, &mut b, scratch, &mut sparse);
+    let want: Vec<(usize, f64)> = want.into_iter().enumerate().filter(|&(_, l)| l != 0.0).collect();
+    assert_eq!(sparse, want, "{case}");
+    assert_eq!(a.to_bits(), b.to_bits(), "{case}: constant");
+}
+
 #[test]
 fn sparse_back_substitution_steps_equal_the_dense_ones_to_the_bit() {
     let mut rng = StdRng::seed_from_u64(17);
     let c = chain(&mut rng, true);
     let x: Vec<f64> = (0..72).map(|_| rng.random_range(0.0..1.0)).collect();
-    let eps = 0.1;
-    let boxes = c.boxes(
-        x.iter().map(|&p| (p - eps).max(0.0)).collect(),
-        x.iter().map(|&p| (p + eps).min(1.0)).collect(),
-        0.0,
-        false,
-    );
+    let boxes = ball_boxes(&c, &x, 0.1, false);
     let mut scratch = super::layers::Scratch::default();
-    let mut sparse = Vec::new();
     for (t, layer) in c.layers.iter().enumerate() {
         let width = boxes[t + 1].lower.len();
         for density in [0.05, 0.5, 1.0] {
-            // Coefficients of both signs, many of them zero.
-            let dense: Vec<f64> = (0..width)
-                .map(|_| {
-                    if rng.random_bool(density) {
-                        rng.random_range(-1.0..1.0)
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let given: Vec<(usize, f64)> = dense.iter().copied().enumerate().filter(|&(_, l)| l != 0.0).collect();
-            let (mut a, mut b) = (0.25, 0.25);
-            let want = layer.backward_dense(&dense, &boxes[t], &mut a);
-            layer.backward(&given, &boxes[t], &mut b, &mut scratch, &mut sparse);
-            let want: Vec<(usize, f64)> = want.into_iter().enumerate().filter(|&(_, l)| l != 0.0).collect();
-            assert_eq!(sparse, want, "layer {t}, density {density}");
-            assert_eq!(a.to_bits(), b.to_bits(), "layer {t}, density {density}: constant");
+            let case = format!("layer {t}, density {density}");
+            step_matches_dense(layer, &boxes[t], width, density, (&mut rng, &mut scratch), &case);
         }
+    }
+}
+
+/// The window of a convolution with `m` output channels over `input`, with the same
+/// stride, dilation and padding (on every side) on both axes.
+fn conv_window(
+    input: [usize; 3],
+    m: usize,
+    kernel: [usize; 2],
+    (stride, dilation, pad): (usize, usize, usize),
+) -> Window {
+    let side = |size: usize, k: usize| Conv::out_size(size, k, stride, dilation, 2 * pad).unwrap();
+    Window {
+        input,
+        output: [m, side(input[1], kernel[0]), side(input[2], kernel[1])],
+        kernel,
+        stride: [stride; 2],
+        dilation: [dilation; 2],
+        pad: [pad; 2],
     }
 }
 
@@ -354,21 +392,9 @@ fn sparse_back_substitution_steps_equal_the_dense_ones_to_the_bit() {
 fn the_runs_of_a_convolution_are_its_taps_with_padding_stride_and_dilation() {
     for (stride, dilation, pad) in [(1, 1, 0), (2, 1, 1), (1, 2, 2), (3, 2, 1), (2, 1, 3)] {
         let (input, kernel) = ([2usize, 7usize, 6usize], [3usize, 2usize]);
-        let side = |size: usize, k: usize| Conv::out_size(size, k, stride, dilation, 2 * pad).unwrap();
-        let output = [4, side(input[1], kernel[0]), side(input[2], kernel[1])];
-        let conv = Conv::new(
-            vec![0.0; 4 * kernel[0] * kernel[1]],
-            vec![0.0; 4],
-            Window {
-                input,
-                output,
-                kernel,
-                stride: [stride; 2],
-                dilation: [dilation; 2],
-                pad: [pad; 2],
-            },
-            2,
-        );
+        let window = conv_window(input, 4, kernel, (stride, dilation, pad));
+        let output = window.output;
+        let conv = Conv::new(vec![0.0; 4 * kernel[0] * kernel[1]], vec![0.0; 4], window, 2);
         let mut runs = Vec::new();
         conv.each_run(|wi, i0, o0, len| runs.extend((0..len).map(|t| (wi, i0 + t * stride, o0 + t))));
         // Every tap, enumerated from the definition.
@@ -403,24 +429,12 @@ fn the_runs_of_a_convolution_are_its_taps_with_padding_stride_and_dilation() {
 fn a_convolutions_step_back_equals_the_dense_one_with_padding_stride_dilation_and_groups() {
     let mut rng = StdRng::seed_from_u64(5);
     let mut scratch = super::layers::Scratch::default();
-    let mut sparse = Vec::new();
     for (stride, dilation, pad) in [(1, 1, 0), (2, 1, 1), (1, 2, 2), (3, 2, 1), (2, 1, 3), (1, 1, 1)] {
         let (input, kernel) = ([4usize, 9usize, 8usize], [3usize, 2usize]);
-        let side = |size: usize, k: usize| Conv::out_size(size, k, stride, dilation, 2 * pad).unwrap();
-        let output = [6, side(input[1], kernel[0]), side(input[2], kernel[1])];
-        let layer = Layer::Conv(Conv::new(
-            random(&mut rng, 6 * 2 * kernel[0] * kernel[1], 1.0),
-            random(&mut rng, 6, 0.2),
-            Window {
-                input,
-                output,
-                kernel,
-                stride: [stride; 2],
-                dilation: [dilation; 2],
-                pad: [pad; 2],
-            },
-            2,
-        ));
+        let window = conv_window(input, 6, kernel, (stride, dilation, pad));
+        let output = window.output;
+        let w = random(&mut rng, 6 * 2 * kernel[0] * kernel[1], 1.0);
+        let layer = Layer::Conv(Conv::new(w, random(&mut rng, 6, 0.2), window, 2));
         let n: usize = input.iter().product();
         let x = Boxed {
             lower: vec![0.0; n],
@@ -429,23 +443,9 @@ fn a_convolutions_step_back_equals_the_dense_one_with_padding_stride_dilation_an
             picks: Vec::new(),
         };
         for density in [0.1, 1.0] {
-            let dense: Vec<f64> = (0..output.iter().product())
-                .map(|_| {
-                    if rng.random_bool(density) {
-                        rng.random_range(-1.0..1.0)
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let given: Vec<(usize, f64)> = dense.iter().copied().enumerate().filter(|&(_, l)| l != 0.0).collect();
-            let (mut a, mut b) = (0.0, 0.0);
-            let want = layer.backward_dense(&dense, &x, &mut a);
-            layer.backward(&given, &x, &mut b, &mut scratch, &mut sparse);
-            let want: Vec<(usize, f64)> = want.into_iter().enumerate().filter(|&(_, l)| l != 0.0).collect();
             let case = format!("stride {stride}, dilation {dilation}, pad {pad}, density {density}");
-            assert_eq!(sparse, want, "{case}");
-            assert_eq!(a.to_bits(), b.to_bits(), "{case}: constant");
+            let width = output.iter().product();
+            step_matches_dense(&layer, &x, width, density, (&mut rng, &mut scratch), &case);
         }
     }
 }
@@ -456,13 +456,7 @@ fn features_bounded_through_kept_substitutions_are_as_tight_as_fresh_ones() {
     for _ in 0..8 {
         let c = chain(&mut rng, true);
         let x: Vec<f64> = (0..72).map(|_| rng.random_range(0.0..1.0)).collect();
-        let eps = 0.05;
-        let boxes = c.boxes(
-            x.iter().map(|&p| (p - eps).max(0.0)).collect(),
-            x.iter().map(|&p| (p + eps).min(1.0)).collect(),
-            0.0,
-            true,
-        );
+        let boxes = ball_boxes(&c, &x, 0.05, true);
         let last = c.layers.len();
         // Each feature's substitution again, with nothing kept from the others.
         for k in 0..boxes[last].lower.len() {
