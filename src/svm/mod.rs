@@ -57,6 +57,8 @@ use rand_chacha::ChaCha8Rng;
 
 pub use error::SvmError;
 pub use kernel::{KernelError, Nystrom, NystromSettings};
+/// Four-lane dot product, shared with the certified repair's interior-point method.
+pub(crate) use newton::dot4;
 pub use report::{ClassReport, FitReport, ScalingReport, Solver};
 pub use scale::Standardizer;
 pub use select::{CSearch, GridPoint, Selection};

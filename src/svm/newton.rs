@@ -100,7 +100,7 @@ impl Accelerator {
 }
 
 /// Dot product of two equally long slices with four partial sums.
-pub(super) fn dot4(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot4(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0.0f64; 4];
     let ac = a.chunks_exact(4);
     let bc = b.chunks_exact(4);

@@ -51,6 +51,7 @@ use ndarray::{Array1, Array2};
 use super::CertifiedProblem;
 use crate::repair::ipm::{inf_norm, max_step};
 use crate::repair::Status;
+use crate::svm::dot4;
 
 /// The method stops when the relative residuals are below this...
 const TOL_FEASIBLE: f64 = 1e-8;
@@ -84,7 +85,7 @@ const FLOOR: f64 = 1e-12;
 /// The parallelism of the dense products, whatever the thread count asked for: a
 /// fixed split keeps the rounding, and so the repair, the same.
 const THREADS: usize = 2;
-/// The partial sums of a margin row's products.
+/// The partial sums of [`dot_diff`].
 const LANES: usize = 4;
 /// Programs with at least this many margin rows have their products by the rows split
 /// between two threads.
@@ -332,7 +333,7 @@ impl Program {
             *v = -dot_diff(&centres[i * db..(i + 1) * db], gt, gc) - x[xa.xi + self.sample[i]];
             let ap = self.aux[at];
             if ap != usize::MAX {
-                *v += dot_lanes(&radii[i * d..(i + 1) * d], &x[xa.a + ap * d..xa.a + (ap + 1) * d]);
+                *v += dot4(&radii[i * d..(i + 1) * d], &x[xa.a + ap * d..xa.a + (ap + 1) * d]);
             }
         }
     }
@@ -816,21 +817,8 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(a, b)| a * b).sum()
 }
 
-/// Σ v_j a_j in four interleaved partial sums, so that the loop runs on vectors (a
-/// single running sum waits on each addition); the order is fixed, and so the result.
-fn dot_lanes(v: &[f64], a: &[f64]) -> f64 {
-    let (vc, ac) = (v.chunks_exact(LANES), a.chunks_exact(LANES));
-    let tail: f64 = vc.remainder().iter().zip(ac.remainder()).map(|(v, a)| v * a).sum();
-    let mut acc = [0.0f64; LANES];
-    for (v, a) in vc.zip(ac) {
-        for l in 0..LANES {
-            acc[l] += v[l] * a[l];
-        }
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
-}
-
-/// Σ v_j (a_j − b_j), as [`dot_lanes`].
+/// Σ v_j (a_j − b_j) in four interleaved partial sums, as [`dot4`] sums its products
+/// (a single running sum would wait on each addition).
 fn dot_diff(v: &[f64], a: &[f64], b: &[f64]) -> f64 {
     let (vc, ac, bc) = (v.chunks_exact(LANES), a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f64 = (vc.remainder().iter().zip(ac.remainder()).zip(bc.remainder()))

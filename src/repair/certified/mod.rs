@@ -289,38 +289,38 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
     let mut ipm_state: Option<ipm::Solver> = None;
     let mut tighten = false;
     let loose = settings.loose.max(1.0);
-    // Whether the last solve stopped short of the tolerances.
-    let mut stopped_short = false;
     loop {
         rounds += 1;
         let solving = Instant::now();
-        let (sol, layout, solver) = match settings.solver {
-            MarginSolver::Ipm if !generating => {
-                let solver = ipm_state.get_or_insert_with(|| ipm::Solver::new(p, &rows));
-                let before = solver.iterations();
-                // A program without rows is solved to the tolerances at once: its
-                // optimum is the head as it is.
-                let within = if tighten || rows.is_empty() { 1.0 } else { loose };
-                stopped_short = within > 1.0;
-                let mut sol = solver.run(within, settings.max_iter);
-                sol.iterations -= before;
-                // A solve that did not finish leaves the weights as they were, and the
-                // repair ends here ([`solve`] then hands it to clarabel).
-                let usable = sol.status.usable();
-                let restricted = Restricted {
-                    weights: if usable { sol.weights } else { p.weights.to_owned() },
-                    bias: if usable { sol.bias } else { p.bias.to_owned() },
-                    status: sol.status,
-                    iterations: sol.iterations,
-                    objective: if usable { sol.objective } else { f64::NAN },
-                    z: sol.y,
-                };
-                (restricted, Layout::margins_only(sol.size), MarginSolver::Ipm)
-            }
-            _ => {
-                let (restricted, layout) = solve_restricted(p, &rows, &working, settings);
-                (restricted, layout, MarginSolver::Clarabel)
-            }
+        // How far short of its tolerances the interior-point method stops this round: a
+        // program without rows is solved to them at once (its optimum is the head as it
+        // is), as is a program taken on from where it stopped.
+        let structured = settings.solver == MarginSolver::Ipm && !generating;
+        let within = if structured && !tighten && !rows.is_empty() {
+            loose
+        } else {
+            1.0
+        };
+        let (sol, layout, solver) = if structured {
+            let solver = ipm_state.get_or_insert_with(|| ipm::Solver::new(p, &rows));
+            let before = solver.iterations();
+            let mut sol = solver.run(within, settings.max_iter);
+            sol.iterations -= before;
+            // A solve that did not finish leaves the weights as they were, and the
+            // repair ends here ([`solve`] then hands it to clarabel).
+            let usable = sol.status.usable();
+            let restricted = Restricted {
+                weights: if usable { sol.weights } else { p.weights.to_owned() },
+                bias: if usable { sol.bias } else { p.bias.to_owned() },
+                status: sol.status,
+                iterations: sol.iterations,
+                objective: if usable { sol.objective } else { f64::NAN },
+                z: sol.y,
+            };
+            (restricted, Layout::margins_only(sol.size), MarginSolver::Ipm)
+        } else {
+            let (restricted, layout) = solve_restricted(p, &rows, &working, settings);
+            (restricted, layout, MarginSolver::Clarabel)
         };
         iterations += sol.iterations;
         history.push(RoundFigures {
@@ -369,7 +369,7 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
             entering_columns(p, &rows, &working, &layout, &sol.z, (settings.column_tol, limit))
         };
         let done = entering.is_empty() && columns.is_empty();
-        if done && !failed && stopped_short {
+        if done && !failed && within > 1.0 {
             tighten = true;
             continue;
         }
@@ -434,7 +434,6 @@ pub fn solve_with(p: &CertifiedProblem, settings: &CertifiedSettings, working: &
         }
         ipm_state = None;
         tighten = false;
-        stopped_short = false;
         for w in columns {
             working[w] = true;
         }

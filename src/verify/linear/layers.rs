@@ -38,6 +38,9 @@ pub(super) struct Conv {
     /// Per output, where its kernel's first tap lands: the input index, channel, row
     /// and column, or `None` when some tap falls in the padding.
     firsts: Vec<Option<[usize; 4]>>,
+    /// The input index of each kernel row's first tap relative to the kernel's first
+    /// tap, rows in the order of [`Self::taps`] (channel, then row).
+    rows: Vec<usize>,
 }
 
 impl Conv {
@@ -50,11 +53,17 @@ impl Conv {
             window,
             group,
             firsts: Vec::new(),
+            rows: Vec::new(),
         };
         let firsts = (0..conv.window.output.iter().product())
             .map(|o| conv.interior(o))
             .collect();
         conv.firsts = firsts;
+        let [c, h, w] = conv.window.input;
+        let (kh, dy) = (conv.window.kernel[0], conv.window.dilation[0]);
+        conv.rows = (0..c / group)
+            .flat_map(|ci| (0..kh).map(move |ky| (ci * h + ky * dy) * w))
+            .collect();
         conv
     }
 
@@ -131,18 +140,6 @@ impl Conv {
                     }
                 }
             }
-        }
-    }
-
-    /// The input index of each kernel row's first tap relative to the kernel's first
-    /// tap, rows in the order of [`Self::taps`] (channel, then row).
-    fn row_offsets(&self, out: &mut Vec<usize>) {
-        let [c, h, w] = self.window.input;
-        let kh = self.window.kernel[0];
-        let dy = self.window.dilation[0];
-        out.clear();
-        for ci in 0..c / self.group {
-            out.extend((0..kh).map(|ky| (ci * h + ky * dy) * w));
         }
     }
 
@@ -600,11 +597,9 @@ impl Layer {
                 let per = c.window.output[1] * c.window.output[2];
                 *constant += lambda.iter().map(|&(o, l)| l * c.b[o / per]).sum::<f64>();
                 // Kernels that lie inside the input take their taps row by row from
-                // a table of the rows' offsets: the same taps as `taps`, and each
+                // the table of the rows' offsets: the same taps as `taps`, and each
                 // input takes its terms in the order of the outputs, as there.
                 let fan = c.fan_in();
-                let mut rows = std::mem::take(&mut scratch.window);
-                c.row_offsets(&mut rows);
                 let [ci, h, w] = c.window.input;
                 let ([kh, kw], [dy, dx]) = (c.window.kernel, c.window.dilation);
                 let extent = [(ci / c.group).saturating_sub(1), (kh - 1) * dy, (kw - 1) * dx];
@@ -613,7 +608,7 @@ impl Layer {
                         Some([first, channel, y, x]) => {
                             scratch.cover([channel, y, x], [channel + extent[0], y + extent[1], x + extent[2]]);
                             let kernel = &c.w[o / per * fan..(o / per + 1) * fan];
-                            for (&row, taps) in rows.iter().zip(kernel.chunks_exact(kw)) {
+                            for (&row, taps) in c.rows.iter().zip(kernel.chunks_exact(kw)) {
                                 let at = first + row;
                                 if dx == 1 {
                                     for (a, &wv) in scratch.acc[at..at + kw].iter_mut().zip(taps) {
@@ -633,7 +628,6 @@ impl Layer {
                         }),
                     }
                 }
-                scratch.window = rows;
                 scratch.drain_block(c.window.input, out);
             }
             Layer::Dense { w, b, inputs } => {
