@@ -22,8 +22,9 @@
 //!   α_j = c_s,j + σ_p,j r_s,j (σ from a's elimination), so the R × R matrix
 //!   S = W⁻¹ + C H⁻¹ Cᵀ is, between the rows of pairs p and p′,
 //!   A_p diag(Δ_pᵀ M_j⁻¹ Δ_p′) A_p′ᵀ plus a's own term within a pair and ξ's within a
-//!   sample: dense products, about R²·d/2 multiply–adds for its lower half, which run
-//!   at GEMM speed.
+//!   sample: about R²·d/2 multiply–adds for its lower half, in blocks of a few dozen
+//!   rows by a few dozen (pair p's rows scaled, against pair p′'s), computed in
+//!   register tiles ([`super::gram`]), the pairs split between two threads.
 //!
 //! S is factored densely (faer's Cholesky), and each system is solved in its augmented
 //! form [H Cᵀ; C −W⁻¹] (Δx, Δy), Δy the margin rows' dual step, by eliminating Δx:
@@ -43,12 +44,11 @@
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch, LltRegularization};
-use faer::linalg::matmul::matmul;
 use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_upper_triangular_in_place};
-use faer::{Accum, Mat, Par};
+use faer::{Mat, Par};
 use ndarray::{Array1, Array2};
 
-use super::CertifiedProblem;
+use super::{gram, CertifiedProblem};
 use crate::repair::ipm::{inf_norm, max_step};
 use crate::repair::Status;
 use crate::svm::dot4;
@@ -76,8 +76,11 @@ const STEP: f64 = 0.99;
 const CORRECTORS: usize = 2;
 /// How far the start's a lies above |d⁰|.
 const A_START: f64 = 0.01;
-/// Refinements of a Newton system's solution, at most.
+/// Refinements of a Newton system's solution, at most...
 const REFINE: usize = 8;
+/// ...until its residual is this fraction of the system's right side: far below what
+/// the steps need, whose targets are met to 10⁻⁸ of the data at the closest.
+const REFINED: f64 = 1e-10;
 /// The least curvature H gives a variable: a weight that changes has one side of
 /// |γ| ≤ g slack, and its curvature falls to 0 with the barrier, which would make H⁻¹
 /// unbounded. The refinement corrects for the floor.
@@ -449,6 +452,13 @@ impl Program {
 
     /// Aᵀ z.
     fn at_mul(&self, z: &[f64]) -> Vec<f64> {
+        let mut out = self.at_mul_bounds(z);
+        self.margin_t(&z[self.s_at().c..], &mut out);
+        out
+    }
+
+    /// Aᵀ z but for the margin rows' terms (z's entries up to them are read).
+    fn at_mul_bounds(&self, z: &[f64]) -> Vec<f64> {
         let (xa, sa, d, db) = (self.x_at(), self.s_at(), self.d, self.db);
         let kd = self.k * db;
         let mut out = vec![0.0; xa.len];
@@ -468,7 +478,6 @@ impl Program {
                 out[xa.a + ap * d + j] = -z4 - z5;
             }
         }
-        self.margin_t(&z[sa.c..], &mut out);
         out
     }
 }
@@ -488,11 +497,6 @@ struct Step<'a> {
     w3: Vec<f64>,
     /// The Cholesky factor of S.
     factor: Mat<f64>,
-}
-
-/// Rows `lo..lo + rows` of the row-major `[_, width]` buffer `buf`, as a matrix.
-fn rows_of(buf: &[f64], lo: usize, rows: usize, width: usize) -> faer::MatRef<'_, f64> {
-    faer::MatRef::from_row_major_slice(&buf[lo * width..(lo + rows) * width], rows, width)
 }
 
 /// Inverts the symmetric positive definite `m` (K × K, row-major) in place, by its
@@ -584,69 +588,83 @@ impl<'a> Step<'a> {
             }
         }
         let entry = |u: usize, v: usize| &by_entry[(u * k + v) * db..(u * k + v + 1) * db];
-        let mut s = Mat::<f64>::zeros(rr, rr);
         let inv_root: Vec<f64> = da.iter().map(|v| 1.0 / v.sqrt()).collect();
-        let mut scaled = vec![0.0; rr * db];
-        // Rows `out` (from the first row of pair `qs.start` on) of the pairs `qs`, each
-        // scaled for pair p by Δ_pᵀ M_j⁻¹ Δ_q.
-        let scale = |p: usize, qs: std::ops::Range<usize>, out: &mut [f64]| {
+        let radii = program.radii();
+        // The rows of pair p against those of every pair up to p, into `band` (the
+        // rows of S from `first` on): block (p, q) is A_p diag(Δ_pᵀ M_j⁻¹ Δ_q) A_qᵀ,
+        // the scaling applied to pair p's rows, plus a's own term within the pair.
+        let pair_rows = |p: usize, band: &mut faer::MatMut<'_, f64>, first: usize| {
+            let (lo, hi) = program.range[p];
             let (t, c) = program.pairs[p];
-            let first = program.range.get(qs.start).map_or(0, |r| r.0);
+            let n = hi - lo;
             let mut m = vec![0.0; db];
-            for q in qs {
+            let mut scaled = vec![0.0; n * db];
+            let mut out = Vec::new();
+            for q in 0..=p {
                 let (qlo, qhi) = program.range[q];
                 let (t2, c2) = program.pairs[q];
                 let (tt, tc, ct, cc) = (entry(t, t2), entry(t, c2), entry(c, t2), entry(c, c2));
                 for (j, mj) in m.iter_mut().enumerate() {
                     *mj = tt[j] - tc[j] - ct[j] + cc[j];
                 }
-                for (out, row) in out[(qlo - first) * db..(qhi - first) * db]
+                for (out, row) in scaled
                     .chunks_exact_mut(db)
-                    .zip(alpha[qlo * db..qhi * db].chunks_exact(db))
+                    .zip(alpha[lo * db..hi * db].chunks_exact(db))
                 {
                     for ((o, a), mj) in out.iter_mut().zip(row).zip(&m) {
                         *o = a * mj;
                     }
                 }
+                out.resize(n * (qhi - qlo), 0.0);
+                gram::products(&scaled, &alpha[qlo * db..qhi * db], db, &mut out);
+                if q == p && program.aux[p] != usize::MAX {
+                    // a's own term: Σ_j r r′ / (w₄ + w₅).
+                    let ap = program.aux[p];
+                    let root = &inv_root[ap * d..(ap + 1) * d];
+                    let rs: Vec<f64> = radii[lo * d..hi * d]
+                        .chunks_exact(d)
+                        .flat_map(|r| r.iter().zip(root).map(|(r, s)| r * s))
+                        .collect();
+                    let mut own = vec![0.0; n * n];
+                    gram::products(&rs, &rs, d, &mut own);
+                    out.iter_mut().zip(&own).for_each(|(o, v)| *o += v);
+                }
+                for (i, row) in out.chunks_exact(qhi - qlo).enumerate() {
+                    for (h, &v) in row.iter().enumerate() {
+                        band[(lo + i - first, qlo + h)] = v;
+                    }
+                }
             }
         };
-        for (p, &(lo, hi)) in program.range.iter().enumerate() {
-            // The rows of pairs up to p, scaled, the pairs split between two threads
-            // at the middle row.
-            let half = program.range[..=p].partition_point(|r| r.1 <= hi / 2);
-            let at = program.range[half.min(p)].0;
-            if hi < PARALLEL_ROWS || half >= p {
-                scale(p, 0..p + 1, &mut scaled[..hi * db]);
-            } else {
-                let (first, second) = scaled[..hi * db].split_at_mut(at * db);
-                std::thread::scope(|scope| {
-                    scope.spawn(|| scale(p, half..p + 1, second));
-                    scale(p, 0..half, first);
+        let mut s = Mat::<f64>::zeros(rr, rr);
+        // The pairs split between two threads at the pair boundary nearest half the
+        // work (pair p's is its rows times the rows up to its end).
+        let work: Vec<usize> = program.range.iter().map(|&(lo, hi)| (hi - lo) * hi).collect();
+        let total: usize = work.iter().sum();
+        let mut split = 0;
+        let mut sum = 0;
+        while split < work.len() && 2 * (sum + work[split]) <= total {
+            sum += work[split];
+            split += 1;
+        }
+        let at = program.range.get(split).map_or(rr, |r| r.0);
+        if rr < PARALLEL_ROWS {
+            let mut all = s.as_mut();
+            for p in 0..program.range.len() {
+                pair_rows(p, &mut all, 0);
+            }
+        } else {
+            let (mut top, mut bottom) = s.as_mut().split_at_row_mut(at);
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    for p in split..program.range.len() {
+                        pair_rows(p, &mut bottom, at);
+                    }
                 });
-            }
-            matmul(
-                s.as_mut().submatrix_mut(lo, 0, hi - lo, hi),
-                Accum::Replace,
-                rows_of(&alpha, lo, hi - lo, db),
-                rows_of(&scaled, 0, hi, db).transpose(),
-                1.0,
-                par,
-            );
-            let ap = program.aux[p];
-            if ap != usize::MAX {
-                // a's own term: Σ_j r r′ / (w₄ + w₅).
-                let root = &inv_root[ap * d..(ap + 1) * d];
-                let radii = &program.radii()[lo * d..hi * d];
-                let rs = Mat::<f64>::from_fn(hi - lo, d, |i, j| radii[i * d + j] * root[j]);
-                matmul(
-                    s.as_mut().submatrix_mut(lo, lo, hi - lo, hi - lo),
-                    Accum::Add,
-                    rs.as_ref(),
-                    rs.transpose(),
-                    1.0,
-                    par,
-                );
-            }
+                for p in 0..split {
+                    pair_rows(p, &mut top, 0);
+                }
+            });
         }
         for (local, rows) in program.members.iter().enumerate() {
             for &i in rows {
@@ -730,50 +748,49 @@ impl<'a> Step<'a> {
     fn solve(&self, r1: &[f64], r2: &[f64], w: &[f64], par: Par) -> (Vec<f64>, Vec<f64>) {
         let program = self.program;
         let c0 = program.s_at().c;
-        let residual = |dx: &[f64], dy: &[f64]| -> (Vec<f64>, Vec<f64>, f64) {
+        // The residual of (Δx, Δy), given Cᵀ Δy.
+        let residual = |dx: &[f64], dy: &[f64], ct_dy: &[f64]| -> (Vec<f64>, Vec<f64>, f64) {
             let mut av = program.a_mul(dx);
             let cdx = av.split_off(c0);
             let wav: Vec<f64> = av.iter().zip(w).map(|(a, w)| a * w).collect();
-            let mut hv = wav;
-            hv.extend(dy.iter().copied());
-            let n1 = program.at_mul(&hv);
-            let e1: Vec<f64> = r1.iter().zip(&n1).map(|(r, n)| r - n).collect();
+            let n1 = program.at_mul_bounds(&wav);
+            let e1: Vec<f64> = (r1.iter().zip(&n1).zip(ct_dy)).map(|((r, n), c)| r - (n + c)).collect();
             let e2: Vec<f64> = (0..dy.len()).map(|i| r2[i] - cdx[i] + dy[i] / w[c0 + i]).collect();
             let size = inf_norm(&e1).max(inf_norm(&e2));
             (e1, e2, size)
         };
         let scale = inf_norm(r1).max(inf_norm(r2)).max(f64::MIN_POSITIVE);
-        let (mut dx, mut dy) = self.eliminate(r1, r2, par);
-        let (mut e1, mut e2, mut size) = residual(&dx, &dy);
+        let sum = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a + b).collect() };
+        let (mut dx, mut dy, mut ct_dy) = self.eliminate(r1, r2, par);
+        let (mut e1, mut e2, mut size) = residual(&dx, &dy, &ct_dy);
         for _ in 0..REFINE {
-            if size <= 1e-13 * scale {
+            if size <= REFINED * scale {
                 break;
             }
-            let (cx, cy) = self.eliminate(&e1, &e2, par);
-            let nx: Vec<f64> = dx.iter().zip(&cx).map(|(a, b)| a + b).collect();
-            let ny: Vec<f64> = dy.iter().zip(&cy).map(|(a, b)| a + b).collect();
-            let (f1, f2, next) = residual(&nx, &ny);
+            let (cx, cy, ct_cy) = self.eliminate(&e1, &e2, par);
+            let (nx, ny, ct_ny) = (sum(&dx, &cx), sum(&dy, &cy), sum(&ct_dy, &ct_cy));
+            let (f1, f2, next) = residual(&nx, &ny, &ct_ny);
             if next >= size {
                 break;
             }
-            (dx, dy, e1, e2, size) = (nx, ny, f1, f2, next);
+            (dx, dy, ct_dy, e1, e2, size) = (nx, ny, ct_ny, f1, f2, next);
         }
         (dx, dy)
     }
 
     /// The augmented system solved by elimination: Δy = S⁻¹ (C H⁻¹ r₁ − r₂),
-    /// Δx = H⁻¹ (r₁ − Cᵀ Δy).
-    fn eliminate(&self, r1: &[f64], r2: &[f64], par: Par) -> (Vec<f64>, Vec<f64>) {
+    /// Δx = H⁻¹ (r₁ − Cᵀ Δy); Cᵀ Δy as well, which the residual reuses.
+    fn eliminate(&self, r1: &[f64], r2: &[f64], par: Par) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let u = self.h_inv(r1);
         let cu = self.program.margin(&u);
         let mut dy = Mat::<f64>::from_fn(cu.len(), 1, |i, _| cu[i] - r2[i]);
         solve_lower_triangular_in_place(self.factor.as_ref(), dy.as_mut(), par);
         solve_upper_triangular_in_place(self.factor.transpose(), dy.as_mut(), par);
         let dy: Vec<f64> = (0..cu.len()).map(|i| dy[(i, 0)]).collect();
-        let mut rest = r1.to_vec();
-        let minus: Vec<f64> = dy.iter().map(|v| -v).collect();
-        self.program.margin_t(&minus, &mut rest);
-        (self.h_inv(&rest), dy)
+        let mut ct_dy = vec![0.0; r1.len()];
+        self.program.margin_t(&dy, &mut ct_dy);
+        let rest: Vec<f64> = r1.iter().zip(&ct_dy).map(|(r, c)| r - c).collect();
+        (self.h_inv(&rest), dy, ct_dy)
     }
 }
 
@@ -1169,6 +1186,57 @@ mod tests {
             assert!(ours.y.iter().all(|&y| y >= 0.0) && ours.y.iter().any(|&y| y > 1e-6));
             let (variables, constraints, nonzeros) = ours.size;
             assert!(variables > 2 * k * d && constraints > rows.len() && nonzeros > constraints);
+        }
+    }
+
+    #[test]
+    fn s_is_the_margin_rows_schur_complement() {
+        // Enough rows that S is built on two threads.
+        let (n, points, d, k) = (60, 40, 9, 5);
+        let [w, bias, centre, radius] = random_problem(11, (n, points, d, k));
+        let labels: Vec<usize> = (0..n + points).map(|s| (s * 3) % k).collect();
+        let margin = vec![0.2; n + points];
+        let price = vec![2.0; n + points];
+        let p = CertifiedProblem {
+            weights: w.view(),
+            bias: bias.row(0),
+            centre: centre.view(),
+            radius: radius.view(),
+            labels: &labels,
+            margin: &margin,
+            price: &price,
+            repair_bias: true,
+        };
+        let labels_of = &labels;
+        let rows: Vec<(usize, usize)> = (0..n + points)
+            .flat_map(|s| (0..k).filter(move |&c| c != labels_of[s]).map(move |c| (s, c)))
+            .collect();
+        let rr = rows.len();
+        assert!(rr >= PARALLEL_ROWS);
+        let solver = Solver::new(&p, &rows);
+        let program = &solver.program;
+        let scaling: Vec<f64> = solver.z.iter().zip(&solver.s).map(|(z, s)| z / s).collect();
+        let step = Step::new(program, &scaling, Par::Seq).unwrap();
+        // S = C H⁻¹ Cᵀ + W⁻¹ over the margin rows, column by column from its definition.
+        let c0 = program.s_at().c;
+        let mut dense = vec![0.0; rr * rr];
+        for h in 0..rr {
+            let mut e = vec![0.0; rr];
+            e[h] = 1.0;
+            let mut ct = vec![0.0; program.x_at().len];
+            program.margin_t(&e, &mut ct);
+            for (i, v) in program.margin(&step.h_inv(&ct)).into_iter().enumerate() {
+                dense[i * rr + h] = v + if i == h { 1.0 / scaling[c0 + i] } else { 0.0 };
+            }
+        }
+        let factor = &step.factor;
+        for i in 0..rr {
+            for h in 0..=i {
+                let got: f64 = (0..=h).map(|t| factor[(i, t)] * factor[(h, t)]).sum();
+                let want = dense[i * rr + h];
+                let scale = (dense[i * rr + i] * dense[h * rr + h]).sqrt();
+                assert!((got - want).abs() <= 1e-9 * scale, "({i}, {h}): {got} against {want}");
+            }
         }
     }
 

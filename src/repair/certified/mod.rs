@@ -42,6 +42,7 @@
 //! weights worth changing, every other weight is priced with the duals, and weights
 //! the optimum leaves unchanged leave it between rounds.
 
+mod gram;
 mod hybrid;
 mod ipm;
 mod program;
