@@ -31,8 +31,8 @@
 //! whole one's optimum.
 //!
 //! By default nnmend's interior-point method solves it ([`ipm`]), every weight free:
-//! its Newton systems reduce to one dense matrix over the margin rows, formed with
-//! matrix products, so the thousands of weights cost little. It solves each round's
+//! its Newton systems reduce to one dense matrix over the margin rows, formed block by
+//! block in register tiles (`gram`), so the thousands of weights cost little. It solves each round's
 //! program to a thousand times its tolerances only, since an early round's optimum is
 //! only a step towards the rows that bind; when no row is left to add at such a
 //! solution, it takes the same program on from where it stopped to its tolerances, and
