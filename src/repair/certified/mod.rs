@@ -42,7 +42,6 @@
 //! weights worth changing, every other weight is priced with the duals, and weights
 //! the optimum leaves unchanged leave it between rounds.
 
-mod gram;
 mod hybrid;
 mod ipm;
 mod program;
