@@ -7,7 +7,8 @@ use crate::onnx::proto::NodeProto;
 use crate::onnx::tensor;
 use crate::onnx::OnnxError;
 
-use super::layers::{Conv, Layer, MaxPool, Window};
+use super::layers::Layer;
+use super::window::{Conv, MaxPool, Window};
 
 /// The int-list attribute `name` as `usize`s, or `default`.
 fn usizes(node: &NodeProto, name: &str, default: Vec<usize>) -> Result<Vec<usize>, OnnxError> {

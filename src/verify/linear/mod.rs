@@ -32,8 +32,10 @@
 
 mod build;
 mod layers;
+mod scratch;
 #[cfg(test)]
 mod tests;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -289,9 +291,9 @@ impl Chain {
 #[derive(Debug, Default)]
 struct Substitution {
     known: Vec<Vec<[f64; 2]>>,
-    from: layers::Coefficients,
-    to: layers::Coefficients,
-    scratch: layers::Scratch,
+    from: scratch::Coefficients,
+    to: scratch::Coefficients,
+    scratch: scratch::Scratch,
 }
 
 /// The boxes of balls, kept across bounders of one extractor. They depend on the

@@ -4,7 +4,8 @@ use ndarray::{Array1, Array2};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::layers::{Boxed, Conv, Layer, MaxPool, Window};
+use super::layers::{Boxed, Layer};
+use super::window::{Conv, MaxPool, Window};
 use std::sync::Arc;
 
 use super::{BoxCache, Chain, LinearBounder};
@@ -331,7 +332,7 @@ fn step_matches_dense(
     x: &Boxed,
     width: usize,
     density: f64,
-    (rng, scratch): (&mut StdRng, &mut super::layers::Scratch),
+    (rng, scratch): (&mut StdRng, &mut super::scratch::Scratch),
     case: &str,
 ) {
     let dense: Vec<f64> = (0..width)
@@ -359,7 +360,7 @@ fn sparse_back_substitution_steps_equal_the_dense_ones_to_the_bit() {
     let c = chain(&mut rng, true);
     let x: Vec<f64> = (0..72).map(|_| rng.random_range(0.0..1.0)).collect();
     let boxes = ball_boxes(&c, &x, 0.1, false);
-    let mut scratch = super::layers::Scratch::default();
+    let mut scratch = super::scratch::Scratch::default();
     for (t, layer) in c.layers.iter().enumerate() {
         let width = boxes[t + 1].lower.len();
         for density in [0.05, 0.5, 1.0] {
@@ -428,7 +429,7 @@ fn the_runs_of_a_convolution_are_its_taps_with_padding_stride_and_dilation() {
 #[test]
 fn a_convolutions_step_back_equals_the_dense_one_with_padding_stride_dilation_and_groups() {
     let mut rng = StdRng::seed_from_u64(5);
-    let mut scratch = super::layers::Scratch::default();
+    let mut scratch = super::scratch::Scratch::default();
     for (stride, dilation, pad) in [(1, 1, 0), (2, 1, 1), (1, 2, 2), (3, 2, 1), (2, 1, 3), (1, 1, 1)] {
         let (input, kernel) = ([4usize, 9usize, 8usize], [3usize, 2usize]);
         let window = conv_window(input, 6, kernel, (stride, dilation, pad));
