@@ -6,6 +6,19 @@
 use super::scratch::{Coefficients, Scratch};
 use super::window::{Conv, MaxPool};
 
+impl MaxPool {
+    /// The relaxation of every output over the input box `x`.
+    pub(super) fn picks(&self, x: &Boxed) -> Vec<Option<Pick>> {
+        let mut window = Vec::new();
+        (0..self.outputs())
+            .map(|o| {
+                self.window(o, &mut window);
+                pick(&window, x)
+            })
+            .collect()
+    }
+}
+
 /// One layer of a chain.
 #[derive(Debug, Clone)]
 pub(super) enum Layer {
@@ -390,7 +403,7 @@ fn relu_back(l: f64, lo: f64, hi: f64, constant: &mut f64) -> f64 {
 /// the first input whose lower bound is the largest, up to the rounding of the box
 /// (max ≥ it, and any input would do), and max = it when its lower bound reaches every
 /// other input's upper bound. `None` for an empty window.
-pub(super) fn pick(window: &[usize], x: &Boxed) -> Option<Pick> {
+fn pick(window: &[usize], x: &Boxed) -> Option<Pick> {
     let top = window.iter().map(|&i| x.lower[i]).fold(f64::NEG_INFINITY, f64::max);
     let &best = window.iter().find(|&&i| x.lower[i] >= top - TIE * top.abs())?;
     Some(Pick {

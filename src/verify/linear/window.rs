@@ -1,8 +1,6 @@
 //! Where convolutions' and poolings' windows sit over their inputs: the taps of each
 //! output, and the tables the backward steps read.
 
-use super::layers::{pick, Boxed, Pick};
-
 /// Where a convolution's or a pooling's windows sit over `[C, H, W]`.
 #[derive(Debug, Clone, Hash)]
 pub(super) struct Window {
@@ -193,17 +191,6 @@ impl MaxPool {
                 }
             }
         }
-    }
-
-    /// The relaxation of every output over the input box `x`.
-    pub(super) fn picks(&self, x: &Boxed) -> Vec<Option<Pick>> {
-        let mut window = Vec::new();
-        (0..self.outputs())
-            .map(|o| {
-                self.window(o, &mut window);
-                pick(&window, x)
-            })
-            .collect()
     }
 
     pub(super) fn outputs(&self) -> usize {
