@@ -102,6 +102,26 @@ fn a_repair_certifies_its_balls_and_keeps_its_points() {
     assert!(change > 0.0);
 }
 
+/// The problem over [`random_problem`]'s weights, bias (its one row), centres and radii.
+pub(super) fn problem_of<'a>(
+    [w, bias, centre, radius]: &'a [Array2<f64>; 4],
+    labels: &'a [usize],
+    margin: &'a [f64],
+    price: &'a [f64],
+    repair_bias: bool,
+) -> CertifiedProblem<'a> {
+    CertifiedProblem {
+        weights: w.view(),
+        bias: bias.row(0),
+        centre: centre.view(),
+        radius: radius.view(),
+        labels,
+        margin,
+        price,
+        repair_bias,
+    }
+}
+
 /// A seeded problem of `n` balls and `points` points in `d` features, `k` classes.
 pub(super) fn random_problem(seed: u64, (n, points, d, k): (usize, usize, usize, usize)) -> [Array2<f64>; 4] {
     use rand::{Rng, SeedableRng};
@@ -153,18 +173,10 @@ fn balls_already_certified_leave_the_head_as_it_is() {
 #[test]
 fn a_program_the_interior_point_method_cannot_finish_goes_to_clarabel() {
     let (n, points, d, k) = (12, 8, 10, 4);
-    let [w, bias, centre, radius] = random_problem(7, (n, points, d, k));
+    let arrays = random_problem(7, (n, points, d, k));
     let labels: Vec<usize> = (0..n + points).map(|s| s % k).collect();
-    let p = CertifiedProblem {
-        weights: w.view(),
-        bias: bias.row(0),
-        centre: centre.view(),
-        radius: radius.view(),
-        labels: &labels,
-        margin: &vec![0.2; n + points],
-        price: &vec![2.0; n + points],
-        repair_bias: false,
-    };
+    let (margin, price) = (vec![0.2; n + points], vec![2.0; n + points]);
+    let p = problem_of(&arrays, &labels, &margin, &price, false);
     // Three iterations are too few for either solver: the interior-point method
     // gives up on the first round's program, the solve starts again with clarabel,
     // which stalls too, and the repair ends there, the head unchanged.
@@ -182,7 +194,7 @@ fn a_program_the_interior_point_method_cannot_finish_goes_to_clarabel() {
     assert_eq!(sol.history[0].iterations, 3);
     assert!(sol.history[0].objective.is_nan());
     assert_eq!(sol.iterations, sol.history.iter().map(|r| r.iterations).sum::<u32>());
-    assert_eq!((&sol.weights, &sol.bias), (&w, &bias.row(0).to_owned()));
+    assert_eq!((&sol.weights, &sol.bias), (&p.weights.to_owned(), &p.bias.to_owned()));
 }
 
 #[test]

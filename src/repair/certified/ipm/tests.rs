@@ -5,28 +5,19 @@
 use super::step::invert_spd;
 use super::*;
 use crate::repair::certified::program::solve_restricted;
-use crate::repair::certified::tests::random_problem;
+use crate::repair::certified::tests::{problem_of, random_problem};
 use crate::repair::certified::{worst_margins, CertifiedSettings};
 
 #[test]
 fn the_restricted_optimum_is_clarabels() {
     for seed in 0..6 {
         let (n, points, d, k) = (10, 10, 12, 4);
-        let [w, bias, centre, radius] = random_problem(seed, (n, points, d, k));
+        let arrays = random_problem(seed, (n, points, d, k));
         let labels: Vec<usize> = (0..n + points).map(|s| (s * 7 + seed as usize) % k).collect();
         // Balls want 0.3, points 0.1; balls' slack is dearer.
         let margin: Vec<f64> = (0..n + points).map(|s| if s < n { 0.3 } else { 0.1 }).collect();
         let price: Vec<f64> = (0..n + points).map(|s| if s < n { 4.0 } else { 1.0 }).collect();
-        let p = CertifiedProblem {
-            weights: w.view(),
-            bias: bias.row(0),
-            centre: centre.view(),
-            radius: radius.view(),
-            labels: &labels,
-            margin: &margin,
-            price: &price,
-            repair_bias: seed % 2 == 1,
-        };
+        let p = problem_of(&arrays, &labels, &margin, &price, seed % 2 == 1);
         // Every row of the balls, and every other row of the points (some pairs
         // then have no ball).
         let labels_of = &labels;
@@ -66,9 +57,9 @@ fn the_restricted_optimum_is_clarabels() {
         for &(s, c) in &rows {
             short[s] = short[s].max(margin[s] - worst[[s, c]]);
         }
-        let change: f64 = (&ours.weights - &w)
+        let change: f64 = (&ours.weights - &p.weights)
             .iter()
-            .chain((&ours.bias - &bias.row(0)).iter())
+            .chain((&ours.bias - &p.bias).iter())
             .map(|v| v.abs())
             .sum();
         let cost = change + short.iter().zip(&price).map(|(x, c)| x * c).sum::<f64>();
@@ -89,20 +80,10 @@ fn the_restricted_optimum_is_clarabels() {
 fn s_is_the_margin_rows_schur_complement() {
     // Enough rows that S is built on two threads.
     let (n, points, d, k) = (60, 40, 9, 5);
-    let [w, bias, centre, radius] = random_problem(11, (n, points, d, k));
+    let arrays = random_problem(11, (n, points, d, k));
     let labels: Vec<usize> = (0..n + points).map(|s| (s * 3) % k).collect();
-    let margin = vec![0.2; n + points];
-    let price = vec![2.0; n + points];
-    let p = CertifiedProblem {
-        weights: w.view(),
-        bias: bias.row(0),
-        centre: centre.view(),
-        radius: radius.view(),
-        labels: &labels,
-        margin: &margin,
-        price: &price,
-        repair_bias: true,
-    };
+    let (margin, price) = (vec![0.2; n + points], vec![2.0; n + points]);
+    let p = problem_of(&arrays, &labels, &margin, &price, true);
     let labels_of = &labels;
     let rows: Vec<(usize, usize)> = (0..n + points)
         .flat_map(|s| (0..k).filter(move |&c| c != labels_of[s]).map(move |c| (s, c)))
