@@ -63,6 +63,101 @@ pub(super) fn invert_spd(m: &mut [f64], k: usize) -> bool {
     true
 }
 
+/// S's Gram part, C H⁻¹ Cᵀ but for ξ's terms (the lower half of each block row, the
+/// diagonal blocks whole): between the rows of pairs p and q, A_p diag(Δ_pᵀ M_j⁻¹ Δ_q)
+/// A_qᵀ with A's rows `alpha` (row-major `[R, db]`), plus a's own term within a pair
+/// (`da`: w₄ + w₅ per pair with a and feature); `minv` is M_j⁻¹ per feature.
+fn form_s(program: &Program, alpha: &[f64], minv: &[f64], da: &[f64]) -> Mat<f64> {
+    let (k, d, db) = (program.k, program.d, program.db);
+    let rr = program.pair.len();
+    // M⁻¹ by entry, then feature: each entry's values over the features contiguous.
+    let mut by_entry = vec![0.0; k * k * db];
+    for (j, inv) in minv.chunks_exact(k * k).enumerate() {
+        for (e, &v) in inv.iter().enumerate() {
+            by_entry[e * db + j] = v;
+        }
+    }
+    let entry = |u: usize, v: usize| &by_entry[(u * k + v) * db..(u * k + v + 1) * db];
+    let inv_root: Vec<f64> = da.iter().map(|v| 1.0 / v.sqrt()).collect();
+    let radii = program.radii();
+    // The rows of pair p against those of every pair up to p, into `band` (the
+    // rows of S from `first` on): block (p, q) is A_p diag(Δ_pᵀ M_j⁻¹ Δ_q) A_qᵀ,
+    // the scaling applied to pair p's rows, plus a's own term within the pair.
+    let pair_rows = |p: usize, band: &mut faer::MatMut<'_, f64>, first: usize| {
+        let (lo, hi) = program.range[p];
+        let (t, c) = program.pairs[p];
+        let n = hi - lo;
+        let mut m = vec![0.0; db];
+        let mut scaled = vec![0.0; n * db];
+        let mut out = Vec::new();
+        for q in 0..=p {
+            let (qlo, qhi) = program.range[q];
+            let (t2, c2) = program.pairs[q];
+            let (tt, tc, ct, cc) = (entry(t, t2), entry(t, c2), entry(c, t2), entry(c, c2));
+            for (j, mj) in m.iter_mut().enumerate() {
+                *mj = tt[j] - tc[j] - ct[j] + cc[j];
+            }
+            for (out, row) in scaled
+                .chunks_exact_mut(db)
+                .zip(alpha[lo * db..hi * db].chunks_exact(db))
+            {
+                for ((o, a), mj) in out.iter_mut().zip(row).zip(&m) {
+                    *o = a * mj;
+                }
+            }
+            out.resize(n * (qhi - qlo), 0.0);
+            gram::products(&scaled, &alpha[qlo * db..qhi * db], db, &mut out);
+            if q == p && program.aux[p] != usize::MAX {
+                // a's own term: Σ_j r r′ / (w₄ + w₅).
+                let ap = program.aux[p];
+                let root = &inv_root[ap * d..(ap + 1) * d];
+                let rs: Vec<f64> = radii[lo * d..hi * d]
+                    .chunks_exact(d)
+                    .flat_map(|r| r.iter().zip(root).map(|(r, s)| r * s))
+                    .collect();
+                let mut own = vec![0.0; n * n];
+                gram::products(&rs, &rs, d, &mut own);
+                out.iter_mut().zip(&own).for_each(|(o, v)| *o += v);
+            }
+            for (i, row) in out.chunks_exact(qhi - qlo).enumerate() {
+                for (h, &v) in row.iter().enumerate() {
+                    band[(lo + i - first, qlo + h)] = v;
+                }
+            }
+        }
+    };
+    let mut s = Mat::<f64>::zeros(rr, rr);
+    if rr < PARALLEL_ROWS {
+        let mut all = s.as_mut();
+        for p in 0..program.range.len() {
+            pair_rows(p, &mut all, 0);
+        }
+    } else {
+        // The pairs split between two threads at the pair boundary nearest half the
+        // work (pair p's is its rows times the rows up to its end).
+        let work: Vec<usize> = program.range.iter().map(|&(lo, hi)| (hi - lo) * hi).collect();
+        let total: usize = work.iter().sum();
+        let (mut split, mut sum) = (0, 0);
+        while split < work.len() && 2 * (sum + work[split]) <= total {
+            sum += work[split];
+            split += 1;
+        }
+        let at = program.range.get(split).map_or(rr, |r| r.0);
+        let (mut top, mut bottom) = s.as_mut().split_at_row_mut(at);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for p in split..program.range.len() {
+                    pair_rows(p, &mut bottom, at);
+                }
+            });
+            for p in 0..split {
+                pair_rows(p, &mut top, 0);
+            }
+        });
+    }
+    s
+}
+
 impl<'a> Step<'a> {
     /// H and S at the scaling w = z/s; `None` when S cannot be factored.
     pub(super) fn new(program: &'a Program, w: &[f64], par: Par) -> Option<Self> {
@@ -108,92 +203,7 @@ impl<'a> Step<'a> {
                 }
             }
         }
-        // M⁻¹ by entry, then feature: each entry's values over the features contiguous.
-        let mut by_entry = vec![0.0; k * k * db];
-        for (j, inv) in minv.chunks_exact(k * k).enumerate() {
-            for (e, &v) in inv.iter().enumerate() {
-                by_entry[e * db + j] = v;
-            }
-        }
-        let entry = |u: usize, v: usize| &by_entry[(u * k + v) * db..(u * k + v + 1) * db];
-        let inv_root: Vec<f64> = da.iter().map(|v| 1.0 / v.sqrt()).collect();
-        let radii = program.radii();
-        // The rows of pair p against those of every pair up to p, into `band` (the
-        // rows of S from `first` on): block (p, q) is A_p diag(Δ_pᵀ M_j⁻¹ Δ_q) A_qᵀ,
-        // the scaling applied to pair p's rows, plus a's own term within the pair.
-        let pair_rows = |p: usize, band: &mut faer::MatMut<'_, f64>, first: usize| {
-            let (lo, hi) = program.range[p];
-            let (t, c) = program.pairs[p];
-            let n = hi - lo;
-            let mut m = vec![0.0; db];
-            let mut scaled = vec![0.0; n * db];
-            let mut out = Vec::new();
-            for q in 0..=p {
-                let (qlo, qhi) = program.range[q];
-                let (t2, c2) = program.pairs[q];
-                let (tt, tc, ct, cc) = (entry(t, t2), entry(t, c2), entry(c, t2), entry(c, c2));
-                for (j, mj) in m.iter_mut().enumerate() {
-                    *mj = tt[j] - tc[j] - ct[j] + cc[j];
-                }
-                for (out, row) in scaled
-                    .chunks_exact_mut(db)
-                    .zip(alpha[lo * db..hi * db].chunks_exact(db))
-                {
-                    for ((o, a), mj) in out.iter_mut().zip(row).zip(&m) {
-                        *o = a * mj;
-                    }
-                }
-                out.resize(n * (qhi - qlo), 0.0);
-                gram::products(&scaled, &alpha[qlo * db..qhi * db], db, &mut out);
-                if q == p && program.aux[p] != usize::MAX {
-                    // a's own term: Σ_j r r′ / (w₄ + w₅).
-                    let ap = program.aux[p];
-                    let root = &inv_root[ap * d..(ap + 1) * d];
-                    let rs: Vec<f64> = radii[lo * d..hi * d]
-                        .chunks_exact(d)
-                        .flat_map(|r| r.iter().zip(root).map(|(r, s)| r * s))
-                        .collect();
-                    let mut own = vec![0.0; n * n];
-                    gram::products(&rs, &rs, d, &mut own);
-                    out.iter_mut().zip(&own).for_each(|(o, v)| *o += v);
-                }
-                for (i, row) in out.chunks_exact(qhi - qlo).enumerate() {
-                    for (h, &v) in row.iter().enumerate() {
-                        band[(lo + i - first, qlo + h)] = v;
-                    }
-                }
-            }
-        };
-        let mut s = Mat::<f64>::zeros(rr, rr);
-        // The pairs split between two threads at the pair boundary nearest half the
-        // work (pair p's is its rows times the rows up to its end).
-        let work: Vec<usize> = program.range.iter().map(|&(lo, hi)| (hi - lo) * hi).collect();
-        let total: usize = work.iter().sum();
-        let mut split = 0;
-        let mut sum = 0;
-        while split < work.len() && 2 * (sum + work[split]) <= total {
-            sum += work[split];
-            split += 1;
-        }
-        let at = program.range.get(split).map_or(rr, |r| r.0);
-        if rr < PARALLEL_ROWS {
-            let mut all = s.as_mut();
-            for p in 0..program.range.len() {
-                pair_rows(p, &mut all, 0);
-            }
-        } else {
-            let (mut top, mut bottom) = s.as_mut().split_at_row_mut(at);
-            std::thread::scope(|scope| {
-                scope.spawn(|| {
-                    for p in split..program.range.len() {
-                        pair_rows(p, &mut bottom, at);
-                    }
-                });
-                for p in 0..split {
-                    pair_rows(p, &mut top, 0);
-                }
-            });
-        }
+        let mut s = form_s(program, &alpha, &minv, &da);
         for (local, rows) in program.members.iter().enumerate() {
             for &i in rows {
                 for &h in rows.iter().filter(|&&h| h <= i) {
