@@ -82,7 +82,8 @@ fn tile<S: Simd, const MR: usize, const NR: usize>(
     let rows_b: [&[f64]; NR] = std::array::from_fn(|r| &b[(h + r) * w..(h + r + 1) * w]);
     let heads_a: [&[S::f64s]; MR] = std::array::from_fn(|r| S::as_simd_f64s(rows_a[r]).0);
     let heads_b: [&[S::f64s]; NR] = std::array::from_fn(|r| S::as_simd_f64s(rows_b[r]).0);
-    let chunks = heads_a.first().map_or(0, |v| v.len());
+    // MR, NR ≥ 1: every row has the same number of whole vectors, then the same tail.
+    let (chunks, done) = (heads_a[0].len(), w - S::as_simd_f64s(rows_a[0]).1.len());
     let zero = simd.splat_f64s(0.0);
     let mut acc = [[zero; NR]; MR];
     for c in 0..chunks {
@@ -94,7 +95,6 @@ fn tile<S: Simd, const MR: usize, const NR: usize>(
             }
         }
     }
-    let done = w - S::as_simd_f64s(rows_a.first().copied().unwrap_or(&[])).1.len();
     for (r, acc_r) in acc.iter().enumerate() {
         for (t, &v) in acc_r.iter().enumerate() {
             let tail = rows_a[r][done..].iter().zip(&rows_b[t][done..]);
