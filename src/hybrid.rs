@@ -67,6 +67,14 @@ pub enum FitError {
         /// `all zero` or `identical rows`.
         what: &'static str,
     },
+    /// Validation images that the search for C cannot score on.
+    #[error("{}: {error}", .data.display())]
+    Validation {
+        /// The validation set.
+        data: PathBuf,
+        /// Why.
+        error: crate::svm::SvmError,
+    },
     /// The Nyström map could not be fitted.
     #[error("{}: features at '{tensor}': {error}", .data.display())]
     Kernel {
@@ -135,6 +143,37 @@ pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &
     Ok(fitted)
 }
 
+/// [`fit`] with the search for C (`settings.tuning.search`, which must be set)
+/// scoring its candidates on `validation`, images given apart (say, images the
+/// network was not trained on), instead of on a held-out share of `train`: each
+/// candidate is fitted on all of `train`, and the chosen one is the head
+/// ([`svm::train_validated`]). `extract_seconds` covers both extractions.
+pub fn fit_validated(
+    model: &ModelProto,
+    train: &Dataset,
+    validation: &Dataset,
+    engine: &dyn Engine,
+    settings: &FitSettings,
+) -> Result<Fitted> {
+    let counts = class_counts(model, train)?;
+    validation.check_labels(counts.len())?;
+    if validation.is_empty() {
+        return Err(FitError::Empty(validation.source.clone()).into());
+    }
+    let (cut, features, train_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
+    let (_, held, held_seconds) = extract(model, validation, engine, Some(&cut.tensor), &settings.feed)?;
+    let mut fitted = fit_features(
+        model,
+        &cut,
+        features.view(),
+        train,
+        Some((held.view(), validation)),
+        settings,
+    )?;
+    fitted.extract_seconds = train_seconds + held_seconds;
+    Ok(fitted)
+}
+
 /// What [`fit`] does after the extraction, on `features` `[N, D]` (the extractor of
 /// `model` at `cut` run over `train`, row i being image i): the linear SVM on the
 /// features (LH), or with `settings.kernel` the Nyström map of the RBF kernel and the
@@ -147,6 +186,19 @@ pub fn fit_on_features(
     cut: &Cut,
     features: ArrayView2<f32>,
     train: &Dataset,
+    settings: &FitSettings,
+) -> Result<Fitted> {
+    fit_features(model, cut, features, train, None, settings)
+}
+
+/// [`fit_on_features`], with the features of validation images given apart for the
+/// search for C.
+fn fit_features(
+    model: &ModelProto,
+    cut: &Cut,
+    features: ArrayView2<f32>,
+    train: &Dataset,
+    validation: Option<(ArrayView2<f32>, &Dataset)>,
     settings: &FitSettings,
 ) -> Result<Fitted> {
     let counts = class_counts(model, train)?;
@@ -163,13 +215,21 @@ pub fn fit_on_features(
         None => None,
     };
     let phi = map.as_ref().map(|m| m.transform(features));
+    let held = match validation {
+        Some((held, ds)) => {
+            let mapped = map.as_ref().map(|m| m.transform(held));
+            let labels: Vec<usize> = ds.labels.iter().map(|&l| l as usize).collect();
+            Some((mapped.unwrap_or_else(|| held.to_owned()), labels, ds))
+        }
+        None => None,
+    };
     let map_seconds = if map.is_some() {
         started.elapsed().as_secs_f64()
     } else {
         0.0
     };
     let x = phi.as_ref().map_or(features, |phi| phi.view());
-    let (svm, report) = fit_svm(x, &labels, n_classes, settings)?;
+    let (svm, report) = fit_svm(x, &labels, held.as_ref(), n_classes, settings)?;
     let train_accuracy = Accuracy::of(&svm.predict(x), &train.labels).accuracy;
     let head = match map {
         Some(map) => Head::kernel(map, svm),
@@ -297,9 +357,12 @@ fn check_rows(features: ArrayView2<f32>, train: &Dataset, cut: &Cut) -> Result<(
     Ok(())
 }
 
+/// The SVM on `x`, its search for C scored on `validation` (its features as the SVM
+/// reads them, its labels, its data set) when one is given.
 fn fit_svm(
     x: ArrayView2<f32>,
     labels: &[usize],
+    validation: Option<&(Array2<f32>, Vec<usize>, &Dataset)>,
     n_classes: usize,
     settings: &FitSettings,
 ) -> Result<(LinearSvm, FitReport)> {
@@ -309,9 +372,25 @@ fn fit_svm(
         threads: settings.svm.threads.or(Some(settings.feed.threads)),
         ..settings.svm.clone()
     };
-    let fitted = svm::train(x, labels, n_classes, &params, &settings.tuning);
+    let fitted = match validation {
+        Some((held, held_labels, ds)) => {
+            let v = svm::Validation {
+                x: held.view(),
+                y: held_labels,
+            };
+            svm::train_validated(x, labels, v, n_classes, &params, &settings.tuning).map_err(|e| match e {
+                svm::SvmError::Validation(error) => FitError::Validation {
+                    data: ds.source.clone(),
+                    error: *error,
+                }
+                .into(),
+                e => crate::Error::from(e),
+            })
+        }
+        None => svm::train(x, labels, n_classes, &params, &settings.tuning).map_err(crate::Error::from),
+    };
     spinner.finish_and_clear();
-    Ok(fitted?)
+    fitted
 }
 
 fn missing(counts: &[usize]) -> Vec<usize> {
@@ -335,7 +414,14 @@ fn set_provenance(
         set_metadata(out, "nnmend.svm.solver", solver.name());
     }
     if let Some(selection) = &report.selection {
-        set_metadata(out, "nnmend.svm.c.holdout", &selection.holdout.to_string());
+        match selection.holdout {
+            Some(share) => set_metadata(out, "nnmend.svm.c.holdout", &share.to_string()),
+            None => set_metadata(
+                out,
+                "nnmend.svm.c.validation.samples",
+                &selection.n_validation.to_string(),
+            ),
+        }
     }
     if report.scaling.is_some() {
         set_metadata(out, "nnmend.svm.standardised", "true");

@@ -11,7 +11,7 @@ use clap::Args;
 use nnmend::data::Split;
 use nnmend::doc::FitDoc;
 use nnmend::head::HeadKind;
-use nnmend::hybrid::{evaluate, fit as fit_hybrid, FitSettings};
+use nnmend::hybrid::{evaluate, fit as fit_hybrid, fit_validated, FitSettings};
 use nnmend::svm::{CSearch, Loss, NystromSettings, SolverChoice, SvmParams, Tuning};
 
 use super::{load_model, positive, print_doc, save_model, usage, warn, warn_cut, DataArgs, EngineArgs, Global};
@@ -58,8 +58,9 @@ fn holdout(s: &str) -> Result<f64, String> {
 /// The SVM options `fit` and `run` share: C or its choice, standardisation, solver.
 #[derive(Debug, Args)]
 pub struct SvmArgs {
-    /// SVM regularisation constant C > 0, or `auto`: chosen on a validation split of
-    /// the training images over --c-grid, then refitted on all of them.
+    /// SVM regularisation constant C > 0, or `auto`: chosen over --c-grid on a
+    /// validation split of the training images, then refitted on all of them (or, with
+    /// `fit --validation`, on images given apart).
     #[arg(long, value_name = "C|auto", default_value = "1", value_parser = parse_c)]
     c: CArg,
     /// With --c auto: the candidates, comma-separated [default: 0.001,0.01,0.1,1,10].
@@ -128,6 +129,11 @@ pub struct FitArgs {
     /// Also report the hybrid's accuracy on this data set.
     #[arg(long, value_name = "DATA")]
     test: Option<PathBuf>,
+    /// With --c auto: score the candidates on these images (held out of the network's
+    /// training, say) instead of on a share of the training images; each candidate is
+    /// fitted on all the training images and the chosen one is the head.
+    #[arg(long, value_name = "DATA")]
+    validation: Option<PathBuf>,
     /// Where to write the hybrid model.
     #[arg(short, long, value_name = "HYBRID.onnx")]
     output: PathBuf,
@@ -175,15 +181,29 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
         usage!("--solver primal needs --loss squared-hinge: the hinge loss is solved in the dual");
     }
     let tuning = args.svm.tuning()?;
+    if args.validation.is_some() {
+        if tuning.search.is_none() {
+            usage!("--validation scores the candidates of the search for C: use it with --c auto");
+        }
+        if args.svm.holdout.is_some() {
+            usage!("--validation replaces the held-out share of the training images: drop --holdout");
+        }
+    }
     if args.head == HeadKind::Linear && (args.landmarks.is_some() || args.gamma.is_some()) {
         usage!("--landmarks and --gamma shape the kernel head: use them with --head kernel");
     }
     let mut inputs = vec![args.model.as_path(), args.train.as_path()];
     inputs.extend(args.test.as_deref());
+    inputs.extend(args.validation.as_deref());
     g.refuse_overwrite(&args.output, &inputs)?;
     let model = load_model(&args.model)?;
     let train = args.data.load(&args.train, Split::Train)?;
     let test = args.data.load_test(args.test.as_deref())?;
+    let validation = args
+        .validation
+        .as_deref()
+        .map(|p| args.data.load(p, Split::Train))
+        .transpose()?;
     let (engine, feed) = args.engine.open(&args.data)?;
     let kernel = (args.head == HeadKind::Kernel).then(|| NystromSettings {
         landmarks: args.landmarks.map_or(NystromSettings::default().landmarks, |m| {
@@ -207,8 +227,11 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
         feed: feed.clone(),
         kernel: kernel.clone(),
     };
-    let fitted = fit_hybrid(&model, &train, engine.as_ref(), &settings)
-        .with_context(|| format!("fitting a hybrid of {}", args.model.display()))?;
+    let fitted = match &validation {
+        Some(v) => fit_validated(&model, &train, v, engine.as_ref(), &settings),
+        None => fit_hybrid(&model, &train, engine.as_ref(), &settings),
+    }
+    .with_context(|| format!("fitting a hybrid of {}", args.model.display()))?;
     if let (Some(asked), Some(map)) = (&kernel, &fitted.head.map) {
         if map.nystrom.landmarks() < asked.landmarks {
             warn(&format!(

@@ -241,9 +241,14 @@ impl FitDoc {
         }
         let svm = &self.svm;
         if let Some(sel) = &svm.c_selection {
+            let held = if sel.holdout.is_some() {
+                "held-out"
+            } else {
+                "validation"
+            };
             writeln!(
                 out,
-                "C chosen on {} held-out images ({} fitted):",
+                "C chosen on {} {held} images ({} fitted):",
                 sel.n_validation, sel.n_fit
             )?;
             for p in &sel.curve {

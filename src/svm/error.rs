@@ -46,6 +46,20 @@ pub enum SvmError {
     /// A held-out share outside (0, 1).
     #[error("the held-out share must be between 0 and 1 (exclusive), got {0}")]
     InvalidHoldout(f64),
+    /// Feature rows of another width than the training set's.
+    #[error("{features} features per row, but the training set has {expected}")]
+    Width {
+        /// Features per row.
+        features: usize,
+        /// The training set's.
+        expected: usize,
+    },
+    /// Validation rows given apart that cannot be used.
+    #[error("validation set: {0}")]
+    Validation(Box<SvmError>),
+    /// Validation rows given apart without a search for C to score.
+    #[error("validation rows are only used by a search for C")]
+    ValidationWithoutSearch,
     /// No class has enough samples to hold any out.
     #[error(
         "holding out {holdout} of each class of {samples} samples leaves no validation sample (every class has a \

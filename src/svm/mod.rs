@@ -47,6 +47,7 @@ mod report;
 mod rows;
 pub mod scale;
 pub mod select;
+mod train;
 mod tron;
 
 use std::time::Instant;
@@ -61,7 +62,8 @@ pub use kernel::{KernelError, Nystrom, NystromSettings};
 pub(crate) use newton::dot4;
 pub use report::{ClassReport, FitReport, ScalingReport, Solver};
 pub use scale::Standardizer;
-pub use select::{CSearch, GridPoint, Selection};
+pub use select::{CSearch, GridPoint, Selection, Validation};
+pub use train::{train, train_validated, Tuning};
 
 use dcd::Settings;
 use rows::{to_sparse, DenseRows, Rows};
@@ -284,62 +286,6 @@ pub fn fit(
     fit_from(x, y, n_classes, params, &FitOptions::default(), None)
 }
 
-/// What [`train`] does around a fit.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Tuning {
-    /// Choose C on a validation split (`params.c` is then not used).
-    pub search: Option<CSearch>,
-    /// Standardise the features ([`Standardizer`]) before fitting, and fold the
-    /// standardisation into the returned weights.
-    pub scale: bool,
-}
-
-/// [`fit`] with the choice of C and the standardisation of `tuning`: with a search,
-/// C is chosen on a validation split ([`select`]) and the SVM is then refitted on all
-/// of `x` at that C (the primal starting from the chosen candidate's weights); with
-/// `scale`, the fits see standardised features and the returned weights are folded
-/// back to act on `x` as given. The report's `seconds` cover the search too.
-///
-/// # Errors
-/// Those of [`fit`], and for the search an empty grid, a C in it that is not
-/// positive and finite, a held-out share outside (0, 1), or no class with two samples.
-pub fn train(
-    x: ArrayView2<f32>,
-    y: &[usize],
-    n_classes: usize,
-    params: &SvmParams,
-    tuning: &Tuning,
-) -> Result<(LinearSvm, FitReport), SvmError> {
-    let started = Instant::now();
-    let options = FitOptions::default();
-    check_input(x, y, n_classes, params)?;
-    let (selection, start) = match &tuning.search {
-        Some(search) => {
-            let (selection, svm) = select::search(x, y, n_classes, params, search, tuning.scale, &options)?;
-            (Some(selection), Some(svm))
-        }
-        None => (None, None),
-    };
-    let final_params = SvmParams {
-        c: selection.as_ref().map_or(params.c, |s| s.chosen),
-        ..params.clone()
-    };
-    let standardizer = tuning.scale.then(|| Standardizer::fit(x));
-    let scaled = standardizer.as_ref().map(|s| s.apply(x));
-    let features = scaled.as_ref().map_or(x, |z| z.view());
-    let (svm, mut report) = fit_from(features, y, n_classes, &final_params, &options, start.as_ref())?;
-    let svm = match &standardizer {
-        Some(s) => s.fold(&svm),
-        None => svm,
-    };
-    report.selection = selection;
-    report.scaling = standardizer.map(|s| ScalingReport {
-        constant_features: s.constant_features(),
-    });
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok((svm, report))
-}
-
 /// Internal knobs of [`fit`] (for tests and benchmarks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FitOptions {
@@ -390,6 +336,12 @@ fn check_input(x: ArrayView2<f32>, y: &[usize], n_classes: usize, params: &SvmPa
     if params.solver == SolverChoice::Primal && params.loss == Loss::Hinge {
         return Err(SvmError::PrimalHinge);
     }
+    check_rows(x, y, n_classes)
+}
+
+/// Checks feature rows and their labels: some rows, one label per row, each below
+/// `n_classes`, every feature finite. Returns the number of non-zero features.
+fn check_rows(x: ArrayView2<f32>, y: &[usize], n_classes: usize) -> Result<usize, SvmError> {
     let n = x.nrows();
     if n == 0 {
         return Err(SvmError::Empty);

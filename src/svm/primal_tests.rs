@@ -277,3 +277,104 @@ fn standardised_training_folds_back_into_the_head() -> TestResult {
     assert!(folded.weights.column(2).iter().all(|&w| w == 0.0));
     Ok(())
 }
+
+/// Validation rows given apart: every candidate is fitted on all the training rows and
+/// scored on them; the chosen one is the head as it is (no refit), standardised with the
+/// training rows' statistics.
+#[test]
+fn the_search_on_given_validation_rows_keeps_the_chosen_candidate() -> TestResult {
+    let (x, y) = blobs(300, 9, 7);
+    let (xv, yv) = blobs(120, 9, 11);
+    let p = with(SolverChoice::Auto, 1.0, 1e-6);
+    let tuning = Tuning {
+        search: Some(CSearch {
+            grid: vec![10.0, 0.001, 0.1, 1.0],
+            holdout: 0.2,
+        }),
+        scale: true,
+    };
+    let v = Validation { x: xv.view(), y: &yv };
+    let (model, r) = train_validated(x.view(), &y, v, 3, &p, &tuning)?;
+    let sel = r.selection.as_ref().ok_or(SvmError::EmptyGrid)?;
+    assert_eq!(sel.holdout, None);
+    assert_eq!((sel.n_fit, sel.n_validation), (300, 120));
+    let cs: Vec<f64> = sel.curve.iter().map(|g| g.c).collect();
+    assert_eq!(cs, vec![0.001, 0.1, 1.0, 10.0]);
+    let best = sel.curve.iter().map(|g| g.validation_accuracy).fold(0.0, f64::max);
+    let first_best = sel.curve.iter().find(|g| g.validation_accuracy == best).map(|g| g.c);
+    assert_eq!(Some(sel.chosen), first_best, "{sel:?}");
+    assert_eq!(r.c, sel.chosen);
+    // The head scores on the validation rows what the search said it does.
+    let right = model.predict(xv.view()).iter().zip(&yv).filter(|(a, b)| a == b).count();
+    assert!(
+        (right as f64 / 120.0 - best).abs() <= 1.0 / 120.0,
+        "{right} against {best}"
+    );
+    // And it is the fit on all the training rows at the chosen C.
+    let direct = Tuning {
+        search: None,
+        scale: true,
+    };
+    let chosen = SvmParams { c: sel.chosen, ..p };
+    let (_, direct_report) = train(x.view(), &y, 3, &chosen, &direct)?;
+    assert!((r.objective() - direct_report.objective()).abs() < 1e-6 * direct_report.objective());
+    Ok(())
+}
+
+#[test]
+fn unusable_validation_rows_are_refused() {
+    let (x, y) = blobs(60, 4, 1);
+    let tuning = Tuning {
+        search: Some(CSearch::default()),
+        scale: false,
+    };
+    let p = SvmParams::default();
+    let narrow = Array2::<f32>::zeros((5, 3));
+    let r = train_validated(
+        x.view(),
+        &y,
+        Validation {
+            x: narrow.view(),
+            y: &[0; 5],
+        },
+        3,
+        &p,
+        &tuning,
+    );
+    assert!(
+        matches!(&r, Err(SvmError::Validation(e)) if **e == SvmError::Width { features: 3, expected: 4 }),
+        "{r:?}"
+    );
+    let rows = Array2::<f32>::zeros((2, 4));
+    let r = train_validated(
+        x.view(),
+        &y,
+        Validation {
+            x: rows.view(),
+            y: &[0, 7],
+        },
+        3,
+        &p,
+        &tuning,
+    );
+    assert!(
+        matches!(&r, Err(SvmError::Validation(e)) if matches!(**e, SvmError::LabelOutOfRange { sample: 1, label: 7, .. })),
+        "{r:?}"
+    );
+    let no_search = Tuning {
+        search: None,
+        scale: false,
+    };
+    let r = train_validated(
+        x.view(),
+        &y,
+        Validation {
+            x: rows.view(),
+            y: &[0, 1],
+        },
+        3,
+        &p,
+        &no_search,
+    );
+    assert!(matches!(r, Err(SvmError::ValidationWithoutSearch)), "{r:?}");
+}

@@ -1,4 +1,5 @@
-//! Choosing C on a validation split of the training set.
+//! Choosing C on a validation split of the training set, or on validation rows given
+//! apart.
 //!
 //! A stratified share of each class (`holdout`, drawn with the fit's seed) is set
 //! aside; the SVM is fitted on the rest at every C of a grid, in increasing order, each
@@ -9,6 +10,13 @@
 //! set at that C. This is how LinearSVC is usually tuned, with one split instead of k
 //! folds: the features of a CNN's training set are plentiful, and each fit is the
 //! expensive part.
+//!
+//! Validation rows given apart ([`Validation`]: images the network was not trained on,
+//! say) replace the split: the candidates are fitted on the whole training set and
+//! scored on them, and the chosen candidate is the final fit. A split of the training
+//! set scores the candidates on images the network has learnt, where a head reads more
+//! accurate than it is, and with augmented copies (an image and its mirror) in the
+//! training set it can hold out an image whose copy is fitted on.
 
 use std::time::Instant;
 
@@ -18,7 +26,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::scale::Standardizer;
-use super::{fit_from, FitOptions, LinearSvm, Solver, SvmError, SvmParams};
+use super::{fit_from, FitOptions, FitReport, LinearSvm, Solver, SvmError, SvmParams};
 
 /// How C is searched.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +45,16 @@ impl Default for CSearch {
             holdout: 0.2,
         }
     }
+}
+
+/// Validation rows given apart from the training set: features (as many columns as
+/// the training set's) and labels.
+#[derive(Debug, Clone, Copy)]
+pub struct Validation<'a> {
+    /// One row per validation sample.
+    pub x: ArrayView2<'a, f32>,
+    /// Their labels.
+    pub y: &'a [usize],
 }
 
 /// One C of the search.
@@ -63,8 +81,9 @@ pub struct GridPoint {
 pub struct Selection {
     /// The C with the best validation accuracy (the smallest of equals).
     pub chosen: f64,
-    /// Share of each class held out.
-    pub holdout: f64,
+    /// Share of each class held out, or `None` when the candidates were scored on
+    /// validation rows given apart.
+    pub holdout: Option<f64>,
     /// Rows the candidates were fitted on.
     pub n_fit: usize,
     /// Rows held out.
@@ -75,15 +94,34 @@ pub struct Selection {
 
 /// Checks a search's settings before any work.
 pub(crate) fn check(search: &CSearch) -> Result<(), SvmError> {
-    if search.grid.is_empty() {
-        return Err(SvmError::EmptyGrid);
-    }
-    if let Some(&c) = search.grid.iter().find(|c| !(**c > 0.0 && c.is_finite())) {
-        return Err(SvmError::InvalidC(c));
-    }
+    check_grid(&search.grid)?;
     if !(search.holdout > 0.0 && search.holdout < 1.0) {
         return Err(SvmError::InvalidHoldout(search.holdout));
     }
+    Ok(())
+}
+
+/// Checks a grid of candidates: not empty, each positive and finite.
+fn check_grid(grid: &[f64]) -> Result<(), SvmError> {
+    if grid.is_empty() {
+        return Err(SvmError::EmptyGrid);
+    }
+    if let Some(&c) = grid.iter().find(|c| !(**c > 0.0 && c.is_finite())) {
+        return Err(SvmError::InvalidC(c));
+    }
+    Ok(())
+}
+
+/// Checks validation rows given apart against a training set of `dim` features.
+pub(crate) fn check_validation(v: &Validation<'_>, dim: usize, n_classes: usize) -> Result<(), SvmError> {
+    let wrap = |e| SvmError::Validation(Box::new(e));
+    if v.x.ncols() != dim {
+        return Err(wrap(SvmError::Width {
+            features: v.x.ncols(),
+            expected: dim,
+        }));
+    }
+    super::check_rows(v.x, v.y, n_classes).map_err(wrap)?;
     Ok(())
 }
 
@@ -158,42 +196,108 @@ pub(crate) fn search(
     }
     let y_fit: Vec<usize> = fit_rows.iter().map(|&i| y[i]).collect();
     let y_val: Vec<usize> = held.iter().map(|&i| y[i]).collect();
-    let mut grid = search.grid.clone();
+    let validation = Validation {
+        x: x_val.view(),
+        y: &y_val,
+    };
+    let swept = sweep(
+        x_fit.view(),
+        &y_fit,
+        validation,
+        n_classes,
+        params,
+        &search.grid,
+        options,
+    )?;
+    let selection = Selection {
+        chosen: swept.chosen,
+        holdout: Some(search.holdout),
+        n_fit: fit_rows.len(),
+        n_validation: held.len(),
+        curve: swept.curve,
+    };
+    Ok((selection, swept.svm))
+}
+
+/// Searches C over `grid` by fitting on all of (`x`, `y`) and scoring on `validation`
+/// (both as the SVM reads them: standardised already when that is asked for). Returns
+/// the selection, and the chosen candidate's weights and report: the final fit.
+pub(crate) fn search_given(
+    x: ArrayView2<f32>,
+    y: &[usize],
+    validation: Validation<'_>,
+    n_classes: usize,
+    params: &SvmParams,
+    grid: &[f64],
+    options: &FitOptions,
+) -> Result<(Selection, LinearSvm, FitReport), SvmError> {
+    check_grid(grid)?;
+    let swept = sweep(x, y, validation, n_classes, params, grid, options)?;
+    let selection = Selection {
+        chosen: swept.chosen,
+        holdout: None,
+        n_fit: y.len(),
+        n_validation: validation.y.len(),
+        curve: swept.curve,
+    };
+    Ok((selection, swept.svm, swept.report))
+}
+
+/// The outcome of fitting every candidate.
+struct Swept {
+    chosen: f64,
+    curve: Vec<GridPoint>,
+    /// The chosen candidate's weights and report.
+    svm: LinearSvm,
+    report: FitReport,
+}
+
+/// Fits (`x`, `y`) at every C of `grid` in increasing order, each primal fit starting
+/// from the one before, and scores each on `validation`; the best accuracy wins, the
+/// smaller C of equals.
+fn sweep(
+    x: ArrayView2<f32>,
+    y: &[usize],
+    validation: Validation<'_>,
+    n_classes: usize,
+    params: &SvmParams,
+    grid: &[f64],
+    options: &FitOptions,
+) -> Result<Swept, SvmError> {
+    let mut grid = grid.to_vec();
     grid.sort_by(f64::total_cmp);
     grid.dedup();
     let mut curve = Vec::with_capacity(grid.len());
-    let mut best: Option<(f64, usize, LinearSvm)> = None;
+    let mut best: Option<(f64, usize, LinearSvm, FitReport)> = None;
     let mut previous: Option<LinearSvm> = None;
     for (at, &c) in grid.iter().enumerate() {
         let started = Instant::now();
         let candidate = SvmParams { c, ..params.clone() };
-        let (svm, report) = fit_from(x_fit.view(), &y_fit, n_classes, &candidate, options, previous.as_ref())?;
-        let validation_accuracy = accuracy(&svm, x_val.view(), &y_val);
+        let (svm, report) = fit_from(x, y, n_classes, &candidate, options, previous.as_ref())?;
+        let validation_accuracy = accuracy(&svm, validation.x, validation.y);
         curve.push(GridPoint {
             c,
             validation_accuracy,
-            train_accuracy: accuracy(&svm, x_fit.view(), &y_fit),
+            train_accuracy: accuracy(&svm, x, y),
             objective: report.objective(),
             converged: report.converged(),
             solver: report.solver(),
             seconds: started.elapsed().as_secs_f64(),
         });
-        if best.as_ref().is_none_or(|(acc, _, _)| validation_accuracy > *acc) {
-            best = Some((validation_accuracy, at, svm.clone()));
+        if best.as_ref().is_none_or(|(acc, ..)| validation_accuracy > *acc) {
+            best = Some((validation_accuracy, at, svm.clone(), report));
         }
         previous = Some(svm);
     }
-    let Some((_, at, svm)) = best else {
+    let Some((_, at, svm, report)) = best else {
         return Err(SvmError::EmptyGrid);
     };
-    let selection = Selection {
+    Ok(Swept {
         chosen: grid[at],
-        holdout: search.holdout,
-        n_fit: fit_rows.len(),
-        n_validation: held.len(),
         curve,
-    };
-    Ok((selection, svm))
+        svm,
+        report,
+    })
 }
 
 #[cfg(test)]

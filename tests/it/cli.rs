@@ -388,6 +388,68 @@ fn fit_chooses_c_on_a_validation_split_and_reports_it() {
     assert_eq!(c.value().parse::<f64>().unwrap(), chosen);
 }
 
+/// `fit --c auto --validation DATA` scores the candidates on images given apart: the
+/// written hybrid scores on them what the search says the chosen C did.
+#[test]
+fn fit_chooses_c_on_validation_images_given_apart() {
+    let tmp = tempdir();
+    let model = fixture("tiny_cnn.onnx");
+    let validation = fixture("mnist-small-test.npz");
+    let hybrid = tmp.path().join("hybrid.onnx");
+    let v = json(&run(&[
+        "fit",
+        s(&model),
+        "--train",
+        s(&fixture("mnist-small")),
+        "--validation",
+        s(&validation),
+        "--limit",
+        "300",
+        "-o",
+        s(&hybrid),
+        "--c",
+        "auto",
+        "--c-grid",
+        "0.001,0.1,10",
+        "--scale",
+        "--json",
+    ]));
+    let sel = &v["svm"]["c_selection"];
+    assert_eq!(sel["holdout"], serde_json::Value::Null);
+    assert_eq!(
+        (sel["n_fit"].as_u64(), sel["n_validation"].as_u64()),
+        (Some(300), Some(300))
+    );
+    let curve = sel["curve"].as_array().unwrap();
+    let best = curve
+        .iter()
+        .map(|p| p["validation_accuracy"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let chosen = sel["chosen"].as_f64().unwrap();
+    let at = curve.iter().find(|p| p["c"].as_f64() == Some(chosen)).unwrap();
+    assert_eq!(at["validation_accuracy"].as_f64().unwrap(), best);
+    let scored = json(&run(&[
+        "eval",
+        s(&hybrid),
+        "--data",
+        s(&validation),
+        "--limit",
+        "300",
+        "--json",
+    ]));
+    let correct = scored["models"][0]["correct"].as_u64().unwrap() as f64;
+    assert!((correct - 300.0 * best).abs() <= 1.0, "{correct} of 300 against {best}");
+    let m = nnmend::onnx::load(&hybrid).unwrap().model;
+    let meta = |k: &str| {
+        m.metadata_props
+            .iter()
+            .find(|e| e.key() == k)
+            .map(|e| e.value().to_string())
+    };
+    assert_eq!(meta("nnmend.svm.c.validation.samples").as_deref(), Some("300"));
+    assert_eq!(meta("nnmend.svm.c.holdout"), None);
+}
+
 #[test]
 fn fit_refuses_svm_options_that_do_not_go_together() {
     let tmp = tempdir();
@@ -398,6 +460,13 @@ fn fit_refuses_svm_options_that_do_not_go_together() {
     let with = |extra: &[&str]| run(&[&base[..], extra].concat());
     fails_with(&with(&["--c-grid", "0.1,1"]), 2, "--c auto");
     fails_with(&with(&["--holdout", "0.1"]), 2, "--c auto");
+    let npz = fixture("mnist-small-test.npz");
+    fails_with(&with(&["--validation", s(&npz)]), 2, "--c auto");
+    fails_with(
+        &with(&["--c", "auto", "--validation", s(&npz), "--holdout", "0.1"]),
+        2,
+        "drop --holdout",
+    );
     fails_with(
         &with(&["--c", "auto", "--holdout", "1.5"]),
         2,
