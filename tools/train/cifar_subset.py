@@ -7,6 +7,12 @@ are one or two classes only; this script takes N images at random (seeded), in r
 order (so that `--limit M` on the result is a random subset too), which nnmend reads
 like any other .npz.
 
+`--network-split fit|validation` takes, instead of a random draw, the images that
+`tools/train/train_cifar.py` (run with the same --seed, 0 by default) trained the
+network on (45,000) or held out to choose its epoch (5,000), in the cache's order. The
+held-out ones are images the network never learnt from, so a head's accuracy on them
+reads like its accuracy on the test images; on images it was trained on it reads higher.
+
 `--skip K` takes the N images after the first K of the same random order (a held-out
 part disjoint from `--n K`); `--in-order` takes the first N in the cache's order
 instead; `--mirror` appends each image's left-right mirror, with its label, after them;
@@ -23,6 +29,10 @@ import argparse
 import os
 
 import numpy as np
+
+# The images tools/train/train_cifar.py holds out of the training set (the last ones of
+# a permutation drawn with its seed); the same constant there.
+VALIDATION = 5000
 
 
 def crops(x, rng, pad=4):
@@ -41,7 +51,9 @@ def crops(x, rng, pad=4):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", choices=["train", "test"], required=True)
-    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--n", type=int, help="how many images (all of them with --network-split)")
+    parser.add_argument("--network-split", choices=["fit", "validation"],
+                        help="the images train_cifar.py trained the network on, or held out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default="target/cifar-cache")
     parser.add_argument("--skip", type=int, default=0, help="skip the first K of the random order")
@@ -52,9 +64,22 @@ def main():
     args = parser.parse_args()
     data = np.load(os.path.join(args.cache, f"{args.split}.npz"))
     x, y = data["x"], data["y"]
+    if args.network_split:
+        if args.split != "train" or args.skip or args.in_order:
+            parser.error("--network-split takes --split train, and neither --skip nor --in-order")
+        # As tools/train/train_cifar.py splits (its VALIDATION, at --seed 0).
+        order = np.random.default_rng(args.seed).permutation(len(y))
+        held = np.sort(order[-VALIDATION:]) if args.network_split == "validation" else np.sort(order[:-VALIDATION])
+        args.n = args.n or len(held)
+        if args.n > len(held):
+            parser.error(f"--network-split {args.network_split} has {len(held)} images; --n {args.n} asks for more")
+    elif args.n is None:
+        parser.error("--n N is needed without --network-split")
     if not 0 < args.n <= len(y) - args.skip or args.skip < 0:
         parser.error(f"--skip K and --n N must have 0 <= K and 0 < N <= {len(y)} - K")
-    if args.in_order:
+    if args.network_split:
+        rows = held[: args.n]
+    elif args.in_order:
         rows = np.arange(args.skip, args.skip + args.n)
     else:
         rows = np.random.default_rng(args.seed).permutation(len(y))[args.skip : args.skip + args.n]
@@ -68,7 +93,8 @@ def main():
     for _ in range(args.crops):
         copies.append(crops(xs, rng))
     xs, ys = np.concatenate(copies), np.tile(ys, args.crops + 1)
-    out = args.out or os.path.join(args.cache, f"{args.split}_{args.n // 1000}k.npz")
+    default = f"network_{args.network_split}.npz" if args.network_split else f"{args.split}_{args.n // 1000}k.npz"
+    out = args.out or os.path.join(args.cache, default)
     tmp = out + ".tmp.npz"
     np.savez(tmp, x=xs, y=ys)
     os.replace(tmp, out)
