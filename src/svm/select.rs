@@ -200,7 +200,7 @@ pub(crate) fn search(
         x: x_val.view(),
         y: &y_val,
     };
-    let swept = sweep(
+    let (mut selection, svm, _) = search_given(
         x_fit.view(),
         &y_fit,
         validation,
@@ -209,19 +209,15 @@ pub(crate) fn search(
         &search.grid,
         options,
     )?;
-    let selection = Selection {
-        chosen: swept.chosen,
-        holdout: Some(search.holdout),
-        n_fit: fit_rows.len(),
-        n_validation: held.len(),
-        curve: swept.curve,
-    };
-    Ok((selection, swept.svm))
+    selection.holdout = Some(search.holdout);
+    Ok((selection, svm))
 }
 
-/// Searches C over `grid` by fitting on all of (`x`, `y`) and scoring on `validation`
-/// (both as the SVM reads them: standardised already when that is asked for). Returns
-/// the selection, and the chosen candidate's weights and report: the final fit.
+/// Searches C over `grid`: fits (`x`, `y`) at every C in increasing order, each primal
+/// fit starting from the one before, and scores each on `validation` (both as the SVM
+/// reads them: standardised already when that is asked for); the best accuracy wins,
+/// the smaller C of equals. Returns the selection (`holdout` `None`), and the chosen
+/// candidate's weights and report.
 pub(crate) fn search_given(
     x: ArrayView2<f32>,
     y: &[usize],
@@ -232,38 +228,6 @@ pub(crate) fn search_given(
     options: &FitOptions,
 ) -> Result<(Selection, LinearSvm, FitReport), SvmError> {
     check_grid(grid)?;
-    let swept = sweep(x, y, validation, n_classes, params, grid, options)?;
-    let selection = Selection {
-        chosen: swept.chosen,
-        holdout: None,
-        n_fit: y.len(),
-        n_validation: validation.y.len(),
-        curve: swept.curve,
-    };
-    Ok((selection, swept.svm, swept.report))
-}
-
-/// The outcome of fitting every candidate.
-struct Swept {
-    chosen: f64,
-    curve: Vec<GridPoint>,
-    /// The chosen candidate's weights and report.
-    svm: LinearSvm,
-    report: FitReport,
-}
-
-/// Fits (`x`, `y`) at every C of `grid` in increasing order, each primal fit starting
-/// from the one before, and scores each on `validation`; the best accuracy wins, the
-/// smaller C of equals.
-fn sweep(
-    x: ArrayView2<f32>,
-    y: &[usize],
-    validation: Validation<'_>,
-    n_classes: usize,
-    params: &SvmParams,
-    grid: &[f64],
-    options: &FitOptions,
-) -> Result<Swept, SvmError> {
     let mut grid = grid.to_vec();
     grid.sort_by(f64::total_cmp);
     grid.dedup();
@@ -292,12 +256,14 @@ fn sweep(
     let Some((_, at, svm, report)) = best else {
         return Err(SvmError::EmptyGrid);
     };
-    Ok(Swept {
+    let selection = Selection {
         chosen: grid[at],
+        holdout: None,
+        n_fit: y.len(),
+        n_validation: validation.y.len(),
         curve,
-        svm,
-        report,
-    })
+    };
+    Ok((selection, svm, report))
 }
 
 #[cfg(test)]
