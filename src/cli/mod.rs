@@ -22,7 +22,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use nnmend::data::{self, Dataset, LoadOptions, Split};
@@ -251,7 +251,14 @@ impl DataArgs {
                 limit: self.limit,
             },
         )
-        .with_context(|| format!("reading data from {}", path.display()))?;
+        .map_err(|e| {
+            // Most of the reader's errors name the file already; say it once.
+            let context = match e {
+                data::DataError::Shape(_) => format!("reading data from {}", path.display()),
+                _ => "reading data".to_string(),
+            };
+            anyhow::Error::new(e).context(context)
+        })?;
         if ds.is_empty() {
             anyhow::bail!("{}: no images to use", path.display());
         }

@@ -461,6 +461,11 @@ fn fit_refuses_svm_options_that_do_not_go_together() {
     fails_with(&with(&["--c-grid", "0.1,1"]), 2, "--c auto");
     fails_with(&with(&["--holdout", "0.1"]), 2, "--c auto");
     let npz = fixture("mnist-small-test.npz");
+    // A data file that cannot be read is named once.
+    let missing = tmp.path().join("missing.npz");
+    let unread = run(&["fit", s(&model), "--train", s(&missing), "-o", s(&out)]);
+    fails_with(&unread, 1, "No such file");
+    assert_eq!(String::from_utf8_lossy(&unread.stderr).matches(s(&missing)).count(), 1);
     fails_with(&with(&["--validation", s(&npz)]), 2, "--c auto");
     fails_with(
         &with(&["--c", "auto", "--validation", s(&npz), "--holdout", "0.1"]),
