@@ -75,16 +75,19 @@ fn train_on(
         }
         select::check_validation(v, x.ncols(), n_classes)?;
     }
+    // The statistics now; the standardised copy of `x` only once a search's own
+    // copies are gone.
     let standardizer = tuning.scale.then(|| Standardizer::fit(x));
-    let scaled = standardizer.as_ref().map(|s| s.apply(x));
-    let features = scaled.as_ref().map_or(x, |z| z.view());
+    let standardised = || standardizer.as_ref().map(|s| s.apply(x));
     let (svm, mut report) = match (&tuning.search, validation) {
         (Some(search), Some(v)) => {
+            let scaled = standardised();
             let scaled_validation = standardizer.as_ref().map(|s| s.apply(v.x));
             let v = Validation {
                 x: scaled_validation.as_ref().map_or(v.x, |z| z.view()),
                 y: v.y,
             };
+            let features = scaled.as_ref().map_or(x, |z| z.view());
             let (selection, svm, mut report) =
                 select::search_given(features, y, v, n_classes, params, &search.grid, &options)?;
             report.selection = Some(selection);
@@ -96,11 +99,23 @@ fn train_on(
                 c: selection.chosen,
                 ..params.clone()
             };
+            let scaled = standardised();
+            let features = scaled.as_ref().map_or(x, |z| z.view());
             let (svm, mut report) = fit_from(features, y, n_classes, &chosen, &options, Some(&start))?;
             report.selection = Some(selection);
             (svm, report)
         }
-        (None, _) => fit_from(features, y, n_classes, params, &options, None)?,
+        (None, _) => {
+            let scaled = standardised();
+            fit_from(
+                scaled.as_ref().map_or(x, |z| z.view()),
+                y,
+                n_classes,
+                params,
+                &options,
+                None,
+            )?
+        }
     };
     let svm = match &standardizer {
         Some(s) => s.fold(&svm),
