@@ -7,7 +7,7 @@
 //! The `*_on_features` functions fit on features already extracted, so that one
 //! extraction serves both hybrids.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{Array2, ArrayView2};
@@ -135,12 +135,7 @@ pub struct Fitted {
 /// ([`fit_on_features`]) and builds the hybrid. The hybrid records its provenance in
 /// `metadata_props`.
 pub fn fit(model: &ModelProto, train: &Dataset, engine: &dyn Engine, settings: &FitSettings) -> Result<Fitted> {
-    // Checked before the (long) extraction too.
-    class_counts(model, train)?;
-    let (cut, features, extract_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
-    let mut fitted = fit_on_features(model, &cut, features.view(), train, settings)?;
-    fitted.extract_seconds = extract_seconds;
-    Ok(fitted)
+    fit_images(model, train, None, engine, settings)
 }
 
 /// [`fit`] with the search for C (`settings.tuning.search`, which must be set)
@@ -155,22 +150,36 @@ pub fn fit_validated(
     engine: &dyn Engine,
     settings: &FitSettings,
 ) -> Result<Fitted> {
+    fit_images(model, train, Some(validation), engine, settings)
+}
+
+fn fit_images(
+    model: &ModelProto,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    engine: &dyn Engine,
+    settings: &FitSettings,
+) -> Result<Fitted> {
+    // Checked before the (long) extraction too.
     let counts = class_counts(model, train)?;
-    validation.check_labels(counts.len())?;
-    if validation.is_empty() {
-        return Err(FitError::Empty(validation.source.clone()).into());
+    if let Some(v) = validation {
+        v.check_labels(counts.len())?;
+        if v.is_empty() {
+            return Err(FitError::Empty(v.source.clone()).into());
+        }
     }
-    let (cut, features, train_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
-    let (_, held, held_seconds) = extract(model, validation, engine, Some(&cut.tensor), &settings.feed)?;
-    let mut fitted = fit_features(
-        model,
-        &cut,
-        features.view(),
-        train,
-        Some((held.view(), validation)),
-        settings,
-    )?;
-    fitted.extract_seconds = train_seconds + held_seconds;
+    let (cut, features, mut extract_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
+    let held = match validation {
+        Some(v) => {
+            let (_, held, seconds) = extract(model, v, engine, Some(&cut.tensor), &settings.feed)?;
+            extract_seconds += seconds;
+            Some((held, v))
+        }
+        None => None,
+    };
+    let held = held.as_ref().map(|(x, v)| (x.view(), *v));
+    let mut fitted = fit_features(model, &cut, features.view(), train, held, settings)?;
+    fitted.extract_seconds = extract_seconds;
     Ok(fitted)
 }
 
@@ -204,7 +213,7 @@ fn fit_features(
     let counts = class_counts(model, train)?;
     check_rows(features, train, cut)?;
     let n_classes = counts.len();
-    let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
+    let labels = class_indices(train);
     let started = Instant::now();
     let map = match &settings.kernel {
         Some(nystrom) => Some(Nystrom::fit(features, nystrom).map_err(|error| FitError::Kernel {
@@ -215,21 +224,19 @@ fn fit_features(
         None => None,
     };
     let phi = map.as_ref().map(|m| m.transform(features));
-    let held = match validation {
-        Some((held, ds)) => {
-            let mapped = map.as_ref().map(|m| m.transform(held));
-            let labels: Vec<usize> = ds.labels.iter().map(|&l| l as usize).collect();
-            Some((mapped.unwrap_or_else(|| held.to_owned()), labels, ds))
-        }
-        None => None,
-    };
+    // The validation images as the SVM reads them: mapped like the training images.
+    let held = validation.map(|(held, ds)| (map.as_ref().map(|m| m.transform(held)), held, class_indices(ds), ds));
     let map_seconds = if map.is_some() {
         started.elapsed().as_secs_f64()
     } else {
         0.0
     };
     let x = phi.as_ref().map_or(features, |phi| phi.view());
-    let (svm, report) = fit_svm(x, &labels, held.as_ref(), n_classes, settings)?;
+    let validation = held.as_ref().map(|(mapped, held, labels, ds)| {
+        let x = mapped.as_ref().map_or(*held, |m| m.view());
+        (svm::Validation { x, y: labels }, ds.source.as_path())
+    });
+    let (svm, report) = fit_svm(x, &labels, validation, n_classes, settings)?;
     let train_accuracy = Accuracy::of(&svm.predict(x), &train.labels).accuracy;
     let head = match map {
         Some(map) => Head::kernel(map, svm),
@@ -357,12 +364,12 @@ fn check_rows(features: ArrayView2<f32>, train: &Dataset, cut: &Cut) -> Result<(
     Ok(())
 }
 
-/// The SVM on `x`, its search for C scored on `validation` (its features as the SVM
-/// reads them, its labels, its data set) when one is given.
+/// The SVM on `x`, its search for C scored on `validation` (the rows as the SVM reads
+/// them, and the file they came from) when one is given.
 fn fit_svm(
     x: ArrayView2<f32>,
     labels: &[usize],
-    validation: Option<&(Array2<f32>, Vec<usize>, &Dataset)>,
+    validation: Option<(svm::Validation<'_>, &Path)>,
     n_classes: usize,
     settings: &FitSettings,
 ) -> Result<(LinearSvm, FitReport)> {
@@ -373,14 +380,10 @@ fn fit_svm(
         ..settings.svm.clone()
     };
     let fitted = match validation {
-        Some((held, held_labels, ds)) => {
-            let v = svm::Validation {
-                x: held.view(),
-                y: held_labels,
-            };
+        Some((v, source)) => {
             svm::train_validated(x, labels, v, n_classes, &params, &settings.tuning).map_err(|e| match e {
                 svm::SvmError::Validation(error) => FitError::Validation {
-                    data: ds.source.clone(),
+                    data: source.to_path_buf(),
                     error: *error,
                 }
                 .into(),
@@ -391,6 +394,11 @@ fn fit_svm(
     };
     spinner.finish_and_clear();
     fitted
+}
+
+/// The labels of `ds` as class indices (checked against the classes before).
+fn class_indices(ds: &Dataset) -> Vec<usize> {
+    ds.labels.iter().map(|&l| l as usize).collect()
 }
 
 fn missing(counts: &[usize]) -> Vec<usize> {

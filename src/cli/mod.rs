@@ -22,7 +22,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use nnmend::data::{self, Dataset, LoadOptions, Split};
@@ -251,14 +251,8 @@ impl DataArgs {
                 limit: self.limit,
             },
         )
-        .map_err(|e| {
-            // Most of the reader's errors name the file already; say it once.
-            let context = match e {
-                data::DataError::Shape(_) => format!("reading data from {}", path.display()),
-                _ => "reading data".to_string(),
-            };
-            anyhow::Error::new(e).context(context)
-        })?;
+        // The reader's errors name the file.
+        .context("reading data")?;
         if ds.is_empty() {
             anyhow::bail!("{}: no images to use", path.display());
         }

@@ -329,34 +329,16 @@ fn unusable_validation_rows_are_refused() {
         scale: false,
     };
     let p = SvmParams::default();
-    let narrow = Array2::<f32>::zeros((5, 3));
-    let r = train_validated(
-        x.view(),
-        &y,
-        Validation {
-            x: narrow.view(),
-            y: &[0; 5],
-        },
-        3,
-        &p,
-        &tuning,
-    );
+    let given = |xv: &Array2<f32>, yv: &[usize], tuning: &Tuning| {
+        train_validated(x.view(), &y, Validation { x: xv.view(), y: yv }, 3, &p, tuning)
+    };
+    let r = given(&Array2::zeros((5, 3)), &[0; 5], &tuning);
     assert!(
         matches!(&r, Err(SvmError::Validation(e)) if **e == SvmError::Width { features: 3, expected: 4 }),
         "{r:?}"
     );
     let rows = Array2::<f32>::zeros((2, 4));
-    let r = train_validated(
-        x.view(),
-        &y,
-        Validation {
-            x: rows.view(),
-            y: &[0, 7],
-        },
-        3,
-        &p,
-        &tuning,
-    );
+    let r = given(&rows, &[0, 7], &tuning);
     assert!(
         matches!(&r, Err(SvmError::Validation(e)) if matches!(**e, SvmError::LabelOutOfRange { sample: 1, label: 7, .. })),
         "{r:?}"
@@ -365,16 +347,6 @@ fn unusable_validation_rows_are_refused() {
         search: None,
         scale: false,
     };
-    let r = train_validated(
-        x.view(),
-        &y,
-        Validation {
-            x: rows.view(),
-            y: &[0, 1],
-        },
-        3,
-        &p,
-        &no_search,
-    );
+    let r = given(&rows, &[0, 1], &no_search);
     assert!(matches!(r, Err(SvmError::ValidationWithoutSearch)), "{r:?}");
 }
