@@ -41,14 +41,14 @@ pub enum FitError {
         /// The one class present, or `none`.
         only: String,
     },
-    /// Features that do not match the training set row for row.
-    #[error("{}: {rows} feature rows for {n} training images", .data.display())]
+    /// Features that do not match their data set (training or validation) row for row.
+    #[error("{}: {rows} feature rows for {n} images", .data.display())]
     Rows {
-        /// The training set.
+        /// The data set.
         data: PathBuf,
         /// Feature rows given.
         rows: usize,
-        /// Training images.
+        /// Its images.
         n: usize,
     },
     /// The same features for every image: nothing to separate.
@@ -161,11 +161,10 @@ fn fit_images(
     settings: &FitSettings,
 ) -> Result<Fitted> {
     // Checked before the (long) extraction too.
-    let counts = class_counts(model, train)?;
-    if let Some(v) = validation {
-        v.check_labels(counts.len())?;
-        if v.is_empty() {
-            return Err(FitError::Empty(v.source.clone()).into());
+    match validation {
+        Some(v) => check_validation(model, train, v)?,
+        None => {
+            class_counts(model, train)?;
         }
     }
     let (cut, features, mut extract_seconds) = extract(model, train, engine, settings.at.as_deref(), &settings.feed)?;
@@ -200,6 +199,41 @@ pub fn fit_on_features(
     fit_features(model, cut, features, train, None, settings)
 }
 
+/// [`fit_on_features`] with the search for C (`settings.tuning.search`, which must be
+/// set) scoring its candidates on `features_validation` `[M, D]`, the same extractor
+/// run over `validation`, images given apart: what [`fit_validated`] does after its
+/// extractions.
+pub fn fit_on_features_validated(
+    model: &ModelProto,
+    cut: &Cut,
+    features: ArrayView2<f32>,
+    train: &Dataset,
+    features_validation: ArrayView2<f32>,
+    validation: &Dataset,
+    settings: &FitSettings,
+) -> Result<Fitted> {
+    fit_features(
+        model,
+        cut,
+        features,
+        train,
+        Some((features_validation, validation)),
+        settings,
+    )
+}
+
+/// Refuses validation images that the search for C could not score: none, or labels
+/// outside the classes of the hybrid `model` and `train` make. Checked by the fits;
+/// callers with a long extraction ahead check first.
+pub fn check_validation(model: &ModelProto, train: &Dataset, validation: &Dataset) -> Result<()> {
+    let classes = class_counts(model, train)?.len();
+    if validation.is_empty() {
+        return Err(FitError::Empty(validation.source.clone()).into());
+    }
+    validation.check_labels(classes)?;
+    Ok(())
+}
+
 /// [`fit_on_features`], with the features of validation images given apart for the
 /// search for C.
 fn fit_features(
@@ -212,6 +246,17 @@ fn fit_features(
 ) -> Result<Fitted> {
     let counts = class_counts(model, train)?;
     check_rows(features, train, cut)?;
+    if let Some((held, ds)) = validation {
+        check_validation(model, train, ds)?;
+        if held.nrows() != ds.len() {
+            return Err(FitError::Rows {
+                data: ds.source.clone(),
+                rows: held.nrows(),
+                n: ds.len(),
+            }
+            .into());
+        }
+    }
     let n_classes = counts.len();
     let labels = class_indices(train);
     let started = Instant::now();

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use nnmend::data::Split;
+use nnmend::data::{Dataset, Split};
 use nnmend::doc::FitDoc;
 use nnmend::head::HeadKind;
 use nnmend::hybrid::{evaluate, fit as fit_hybrid, fit_validated, FitSettings};
@@ -60,7 +60,7 @@ fn holdout(s: &str) -> Result<f64, String> {
 pub struct SvmArgs {
     /// SVM regularisation constant C > 0, or `auto`: chosen over --c-grid on a
     /// validation split of the training images, then refitted on all of them (or, with
-    /// `fit --validation`, on images given apart).
+    /// --validation, on images given apart).
     #[arg(long, value_name = "C|auto", default_value = "1", value_parser = parse_c)]
     c: CArg,
     /// With --c auto: the candidates, comma-separated [default: 0.001,0.01,0.1,1,10].
@@ -69,6 +69,11 @@ pub struct SvmArgs {
     /// With --c auto: the share of each class held out for validation [default: 0.2].
     #[arg(long, value_name = "F", value_parser = holdout)]
     holdout: Option<f64>,
+    /// With --c auto: score the candidates on these images (held out of the network's
+    /// training, say) instead of on a share of the training images; each candidate is
+    /// fitted on all the training images and the chosen one is the head.
+    #[arg(long, value_name = "DATA")]
+    pub validation: Option<PathBuf>,
     /// Standardise what the SVM reads (mean 0, variance 1 per feature over the
     /// training images); folded into the written Gemm, so the hybrid reads the
     /// features as they are.
@@ -93,8 +98,16 @@ impl SvmArgs {
         self.solver
     }
 
+    /// The images of `--validation`, when given.
+    pub fn load_validation(&self, data: &DataArgs) -> Result<Option<Dataset>> {
+        self.validation
+            .as_deref()
+            .map(|p| data.load(p, Split::Train))
+            .transpose()
+    }
+
     /// The search for C and the standardisation; refuses search options without
-    /// `--c auto`.
+    /// `--c auto`, and `--validation` with `--holdout`.
     pub fn tuning(&self) -> Result<Tuning> {
         let search = match self.c {
             CArg::Auto => {
@@ -111,6 +124,14 @@ impl SvmArgs {
                 None
             }
         };
+        if self.validation.is_some() {
+            if search.is_none() {
+                usage!("--validation scores the candidates of the search for C: use it with --c auto");
+            }
+            if self.holdout.is_some() {
+                usage!("--validation replaces the held-out share of the training images: drop --holdout");
+            }
+        }
         Ok(Tuning {
             search,
             scale: self.scale,
@@ -129,11 +150,6 @@ pub struct FitArgs {
     /// Also report the hybrid's accuracy on this data set.
     #[arg(long, value_name = "DATA")]
     test: Option<PathBuf>,
-    /// With --c auto: score the candidates on these images (held out of the network's
-    /// training, say) instead of on a share of the training images; each candidate is
-    /// fitted on all the training images and the chosen one is the head.
-    #[arg(long, value_name = "DATA")]
-    validation: Option<PathBuf>,
     /// Where to write the hybrid model.
     #[arg(short, long, value_name = "HYBRID.onnx")]
     output: PathBuf,
@@ -181,29 +197,17 @@ pub fn fit(args: FitArgs, g: &Global) -> Result<ExitCode> {
         usage!("--solver primal needs --loss squared-hinge: the hinge loss is solved in the dual");
     }
     let tuning = args.svm.tuning()?;
-    if args.validation.is_some() {
-        if tuning.search.is_none() {
-            usage!("--validation scores the candidates of the search for C: use it with --c auto");
-        }
-        if args.svm.holdout.is_some() {
-            usage!("--validation replaces the held-out share of the training images: drop --holdout");
-        }
-    }
     if args.head == HeadKind::Linear && (args.landmarks.is_some() || args.gamma.is_some()) {
         usage!("--landmarks and --gamma shape the kernel head: use them with --head kernel");
     }
     let mut inputs = vec![args.model.as_path(), args.train.as_path()];
     inputs.extend(args.test.as_deref());
-    inputs.extend(args.validation.as_deref());
+    inputs.extend(args.svm.validation.as_deref());
     g.refuse_overwrite(&args.output, &inputs)?;
     let model = load_model(&args.model)?;
     let train = args.data.load(&args.train, Split::Train)?;
     let test = args.data.load_test(args.test.as_deref())?;
-    let validation = args
-        .validation
-        .as_deref()
-        .map(|p| args.data.load(p, Split::Train))
-        .transpose()?;
+    let validation = args.svm.load_validation(&args.data)?;
     let (engine, feed) = args.engine.open(&args.data)?;
     let kernel = (args.head == HeadKind::Kernel).then(|| NystromSettings {
         landmarks: args.landmarks.map_or(NystromSettings::default().landmarks, |m| {

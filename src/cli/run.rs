@@ -104,7 +104,9 @@ pub struct RunArgs {
 
 /// Runs `nnmend run`.
 pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
-    match folder::check(&args.out, &[&args.model, &args.train, &args.test], g.force) {
+    let mut inputs = vec![args.model.as_path(), args.train.as_path(), args.test.as_path()];
+    inputs.extend(args.svm.validation.as_deref());
+    match folder::check(&args.out, &inputs, g.force) {
         Err(e @ ReportError::Exists(_)) => usage!("{e}; choose another --out, or pass --force to replace it"),
         Err(ReportError::HoldsInput { out, input }) => usage!(
             "{}: --force would delete the input {} inside it",
@@ -117,6 +119,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
     args.gates.refuse_unmeasured_robustness(args.pgd_limit)?;
     let tuning = args.svm.tuning()?;
     let model = load_model(&args.model)?;
+    let validation = args.svm.load_validation(&args.data_args)?;
     let mut train = args.data_args.load(&args.train, Split::Train)?;
     let mut test = args.data_args.load(&args.test, Split::Test)?;
     if let Some(n) = args.train_limit {
@@ -175,6 +178,7 @@ pub fn run(args: RunArgs, g: &Global) -> Result<ExitCode> {
         path: &args.model,
         train: &train,
         test: &test,
+        validation: validation.as_ref(),
     };
     let outcome = experiment::run(&inputs, engine.as_ref(), &settings)
         .with_context(|| format!("running the experiment on {}", args.model.display()))?;

@@ -33,7 +33,7 @@ use crate::error::Result;
 use crate::features::{collect, Accuracy};
 use crate::gate::Gate;
 use crate::head::Head;
-use crate::hybrid::{fit_on_features, FitSettings, Fitted};
+use crate::hybrid::{check_validation, fit_on_features, fit_on_features_validated, FitSettings, Fitted};
 use crate::onnx::surgery::extractor;
 use crate::onnx::{find_cut, ModelProto};
 use crate::repair;
@@ -55,18 +55,21 @@ pub enum ExperimentError {
     /// Zero repair samples asked for.
     #[error("the repair needs at least one sample per ε")]
     NoRepairSamples,
-    /// Training and test images of different shapes.
-    #[error("{train} holds {train_shape:?} images but {test} holds {test_shape:?}")]
+    /// Training and test (or validation) images of different shapes.
+    #[error("{train} holds {train_shape:?} images but {other} holds {other_shape:?}")]
     Shapes {
         /// The training set.
         train: String,
         /// Its image shape.
         train_shape: [usize; 3],
-        /// The test set.
-        test: String,
+        /// The test or validation set.
+        other: String,
         /// Its image shape.
-        test_shape: [usize; 3],
+        other_shape: [usize; 3],
     },
+    /// Validation images given, but C fixed: there is no search for them to score.
+    #[error("validation images only score a search for C, and C is fixed")]
+    ValidationWithoutSearch,
     /// A broken invariant (a bug).
     #[error("internal error: {0}")]
     Invariant(&'static str),
@@ -116,6 +119,9 @@ pub struct Inputs<'a> {
     pub train: &'a Dataset,
     /// Test images: every model is measured on them.
     pub test: &'a Dataset,
+    /// Images that score the candidates of the search for C (`--c auto`) instead of a
+    /// held-out share of `train`: held out of the network's training, say.
+    pub validation: Option<&'a Dataset>,
 }
 
 /// One repaired hybrid.
@@ -159,7 +165,7 @@ pub struct Outcome {
 }
 
 /// The settings that matter for reproducing the numbers, as the report records them.
-fn settings_json(settings: &Settings) -> serde_json::Value {
+fn settings_json(settings: &Settings, validation: bool) -> serde_json::Value {
     let a = &settings.attack;
     let pgd = a.method == attack::Method::Pgd;
     let svm = &settings.fit.svm;
@@ -177,7 +183,7 @@ fn settings_json(settings: &Settings) -> serde_json::Value {
         "svm": {
             "c": if settings.fit.tuning.search.is_some() { serde_json::json!("auto") } else { serde_json::json!(svm.c) },
             "c_grid": settings.fit.tuning.search.as_ref().map(|s| s.grid.clone()),
-            "holdout": settings.fit.tuning.search.as_ref().map(|s| s.holdout),
+            "holdout": settings.fit.tuning.search.as_ref().filter(|_| !validation).map(|s| s.holdout),
             "scale": settings.fit.tuning.scale,
             "solver": format!("{:?}", svm.solver).to_lowercase(),
             "loss": format!("{:?}", svm.loss),
@@ -225,21 +231,35 @@ fn figures(fitted: &Fitted, started: Instant) -> report::FitFigures {
 
 /// Runs the whole experiment of the seed paper on `inputs` with `engine`.
 pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<Outcome> {
-    let Inputs { model, train, test, .. } = *inputs;
+    let Inputs {
+        model,
+        train,
+        test,
+        validation,
+        ..
+    } = *inputs;
     if settings.eps.is_empty() {
         return Err(ExperimentError::NoEps.into());
     }
     if settings.repair_samples == 0 {
         return Err(ExperimentError::NoRepairSamples.into());
     }
-    if train.image_shape() != test.image_shape() {
-        return Err(ExperimentError::Shapes {
-            train: train.source.display().to_string(),
-            train_shape: train.image_shape(),
-            test: test.source.display().to_string(),
-            test_shape: test.image_shape(),
+    for other in std::iter::once(test).chain(validation) {
+        if train.image_shape() != other.image_shape() {
+            return Err(ExperimentError::Shapes {
+                train: train.source.display().to_string(),
+                train_shape: train.image_shape(),
+                other: other.source.display().to_string(),
+                other_shape: other.image_shape(),
+            }
+            .into());
         }
-        .into());
+    }
+    if let Some(v) = validation {
+        if settings.fit.tuning.search.is_none() {
+            return Err(ExperimentError::ValidationWithoutSearch.into());
+        }
+        check_validation(model, train, v)?;
     }
     let feed = &settings.fit.feed;
     let mut clock = Clock::new(settings.log);
@@ -253,6 +273,21 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
     let extractor_session = engine.prepare(&extractor(model, &cut, None)?)?;
     let nn_session = engine.prepare(model)?;
     let f_train = collect(extractor_session.as_ref(), train, feed, 0, "features")?;
+    let f_validation = match validation {
+        Some(v) => {
+            clock.phase(
+                "features.validation",
+                &format!("features of {} validation images", v.len()),
+            );
+            Some((collect(extractor_session.as_ref(), v, feed, 0, "features")?, v))
+        }
+        None => None,
+    };
+    // LH and KH alike: with validation images, the search for C scores on them.
+    let fit_head = |settings: &FitSettings| match &f_validation {
+        Some((held, v)) => fit_on_features_validated(model, &cut, f_train.view(), train, held.view(), v, settings),
+        None => fit_on_features(model, &cut, f_train.view(), train, settings),
+    };
 
     clock.phase("fit.LH", "fitting LH (linear SVM)");
     let started = Instant::now();
@@ -260,7 +295,7 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
         kernel: None,
         ..settings.fit.clone()
     };
-    let lh = fit_on_features(model, &cut, f_train.view(), train, &linear)?;
+    let lh = fit_head(&linear)?;
     let mut fits = vec![(Model::LH, figures(&lh, started))];
     let mut kh = None;
     if let Some(nystrom) = &settings.kernel {
@@ -276,10 +311,11 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
             kernel: Some(nystrom.clone()),
             ..settings.fit.clone()
         };
-        let fitted = fit_on_features(model, &cut, f_train.view(), train, &kernel)?;
+        let fitted = fit_head(&kernel)?;
         fits.push((Model::KH, figures(&fitted, started)));
         kh = Some(fitted);
     }
+    drop(f_validation);
     drop(f_train);
 
     clock.phase(
@@ -323,9 +359,10 @@ pub fn run(inputs: &Inputs, engine: &dyn Engine, settings: &Settings) -> Result<
         engine: engine.describe(),
         versions: report::versions(),
         provenance: crate::provenance::Provenance::current(),
-        settings: settings_json(settings),
+        settings: settings_json(settings, validation.is_some()),
         train: report::DataFigures::of(train),
         test: report::DataFigures::of(test),
+        validation: validation.map(report::DataFigures::of),
         cut: report::CutFigures {
             tensor: cut.tensor.clone(),
             feature_dim: f_test.ncols(),

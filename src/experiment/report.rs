@@ -284,6 +284,9 @@ pub struct Report {
     pub train: DataFigures,
     /// The test set.
     pub test: DataFigures,
+    /// The images the search for C scored its candidates on, when given apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<DataFigures>,
     /// Where the model was cut and the feature count.
     pub cut: CutFigures,
     /// The hybrids' fits, by model.

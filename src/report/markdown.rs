@@ -17,12 +17,16 @@ pub fn markdown(report: &Report, title: &str, figures: &[(String, String)]) -> S
     let _ = writeln!(md, "# {title}\n");
     let _ = writeln!(
         md,
-        "Training set: `{}` ({} images). Test set: `{}` ({} images). Cut at `{}` ({} features). \
+        "Training set: `{}` ({} images). Test set: `{}` ({} images).{} Cut at `{}` ({} features). \
          Attack: {}. Repair: {} mode, {} sample(s) per ε. Seed {}.\n{}",
         r.train.source,
         r.train.n,
         r.test.source,
         r.test.n,
+        r.validation.as_ref().map_or(String::new(), |v| format!(
+            " Validation set (the choice of C): `{}` ({} images).",
+            v.source, v.n
+        )),
         r.cut.tensor,
         r.cut.feature_dim,
         r.settings["attack"]["method"].as_str().unwrap_or("?").to_uppercase(),
@@ -179,8 +183,10 @@ fn heads(md: &mut String, r: &Report) {
         let Some(sel) = &f.c_selection else { continue };
         let _ = writeln!(
             md,
-            "\nC of {model}, chosen on {} held-out training images (fitted on {}):\n\n| C | validation accuracy (%) | converged |\n| --- | --- | --- |",
-            sel.n_validation, sel.n_fit
+            "\nC of {model}, chosen on {} {} images (fitted on {}):\n\n| C | validation accuracy (%) | converged |\n| --- | --- | --- |",
+            sel.n_validation,
+            if sel.holdout.is_some() { "held-out training" } else { "validation" },
+            sel.n_fit
         );
         for p in &sel.curve {
             let _ = writeln!(

@@ -9,9 +9,9 @@ use ndarray::{Array1, Array2, Array4, Axis};
 use nnmend::data::{self, LoadOptions, Split};
 use nnmend::engine::{tract::Tract, Engine};
 use nnmend::features::{argmax_rows, collect, Feed};
-use nnmend::hybrid::{evaluate, extract, fit_on_features, FitSettings};
+use nnmend::hybrid::{evaluate, extract, fit_on_features, fit_on_features_validated, FitSettings};
 use nnmend::onnx::surgery::KERNEL_FEATURES;
-use nnmend::svm::NystromSettings;
+use nnmend::svm::{CSearch, NystromSettings, Tuning};
 
 use crate::common::*;
 
@@ -166,6 +166,40 @@ fn fitting_on_precomputed_features_gives_the_same_hybrids_and_the_models_scores(
     let short = features.slice(ndarray::s![..10, ..]);
     let err = fit_on_features(&original, &cut, short, &train, &with_kernel).unwrap_err();
     assert!(err.to_string().contains("10 feature rows for 400"), "{err}");
+
+    // Validation images given apart: on features, the head `fit_validated` writes; their
+    // rows must match their images too, and the error names their file.
+    let searched = FitSettings {
+        tuning: Tuning {
+            search: Some(CSearch {
+                grid: vec![0.01, 1.0],
+                ..CSearch::default()
+            }),
+            scale: true,
+        },
+        ..settings.clone()
+    };
+    let on_features = fit_on_features_validated(
+        &original,
+        &cut,
+        features.view(),
+        &train,
+        test_features.view(),
+        &test,
+        &searched,
+    )
+    .unwrap();
+    let from_images = nnmend::hybrid::fit_validated(&original, &train, &test, &Tract, &searched).unwrap();
+    assert_eq!(on_features.head, from_images.head);
+    assert_eq!(on_features.model.graph, from_images.model.graph);
+    let selection = on_features.report.selection.as_ref().unwrap();
+    assert_eq!((selection.holdout, selection.n_validation), (None, 200));
+    let short = test_features.slice(ndarray::s![..10, ..]);
+    let err = fit_on_features_validated(&original, &cut, features.view(), &train, short, &test, &searched)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("10 feature rows for 200"), "{err}");
+    assert!(err.contains(test.source.to_str().unwrap()), "{err}");
 }
 
 /// The successful rows of an `attack -o` file: images, labels and `index`.

@@ -234,3 +234,89 @@ fn run_reports_every_cell_writes_drop_in_models_and_repeats_itself() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+/// `run --c auto --validation DATA`: the heads' C is scored on the images given apart,
+/// which the report names; the written LH scores on them what its search said.
+#[test]
+fn run_chooses_c_on_validation_images_given_apart() {
+    let tmp = tempdir();
+    let model = fixture("mnist_paper.onnx");
+    let data = fixture("mnist-small");
+    let validation = fixture("mnist-small-test.npz");
+    let out = tmp.path().join("out");
+    let base = [
+        "run",
+        s(&model),
+        "--train",
+        s(&data),
+        "--test",
+        s(&data),
+        "--train-limit",
+        "400",
+        "--test-limit",
+        "50",
+        "--eps",
+        "0.1",
+        "--pgd-limit",
+        "0",
+        "--examples",
+        "0",
+        "--landmarks",
+        "100",
+        "--c-grid",
+        "0.001,0.1,10",
+        "--validation",
+        s(&validation),
+    ];
+    let done = run(&[&base[..], &["--c", "auto", "--out", s(&out)]].concat());
+    assert!(
+        done.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let r = report(&out);
+    assert_eq!(r["validation"]["n"], 500);
+    assert_eq!(r["validation"]["source"], s(&validation));
+    assert_eq!(r["settings"]["svm"]["holdout"], serde_json::Value::Null);
+    assert!(
+        r["timings"]["features.validation"].as_f64().is_some(),
+        "{}",
+        r["timings"]
+    );
+    for m in ["LH", "KH"] {
+        let sel = &r["fits"][m]["c_selection"];
+        assert_eq!(sel["holdout"], serde_json::Value::Null, "{m}");
+        assert_eq!(
+            (sel["n_fit"].as_u64(), sel["n_validation"].as_u64()),
+            (Some(400), Some(500))
+        );
+        assert_eq!(r["fits"][m]["c"], sel["chosen"], "{m}");
+    }
+    let sel = &r["fits"]["LH"]["c_selection"];
+    let chosen = sel["chosen"].as_f64().unwrap();
+    let at = sel["curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["c"].as_f64() == Some(chosen))
+        .unwrap();
+    let acc = at["validation_accuracy"].as_f64().unwrap();
+    let scored = json(&run(&[
+        "eval",
+        s(&out.join("models/LH.onnx")),
+        "--data",
+        s(&validation),
+        "--json",
+    ]));
+    let correct = scored["models"][0]["correct"].as_u64().unwrap() as f64;
+    assert!((correct - 500.0 * acc).abs() <= 1.0, "{correct} of 500 against {acc}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("Validation set (the choice of C)"), "{md}");
+    assert!(md.contains("chosen on 500 validation images"), "{md}");
+
+    // Without a search there is nothing for the images to score.
+    let other = tmp.path().join("other");
+    let refused = run(&[&base[..], &["--out", s(&other)]].concat());
+    fails_with(&refused, 2, "--c auto");
+    assert!(!other.exists());
+}
