@@ -248,14 +248,7 @@ fn fit_features(
     check_rows(features, train, cut)?;
     if let Some((held, ds)) = validation {
         check_validation(model, train, ds)?;
-        if held.nrows() != ds.len() {
-            return Err(FitError::Rows {
-                data: ds.source.clone(),
-                rows: held.nrows(),
-                n: ds.len(),
-            }
-            .into());
-        }
+        check_count(held, ds)?;
     }
     let n_classes = counts.len();
     let labels = class_indices(train);
@@ -385,17 +378,23 @@ fn class_counts(model: &ModelProto, train: &Dataset) -> Result<Vec<usize>> {
     Ok(counts)
 }
 
+/// Refuses features with another number of rows than `ds` has images.
+fn check_count(features: ArrayView2<f32>, ds: &Dataset) -> Result<()> {
+    if features.nrows() == ds.len() {
+        return Ok(());
+    }
+    Err(FitError::Rows {
+        data: ds.source.clone(),
+        rows: features.nrows(),
+        n: ds.len(),
+    }
+    .into())
+}
+
 /// Refuses features that do not match `train` row for row, or that are the same for
 /// every image (nothing to separate).
 fn check_rows(features: ArrayView2<f32>, train: &Dataset, cut: &Cut) -> Result<()> {
-    if features.nrows() != train.len() {
-        return Err(FitError::Rows {
-            data: train.source.clone(),
-            rows: features.nrows(),
-            n: train.len(),
-        }
-        .into());
-    }
+    check_count(features, train)?;
     if let Some(zero) = identical_rows(features) {
         let what = if zero { "all zero" } else { "identical rows" };
         return Err(FitError::Degenerate {
