@@ -226,7 +226,11 @@ pub fn fit_on_features_validated(
 /// outside the classes of the hybrid `model` and `train` make. Checked by the fits;
 /// callers with a long extraction ahead check first.
 pub fn check_validation(model: &ModelProto, train: &Dataset, validation: &Dataset) -> Result<()> {
-    let classes = class_counts(model, train)?.len();
+    check_validation_classes(class_counts(model, train)?.len(), validation)
+}
+
+/// [`check_validation`] for a hybrid of `classes` classes.
+fn check_validation_classes(classes: usize, validation: &Dataset) -> Result<()> {
     if validation.is_empty() {
         return Err(FitError::Empty(validation.source.clone()).into());
     }
@@ -247,7 +251,7 @@ fn fit_features(
     let counts = class_counts(model, train)?;
     check_rows(features, train, cut)?;
     if let Some((held, ds)) = validation {
-        check_validation(model, train, ds)?;
+        check_validation_classes(counts.len(), ds)?;
         check_count(held, ds)?;
     }
     let n_classes = counts.len();
